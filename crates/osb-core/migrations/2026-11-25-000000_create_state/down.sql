@@ -1,0 +1,3 @@
+DROP TABLE osb_operations;
+DROP TABLE osb_bindings;
+DROP TABLE osb_instances;

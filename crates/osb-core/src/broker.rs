@@ -1,0 +1,202 @@
+//! The one trait a broker implements: its backend's operations, nothing of HTTP or OSB rules.
+
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+
+use crate::catalog::{Plan, Service};
+use crate::credentials::Credentials;
+use crate::ids::{BindingId, InstanceId};
+use crate::wire::{BindResource, BindingMetadata, Endpoint, InstanceMetadata, VolumeMount};
+
+/// What a broker can do; also the `kind` of a recorded operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Operation {
+    Provision,
+    Update,
+    Deprovision,
+    Bind,
+    Unbind,
+}
+
+impl Operation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Provision => "provision",
+            Self::Update => "update",
+            Self::Deprovision => "deprovision",
+            Self::Bind => "bind",
+            Self::Unbind => "unbind",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Provision,
+            Self::Update,
+            Self::Deprovision,
+            Self::Bind,
+            Self::Unbind,
+        ]
+        .into_iter()
+        .find(|op| op.as_str() == s)
+    }
+}
+
+/// Whether an operation completes within the request, or runs on and is polled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Answered 200/201 once the backend work is done.
+    Sync,
+    /// Answered 202 at once; the platform polls `last_operation`. Needs `accepts_incomplete`.
+    Async,
+}
+
+/// An existing service instance as the broker sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct InstanceView<'a> {
+    pub id: &'a InstanceId,
+    pub service: &'a Service,
+    pub plan: &'a Plan,
+    pub parameters: &'a Map<String, Value>,
+    pub context: &'a Map<String, Value>,
+    /// What the broker returned when it provisioned or last updated this instance.
+    pub state: &'a Value,
+}
+
+/// An existing binding as the broker sees it.
+#[derive(Debug, Clone)]
+pub struct BindingView {
+    pub id: BindingId,
+    /// What the broker returned when it created this binding.
+    pub state: Value,
+}
+
+pub struct ProvisionInput<'a> {
+    pub instance_id: &'a InstanceId,
+    pub service: &'a Service,
+    pub plan: &'a Plan,
+    pub parameters: &'a Map<String, Value>,
+    pub context: &'a Map<String, Value>,
+}
+
+pub struct UpdateInput<'a> {
+    pub instance: InstanceView<'a>,
+    /// The plan after the update (the same plan when only parameters or context change).
+    pub plan: &'a Plan,
+    /// `None` when the request did not touch parameters: the broker must keep them.
+    pub parameters: Option<&'a Map<String, Value>>,
+    pub context: &'a Map<String, Value>,
+}
+
+pub struct DeprovisionInput<'a> {
+    pub instance: InstanceView<'a>,
+    /// Every binding the store still knows for the instance, whatever its state.
+    pub bindings: &'a [BindingView],
+}
+
+pub struct BindInput<'a> {
+    pub instance: InstanceView<'a>,
+    pub binding_id: &'a BindingId,
+    pub parameters: &'a Map<String, Value>,
+    pub bind_resource: Option<&'a BindResource>,
+    pub context: &'a Map<String, Value>,
+    /// Set when the platform rotates a binding.
+    pub predecessor: Option<&'a BindingView>,
+}
+
+pub struct UnbindInput<'a> {
+    pub instance: InstanceView<'a>,
+    pub binding: &'a BindingView,
+}
+
+/// A provisioned instance.
+#[derive(Debug, Default)]
+pub struct Provisioned {
+    pub dashboard_url: Option<String>,
+    pub metadata: Option<InstanceMetadata>,
+    /// The broker's own record of the instance (which server it lives on, ...), kept by the
+    /// store and handed back on every later call. Never put secrets here.
+    pub state: Value,
+}
+
+/// An updated instance.
+#[derive(Debug, Default)]
+pub struct Updated {
+    pub dashboard_url: Option<String>,
+    pub metadata: Option<InstanceMetadata>,
+    /// Replaces the instance's state when `Some`.
+    pub state: Option<Value>,
+}
+
+/// A created binding.
+#[derive(Debug, Default)]
+pub struct Bound {
+    /// Encrypted at rest by the store; never logged.
+    pub credentials: Credentials,
+    pub syslog_drain_url: Option<String>,
+    pub route_service_url: Option<String>,
+    pub volume_mounts: Vec<VolumeMount>,
+    pub endpoints: Vec<Endpoint>,
+    pub metadata: Option<BindingMetadata>,
+    /// The broker's own record of the binding (the user name it made, ...). Never secrets.
+    pub state: Value,
+}
+
+/// How a backend operation failed. Each broker maps its own errors into these.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The parameters or ids cannot be served by this backend (400).
+    #[error("{0}")]
+    InvalidParameters(String),
+    /// The binding needs an app (422 RequiresApp).
+    #[error("{0}")]
+    RequiresApp(String),
+    /// The change is impossible in the instance's current state, e.g. a downgrade that the
+    /// current usage does not fit (422). Repeating it will fail again.
+    #[error("{0}")]
+    Unprocessable(String),
+    /// The backend cannot be reached; nothing was changed (503).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The backend failed part-way (500). The description is shown to the user.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// A service broker's backend. `osb-core` calls these with validated, typed input once the
+/// OSB rules (auth, catalog, idempotency, concurrency, async bookkeeping) are satisfied.
+///
+/// Every method must be idempotent: after a crash the same call may come again for an
+/// instance or binding that was half made.
+#[async_trait]
+pub trait ServiceBroker: Send + Sync + 'static {
+    /// Whether `operation` on `plan` completes within the request. Async operations are
+    /// refused with 422 AsyncRequired when the platform does not accept them.
+    fn mode(&self, _operation: Operation, _plan: &Plan) -> Mode {
+        Mode::Sync
+    }
+
+    async fn provision(&self, input: ProvisionInput<'_>) -> Result<Provisioned, BrokerError>;
+
+    async fn update(&self, input: UpdateInput<'_>) -> Result<Updated, BrokerError>;
+
+    /// Removes the instance and everything its bindings made.
+    async fn deprovision(&self, input: DeprovisionInput<'_>) -> Result<(), BrokerError>;
+
+    async fn bind(&self, input: BindInput<'_>) -> Result<Bound, BrokerError>;
+
+    async fn unbind(&self, input: UnbindInput<'_>) -> Result<(), BrokerError>;
+
+    /// Live facts for `GET` on an instance (quota state, ...), merged into its metadata.
+    async fn describe(
+        &self,
+        _instance: InstanceView<'_>,
+    ) -> Result<Option<InstanceMetadata>, BrokerError> {
+        Ok(None)
+    }
+
+    /// Whether the backend is reachable, for `GET /ready`.
+    async fn check_ready(&self) -> Result<(), BrokerError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,325 @@
+//! Configuration: one TOML file plus `KPAAS_`-prefixed environment overrides, secrets inline,
+//! from a file or from another environment variable.
+
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use secrecy::SecretString;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::catalog::Catalog;
+
+/// The `[broker]` section every broker binary has.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Address to listen on; `PORT` in the environment (as `cf push` sets it) overrides it.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Basic-auth user of the single platform served at `/` when `platforms` is empty.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// Several platforms, each under its own URL prefix with its own credentials.
+    #[serde(default)]
+    pub platforms: Vec<PlatformConfig>,
+    pub store: StoreConfig,
+    /// 32 bytes, base64: seals binding credentials in the store. Every replica needs the same.
+    pub encryption_key: Secret,
+    pub catalog: Catalog,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    #[serde(default)]
+    pub operations: OperationsConfig,
+    /// Largest request body accepted.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Names this replica in operation records; a random id when unset.
+    #[serde(default)]
+    pub replica_id: Option<String>,
+    /// HTTP worker threads; the number of cores when unset.
+    #[serde(default)]
+    pub workers: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlatformConfig {
+    /// Names the platform in the store and in logs (e.g. "cf-prod").
+    pub name: String,
+    /// URL prefix such as "/cf"; "" or "/" for the root.
+    #[serde(default)]
+    pub prefix: String,
+    pub username: String,
+    pub password: Secret,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite://PATH`, `mysql://USER:PASS@HOST:PORT/DB` or `postgres://USER:PASS@HOST:PORT/DB`.
+    pub url: Secret,
+    #[serde(default = "default_pool")]
+    pub pool_size: usize,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// "pretty" (default) or "json".
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A `tracing` filter such as "info" or "osb_core=debug"; `RUST_LOG` wins when set.
+    #[serde(default)]
+    pub level: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperationsConfig {
+    /// Seconds after which an operation whose replica stopped sending heartbeats is failed.
+    #[serde(default = "default_lease")]
+    pub lease_secs: u64,
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_secs: u64,
+    /// How long a repeated synchronous request waits for the identical one in progress.
+    #[serde(default = "default_sync_wait")]
+    pub sync_wait_secs: u64,
+}
+
+impl Default for OperationsConfig {
+    fn default() -> Self {
+        Self {
+            lease_secs: default_lease(),
+            heartbeat_secs: default_heartbeat(),
+            sync_wait_secs: default_sync_wait(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_max_body() -> usize {
+    256 * 1024
+}
+fn default_pool() -> usize {
+    8
+}
+fn default_lease() -> u64 {
+    60
+}
+fn default_heartbeat() -> u64 {
+    10
+}
+fn default_sync_wait() -> u64 {
+    50
+}
+
+/// A secret in config: a plain string, `{ file = "/path" }` or `{ env = "VAR" }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "SecretSource")]
+pub struct Secret(pub SecretString);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SecretSource {
+    Inline(String),
+    File { file: PathBuf },
+    Env { env: String },
+}
+
+impl TryFrom<SecretSource> for Secret {
+    type Error = String;
+
+    fn try_from(source: SecretSource) -> Result<Self, Self::Error> {
+        let value = match source {
+            SecretSource::Inline(value) => value,
+            SecretSource::File { file } => std::fs::read_to_string(&file)
+                .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
+                .map_err(|e| format!("cannot read secret file {}: {e}", file.display()))?,
+            SecretSource::Env { env } => std::env::var(&env)
+                .map_err(|_| format!("environment variable {env} is not set"))?,
+        };
+        Ok(Self(SecretString::from(value)))
+    }
+}
+
+/// A platform as the server uses it.
+#[derive(Debug, Clone)]
+pub struct Platform {
+    pub name: String,
+    pub prefix: String,
+    pub username: String,
+    pub password: SecretString,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+impl From<figment::Error> for ConfigError {
+    fn from(e: figment::Error) -> Self {
+        Self::Invalid(e.to_string())
+    }
+}
+
+impl BrokerConfig {
+    /// The platforms to serve: the configured list, or one at `/` from `username`/`password`.
+    pub fn platforms(&self) -> Result<Vec<Platform>, ConfigError> {
+        if self.platforms.is_empty() {
+            let (Some(username), Some(password)) = (&self.username, &self.password) else {
+                return Err(ConfigError::Invalid(
+                    "set broker.username and broker.password, or list [[broker.platforms]]".into(),
+                ));
+            };
+            return Ok(vec![Platform {
+                name: "default".into(),
+                prefix: String::new(),
+                username: username.clone(),
+                password: password.0.clone(),
+            }]);
+        }
+        let mut seen = std::collections::HashSet::new();
+        self.platforms
+            .iter()
+            .map(|p| {
+                let prefix = p.prefix.trim_end_matches('/').to_owned();
+                if !(prefix.is_empty() || prefix.starts_with('/')) {
+                    return Err(ConfigError::Invalid(format!(
+                        "broker.platforms: prefix {:?} must start with '/'",
+                        p.prefix
+                    )));
+                }
+                if !seen.insert(prefix.clone()) || !seen.insert(format!("name:{}", p.name)) {
+                    return Err(ConfigError::Invalid(format!(
+                        "broker.platforms: name {:?} or prefix {:?} is used twice",
+                        p.name, p.prefix
+                    )));
+                }
+                Ok(Platform {
+                    name: p.name.clone(),
+                    prefix,
+                    username: p.username.clone(),
+                    password: p.password.0.clone(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// Loads a binary's whole config (`T` has a `broker: BrokerConfig` field and its backend's
+/// sections) from `path` and `KPAAS_SECTION__KEY` environment variables.
+pub fn load<T: DeserializeOwned>(path: Option<&Path>) -> Result<T, ConfigError> {
+    let mut figment = Figment::new();
+    if let Some(path) = path {
+        if !path.exists() {
+            return Err(ConfigError::Invalid(format!(
+                "config file {} does not exist",
+                path.display()
+            )));
+        }
+        figment = figment.merge(Toml::file(path));
+    }
+    figment = figment.merge(Env::prefixed("KPAAS_").split("__"));
+    if let Ok(port) = std::env::var("PORT") {
+        figment = figment.merge(("broker.listen", format!("0.0.0.0:{port}")));
+    }
+    Ok(figment.extract()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    #[derive(Debug, Deserialize)]
+    struct Whole {
+        broker: BrokerConfig,
+    }
+
+    const MINIMAL: &str = r#"
+        [broker]
+        username = "u"
+        password = "p"
+        encryption_key = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+        [broker.store]
+        url = "sqlite://x.db"
+        [[broker.catalog.services]]
+        id = "s"
+        name = "s"
+        description = "d"
+        bindable = true
+        [[broker.catalog.services.plans]]
+        id = "p"
+        name = "p"
+        description = "d"
+    "#;
+
+    fn parse(text: &str) -> Result<Whole, ConfigError> {
+        Ok(Figment::new().merge(Toml::string(text)).extract()?)
+    }
+
+    #[test]
+    fn minimal_config_gives_one_root_platform() {
+        let c = parse(MINIMAL).unwrap();
+        let platforms = c.broker.platforms().unwrap();
+        assert_eq!(platforms.len(), 1);
+        assert_eq!(platforms[0].prefix, "");
+        assert_eq!(c.broker.listen, "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn unknown_key_is_named_in_the_error() {
+        let text = MINIMAL.replace("username = \"u\"", "usernme = \"u\"");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("usernme"), "{err}");
+    }
+
+    #[test]
+    fn secret_can_come_from_a_file_or_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let text = MINIMAL.replace(
+            "password = \"p\"",
+            &format!("password = {{ file = {:?} }}", file.display().to_string()),
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.broker.password.unwrap().0.expose_secret(), "from-file");
+        let missing = MINIMAL.replace("password = \"p\"", "password = { env = \"KPAAS_TEST_UNSET_VAR\" }");
+        let err = parse(&missing).unwrap_err().to_string();
+        assert!(err.contains("KPAAS_TEST_UNSET_VAR"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_not_printed_by_debug() {
+        let c = parse(MINIMAL).unwrap();
+        let shown = format!("{:?}", c.broker);
+        assert!(!shown.contains("AAAAAAAA"), "{shown}");
+    }
+}

@@ -1,0 +1,156 @@
+//! Runs backend operations as tasks that outlive the request, keeps their heartbeats, and fails
+//! operations whose runner died (a crashed or killed replica) so none stays "in progress".
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
+
+use crate::broker::Operation;
+use crate::metrics::Metrics;
+use crate::store::{BindingState, InstanceState, OperationRow, OperationState, Store, now_ms};
+
+/// Lease and heartbeat timing of operations.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// An operation whose heartbeat is older than this is taken as dead.
+    pub lease: Duration,
+    /// How often running operations are marked alive and dead ones looked for.
+    pub heartbeat: Duration,
+    /// How long a repeated synchronous request waits for the identical one already running.
+    pub sync_wait: Duration,
+}
+
+#[derive(Clone)]
+pub struct Runner {
+    handle: Handle,
+    replica: Arc<str>,
+    running: Arc<Mutex<HashSet<String>>>,
+    metrics: Metrics,
+}
+
+/// What the reaper writes on operations whose runner is gone.
+const DIED: &str = "the broker replica running this operation stopped before it finished; retry the request";
+
+impl Runner {
+    /// Captures the current Tokio runtime: every operation runs there, not on an HTTP worker.
+    pub fn new(replica: String, metrics: Metrics) -> Self {
+        Self {
+            handle: Handle::current(),
+            replica: replica.into(),
+            running: Arc::default(),
+            metrics,
+        }
+    }
+
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    /// Runs `work` on the broker's runtime (not the request's), so that a client that hangs up
+    /// does not cancel a half-done backend operation.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = T> + Send + 'static,
+    ) -> JoinHandle<T> {
+        self.handle.spawn(work)
+    }
+
+    /// Runs an operation's task, tracked for heartbeats until it ends.
+    pub fn spawn_operation<T: Send + 'static>(
+        &self,
+        op_id: &str,
+        work: impl Future<Output = T> + Send + 'static,
+    ) -> JoinHandle<T> {
+        let guard = RunningGuard::new(self.clone(), op_id.to_owned());
+        self.spawn(async move {
+            let _guard = guard;
+            work.await
+        })
+    }
+
+    /// Heartbeats and reaping, until the runtime shuts down.
+    pub fn start_maintenance(&self, store: Store, timing: Timing) {
+        let runner = self.clone();
+        self.handle.spawn(async move {
+            let mut tick = tokio::time::interval(timing.heartbeat);
+            loop {
+                tick.tick().await;
+                let ids: Vec<String> = runner.running.lock().unwrap().iter().cloned().collect();
+                if let Err(e) = store.heartbeat(&ids).await {
+                    tracing::warn!(error = %e, "operation heartbeat failed");
+                }
+                let before = now_ms() - timing.lease.as_millis() as i64;
+                match store.stale_operations(before).await {
+                    Ok(stale) => {
+                        for op in stale {
+                            if let Err(e) = reap(&store, &op).await {
+                                tracing::warn!(error = %e, operation = %op.id, "reaping failed");
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "looking for dead operations failed"),
+                }
+            }
+        });
+    }
+}
+
+/// Fails a dead operation and puts its instance or binding where a retry can pick it up.
+async fn reap(store: &Store, op: &OperationRow) -> Result<(), crate::store::StoreError> {
+    let kind = Operation::parse(&op.kind);
+    let usable = match kind {
+        Some(Operation::Update) => Some(true),
+        Some(Operation::Deprovision) => Some(false),
+        _ => None,
+    };
+    let repeatable = matches!(kind, Some(Operation::Update)).then_some(true);
+    if !store
+        .finish_operation(&op.id, OperationState::Failed, Some(DIED), usable, repeatable)
+        .await?
+    {
+        return Ok(());
+    }
+    tracing::warn!(operation = %op.id, kind = %op.kind, instance_id = %op.instance_id, "failed an operation whose runner died");
+    match (kind, &op.binding_id) {
+        (Some(Operation::Update), None) => {
+            store
+                .release_instance(&op.instance_id, &op.id, InstanceState::Ready)
+                .await
+        }
+        (_, None) => {
+            store
+                .release_instance(&op.instance_id, &op.id, InstanceState::Failed)
+                .await
+        }
+        (_, Some(binding)) => {
+            store
+                .release_binding(binding, &op.id, BindingState::Failed)
+                .await
+        }
+    }
+}
+
+/// Keeps an operation in the heartbeat set while its task lives, even if the task panics.
+struct RunningGuard {
+    runner: Runner,
+    op_id: String,
+}
+
+impl RunningGuard {
+    fn new(runner: Runner, op_id: String) -> Self {
+        runner.running.lock().unwrap().insert(op_id.clone());
+        runner.metrics.operation_started();
+        Self { runner, op_id }
+    }
+}
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        self.runner.running.lock().unwrap().remove(&self.op_id);
+        self.runner.metrics.operation_ended();
+    }
+}

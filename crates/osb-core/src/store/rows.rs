@@ -1,0 +1,135 @@
+//! One struct per table row, and the states a row moves through.
+
+use diesel::prelude::*;
+
+use super::schema::{osb_bindings, osb_instances, osb_operations};
+
+macro_rules! states {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $text),+ }
+            }
+
+            pub fn parse(s: &str) -> Option<Self> {
+                match s { $($text => Some(Self::$variant),)+ _ => None }
+            }
+        }
+    };
+}
+
+states! {
+    /// Where an instance is in its life.
+    InstanceState {
+        Provisioning => "provisioning",
+        Ready => "ready",
+        Updating => "updating",
+        Deprovisioning => "deprovisioning",
+        Failed => "failed",
+    }
+}
+
+states! {
+    /// Where a binding is in its life.
+    BindingState {
+        Binding => "binding",
+        Bound => "bound",
+        Unbinding => "unbinding",
+        Failed => "failed",
+    }
+}
+
+states! {
+    /// An operation's state, spelled as `last_operation` reports it.
+    OperationState {
+        InProgress => "in progress",
+        Succeeded => "succeeded",
+        Failed => "failed",
+    }
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, AsChangeset)]
+#[diesel(table_name = osb_instances)]
+#[diesel(treat_none_as_null = true)]
+pub struct InstanceRow {
+    pub id: String,
+    pub platform: String,
+    pub service_id: String,
+    pub plan_id: String,
+    /// Hash of what identifies the provision request, to tell a retry from a conflict.
+    pub fingerprint: String,
+    pub state: String,
+    pub operation_id: String,
+    pub parameters: String,
+    pub context: String,
+    pub maintenance_version: Option<String>,
+    pub dashboard_url: Option<String>,
+    pub metadata: Option<String>,
+    pub broker_state: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, AsChangeset)]
+#[diesel(table_name = osb_bindings)]
+#[diesel(treat_none_as_null = true)]
+pub struct BindingRow {
+    pub id: String,
+    pub instance_id: String,
+    pub platform: String,
+    pub service_id: String,
+    pub plan_id: String,
+    pub fingerprint: String,
+    pub state: String,
+    pub operation_id: String,
+    pub parameters: String,
+    /// The non-secret part of the bind response, as JSON.
+    pub response: Option<String>,
+    /// The credentials, sealed (see `crypto`).
+    pub credentials: Option<String>,
+    pub broker_state: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = osb_operations)]
+pub struct OperationRow {
+    pub id: String,
+    pub platform: String,
+    pub instance_id: String,
+    pub binding_id: Option<String>,
+    pub kind: String,
+    pub state: String,
+    pub fingerprint: String,
+    pub description: Option<String>,
+    pub instance_usable: Option<bool>,
+    pub update_repeatable: Option<bool>,
+    /// The replica running it; with `heartbeat_at`, how a dead runner is noticed.
+    pub owner: String,
+    pub heartbeat_at: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl InstanceRow {
+    pub fn state(&self) -> Option<InstanceState> {
+        InstanceState::parse(&self.state)
+    }
+}
+
+impl BindingRow {
+    pub fn state(&self) -> Option<BindingState> {
+        BindingState::parse(&self.state)
+    }
+}
+
+impl OperationRow {
+    pub fn state(&self) -> Option<OperationState> {
+        OperationState::parse(&self.state)
+    }
+}

@@ -1,0 +1,59 @@
+// The tables of `migrations/`, for diesel's query builder.
+
+diesel::table! {
+    osb_instances (id) {
+        id -> Varchar,
+        platform -> Varchar,
+        service_id -> Varchar,
+        plan_id -> Varchar,
+        fingerprint -> Varchar,
+        state -> Varchar,
+        operation_id -> Varchar,
+        parameters -> Text,
+        context -> Text,
+        maintenance_version -> Nullable<Varchar>,
+        dashboard_url -> Nullable<Text>,
+        metadata -> Nullable<Text>,
+        broker_state -> Text,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    osb_bindings (id) {
+        id -> Varchar,
+        instance_id -> Varchar,
+        platform -> Varchar,
+        service_id -> Varchar,
+        plan_id -> Varchar,
+        fingerprint -> Varchar,
+        state -> Varchar,
+        operation_id -> Varchar,
+        parameters -> Text,
+        response -> Nullable<Text>,
+        credentials -> Nullable<Text>,
+        broker_state -> Text,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    osb_operations (id) {
+        id -> Varchar,
+        platform -> Varchar,
+        instance_id -> Varchar,
+        binding_id -> Nullable<Varchar>,
+        kind -> Varchar,
+        state -> Varchar,
+        fingerprint -> Varchar,
+        description -> Nullable<Text>,
+        instance_usable -> Nullable<Bool>,
+        update_repeatable -> Nullable<Bool>,
+        owner -> Varchar,
+        heartbeat_at -> BigInt,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}

@@ -1,0 +1,262 @@
+//! OSB 2.17 request and response bodies, as they travel over HTTP.
+//!
+//! Unknown fields are ignored (the spec's vendor-extension rule); required fields are
+//! plain (non-`Option`) so that serde itself refuses a body without them.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::catalog::MaintenanceInfo;
+
+/// `PUT /v2/service_instances/:id`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ProvisionRequest {
+    pub service_id: String,
+    pub plan_id: String,
+    #[serde(default)]
+    pub context: Option<Map<String, Value>>,
+    pub organization_guid: String,
+    pub space_guid: String,
+    #[serde(default)]
+    pub parameters: Option<Map<String, Value>>,
+    #[serde(default)]
+    pub maintenance_info: Option<MaintenanceInfo>,
+}
+
+/// `PATCH /v2/service_instances/:id`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct UpdateRequest {
+    pub service_id: String,
+    #[serde(default)]
+    pub plan_id: Option<String>,
+    #[serde(default)]
+    pub context: Option<Map<String, Value>>,
+    #[serde(default)]
+    pub parameters: Option<Map<String, Value>>,
+    #[serde(default)]
+    pub previous_values: Option<PreviousValues>,
+    #[serde(default)]
+    pub maintenance_info: Option<MaintenanceInfo>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PreviousValues {
+    #[serde(default)]
+    pub service_id: Option<String>,
+    #[serde(default)]
+    pub plan_id: Option<String>,
+    #[serde(default)]
+    pub organization_id: Option<String>,
+    #[serde(default)]
+    pub space_id: Option<String>,
+    #[serde(default)]
+    pub maintenance_info: Option<MaintenanceInfo>,
+}
+
+/// `PUT /v2/service_instances/:id/service_bindings/:bid`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BindRequest {
+    pub service_id: String,
+    pub plan_id: String,
+    #[serde(default)]
+    pub context: Option<Map<String, Value>>,
+    #[serde(default)]
+    pub app_guid: Option<String>,
+    #[serde(default)]
+    pub bind_resource: Option<BindResource>,
+    #[serde(default)]
+    pub parameters: Option<Map<String, Value>>,
+    #[serde(default)]
+    pub predecessor_binding_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct BindResource {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_guid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    #[serde(flatten)]
+    pub other: Map<String, Value>,
+}
+
+/// Query of `DELETE` on instances and bindings: both ids are required there.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DeleteQuery {
+    pub service_id: Option<String>,
+    pub plan_id: Option<String>,
+    #[serde(default)]
+    pub accepts_incomplete: Option<String>,
+}
+
+/// Query of `PUT`/`PATCH`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AsyncQuery {
+    #[serde(default)]
+    pub accepts_incomplete: Option<String>,
+}
+
+/// Query of `GET` and `last_operation`: hints only.
+#[derive(Debug, Clone, Deserialize)]
+pub struct FetchQuery {
+    #[serde(default)]
+    pub service_id: Option<String>,
+    #[serde(default)]
+    pub plan_id: Option<String>,
+    #[serde(default)]
+    pub operation: Option<String>,
+}
+
+/// Body of a 200/201/202 answer to provision or update.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct InstanceOperationResponse {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dashboard_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<InstanceMetadata>,
+}
+
+/// Labels and attributes the broker attaches to an instance.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct InstanceMetadata {
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub labels: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub attributes: Map<String, Value>,
+}
+
+impl InstanceMetadata {
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty() && self.attributes.is_empty()
+    }
+}
+
+/// Body of `GET /v2/service_instances/:id`.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceResponse {
+    pub service_id: String,
+    pub plan_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dashboard_url: Option<String>,
+    pub parameters: Map<String, Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maintenance_info: Option<MaintenanceInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<InstanceMetadata>,
+}
+
+/// Body of a 200/201 bind and of `GET` on a binding (the parts that are not secret are here;
+/// `credentials` is filled in from the encrypted store when answering).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct BindingResponse {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<BindingMetadata>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<Map<String, Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub syslog_drain_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_service_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volume_mounts: Vec<VolumeMount>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<Endpoint>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<Map<String, Value>>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct BindingMetadata {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_before: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VolumeMount {
+    pub driver: String,
+    pub container_dir: String,
+    pub mode: String,
+    pub device_type: String,
+    pub device: Device,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Device {
+    pub volume_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount_config: Option<Map<String, Value>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Endpoint {
+    pub host: String,
+    pub ports: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+}
+
+/// Body of a 202 on bind, unbind and deprovision.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct OperationResponse {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
+}
+
+/// `state` of `last_operation`, spelled as the spec spells it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum LastOperationState {
+    #[serde(rename = "in progress")]
+    InProgress,
+    #[serde(rename = "succeeded")]
+    Succeeded,
+    #[serde(rename = "failed")]
+    Failed,
+}
+
+/// Body of `last_operation`.
+#[derive(Debug, Clone, Serialize)]
+pub struct LastOperationResponse {
+    pub state: LastOperationState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_usable: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub update_repeatable: Option<bool>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn provision_ignores_unknown_fields_and_needs_required_ones() {
+        let ok: ProvisionRequest = serde_json::from_value(json!({
+            "service_id": "s", "plan_id": "p", "organization_guid": "o", "space_guid": "sp",
+            "x-vendor-extension": 1
+        }))
+        .unwrap();
+        assert_eq!(ok.plan_id, "p");
+        let err = serde_json::from_value::<ProvisionRequest>(json!({"service_id": "s"}))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("plan_id"), "{err}");
+    }
+
+    #[test]
+    fn last_operation_state_is_spelled_as_the_spec() {
+        let body = serde_json::to_value(LastOperationResponse {
+            state: LastOperationState::InProgress,
+            description: None,
+            instance_usable: None,
+            update_repeatable: None,
+        })
+        .unwrap();
+        assert_eq!(body, json!({"state": "in progress"}));
+    }
+}
