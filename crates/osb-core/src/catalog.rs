@@ -166,7 +166,10 @@ impl CatalogIndex {
                 }
             }
             if !service_ids.insert(service.id.clone()) {
-                return Err(CatalogError(format!("{at}: id {} is used twice", service.id)));
+                return Err(CatalogError(format!(
+                    "{at}: id {} is used twice",
+                    service.id
+                )));
             }
             if !service_names.insert(service.name.clone()) {
                 return Err(CatalogError(format!("{at}: name is used twice")));
@@ -185,7 +188,8 @@ impl CatalogIndex {
                 if !plan_names.insert(plan.name.clone()) {
                     return Err(CatalogError(format!("{at}: name is used twice")));
                 }
-                if plans.insert(plan.id.clone(), (si, pi)).is_some() || service_ids.contains(&plan.id)
+                if plans.insert(plan.id.clone(), (si, pi)).is_some()
+                    || service_ids.contains(&plan.id)
                 {
                     return Err(CatalogError(format!("{at}: id {} is used twice", plan.id)));
                 }
@@ -225,7 +229,9 @@ impl CatalogIndex {
     /// The service and plan a request names, or the 400 the spec asks for.
     pub fn resolve(&self, service_id: &str, plan_id: &str) -> Result<(&Service, &Plan), OsbError> {
         let service = self.service(service_id).ok_or_else(|| {
-            OsbError::BadRequest(format!("service_id {service_id:?} is not in this broker's catalog"))
+            OsbError::BadRequest(format!(
+                "service_id {service_id:?} is not in this broker's catalog"
+            ))
         })?;
         match self.plan(plan_id) {
             Some((s, plan)) if s.id == service.id => Ok((service, plan)),
@@ -252,7 +258,11 @@ impl CatalogIndex {
             .take(5)
             .map(|e| {
                 let path = e.instance_path.to_string();
-                let at = if path.is_empty() { "parameters".to_owned() } else { format!("parameters{path}") };
+                let at = if path.is_empty() {
+                    "parameters".to_owned()
+                } else {
+                    format!("parameters{path}")
+                };
                 format!("{at}: {e}")
             })
             .collect();
@@ -277,11 +287,22 @@ fn plan_schemas(plan: &Plan) -> Vec<(SchemaUse, &Value)> {
     };
     let instance = schemas.service_instance.as_ref();
     [
-        (SchemaUse::Provision, schema_params(instance.and_then(|i| i.create.as_ref()))),
-        (SchemaUse::Update, schema_params(instance.and_then(|i| i.update.as_ref()))),
+        (
+            SchemaUse::Provision,
+            schema_params(instance.and_then(|i| i.create.as_ref())),
+        ),
+        (
+            SchemaUse::Update,
+            schema_params(instance.and_then(|i| i.update.as_ref())),
+        ),
         (
             SchemaUse::Bind,
-            schema_params(schemas.service_binding.as_ref().and_then(|b| b.create.as_ref())),
+            schema_params(
+                schemas
+                    .service_binding
+                    .as_ref()
+                    .and_then(|b| b.create.as_ref()),
+            ),
         ),
     ]
     .into_iter()
@@ -323,7 +344,9 @@ mod tests {
         let index = CatalogIndex::new(catalog()).unwrap();
         let (_, plan) = index.plan("p1").unwrap();
         let bad = json!({"size": 99}).as_object().unwrap().clone();
-        let err = index.validate(plan, SchemaUse::Provision, &bad).unwrap_err();
+        let err = index
+            .validate(plan, SchemaUse::Provision, &bad)
+            .unwrap_err();
         assert!(err.to_string().contains("/size"), "{err}");
         let good = json!({"size": 3}).as_object().unwrap().clone();
         assert!(index.validate(plan, SchemaUse::Provision, &good).is_ok());

@@ -160,8 +160,9 @@ impl TryFrom<SecretSource> for Secret {
             SecretSource::File { file } => std::fs::read_to_string(&file)
                 .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
                 .map_err(|e| format!("cannot read secret file {}: {e}", file.display()))?,
-            SecretSource::Env { env } => std::env::var(&env)
-                .map_err(|_| format!("environment variable {env} is not set"))?,
+            SecretSource::Env { env } => {
+                std::env::var(&env).map_err(|_| format!("environment variable {env} is not set"))?
+            }
         };
         Ok(Self(SecretString::from(value)))
     }
@@ -311,7 +312,10 @@ mod tests {
         );
         let c = parse(&text).unwrap();
         assert_eq!(c.broker.password.unwrap().0.expose_secret(), "from-file");
-        let missing = MINIMAL.replace("password = \"p\"", "password = { env = \"KPAAS_TEST_UNSET_VAR\" }");
+        let missing = MINIMAL.replace(
+            "password = \"p\"",
+            "password = { env = \"KPAAS_TEST_UNSET_VAR\" }",
+        );
         let err = parse(&missing).unwrap_err().to_string();
         assert!(err.contains("KPAAS_TEST_UNSET_VAR"), "{err}");
     }

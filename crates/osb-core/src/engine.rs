@@ -148,12 +148,17 @@ fn left_nothing(err: &BrokerError) -> bool {
 
 fn require_non_empty(value: &str, field: &str) -> Result<(), OsbError> {
     if value.is_empty() {
-        return Err(OsbError::BadRequest(format!("{field} must be a non-empty string")));
+        return Err(OsbError::BadRequest(format!(
+            "{field} must be a non-empty string"
+        )));
     }
     Ok(())
 }
 
-fn check_maintenance(plan: &Plan, requested: Option<&crate::catalog::MaintenanceInfo>) -> Result<(), OsbError> {
+fn check_maintenance(
+    plan: &Plan,
+    requested: Option<&crate::catalog::MaintenanceInfo>,
+) -> Result<(), OsbError> {
     let Some(requested) = requested else {
         return Ok(());
     };
@@ -171,7 +176,14 @@ fn check_maintenance(plan: &Plan, requested: Option<&crate::catalog::Maintenance
 }
 
 impl<B: ServiceBroker> Engine<B> {
-    pub fn new(broker: B, catalog: CatalogIndex, store: Store, sealer: Sealer, runner: Runner, timing: Timing) -> Self {
+    pub fn new(
+        broker: B,
+        catalog: CatalogIndex,
+        store: Store,
+        sealer: Sealer,
+        runner: Runner,
+        timing: Timing,
+    ) -> Self {
         runner.start_maintenance(store.clone(), timing);
         Self {
             inner: Arc::new(Inner {
@@ -196,7 +208,11 @@ impl<B: ServiceBroker> Engine<B> {
     /// Store and backend reachable.
     pub async fn ready(&self) -> Result<(), OsbError> {
         self.inner.store.ping().await?;
-        self.inner.broker.check_ready().await.map_err(OsbError::from)
+        self.inner
+            .broker
+            .check_ready()
+            .await
+            .map_err(OsbError::from)
     }
 
     fn check_mode(&self, op: Operation, plan: &Plan, caller: &Caller) -> Result<Mode, OsbError> {
@@ -216,7 +232,11 @@ impl<B: ServiceBroker> Engine<B> {
     }
 
     /// The instance if it exists and belongs to this platform.
-    async fn visible_instance(&self, id: &InstanceId, caller: &Caller) -> Result<Option<InstanceRow>, OsbError> {
+    async fn visible_instance(
+        &self,
+        id: &InstanceId,
+        caller: &Caller,
+    ) -> Result<Option<InstanceRow>, OsbError> {
         Ok(self
             .inner
             .store
@@ -279,12 +299,19 @@ impl<B: ServiceBroker> Engine<B> {
 
     // ---- provision ---------------------------------------------------------------------
 
-    pub async fn provision(&self, caller: Caller, id: InstanceId, req: ProvisionRequest) -> Result<Reply, OsbError> {
+    pub async fn provision(
+        &self,
+        caller: Caller,
+        id: InstanceId,
+        req: ProvisionRequest,
+    ) -> Result<Reply, OsbError> {
         require_non_empty(&req.organization_guid, "organization_guid")?;
         require_non_empty(&req.space_guid, "space_guid")?;
         let (_, plan) = self.inner.catalog.resolve(&req.service_id, &req.plan_id)?;
         let parameters = req.parameters.clone().unwrap_or_default();
-        self.inner.catalog.validate(plan, SchemaUse::Provision, &parameters)?;
+        self.inner
+            .catalog
+            .validate(plan, SchemaUse::Provision, &parameters)?;
         check_maintenance(plan, req.maintenance_info.as_ref())?;
         let mode = self.check_mode(Operation::Provision, plan, &caller)?;
         let fp = fingerprint(&json!({
@@ -327,11 +354,14 @@ impl<B: ServiceBroker> Engine<B> {
             };
             if existing.platform != caller.platform || existing.fingerprint != fp {
                 return Err(OsbError::Conflict(
-                    "a service instance with this id already exists with different attributes".into(),
+                    "a service instance with this id already exists with different attributes"
+                        .into(),
                 ));
             }
             match existing.state() {
-                Some(InstanceState::Ready) => return Ok(Reply::new(200, instance_body(&existing)?)),
+                Some(InstanceState::Ready) => {
+                    return Ok(Reply::new(200, instance_body(&existing)?));
+                }
                 Some(InstanceState::Provisioning) if caller.accepts_incomplete => {
                     return Ok(accepted(&existing.operation_id));
                 }
@@ -348,7 +378,12 @@ impl<B: ServiceBroker> Engine<B> {
                     if self
                         .inner
                         .store
-                        .claim_instance(id.as_str(), &[InstanceState::Failed], InstanceState::Provisioning, &op.id)
+                        .claim_instance(
+                            id.as_str(),
+                            &[InstanceState::Failed],
+                            InstanceState::Provisioning,
+                            &op.id,
+                        )
                         .await?
                     {
                         let mut row = existing;
@@ -363,14 +398,26 @@ impl<B: ServiceBroker> Engine<B> {
         }
     }
 
-    async fn start_provision(&self, mode: Mode, row: InstanceRow, op: String) -> Result<Reply, OsbError> {
+    async fn start_provision(
+        &self,
+        mode: Mode,
+        row: InstanceRow,
+        op: String,
+    ) -> Result<Reply, OsbError> {
         let engine = self.clone();
         let op_id = op.clone();
-        self.launch(mode, &op, async move { engine.run_provision(mode, row, op_id).await })
-            .await
+        self.launch(mode, &op, async move {
+            engine.run_provision(mode, row, op_id).await
+        })
+        .await
     }
 
-    async fn run_provision(&self, mode: Mode, mut row: InstanceRow, op: String) -> Result<Reply, OsbError> {
+    async fn run_provision(
+        &self,
+        mode: Mode,
+        mut row: InstanceRow,
+        op: String,
+    ) -> Result<Reply, OsbError> {
         let store = &self.inner.store;
         let loaded = Loaded::new(row.clone())?;
         let (service, plan) = self.plan_of(&row.plan_id)?;
@@ -409,7 +456,13 @@ impl<B: ServiceBroker> Engine<B> {
                         .await?;
                 }
                 store
-                    .finish_operation(&op, OperationState::Failed, Some(&err.to_string()), None, None)
+                    .finish_operation(
+                        &op,
+                        OperationState::Failed,
+                        Some(&err.to_string()),
+                        None,
+                        None,
+                    )
                     .await?;
                 Err(err.into())
             }
@@ -418,7 +471,12 @@ impl<B: ServiceBroker> Engine<B> {
 
     // ---- update ------------------------------------------------------------------------
 
-    pub async fn update(&self, caller: Caller, id: InstanceId, req: UpdateRequest) -> Result<Reply, OsbError> {
+    pub async fn update(
+        &self,
+        caller: Caller,
+        id: InstanceId,
+        req: UpdateRequest,
+    ) -> Result<Reply, OsbError> {
         let Some(row) = self.visible_instance(&id, &caller).await? else {
             return Err(OsbError::NotFound("service instance does not exist".into()));
         };
@@ -438,7 +496,9 @@ impl<B: ServiceBroker> Engine<B> {
             )));
         }
         if let Some(params) = &req.parameters {
-            self.inner.catalog.validate(target, SchemaUse::Update, params)?;
+            self.inner
+                .catalog
+                .validate(target, SchemaUse::Update, params)?;
         }
         check_maintenance(target, req.maintenance_info.as_ref())?;
         let changes_something = target.id != current.id
@@ -447,7 +507,8 @@ impl<B: ServiceBroker> Engine<B> {
                 .maintenance_info
                 .as_ref()
                 .is_some_and(|m| row.maintenance_version.as_deref() != Some(m.version.as_str()));
-        let context_update = req.context.is_some() && service.allow_context_updates.unwrap_or(false);
+        let context_update =
+            req.context.is_some() && service.allow_context_updates.unwrap_or(false);
         if !changes_something && !context_update {
             return Ok(Reply::new(200, json!({})));
         }
@@ -464,7 +525,12 @@ impl<B: ServiceBroker> Engine<B> {
         if !self
             .inner
             .store
-            .claim_instance(id.as_str(), &[InstanceState::Ready], InstanceState::Updating, &op.id)
+            .claim_instance(
+                id.as_str(),
+                &[InstanceState::Ready],
+                InstanceState::Updating,
+                &op.id,
+            )
             .await?
         {
             self.inner.store.delete_operation(&op.id).await?;
@@ -478,11 +544,13 @@ impl<B: ServiceBroker> Engine<B> {
                 return Ok(accepted(&running.id));
             }
             return match self.inner.store.instance(id.as_str()).await? {
-                Some(r) if r.state() == Some(InstanceState::Failed) => Err(OsbError::Unprocessable {
-                    description: "the service instance failed to provision; delete it".into(),
-                    instance_usable: Some(false),
-                    update_repeatable: Some(false),
-                }),
+                Some(r) if r.state() == Some(InstanceState::Failed) => {
+                    Err(OsbError::Unprocessable {
+                        description: "the service instance failed to provision; delete it".into(),
+                        instance_usable: Some(false),
+                        update_repeatable: Some(false),
+                    })
+                }
                 _ => Err(concurrency("service instance")),
             };
         }
@@ -495,12 +563,21 @@ impl<B: ServiceBroker> Engine<B> {
         .await
     }
 
-    async fn run_update(&self, row: InstanceRow, op: String, target_id: String, req: UpdateRequest) -> Result<Reply, OsbError> {
+    async fn run_update(
+        &self,
+        row: InstanceRow,
+        op: String,
+        target_id: String,
+        req: UpdateRequest,
+    ) -> Result<Reply, OsbError> {
         let store = &self.inner.store;
         let loaded = Loaded::new(row)?;
         let (service, current) = self.plan_of(&loaded.row.plan_id)?;
         let (_, target) = self.plan_of(&target_id)?;
-        let context = req.context.clone().unwrap_or_else(|| loaded.context.clone());
+        let context = req
+            .context
+            .clone()
+            .unwrap_or_else(|| loaded.context.clone());
         let result = self
             .inner
             .broker
@@ -529,7 +606,8 @@ impl<B: ServiceBroker> Engine<B> {
                 if let Some(m) = &req.maintenance_info {
                     row.maintenance_version = Some(m.version.clone());
                 } else if target.id != current.id {
-                    row.maintenance_version = target.maintenance_info.as_ref().map(|m| m.version.clone());
+                    row.maintenance_version =
+                        target.maintenance_info.as_ref().map(|m| m.version.clone());
                 }
                 if done.dashboard_url.is_some() {
                     row.dashboard_url = done.dashboard_url.clone();
@@ -557,18 +635,26 @@ impl<B: ServiceBroker> Engine<B> {
             Err(err) => {
                 tracing::warn!(instance_id = %row.id, error = %err, "update failed");
                 store.save_instance(&row).await?;
-                let repeatable = !matches!(err, BrokerError::Unprocessable(_) | BrokerError::InvalidParameters(_));
+                let repeatable = !matches!(
+                    err,
+                    BrokerError::Unprocessable(_) | BrokerError::InvalidParameters(_)
+                );
                 store
-                    .finish_operation(&op, OperationState::Failed, Some(&err.to_string()), Some(true), Some(repeatable))
+                    .finish_operation(
+                        &op,
+                        OperationState::Failed,
+                        Some(&err.to_string()),
+                        Some(true),
+                        Some(repeatable),
+                    )
                     .await?;
                 Err(match OsbError::from(err) {
-                    OsbError::Internal(description) | OsbError::Unprocessable { description, .. } => {
-                        OsbError::Unprocessable {
-                            description,
-                            instance_usable: Some(true),
-                            update_repeatable: Some(repeatable),
-                        }
-                    }
+                    OsbError::Internal(description)
+                    | OsbError::Unprocessable { description, .. } => OsbError::Unprocessable {
+                        description,
+                        instance_usable: Some(true),
+                        update_repeatable: Some(repeatable),
+                    },
                     other => other,
                 })
             }
@@ -577,7 +663,12 @@ impl<B: ServiceBroker> Engine<B> {
 
     // ---- deprovision -------------------------------------------------------------------
 
-    pub async fn deprovision(&self, caller: Caller, id: InstanceId, query: DeleteQuery) -> Result<Reply, OsbError> {
+    pub async fn deprovision(
+        &self,
+        caller: Caller,
+        id: InstanceId,
+        query: DeleteQuery,
+    ) -> Result<Reply, OsbError> {
         let (service_id, plan_id) = required_ids(&query)?;
         self.inner.catalog.resolve(&service_id, &plan_id)?;
         let started = Instant::now();
@@ -620,19 +711,29 @@ impl<B: ServiceBroker> Engine<B> {
             // A bind that started before our claim must finish first (it re-checks the instance
             // after writing its row, so one of the two always sees the other).
             if self.inner.store.has_busy_bindings(id.as_str()).await? {
-                self.inner.store.release_instance(id.as_str(), &op.id, from).await?;
+                self.inner
+                    .store
+                    .release_instance(id.as_str(), &op.id, from)
+                    .await?;
                 self.inner.store.delete_operation(&op.id).await?;
                 return Err(concurrency("service instance"));
             }
             let engine = self.clone();
             let op_id = op.id.clone();
             return self
-                .launch(mode, &op.id, async move { engine.run_deprovision(row, op_id, from).await })
+                .launch(mode, &op.id, async move {
+                    engine.run_deprovision(row, op_id, from).await
+                })
                 .await;
         }
     }
 
-    async fn run_deprovision(&self, row: InstanceRow, op: String, from: InstanceState) -> Result<Reply, OsbError> {
+    async fn run_deprovision(
+        &self,
+        row: InstanceRow,
+        op: String,
+        from: InstanceState,
+    ) -> Result<Reply, OsbError> {
         let store = &self.inner.store;
         let loaded = Loaded::new(row)?;
         let (service, plan) = self.plan_of(&loaded.row.plan_id)?;
@@ -662,9 +763,17 @@ impl<B: ServiceBroker> Engine<B> {
             Err(err) => {
                 tracing::warn!(instance_id = %loaded.id, error = %err, "deprovision failed");
                 let usable = from == InstanceState::Ready && left_nothing(&err);
-                store.release_instance(loaded.id.as_str(), &op, from).await?;
                 store
-                    .finish_operation(&op, OperationState::Failed, Some(&err.to_string()), Some(usable), None)
+                    .release_instance(loaded.id.as_str(), &op, from)
+                    .await?;
+                store
+                    .finish_operation(
+                        &op,
+                        OperationState::Failed,
+                        Some(&err.to_string()),
+                        Some(usable),
+                        None,
+                    )
                     .await?;
                 Err(match OsbError::from(err) {
                     OsbError::Internal(description) => OsbError::Unprocessable {
@@ -680,7 +789,13 @@ impl<B: ServiceBroker> Engine<B> {
 
     // ---- bind --------------------------------------------------------------------------
 
-    pub async fn bind(&self, caller: Caller, id: InstanceId, binding_id: BindingId, req: BindRequest) -> Result<Reply, OsbError> {
+    pub async fn bind(
+        &self,
+        caller: Caller,
+        id: InstanceId,
+        binding_id: BindingId,
+        req: BindRequest,
+    ) -> Result<Reply, OsbError> {
         let Some(instance) = self.visible_instance(&id, &caller).await? else {
             return Err(OsbError::NotFound("service instance does not exist".into()));
         };
@@ -691,10 +806,15 @@ impl<B: ServiceBroker> Engine<B> {
             ));
         }
         if !plan.bindable(service) {
-            return Err(OsbError::BadRequest(format!("plan {:?} is not bindable", plan.name)));
+            return Err(OsbError::BadRequest(format!(
+                "plan {:?} is not bindable",
+                plan.name
+            )));
         }
         let parameters = req.parameters.clone().unwrap_or_default();
-        self.inner.catalog.validate(plan, SchemaUse::Bind, &parameters)?;
+        self.inner
+            .catalog
+            .validate(plan, SchemaUse::Bind, &parameters)?;
         if let Some(app) = &req.app_guid {
             require_non_empty(app, "app_guid")?;
         }
@@ -705,12 +825,9 @@ impl<B: ServiceBroker> Engine<B> {
                     plan.name
                 )));
             }
-            let ok = self
-                .inner
-                .store
-                .binding(pred)
-                .await?
-                .is_some_and(|b| b.instance_id == id.as_str() && b.state() == Some(BindingState::Bound));
+            let ok = self.inner.store.binding(pred).await?.is_some_and(|b| {
+                b.instance_id == id.as_str() && b.state() == Some(BindingState::Bound)
+            });
             if !ok {
                 return Err(OsbError::BadRequest(
                     "predecessor_binding_id must name a live binding of this instance".into(),
@@ -730,7 +847,13 @@ impl<B: ServiceBroker> Engine<B> {
         let started = Instant::now();
         loop {
             let op = self
-                .new_operation(&caller, id.as_str(), Some(binding_id.as_str()), Operation::Bind, &fp)
+                .new_operation(
+                    &caller,
+                    id.as_str(),
+                    Some(binding_id.as_str()),
+                    Operation::Bind,
+                    &fp,
+                )
                 .await?;
             let now = now_ms();
             let row = BindingRow {
@@ -774,11 +897,14 @@ impl<B: ServiceBroker> Engine<B> {
                 || existing.fingerprint != fp
             {
                 return Err(OsbError::Conflict(
-                    "a service binding with this id already exists with different attributes".into(),
+                    "a service binding with this id already exists with different attributes"
+                        .into(),
                 ));
             }
             match existing.state() {
-                Some(BindingState::Bound) => return Ok(Reply::new(200, self.binding_body(&existing)?)),
+                Some(BindingState::Bound) => {
+                    return Ok(Reply::new(200, self.binding_body(&existing)?));
+                }
                 Some(BindingState::Binding) if caller.accepts_incomplete => {
                     return Ok(accepted(&existing.operation_id));
                 }
@@ -789,12 +915,23 @@ impl<B: ServiceBroker> Engine<B> {
                 }
                 Some(BindingState::Failed) => {
                     let op = self
-                        .new_operation(&caller, id.as_str(), Some(binding_id.as_str()), Operation::Bind, &fp)
+                        .new_operation(
+                            &caller,
+                            id.as_str(),
+                            Some(binding_id.as_str()),
+                            Operation::Bind,
+                            &fp,
+                        )
                         .await?;
                     if self
                         .inner
                         .store
-                        .claim_binding(binding_id.as_str(), &[BindingState::Failed], BindingState::Binding, &op.id)
+                        .claim_binding(
+                            binding_id.as_str(),
+                            &[BindingState::Failed],
+                            BindingState::Binding,
+                            &op.id,
+                        )
                         .await?
                     {
                         let mut row = existing;
@@ -808,14 +945,28 @@ impl<B: ServiceBroker> Engine<B> {
         }
     }
 
-    async fn start_bind(&self, mode: Mode, row: BindingRow, op: String, req: BindRequest) -> Result<Reply, OsbError> {
+    async fn start_bind(
+        &self,
+        mode: Mode,
+        row: BindingRow,
+        op: String,
+        req: BindRequest,
+    ) -> Result<Reply, OsbError> {
         let engine = self.clone();
         let op_id = op.clone();
-        self.launch(mode, &op, async move { engine.run_bind(mode, row, op_id, req).await })
-            .await
+        self.launch(mode, &op, async move {
+            engine.run_bind(mode, row, op_id, req).await
+        })
+        .await
     }
 
-    async fn run_bind(&self, mode: Mode, mut row: BindingRow, op: String, req: BindRequest) -> Result<Reply, OsbError> {
+    async fn run_bind(
+        &self,
+        mode: Mode,
+        mut row: BindingRow,
+        op: String,
+        req: BindRequest,
+    ) -> Result<Reply, OsbError> {
         let store = &self.inner.store;
         let instance = store
             .instance(&row.instance_id)
@@ -825,12 +976,20 @@ impl<B: ServiceBroker> Engine<B> {
         let (service, plan) = self.plan_of(&loaded.row.plan_id)?;
         let binding_id = BindingId::parse(&row.id)?;
         let predecessor = match &req.predecessor_binding_id {
-            Some(p) => store.binding(p).await?.as_ref().map(binding_view).transpose()?,
+            Some(p) => store
+                .binding(p)
+                .await?
+                .as_ref()
+                .map(binding_view)
+                .transpose()?,
             None => None,
         };
         let parameters = req.parameters.clone().unwrap_or_default();
         let mut bind_resource = req.bind_resource.clone();
-        if let (Some(app), None) = (&req.app_guid, bind_resource.as_ref().and_then(|r| r.app_guid.as_ref())) {
+        if let (Some(app), None) = (
+            &req.app_guid,
+            bind_resource.as_ref().and_then(|r| r.app_guid.as_ref()),
+        ) {
             bind_resource.get_or_insert_with(Default::default).app_guid = Some(app.clone());
         }
         let context = req.context.clone().unwrap_or_default();
@@ -877,10 +1036,18 @@ impl<B: ServiceBroker> Engine<B> {
                 if mode == Mode::Sync && left_nothing(&err) {
                     store.delete_binding(&row.id).await?;
                 } else {
-                    store.release_binding(&row.id, &op, BindingState::Failed).await?;
+                    store
+                        .release_binding(&row.id, &op, BindingState::Failed)
+                        .await?;
                 }
                 store
-                    .finish_operation(&op, OperationState::Failed, Some(&err.to_string()), None, None)
+                    .finish_operation(
+                        &op,
+                        OperationState::Failed,
+                        Some(&err.to_string()),
+                        None,
+                        None,
+                    )
                     .await?;
                 Err(err.into())
             }
@@ -906,7 +1073,13 @@ impl<B: ServiceBroker> Engine<B> {
 
     // ---- unbind ------------------------------------------------------------------------
 
-    pub async fn unbind(&self, caller: Caller, id: InstanceId, binding_id: BindingId, query: DeleteQuery) -> Result<Reply, OsbError> {
+    pub async fn unbind(
+        &self,
+        caller: Caller,
+        id: InstanceId,
+        binding_id: BindingId,
+        query: DeleteQuery,
+    ) -> Result<Reply, OsbError> {
         let (service_id, plan_id) = required_ids(&query)?;
         self.inner.catalog.resolve(&service_id, &plan_id)?;
         let started = Instant::now();
@@ -939,12 +1112,23 @@ impl<B: ServiceBroker> Engine<B> {
                 _ => return Err(concurrency("service binding")),
             };
             let op = self
-                .new_operation(&caller, id.as_str(), Some(binding_id.as_str()), Operation::Unbind, "")
+                .new_operation(
+                    &caller,
+                    id.as_str(),
+                    Some(binding_id.as_str()),
+                    Operation::Unbind,
+                    "",
+                )
                 .await?;
             if !self
                 .inner
                 .store
-                .claim_binding(binding_id.as_str(), &[from], BindingState::Unbinding, &op.id)
+                .claim_binding(
+                    binding_id.as_str(),
+                    &[from],
+                    BindingState::Unbinding,
+                    &op.id,
+                )
                 .await?
             {
                 self.inner.store.delete_operation(&op.id).await?;
@@ -953,12 +1137,20 @@ impl<B: ServiceBroker> Engine<B> {
             let engine = self.clone();
             let op_id = op.id.clone();
             return self
-                .launch(mode, &op.id, async move { engine.run_unbind(instance, row, op_id, from).await })
+                .launch(mode, &op.id, async move {
+                    engine.run_unbind(instance, row, op_id, from).await
+                })
                 .await;
         }
     }
 
-    async fn run_unbind(&self, instance: InstanceRow, row: BindingRow, op: String, from: BindingState) -> Result<Reply, OsbError> {
+    async fn run_unbind(
+        &self,
+        instance: InstanceRow,
+        row: BindingRow,
+        op: String,
+        from: BindingState,
+    ) -> Result<Reply, OsbError> {
         let store = &self.inner.store;
         let loaded = Loaded::new(instance)?;
         let (service, plan) = self.plan_of(&loaded.row.plan_id)?;
@@ -984,7 +1176,13 @@ impl<B: ServiceBroker> Engine<B> {
                 tracing::warn!(binding_id = %row.id, error = %err, "unbind failed");
                 store.release_binding(&row.id, &op, from).await?;
                 store
-                    .finish_operation(&op, OperationState::Failed, Some(&err.to_string()), None, None)
+                    .finish_operation(
+                        &op,
+                        OperationState::Failed,
+                        Some(&err.to_string()),
+                        None,
+                        None,
+                    )
                     .await?;
                 Err(err.into())
             }
@@ -1013,7 +1211,12 @@ impl<B: ServiceBroker> Engine<B> {
             Some(text) => Some(parse_json(text, "instance metadata")?),
             None => None,
         };
-        if let Some(live) = self.inner.broker.describe(loaded.view(service, plan)).await? {
+        if let Some(live) = self
+            .inner
+            .broker
+            .describe(loaded.view(service, plan))
+            .await?
+        {
             let m = metadata.get_or_insert_with(Default::default);
             m.labels.extend(live.labels);
             m.attributes.extend(live.attributes);
@@ -1036,7 +1239,12 @@ impl<B: ServiceBroker> Engine<B> {
         ))
     }
 
-    pub async fn fetch_binding(&self, caller: Caller, id: InstanceId, binding_id: BindingId) -> Result<Reply, OsbError> {
+    pub async fn fetch_binding(
+        &self,
+        caller: Caller,
+        id: InstanceId,
+        binding_id: BindingId,
+    ) -> Result<Reply, OsbError> {
         let row = self
             .inner
             .store
@@ -1052,21 +1260,38 @@ impl<B: ServiceBroker> Engine<B> {
 
     // ---- last_operation ----------------------------------------------------------------
 
-    pub async fn instance_last_operation(&self, caller: Caller, id: InstanceId, query: FetchQuery) -> Result<Reply, OsbError> {
+    pub async fn instance_last_operation(
+        &self,
+        caller: Caller,
+        id: InstanceId,
+        query: FetchQuery,
+    ) -> Result<Reply, OsbError> {
         let instance = self.visible_instance(&id, &caller).await?;
         self.last_operation(&caller, &id, None, instance.map(|i| i.operation_id), query)
             .await
     }
 
-    pub async fn binding_last_operation(&self, caller: Caller, id: InstanceId, binding_id: BindingId, query: FetchQuery) -> Result<Reply, OsbError> {
+    pub async fn binding_last_operation(
+        &self,
+        caller: Caller,
+        id: InstanceId,
+        binding_id: BindingId,
+        query: FetchQuery,
+    ) -> Result<Reply, OsbError> {
         let binding = self
             .inner
             .store
             .binding(binding_id.as_str())
             .await?
             .filter(|b| b.instance_id == id.as_str() && b.platform == caller.platform);
-        self.last_operation(&caller, &id, Some(&binding_id), binding.map(|b| b.operation_id), query)
-            .await
+        self.last_operation(
+            &caller,
+            &id,
+            Some(&binding_id),
+            binding.map(|b| b.operation_id),
+            query,
+        )
+        .await
     }
 
     async fn last_operation(

@@ -55,7 +55,8 @@ pub async fn guard(
         authenticate(&req, &platform)?;
         check_version(&req)?;
         log_originating_identity(&req);
-        req.extensions_mut().insert(PlatformName(platform.name.clone()));
+        req.extensions_mut()
+            .insert(PlatformName(platform.name.clone()));
         let mut res = next.call(req).await?;
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             res.headers_mut()
@@ -88,7 +89,8 @@ fn authenticate(req: &ServiceRequest, platform: &Platform) -> Result<(), OsbErro
     };
     let (user, pass) = given.split_once(':').unwrap_or((given.as_str(), ""));
     let user_ok = digest(user.as_bytes()).ct_eq(&digest(platform.username.as_bytes()));
-    let pass_ok = digest(pass.as_bytes()).ct_eq(&digest(platform.password.expose_secret().as_bytes()));
+    let pass_ok =
+        digest(pass.as_bytes()).ct_eq(&digest(platform.password.expose_secret().as_bytes()));
     if bool::from(user_ok & pass_ok) {
         Ok(())
     } else {
@@ -124,7 +126,8 @@ fn log_originating_identity(req: &ServiceRequest) {
     };
     let decoded = raw.to_str().ok().and_then(|v| {
         let (platform, value) = v.split_once(' ')?;
-        let json: serde_json::Value = serde_json::from_slice(&STANDARD.decode(value.trim()).ok()?).ok()?;
+        let json: serde_json::Value =
+            serde_json::from_slice(&STANDARD.decode(value.trim()).ok()?).ok()?;
         Some((platform.to_owned(), json))
     });
     match decoded {
@@ -142,8 +145,16 @@ mod tests {
 
     #[test]
     fn versions_from_2_13_up_are_accepted() {
-        for (v, ok) in [("2.17", true), ("2.13", true), ("2.12", false), ("3.0", false), ("x", false)] {
-            let req = TestRequest::default().insert_header((API_VERSION, v)).to_srv_request();
+        for (v, ok) in [
+            ("2.17", true),
+            ("2.13", true),
+            ("2.12", false),
+            ("3.0", false),
+            ("x", false),
+        ] {
+            let req = TestRequest::default()
+                .insert_header((API_VERSION, v))
+                .to_srv_request();
             assert_eq!(check_version(&req).is_ok(), ok, "{v}");
         }
     }

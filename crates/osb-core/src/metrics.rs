@@ -23,13 +23,18 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("osb_http_requests_total", "HTTP requests by route, method and status"),
+            Opts::new(
+                "osb_http_requests_total",
+                "HTTP requests by route, method and status",
+            ),
             &["route", "method", "status"],
         )
         .expect("valid metric");
         let latency = HistogramVec::new(
             HistogramOpts::new("osb_http_request_duration_seconds", "HTTP request latency")
-                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+                .buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                ]),
             &["route", "method"],
         )
         .expect("valid metric");
@@ -43,7 +48,9 @@ impl Metrics {
             Box::new(latency.clone()),
             Box::new(in_flight.clone()),
         ] {
-            registry.register(collector).expect("metric registered once");
+            registry
+                .register(collector)
+                .expect("metric registered once");
         }
         Self {
             registry,
@@ -94,7 +101,12 @@ mod tests {
         let m = Metrics::new();
         m.observe_request("/v2/catalog", "GET", 200, 0.01);
         let text = m.render();
-        assert!(text.contains("osb_http_requests_total{method=\"GET\",route=\"/v2/catalog\",status=\"200\"} 1"), "{text}");
+        assert!(
+            text.contains(
+                "osb_http_requests_total{method=\"GET\",route=\"/v2/catalog\",status=\"200\"} 1"
+            ),
+            "{text}"
+        );
         assert!(text.contains("osb_operations_in_flight 0"));
     }
 }

@@ -83,7 +83,10 @@ fn query<T: DeserializeOwned>(req: &HttpRequest) -> Result<T, OsbError> {
 }
 
 /// Reads and parses a JSON body, refusing wrong content types and bodies over the limit.
-async fn json_body<T: DeserializeOwned>(req: &HttpRequest, mut payload: web::Payload) -> Result<T, OsbError> {
+async fn json_body<T: DeserializeOwned>(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+) -> Result<T, OsbError> {
     if let Some(ct) = req.headers().get(CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("");
         if !ct.starts_with("application/json") && !ct.contains("+json") {
@@ -104,11 +107,13 @@ async fn json_body<T: DeserializeOwned>(req: &HttpRequest, mut payload: web::Pay
         }
         body.extend_from_slice(&chunk);
     }
-    serde_json::from_slice(&body).map_err(|e| OsbError::BadRequest(format!("invalid request body: {e}")))
+    serde_json::from_slice(&body)
+        .map_err(|e| OsbError::BadRequest(format!("invalid request body: {e}")))
 }
 
 fn respond(reply: Reply) -> HttpResponse {
-    let mut response = HttpResponse::build(StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK));
+    let mut response =
+        HttpResponse::build(StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK));
     if let Some(secs) = reply.retry_after {
         response.insert_header(("Retry-After", secs.to_string()));
     }
@@ -136,15 +141,27 @@ async fn catalog<B: ServiceBroker>(engine: web::Data<Engine<B>>) -> HttpResponse
     HttpResponse::Ok().json(engine.catalog().catalog())
 }
 
-async fn provision<B: ServiceBroker>(engine: web::Data<Engine<B>>, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, OsbError> {
+async fn provision<B: ServiceBroker>(
+    engine: web::Data<Engine<B>>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, OsbError> {
     let id = instance_id(&req)?;
     let q: AsyncQuery = query(&req)?;
     let caller = caller(&req, q.accepts_incomplete.as_deref())?;
     let body = json_body(&req, payload).await?;
-    run(&engine, |e| async move { e.provision(caller, id, body).await }).await
+    run(
+        &engine,
+        |e| async move { e.provision(caller, id, body).await },
+    )
+    .await
 }
 
-async fn update<B: ServiceBroker>(engine: web::Data<Engine<B>>, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, OsbError> {
+async fn update<B: ServiceBroker>(
+    engine: web::Data<Engine<B>>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, OsbError> {
     let id = instance_id(&req)?;
     let q: AsyncQuery = query(&req)?;
     let caller = caller(&req, q.accepts_incomplete.as_deref())?;
@@ -152,56 +169,103 @@ async fn update<B: ServiceBroker>(engine: web::Data<Engine<B>>, req: HttpRequest
     run(&engine, |e| async move { e.update(caller, id, body).await }).await
 }
 
-async fn deprovision<B: ServiceBroker>(engine: web::Data<Engine<B>>, req: HttpRequest) -> Result<HttpResponse, OsbError> {
+async fn deprovision<B: ServiceBroker>(
+    engine: web::Data<Engine<B>>,
+    req: HttpRequest,
+) -> Result<HttpResponse, OsbError> {
     let id = instance_id(&req)?;
     let q: DeleteQuery = query(&req)?;
     let caller = caller(&req, q.accepts_incomplete.as_deref())?;
-    run(&engine, |e| async move { e.deprovision(caller, id, q).await }).await
+    run(
+        &engine,
+        |e| async move { e.deprovision(caller, id, q).await },
+    )
+    .await
 }
 
-async fn fetch_instance<B: ServiceBroker>(engine: web::Data<Engine<B>>, req: HttpRequest) -> Result<HttpResponse, OsbError> {
+async fn fetch_instance<B: ServiceBroker>(
+    engine: web::Data<Engine<B>>,
+    req: HttpRequest,
+) -> Result<HttpResponse, OsbError> {
     let id = instance_id(&req)?;
     let _hints: FetchQuery = query(&req)?;
     let caller = caller(&req, None)?;
-    run(&engine, |e| async move { e.fetch_instance(caller, id).await }).await
+    run(
+        &engine,
+        |e| async move { e.fetch_instance(caller, id).await },
+    )
+    .await
 }
 
-async fn instance_last_operation<B: ServiceBroker>(engine: web::Data<Engine<B>>, req: HttpRequest) -> Result<HttpResponse, OsbError> {
+async fn instance_last_operation<B: ServiceBroker>(
+    engine: web::Data<Engine<B>>,
+    req: HttpRequest,
+) -> Result<HttpResponse, OsbError> {
     let id = instance_id(&req)?;
     let q: FetchQuery = query(&req)?;
     let caller = caller(&req, None)?;
-    run(&engine, |e| async move { e.instance_last_operation(caller, id, q).await }).await
+    run(&engine, |e| async move {
+        e.instance_last_operation(caller, id, q).await
+    })
+    .await
 }
 
-async fn bind<B: ServiceBroker>(engine: web::Data<Engine<B>>, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, OsbError> {
+async fn bind<B: ServiceBroker>(
+    engine: web::Data<Engine<B>>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, OsbError> {
     let id = instance_id(&req)?;
     let bid = binding_id(&req)?;
     let q: AsyncQuery = query(&req)?;
     let caller = caller(&req, q.accepts_incomplete.as_deref())?;
     let body = json_body(&req, payload).await?;
-    run(&engine, |e| async move { e.bind(caller, id, bid, body).await }).await
+    run(
+        &engine,
+        |e| async move { e.bind(caller, id, bid, body).await },
+    )
+    .await
 }
 
-async fn unbind<B: ServiceBroker>(engine: web::Data<Engine<B>>, req: HttpRequest) -> Result<HttpResponse, OsbError> {
+async fn unbind<B: ServiceBroker>(
+    engine: web::Data<Engine<B>>,
+    req: HttpRequest,
+) -> Result<HttpResponse, OsbError> {
     let id = instance_id(&req)?;
     let bid = binding_id(&req)?;
     let q: DeleteQuery = query(&req)?;
     let caller = caller(&req, q.accepts_incomplete.as_deref())?;
-    run(&engine, |e| async move { e.unbind(caller, id, bid, q).await }).await
+    run(
+        &engine,
+        |e| async move { e.unbind(caller, id, bid, q).await },
+    )
+    .await
 }
 
-async fn fetch_binding<B: ServiceBroker>(engine: web::Data<Engine<B>>, req: HttpRequest) -> Result<HttpResponse, OsbError> {
+async fn fetch_binding<B: ServiceBroker>(
+    engine: web::Data<Engine<B>>,
+    req: HttpRequest,
+) -> Result<HttpResponse, OsbError> {
     let id = instance_id(&req)?;
     let bid = binding_id(&req)?;
     let _hints: FetchQuery = query(&req)?;
     let caller = caller(&req, None)?;
-    run(&engine, |e| async move { e.fetch_binding(caller, id, bid).await }).await
+    run(&engine, |e| async move {
+        e.fetch_binding(caller, id, bid).await
+    })
+    .await
 }
 
-async fn binding_last_operation<B: ServiceBroker>(engine: web::Data<Engine<B>>, req: HttpRequest) -> Result<HttpResponse, OsbError> {
+async fn binding_last_operation<B: ServiceBroker>(
+    engine: web::Data<Engine<B>>,
+    req: HttpRequest,
+) -> Result<HttpResponse, OsbError> {
     let id = instance_id(&req)?;
     let bid = binding_id(&req)?;
     let q: FetchQuery = query(&req)?;
     let caller = caller(&req, None)?;
-    run(&engine, |e| async move { e.binding_last_operation(caller, id, bid, q).await }).await
+    run(&engine, |e| async move {
+        e.binding_last_operation(caller, id, bid, q).await
+    })
+    .await
 }

@@ -33,7 +33,8 @@ pub struct Runner {
 }
 
 /// What the reaper writes on operations whose runner is gone.
-const DIED: &str = "the broker replica running this operation stopped before it finished; retry the request";
+const DIED: &str =
+    "the broker replica running this operation stopped before it finished; retry the request";
 
 impl Runner {
     /// Captures the current Tokio runtime: every operation runs there, not on an HTTP worker.
@@ -109,7 +110,13 @@ async fn reap(store: &Store, op: &OperationRow) -> Result<(), crate::store::Stor
     };
     let repeatable = matches!(kind, Some(Operation::Update)).then_some(true);
     if !store
-        .finish_operation(&op.id, OperationState::Failed, Some(DIED), usable, repeatable)
+        .finish_operation(
+            &op.id,
+            OperationState::Failed,
+            Some(DIED),
+            usable,
+            repeatable,
+        )
         .await?
     {
         return Ok(());

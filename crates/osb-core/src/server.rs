@@ -36,7 +36,10 @@ pub enum ServeError {
     #[error("tls: {0}")]
     Tls(String),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: String, source: std::io::Error },
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("server failed: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -66,11 +69,19 @@ impl Running {
 
 /// Starts the broker and returns once it listens. Call from a multi-threaded Tokio runtime:
 /// backend operations run there.
-pub async fn start<B: ServiceBroker>(config: &BrokerConfig, broker: B, metrics: Metrics) -> Result<Running, ServeError> {
+pub async fn start<B: ServiceBroker>(
+    config: &BrokerConfig,
+    broker: B,
+    metrics: Metrics,
+) -> Result<Running, ServeError> {
     let platforms = config.platforms()?;
     let catalog = CatalogIndex::new(config.catalog.clone())?;
     let sealer = Sealer::from_base64(&config.encryption_key.0)?;
-    let store = Store::connect(secrecy::ExposeSecret::expose_secret(&config.store.url.0), config.store.pool_size).await?;
+    let store = Store::connect(
+        secrecy::ExposeSecret::expose_secret(&config.store.url.0),
+        config.store.pool_size,
+    )
+    .await?;
     tracing::info!(store = store.kind(), "state store ready");
     let replica = config
         .replica_id
@@ -133,13 +144,18 @@ pub async fn start<B: ServiceBroker>(config: &BrokerConfig, broker: B, metrics: 
 }
 
 /// Starts the broker and serves until a signal stops it.
-pub async fn serve<B: ServiceBroker>(config: &BrokerConfig, broker: B, metrics: Metrics) -> Result<(), ServeError> {
+pub async fn serve<B: ServiceBroker>(
+    config: &BrokerConfig,
+    broker: B,
+    metrics: Metrics,
+) -> Result<(), ServeError> {
     start(config, broker, metrics).await?.wait().await
 }
 
 fn tls_config(tls: &TlsConfig) -> Result<rustls::ServerConfig, ServeError> {
     let read = |path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| ServeError::Tls(format!("cannot read {}: {e}", path.display())))
+        std::fs::read(path)
+            .map_err(|e| ServeError::Tls(format!("cannot read {}: {e}", path.display())))
     };
     let certs = rustls_pemfile::certs(&mut read(&tls.cert)?.as_slice())
         .collect::<Result<Vec<_>, _>>()
@@ -157,7 +173,10 @@ fn tls_config(tls: &TlsConfig) -> Result<rustls::ServerConfig, ServeError> {
 
 /// Counts every request by its route pattern (never the raw path: ids would explode the
 /// label set) and status.
-async fn observe(req: ServiceRequest, next: Next<impl MessageBody>) -> Result<ServiceResponse<impl MessageBody>, Error> {
+async fn observe(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
     let started = Instant::now();
     let metrics = req.app_data::<web::Data<Metrics>>().cloned();
     let method = req.method().to_string();
@@ -165,10 +184,15 @@ async fn observe(req: ServiceRequest, next: Next<impl MessageBody>) -> Result<Se
     if let Some(metrics) = metrics {
         let (route, status) = match &result {
             Ok(res) => (
-                res.request().match_pattern().unwrap_or_else(|| "unmatched".into()),
+                res.request()
+                    .match_pattern()
+                    .unwrap_or_else(|| "unmatched".into()),
                 res.status().as_u16(),
             ),
-            Err(e) => ("unmatched".into(), e.as_response_error().status_code().as_u16()),
+            Err(e) => (
+                "unmatched".into(),
+                e.as_response_error().status_code().as_u16(),
+            ),
         };
         metrics.observe_request(&route, &method, status, started.elapsed().as_secs_f64());
     }
@@ -188,8 +212,10 @@ async fn ready<B: ServiceBroker>(engine: web::Data<Engine<B>>) -> HttpResponse {
         .await;
     match result {
         Ok(Ok(())) => HttpResponse::Ok().json(serde_json::json!({"status": "ready"})),
-        Ok(Err(e)) => HttpResponse::ServiceUnavailable().json(serde_json::json!({"status": "unavailable", "description": e.to_string()})),
-        Err(e) => HttpResponse::ServiceUnavailable().json(serde_json::json!({"status": "unavailable", "description": e.to_string()})),
+        Ok(Err(e)) => HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({"status": "unavailable", "description": e.to_string()})),
+        Err(e) => HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({"status": "unavailable", "description": e.to_string()})),
     }
 }
 

@@ -1,1 +1,64 @@
+//! osb-testkit: drives any OSB broker over HTTP through its whole lifecycle and checks the
+//! spec's rules. It speaks only HTTP and JSON, so the same checks serve every broker.
+//!
+//! A broker's tests describe the broker in a [`Target`] and call [`check_all`] (and the
+//! checks that need more than one broker process: [`check_restart`], [`check_isolation`]).
 
+mod client;
+mod rules;
+
+pub use client::{Client, Reply, fresh_id};
+pub use rules::{check_all, check_isolation, check_restart};
+
+use serde_json::Value;
+
+/// What the testkit needs to know about a broker.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Base URL including any platform prefix, e.g. `http://127.0.0.1:8080/cf`.
+    pub base_url: String,
+    pub username: String,
+    pub password: String,
+    pub service_id: String,
+    /// A bindable plan.
+    pub plan_id: String,
+    /// Parameters valid for provisioning `plan_id`.
+    pub provision_parameters: Value,
+    /// Parameters the plan's schema refuses, if it has one.
+    pub invalid_parameters: Option<Value>,
+    /// A plan that `plan_id` may be updated to.
+    pub update_plan_id: Option<String>,
+    /// A plan of the same service that does not allow plan changes, with another plan to try.
+    pub fixed_plan: Option<(String, String)>,
+    /// A plan whose operations are asynchronous and take a moment (to observe "in progress").
+    pub async_plan_id: Option<String>,
+    /// How many identical requests the race checks send at once.
+    pub race_width: usize,
+    /// How long to poll `last_operation` before giving up.
+    pub poll_timeout: std::time::Duration,
+}
+
+impl Target {
+    pub fn new(
+        base_url: impl Into<String>,
+        username: &str,
+        password: &str,
+        service_id: &str,
+        plan_id: &str,
+    ) -> Self {
+        Self {
+            base_url: base_url.into(),
+            username: username.into(),
+            password: password.into(),
+            service_id: service_id.into(),
+            plan_id: plan_id.into(),
+            provision_parameters: Value::Object(Default::default()),
+            invalid_parameters: None,
+            update_plan_id: None,
+            fixed_plan: None,
+            async_plan_id: None,
+            race_width: 16,
+            poll_timeout: std::time::Duration::from_secs(60),
+        }
+    }
+}

@@ -11,11 +11,16 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::pooled_connection::deadpool::{Pool, PoolError};
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
 use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
-use diesel_async::{AsyncConnection, AsyncMigrationHarness, AsyncMysqlConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use diesel_async::{
+    AsyncConnection, AsyncMigrationHarness, AsyncMysqlConnection, AsyncPgConnection, RunQueryDsl,
+    SimpleAsyncConnection,
+};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use futures::FutureExt;
 
-pub use rows::{BindingRow, BindingState, InstanceRow, InstanceState, OperationRow, OperationState};
+pub use rows::{
+    BindingRow, BindingState, InstanceRow, InstanceState, OperationRow, OperationState,
+};
 use schema::{osb_bindings, osb_instances, osb_operations};
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
@@ -108,7 +113,7 @@ impl Store {
                     // WAL lets readers run beside the writer; the busy timeout makes concurrent
                     // writers queue instead of failing with SQLITE_BUSY.
                     conn.batch_execute(
-                        "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; PRAGMA synchronous = NORMAL;",
+                        "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;",
                     )
                     .await
                     .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
@@ -119,9 +124,15 @@ impl Store {
             let manager = AsyncDieselConnectionManager::new_with_config(path, config);
             Pools::Sqlite(build_pool(manager, pool_size)?)
         } else if url.starts_with("mysql://") {
-            Pools::Mysql(build_pool(AsyncDieselConnectionManager::new(url), pool_size)?)
+            Pools::Mysql(build_pool(
+                AsyncDieselConnectionManager::new(url),
+                pool_size,
+            )?)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Pools::Postgres(build_pool(AsyncDieselConnectionManager::new(url), pool_size)?)
+            Pools::Postgres(build_pool(
+                AsyncDieselConnectionManager::new(url),
+                pool_size,
+            )?)
         } else {
             return Err(StoreError::BadUrl(url.to_owned()));
         };
@@ -266,7 +277,10 @@ impl Store {
     /// Whether any binding of the instance is being created or deleted right now.
     pub async fn has_busy_bindings(&self, instance_id: &str) -> Result<bool, StoreError> {
         use osb_bindings::dsl;
-        let busy = [BindingState::Binding.as_str(), BindingState::Unbinding.as_str()];
+        let busy = [
+            BindingState::Binding.as_str(),
+            BindingState::Unbinding.as_str(),
+        ];
         with_conn!(self, |conn| Ok(dsl::osb_bindings
             .filter(dsl::instance_id.eq(instance_id))
             .filter(dsl::state.eq_any(busy))

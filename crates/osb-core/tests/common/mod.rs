@@ -1,0 +1,247 @@
+//! Test-only: a fake backend (counts calls, sleeps to widen races) and helpers that start the
+//! real osb-core server around it on port 0.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use diesel_async::{
+    AsyncConnection, AsyncMysqlConnection, AsyncPgConnection, SimpleAsyncConnection,
+};
+use osb_core::broker::*;
+use osb_core::catalog::{Catalog, Plan};
+use osb_core::config::BrokerConfig;
+use osb_core::credentials::{Credentials, generate_password};
+use osb_core::metrics::Metrics;
+use osb_core::server::{Running, start};
+use serde_json::json;
+
+pub const SERVICE: &str = "fake-service-id";
+pub const PLAN: &str = "fake-small-id";
+pub const PLAN_LARGE: &str = "fake-large-id";
+pub const PLAN_FIXED: &str = "fake-fixed-id";
+pub const PLAN_ASYNC: &str = "fake-async-id";
+pub const PLAN_HANG: &str = "fake-hang-id";
+
+#[derive(Default)]
+pub struct Calls {
+    pub provision: AtomicUsize,
+    pub bind: AtomicUsize,
+    pub unbind: AtomicUsize,
+    pub deprovision: AtomicUsize,
+}
+
+/// Test-only backend: does nothing but count and wait.
+pub struct FakeBroker {
+    pub calls: Arc<Calls>,
+}
+
+impl FakeBroker {
+    async fn pause(plan: &Plan, op: Operation) {
+        let ms = match (plan.id.as_str(), op) {
+            (PLAN_ASYNC, _) => 600,
+            (PLAN_HANG, Operation::Provision) => 3_600_000,
+            _ => 50,
+        };
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+}
+
+#[async_trait]
+impl ServiceBroker for FakeBroker {
+    fn mode(&self, _op: Operation, plan: &Plan) -> Mode {
+        if plan.id == PLAN_ASYNC || plan.id == PLAN_HANG {
+            Mode::Async
+        } else {
+            Mode::Sync
+        }
+    }
+
+    async fn provision(&self, input: ProvisionInput<'_>) -> Result<Provisioned, BrokerError> {
+        self.calls.provision.fetch_add(1, Ordering::SeqCst);
+        Self::pause(input.plan, Operation::Provision).await;
+        Ok(Provisioned {
+            dashboard_url: Some(format!("https://dash.example/{}", input.instance_id)),
+            metadata: None,
+            state: json!({"server": "fake-1"}),
+        })
+    }
+
+    async fn update(&self, input: UpdateInput<'_>) -> Result<Updated, BrokerError> {
+        Self::pause(input.plan, Operation::Update).await;
+        Ok(Updated::default())
+    }
+
+    async fn deprovision(&self, input: DeprovisionInput<'_>) -> Result<(), BrokerError> {
+        self.calls.deprovision.fetch_add(1, Ordering::SeqCst);
+        Self::pause(input.instance.plan, Operation::Deprovision).await;
+        Ok(())
+    }
+
+    async fn bind(&self, input: BindInput<'_>) -> Result<Bound, BrokerError> {
+        self.calls.bind.fetch_add(1, Ordering::SeqCst);
+        Self::pause(input.instance.plan, Operation::Bind).await;
+        Ok(Bound {
+            credentials: Credentials::new()
+                .with("username", input.binding_id.as_str())
+                .with_secret("password", &generate_password()),
+            state: json!({"user": input.binding_id.as_str()}),
+            ..Bound::default()
+        })
+    }
+
+    async fn unbind(&self, input: UnbindInput<'_>) -> Result<(), BrokerError> {
+        self.calls.unbind.fetch_add(1, Ordering::SeqCst);
+        Self::pause(input.instance.plan, Operation::Unbind).await;
+        Ok(())
+    }
+}
+
+pub fn catalog() -> Catalog {
+    let schema = json!({"service_instance": {"create": {"parameters": {
+        "$schema": "http://json-schema.org/draft-04/schema#",
+        "type": "object",
+        "properties": {"size": {"type": "integer", "minimum": 1, "maximum": 10}},
+        "additionalProperties": false
+    }}}});
+    serde_json::from_value(json!({"services": [{
+        "id": SERVICE, "name": "fake", "description": "A fake service for osb-core's tests",
+        "bindable": true, "instances_retrievable": true, "bindings_retrievable": true,
+        "plan_updateable": true,
+        "plans": [
+            {"id": PLAN, "name": "small", "description": "small", "schemas": schema,
+             "maintenance_info": {"version": "1.0.0"}},
+            {"id": PLAN_LARGE, "name": "large", "description": "large"},
+            {"id": PLAN_FIXED, "name": "fixed", "description": "no plan changes", "plan_updateable": false},
+            {"id": PLAN_ASYNC, "name": "async", "description": "asynchronous"},
+            {"id": PLAN_HANG, "name": "hang", "description": "never finishes"}
+        ]
+    }]}))
+    .unwrap()
+}
+
+pub const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+
+/// A config for a broker on 127.0.0.1:0 over `store_url`; `extra` is more TOML for `[broker]`.
+pub fn config(store_url: &str, extra: &str) -> BrokerConfig {
+    let text = format!(
+        r#"
+        listen = "127.0.0.1:0"
+        workers = 2
+        encryption_key = "{KEY}"
+        {extra}
+        [store]
+        url = "{store_url}"
+        pool_size = 8
+        [operations]
+        lease_secs = 2
+        heartbeat_secs = 1
+        "#
+    );
+    use figment::providers::Format;
+    figment::Figment::new()
+        .merge(figment::providers::Toml::string(&text))
+        .merge(figment::providers::Serialized::default(
+            "catalog",
+            catalog(),
+        ))
+        .extract()
+        .expect("test config")
+}
+
+pub fn single_platform(store_url: &str) -> BrokerConfig {
+    config(
+        store_url,
+        "username = \"broker\"\npassword = \"broker-secret\"",
+    )
+}
+
+pub async fn spawn(config: &BrokerConfig) -> (Running, Arc<Calls>) {
+    let calls = Arc::new(Calls::default());
+    let running = start(
+        config,
+        FakeBroker {
+            calls: calls.clone(),
+        },
+        Metrics::new(),
+    )
+    .await
+    .expect("broker starts");
+    (running, calls)
+}
+
+pub fn target(addr: std::net::SocketAddr, prefix: &str) -> osb_testkit::Target {
+    let mut t = osb_testkit::Target::new(
+        format!("http://{addr}{prefix}"),
+        "broker",
+        "broker-secret",
+        SERVICE,
+        PLAN,
+    );
+    t.provision_parameters = json!({"size": 3});
+    t.invalid_parameters = Some(json!({"size": 99}));
+    t.update_plan_id = Some(PLAN_LARGE.into());
+    t.fixed_plan = Some((PLAN_FIXED.into(), PLAN_LARGE.into()));
+    t.async_plan_id = Some(PLAN_ASYNC.into());
+    t
+}
+
+pub fn sqlite_url(dir: &tempfile::TempDir) -> String {
+    format!("sqlite://{}", dir.path().join("state.db").display())
+}
+
+fn env_or(var: &str, default: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| default.to_owned())
+}
+
+/// A fresh, empty database on the local MariaDB; panics (never skips) when it is unreachable.
+pub async fn fresh_mysql() -> String {
+    let admin = env_or("KPAAS_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306");
+    let name = format!("osb_test_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = AsyncMysqlConnection::establish(&format!("{admin}/mysql"))
+        .await
+        .unwrap_or_else(|e| {
+            panic!("MariaDB at {admin} is required (run scripts/backends.sh): {e}")
+        });
+    conn.batch_execute(&format!("CREATE DATABASE `{name}`"))
+        .await
+        .unwrap();
+    format!("{admin}/{name}")
+}
+
+/// A fresh, empty database on the local PostgreSQL; panics (never skips) when unreachable.
+pub async fn fresh_postgres() -> String {
+    let admin = env_or(
+        "KPAAS_TEST_POSTGRES_URL",
+        "postgres://postgres@127.0.0.1:5432",
+    );
+    let name = format!("osb_test_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = AsyncPgConnection::establish(&format!("{admin}/postgres"))
+        .await
+        .unwrap_or_else(|e| {
+            panic!("PostgreSQL at {admin} is required (run scripts/backends.sh): {e}")
+        });
+    conn.batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    format!("{admin}/{name}")
+}
+
+/// Drops a database made by `fresh_mysql`/`fresh_postgres`.
+pub async fn drop_database(url: &str) {
+    let (admin, name) = url.rsplit_once('/').unwrap();
+    if url.starts_with("mysql://") {
+        if let Ok(mut c) = AsyncMysqlConnection::establish(&format!("{admin}/mysql")).await {
+            let _ = c
+                .batch_execute(&format!("DROP DATABASE IF EXISTS `{name}`"))
+                .await;
+        }
+    } else if let Ok(mut c) = AsyncPgConnection::establish(&format!("{admin}/postgres")).await {
+        let _ = c
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await;
+    }
+}

@@ -1,0 +1,236 @@
+//! The testkit's rules against the real osb-core server, on each state store.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use futures::future::join_all;
+use osb_testkit::{Client, check_all, check_isolation, check_restart};
+
+async fn rules_hold_on(store_url: &str) {
+    let (running, _) = spawn(&single_platform(store_url)).await;
+    let result = check_all(&target(running.addr, "")).await;
+    running.stop().await;
+    result.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn testkit_rules_hold_with_sqlite_store() {
+    let dir = tempfile::tempdir().unwrap();
+    rules_hold_on(&sqlite_url(&dir)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn testkit_rules_hold_with_mariadb_store() {
+    let url = fresh_mysql().await;
+    rules_hold_on(&url).await;
+    drop_database(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn testkit_rules_hold_with_postgres_store() {
+    let url = fresh_postgres().await;
+    rules_hold_on(&url).await;
+    drop_database(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_concurrent_provisions_call_the_backend_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, calls) = spawn(&single_platform(&sqlite_url(&dir))).await;
+    let client = Client::new(target(running.addr, ""));
+    let id = osb_testkit::fresh_id();
+    let body = client.provision_body(PLAN);
+    let replies = join_all((0..24).map(|_| client.provision(&id, &body, false))).await;
+    assert!(
+        replies
+            .iter()
+            .all(|r| r.as_ref().is_ok_and(|r| r.status == 200 || r.status == 201))
+    );
+    assert_eq!(calls.provision.load(Ordering::SeqCst), 1);
+    let bid = osb_testkit::fresh_id();
+    let bind = client.bind_body(PLAN);
+    join_all((0..24).map(|_| client.bind(&id, &bid, &bind, false))).await;
+    assert_eq!(calls.bind.load(Ordering::SeqCst), 1);
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_survives_a_broker_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = single_platform(&sqlite_url(&dir));
+    let (running, _) = spawn(&config).await;
+    let before = target(running.addr, "");
+    let result = check_restart(&before, || async {
+        running.stop().await;
+        let (again, _) = spawn(&config).await;
+        let t = target(again.addr, "");
+        // Leaked on purpose: the new broker must outlive the closure; the test process ends it.
+        std::mem::forget(again);
+        Ok(t)
+    })
+    .await;
+    result.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn platforms_see_only_their_own_resources() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(
+        &sqlite_url(&dir),
+        r#"
+        [[platforms]]
+        name = "cf"
+        prefix = "/cf"
+        username = "broker"
+        password = "broker-secret"
+        [[platforms]]
+        name = "k8s"
+        prefix = "/k8s"
+        username = "kube"
+        password = "kube-secret"
+        "#,
+    );
+    let (running, _) = spawn(&config).await;
+    let a = target(running.addr, "/cf");
+    let mut b = target(running.addr, "/k8s");
+    b.username = "kube".into();
+    b.password = "kube-secret".into();
+    let result = check_isolation(&a, &b).await;
+    running.stop().await;
+    result.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operation_of_a_dead_replica_is_failed_not_left_in_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = single_platform(&sqlite_url(&dir));
+    // Replica A runs on a runtime of its own thread, torn down mid-operation: as if killed.
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (kill_tx, kill_rx) = std::sync::mpsc::channel::<()>();
+    let url = sqlite_url(&dir);
+    let replica_a = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (running, _) = rt.block_on(spawn(&single_platform(&url)));
+        addr_tx.send(running.addr).unwrap();
+        kill_rx.recv().unwrap();
+        rt.block_on(running.stop());
+        rt.shutdown_background();
+    });
+    let client = Client::new(target(addr_rx.recv().unwrap(), ""));
+    let id = osb_testkit::fresh_id();
+    let started = client
+        .provision(&id, &client.provision_body(PLAN_HANG), true)
+        .await
+        .unwrap();
+    assert_eq!(started.status, 202, "{}", started.body);
+    let op = started.operation().unwrap();
+    kill_tx.send(()).unwrap();
+    tokio::task::spawn_blocking(move || replica_a.join().unwrap())
+        .await
+        .unwrap();
+
+    let (b, _) = spawn(&config).await;
+    let client = Client::new(target(b.addr, ""));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let last = loop {
+        let last = client
+            .instance_last_operation(&id, Some(&op))
+            .await
+            .unwrap();
+        if last.body["state"] != "in progress" || std::time::Instant::now() > deadline {
+            break last;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(last.body["state"], "failed", "{}", last.body);
+    assert!(
+        last.body["description"]
+            .as_str()
+            .unwrap()
+            .contains("stopped")
+    );
+    // The platform's orphan mitigation can now delete it.
+    client.deprovision_done(&id, PLAN_HANG).await.unwrap();
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binding_credentials_are_encrypted_at_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(&dir);
+    let (running, _) = spawn(&single_platform(&url)).await;
+    let client = Client::new(target(running.addr, ""));
+    let (id, bid) = (osb_testkit::fresh_id(), osb_testkit::fresh_id());
+    client.provision_ready(&id, PLAN).await.unwrap();
+    let body = client.bind_ready(&id, &bid, PLAN).await.unwrap();
+    let password = body["credentials"]["password"].as_str().unwrap().to_owned();
+    running.stop().await;
+    let raw = std::fs::read(dir.path().join("state.db")).unwrap();
+    let wal = std::fs::read(dir.path().join("state.db-wal")).unwrap_or_default();
+    let needle = password.as_bytes();
+    for bytes in [&raw, &wal] {
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle),
+            "password found in the store file"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operational_endpoints_answer_without_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, _) = spawn(&single_platform(&sqlite_url(&dir))).await;
+    let base = format!("http://{}", running.addr);
+    let http = reqwest::Client::new();
+    assert_eq!(
+        http.get(format!("{base}/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        http.get(format!("{base}/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let client = Client::new(target(running.addr, ""));
+    client
+        .send(reqwest::Method::GET, "/v2/catalog", None)
+        .await
+        .unwrap();
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "osb_http_requests_total{method=\"GET\",route=\"/v2/catalog\",status=\"200\"}"
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains("osb_http_request_duration_seconds_bucket"));
+    assert!(metrics.contains("osb_operations_in_flight"));
+    let unknown = client
+        .send(reqwest::Method::GET, "/nope", None)
+        .await
+        .unwrap();
+    assert_eq!(unknown.status, 404);
+    assert!(unknown.body["description"].is_string());
+    running.stop().await;
+}

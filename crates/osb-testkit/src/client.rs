@@ -1,0 +1,346 @@
+//! A thin OSB client: one method per endpoint, answers kept raw for the checks to judge.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+use crate::Target;
+
+/// A broker's answer.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl Reply {
+    /// The OSB `error` code of an error body.
+    pub fn error(&self) -> Option<&str> {
+        self.body.get("error").and_then(Value::as_str)
+    }
+
+    pub fn operation(&self) -> Option<String> {
+        self.body
+            .get("operation")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    }
+}
+
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    pub target: Target,
+}
+
+impl Client {
+    pub fn new(target: Target) -> Self {
+        Self {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .expect("http client"),
+            target,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.target.base_url.trim_end_matches('/'))
+    }
+
+    /// Sends a request with the usual OSB headers; `body` `None` sends none.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Reply> {
+        let mut req = self
+            .http
+            .request(method, self.url(path))
+            .basic_auth(&self.target.username, Some(&self.target.password))
+            .header("X-Broker-API-Version", "2.17");
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        Self::finish(req).await
+    }
+
+    /// Sends a prepared request and reads the answer.
+    pub async fn finish(req: reqwest::RequestBuilder) -> anyhow::Result<Reply> {
+        let res = req.send().await.context("request failed")?;
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let text = res.text().await.context("reading body")?;
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text)
+                .with_context(|| format!("body is not JSON ({status}): {text}"))?
+        };
+        Ok(Reply {
+            status,
+            body,
+            headers,
+        })
+    }
+
+    /// A request builder without the OSB headers, for the checks of auth and headers.
+    pub fn raw(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, self.url(path))
+    }
+
+    pub fn provision_body(&self, plan_id: &str) -> Value {
+        json!({
+            "service_id": self.target.service_id,
+            "plan_id": plan_id,
+            "organization_guid": "org-guid",
+            "space_guid": "space-guid",
+            "context": {"platform": "cloudfoundry", "organization_guid": "org-guid", "space_guid": "space-guid"},
+            "parameters": self.target.provision_parameters,
+        })
+    }
+
+    pub fn bind_body(&self, plan_id: &str) -> Value {
+        json!({
+            "service_id": self.target.service_id,
+            "plan_id": plan_id,
+            "bind_resource": {"app_guid": "app-guid"},
+            "context": {"platform": "cloudfoundry"},
+        })
+    }
+
+    fn incomplete(accepts: bool) -> &'static str {
+        if accepts {
+            "?accepts_incomplete=true"
+        } else {
+            ""
+        }
+    }
+
+    pub async fn provision(&self, id: &str, body: &Value, accepts: bool) -> anyhow::Result<Reply> {
+        let path = format!("/v2/service_instances/{id}{}", Self::incomplete(accepts));
+        self.send(reqwest::Method::PUT, &path, Some(body)).await
+    }
+
+    pub async fn update(&self, id: &str, body: &Value, accepts: bool) -> anyhow::Result<Reply> {
+        let path = format!("/v2/service_instances/{id}{}", Self::incomplete(accepts));
+        self.send(reqwest::Method::PATCH, &path, Some(body)).await
+    }
+
+    pub async fn deprovision(
+        &self,
+        id: &str,
+        plan_id: &str,
+        accepts: bool,
+    ) -> anyhow::Result<Reply> {
+        let path = format!(
+            "/v2/service_instances/{id}?service_id={}&plan_id={plan_id}{}",
+            self.target.service_id,
+            if accepts {
+                "&accepts_incomplete=true"
+            } else {
+                ""
+            }
+        );
+        self.send(reqwest::Method::DELETE, &path, None).await
+    }
+
+    pub async fn fetch_instance(&self, id: &str) -> anyhow::Result<Reply> {
+        self.send(
+            reqwest::Method::GET,
+            &format!("/v2/service_instances/{id}"),
+            None,
+        )
+        .await
+    }
+
+    pub async fn instance_last_operation(
+        &self,
+        id: &str,
+        operation: Option<&str>,
+    ) -> anyhow::Result<Reply> {
+        let query = operation
+            .map(|o| format!("?operation={o}"))
+            .unwrap_or_default();
+        self.send(
+            reqwest::Method::GET,
+            &format!("/v2/service_instances/{id}/last_operation{query}"),
+            None,
+        )
+        .await
+    }
+
+    pub async fn bind(
+        &self,
+        id: &str,
+        bid: &str,
+        body: &Value,
+        accepts: bool,
+    ) -> anyhow::Result<Reply> {
+        let path = format!(
+            "/v2/service_instances/{id}/service_bindings/{bid}{}",
+            Self::incomplete(accepts)
+        );
+        self.send(reqwest::Method::PUT, &path, Some(body)).await
+    }
+
+    pub async fn unbind(
+        &self,
+        id: &str,
+        bid: &str,
+        plan_id: &str,
+        accepts: bool,
+    ) -> anyhow::Result<Reply> {
+        let path = format!(
+            "/v2/service_instances/{id}/service_bindings/{bid}?service_id={}&plan_id={plan_id}{}",
+            self.target.service_id,
+            if accepts {
+                "&accepts_incomplete=true"
+            } else {
+                ""
+            }
+        );
+        self.send(reqwest::Method::DELETE, &path, None).await
+    }
+
+    pub async fn fetch_binding(&self, id: &str, bid: &str) -> anyhow::Result<Reply> {
+        self.send(
+            reqwest::Method::GET,
+            &format!("/v2/service_instances/{id}/service_bindings/{bid}"),
+            None,
+        )
+        .await
+    }
+
+    pub async fn binding_last_operation(
+        &self,
+        id: &str,
+        bid: &str,
+        operation: Option<&str>,
+    ) -> anyhow::Result<Reply> {
+        let query = operation
+            .map(|o| format!("?operation={o}"))
+            .unwrap_or_default();
+        self.send(
+            reqwest::Method::GET,
+            &format!("/v2/service_instances/{id}/service_bindings/{bid}/last_operation{query}"),
+            None,
+        )
+        .await
+    }
+
+    /// Polls until the operation leaves "in progress"; returns the final `last_operation` body,
+    /// or the 410 reply of a finished delete.
+    pub async fn poll(
+        &self,
+        id: &str,
+        bid: Option<&str>,
+        operation: Option<&str>,
+    ) -> anyhow::Result<Reply> {
+        let started = Instant::now();
+        loop {
+            let reply = match bid {
+                Some(bid) => self.binding_last_operation(id, bid, operation).await?,
+                None => self.instance_last_operation(id, operation).await?,
+            };
+            if reply.status == 410 {
+                return Ok(reply);
+            }
+            if reply.status != 200 {
+                bail!("last_operation answered {}: {}", reply.status, reply.body);
+            }
+            if reply.body["state"] != "in progress" {
+                return Ok(reply);
+            }
+            if started.elapsed() > self.target.poll_timeout {
+                bail!(
+                    "operation still in progress after {:?}",
+                    self.target.poll_timeout
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Provisions and, if the broker answers 202, polls to the end. Fails unless it succeeded.
+    pub async fn provision_ready(&self, id: &str, plan_id: &str) -> anyhow::Result<Reply> {
+        let reply = self
+            .provision(id, &self.provision_body(plan_id), true)
+            .await?;
+        match reply.status {
+            201 | 200 => Ok(reply),
+            202 => {
+                let last = self.poll(id, None, reply.operation().as_deref()).await?;
+                if last.body["state"] != "succeeded" {
+                    bail!("provision failed: {}", last.body);
+                }
+                Ok(reply)
+            }
+            s => bail!("provision answered {s}: {}", reply.body),
+        }
+    }
+
+    /// Binds (polling if needed) and returns the binding's body with credentials.
+    pub async fn bind_ready(&self, id: &str, bid: &str, plan_id: &str) -> anyhow::Result<Value> {
+        let reply = self.bind(id, bid, &self.bind_body(plan_id), true).await?;
+        match reply.status {
+            201 | 200 => Ok(reply.body),
+            202 => {
+                let last = self
+                    .poll(id, Some(bid), reply.operation().as_deref())
+                    .await?;
+                if last.body["state"] != "succeeded" {
+                    bail!("bind failed: {}", last.body);
+                }
+                let fetched = self.fetch_binding(id, bid).await?;
+                if fetched.status != 200 {
+                    bail!("fetch of a new binding answered {}", fetched.status);
+                }
+                Ok(fetched.body)
+            }
+            s => bail!("bind answered {s}: {}", reply.body),
+        }
+    }
+
+    /// Unbinds (polling if needed); fails unless the binding is gone.
+    pub async fn unbind_done(&self, id: &str, bid: &str, plan_id: &str) -> anyhow::Result<()> {
+        let reply = self.unbind(id, bid, plan_id, true).await?;
+        match reply.status {
+            200 => Ok(()),
+            202 => {
+                let last = self
+                    .poll(id, Some(bid), reply.operation().as_deref())
+                    .await?;
+                if last.status != 410 && last.body["state"] != "succeeded" {
+                    bail!("unbind failed: {}", last.body);
+                }
+                Ok(())
+            }
+            s => bail!("unbind answered {s}: {}", reply.body),
+        }
+    }
+
+    /// Deprovisions (polling if needed); fails unless the instance is gone.
+    pub async fn deprovision_done(&self, id: &str, plan_id: &str) -> anyhow::Result<()> {
+        let reply = self.deprovision(id, plan_id, true).await?;
+        match reply.status {
+            200 => Ok(()),
+            202 => {
+                let last = self.poll(id, None, reply.operation().as_deref()).await?;
+                if last.status != 410 && last.body["state"] != "succeeded" {
+                    bail!("deprovision failed: {}", last.body);
+                }
+                Ok(())
+            }
+            s => bail!("deprovision answered {s}: {}", reply.body),
+        }
+    }
+}
+
+/// A fresh id, so that checks never collide.
+pub fn fresh_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}

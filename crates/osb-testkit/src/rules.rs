@@ -1,0 +1,775 @@
+//! The spec's rules as checks. Each check is independent (fresh ids) and names what it saw
+//! when it fails; `check_all` runs them all and reports every failure together.
+
+use std::future::Future;
+
+use anyhow::{Context, bail, ensure};
+use futures::future::join_all;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::Target;
+use crate::client::{Client, Reply, fresh_id};
+
+fn expect(reply: &Reply, status: u16, what: &str) -> anyhow::Result<()> {
+    ensure!(
+        reply.status == status,
+        "{what}: expected {status}, got {} {}",
+        reply.status,
+        reply.body
+    );
+    Ok(())
+}
+
+/// An error answer: its status, the spec's `error` code where one is named, and a description.
+fn expect_error(reply: &Reply, status: u16, code: Option<&str>, what: &str) -> anyhow::Result<()> {
+    expect(reply, status, what)?;
+    let description = reply
+        .body
+        .get("description")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    ensure!(
+        !description.is_empty(),
+        "{what}: error body has no description: {}",
+        reply.body
+    );
+    if let Some(code) = code {
+        ensure!(
+            reply.error() == Some(code),
+            "{what}: expected error {code}, got {}",
+            reply.body
+        );
+    }
+    Ok(())
+}
+
+/// Runs every single-broker check; fails listing each check that failed.
+pub async fn check_all(target: &Target) -> anyhow::Result<()> {
+    let c = Client::new(target.clone());
+    let mut failures = Vec::new();
+    macro_rules! run {
+        ($($check:ident),+ $(,)?) => {$(
+            if let Err(e) = $check(&c).await {
+                failures.push(format!("{}: {e:#}", stringify!($check)));
+            }
+        )+};
+    }
+    run!(
+        auth_is_required_on_every_route,
+        api_version_header_is_enforced,
+        request_identity_is_echoed,
+        catalog_lists_the_service,
+        full_lifecycle_is_idempotent,
+        conflicting_repeats_return_409,
+        malformed_requests_return_400_with_error_body,
+        missing_resources_return_404_or_410,
+        identical_concurrent_requests_act_once,
+        plan_updates_follow_the_catalog,
+        parameters_are_validated_against_the_schema,
+        async_operations_follow_the_polling_rules,
+    );
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        bail!(
+            "{} check(s) failed:\n{}",
+            failures.len(),
+            failures.join("\n")
+        )
+    }
+}
+
+async fn auth_is_required_on_every_route(c: &Client) -> anyhow::Result<()> {
+    let id = fresh_id();
+    for (method, path) in [
+        (Method::GET, "/v2/catalog".to_owned()),
+        (Method::PUT, format!("/v2/service_instances/{id}")),
+        (
+            Method::GET,
+            format!("/v2/service_instances/{id}/last_operation"),
+        ),
+        (
+            Method::DELETE,
+            format!("/v2/service_instances/{id}/service_bindings/{id}"),
+        ),
+    ] {
+        let none = Client::finish(
+            c.raw(method.clone(), &path)
+                .header("X-Broker-API-Version", "2.17"),
+        )
+        .await?;
+        expect(&none, 401, &format!("{method} {path} without credentials"))?;
+        let wrong = Client::finish(
+            c.raw(method.clone(), &path)
+                .header("X-Broker-API-Version", "2.17")
+                .basic_auth(&c.target.username, Some("wrong-password")),
+        )
+        .await?;
+        expect(
+            &wrong,
+            401,
+            &format!("{method} {path} with a wrong password"),
+        )?;
+    }
+    Ok(())
+}
+
+async fn api_version_header_is_enforced(c: &Client) -> anyhow::Result<()> {
+    let auth =
+        |r: reqwest::RequestBuilder| r.basic_auth(&c.target.username, Some(&c.target.password));
+    let missing = Client::finish(auth(c.raw(Method::GET, "/v2/catalog"))).await?;
+    expect_error(&missing, 400, None, "catalog without X-Broker-API-Version")?;
+    for old in ["2.12", "1.0", "3.0", "banana"] {
+        let reply = Client::finish(
+            auth(c.raw(Method::GET, "/v2/catalog")).header("X-Broker-API-Version", old),
+        )
+        .await?;
+        expect_error(&reply, 412, None, &format!("catalog with version {old}"))?;
+    }
+    let ok = Client::finish(
+        auth(c.raw(Method::GET, "/v2/catalog")).header("X-Broker-API-Version", "2.13"),
+    )
+    .await?;
+    expect(&ok, 200, "catalog with version 2.13")
+}
+
+async fn request_identity_is_echoed(c: &Client) -> anyhow::Result<()> {
+    let rid = fresh_id();
+    let reply = Client::finish(
+        c.raw(Method::GET, "/v2/catalog")
+            .basic_auth(&c.target.username, Some(&c.target.password))
+            .header("X-Broker-API-Version", "2.17")
+            .header("X-Broker-API-Request-Identity", &rid)
+            .header(
+                "X-Broker-API-Originating-Identity",
+                "cloudfoundry eyJ1c2VyX2lkIjogIjEyMyJ9",
+            ),
+    )
+    .await?;
+    expect(&reply, 200, "catalog")?;
+    let echoed = reply
+        .headers
+        .get("X-Broker-API-Request-Identity")
+        .and_then(|v| v.to_str().ok());
+    ensure!(
+        echoed == Some(rid.as_str()),
+        "request identity not echoed: {echoed:?}"
+    );
+    Ok(())
+}
+
+async fn catalog_lists_the_service(c: &Client) -> anyhow::Result<()> {
+    let reply = c.send(Method::GET, "/v2/catalog", None).await?;
+    expect(&reply, 200, "catalog")?;
+    let services = reply.body["services"]
+        .as_array()
+        .context("services is not an array")?;
+    let service = services
+        .iter()
+        .find(|s| s["id"] == c.target.service_id.as_str())
+        .context("catalog lacks the target service")?;
+    for field in ["name", "description", "bindable", "plans"] {
+        ensure!(
+            service.get(field).is_some(),
+            "service lacks required field {field}"
+        );
+    }
+    let plans = service["plans"]
+        .as_array()
+        .context("plans is not an array")?;
+    ensure!(
+        plans.iter().any(|p| p["id"] == c.target.plan_id.as_str()),
+        "catalog lacks the target plan"
+    );
+    Ok(())
+}
+
+async fn full_lifecycle_is_idempotent(c: &Client) -> anyhow::Result<()> {
+    let (id, bid, plan) = (fresh_id(), fresh_id(), c.target.plan_id.clone());
+    let body = c.provision_body(&plan);
+    let first = c.provision(&id, &body, false).await?;
+    expect(&first, 201, "first provision")?;
+    let again = c.provision(&id, &body, false).await?;
+    expect(&again, 200, "identical provision repeated")?;
+    ensure!(
+        again.body == first.body,
+        "repeated provision body differs: {} vs {}",
+        again.body,
+        first.body
+    );
+
+    let fetched = c.fetch_instance(&id).await?;
+    expect(&fetched, 200, "fetch instance")?;
+    ensure!(
+        fetched.body["plan_id"] == plan.as_str(),
+        "fetched instance has plan {}",
+        fetched.body["plan_id"]
+    );
+    ensure!(
+        fetched.body["service_id"] == c.target.service_id.as_str(),
+        "fetched instance has wrong service_id"
+    );
+
+    let last = c.instance_last_operation(&id, None).await?;
+    expect(&last, 200, "last_operation after provision")?;
+    ensure!(
+        last.body["state"] == "succeeded",
+        "last_operation state {}",
+        last.body["state"]
+    );
+
+    let bind_body = c.bind_body(&plan);
+    let bound = c.bind(&id, &bid, &bind_body, false).await?;
+    expect(&bound, 201, "first bind")?;
+    ensure!(
+        bound.body["credentials"].is_object(),
+        "bind returned no credentials: {}",
+        bound.body
+    );
+    let rebound = c.bind(&id, &bid, &bind_body, false).await?;
+    expect(&rebound, 200, "identical bind repeated")?;
+    ensure!(
+        rebound.body["credentials"] == bound.body["credentials"],
+        "repeated bind returned other credentials"
+    );
+    let got = c.fetch_binding(&id, &bid).await?;
+    expect(&got, 200, "fetch binding")?;
+    ensure!(
+        got.body["credentials"] == bound.body["credentials"],
+        "fetched binding has other credentials"
+    );
+
+    expect(&c.unbind(&id, &bid, &plan, false).await?, 200, "unbind")?;
+    expect(
+        &c.unbind(&id, &bid, &plan, false).await?,
+        410,
+        "unbind repeated",
+    )?;
+    expect(
+        &c.fetch_binding(&id, &bid).await?,
+        404,
+        "fetch of an unbound binding",
+    )?;
+    expect(&c.deprovision(&id, &plan, false).await?, 200, "deprovision")?;
+    expect(
+        &c.deprovision(&id, &plan, false).await?,
+        410,
+        "deprovision repeated",
+    )?;
+    expect(
+        &c.fetch_instance(&id).await?,
+        404,
+        "fetch of a deprovisioned instance",
+    )?;
+    let last = c.instance_last_operation(&id, None).await?;
+    ensure!(
+        last.status == 404 || last.status == 410,
+        "last_operation of a deleted instance: expected 404 or 410, got {} {}",
+        last.status,
+        last.body
+    );
+    Ok(())
+}
+
+async fn conflicting_repeats_return_409(c: &Client) -> anyhow::Result<()> {
+    let (id, bid, plan) = (fresh_id(), fresh_id(), c.target.plan_id.clone());
+    c.provision_ready(&id, &plan).await?;
+    let mut other = c.provision_body(&plan);
+    other["space_guid"] = json!("another-space");
+    expect_error(
+        &c.provision(&id, &other, true).await?,
+        409,
+        None,
+        "provision with other attributes",
+    )?;
+    c.bind_ready(&id, &bid, &plan).await?;
+    let mut other_bind = c.bind_body(&plan);
+    other_bind["bind_resource"]["app_guid"] = json!("another-app");
+    expect_error(
+        &c.bind(&id, &bid, &other_bind, true).await?,
+        409,
+        None,
+        "bind with other attributes",
+    )?;
+    c.unbind_done(&id, &bid, &plan).await?;
+    c.deprovision_done(&id, &plan).await
+}
+
+async fn malformed_requests_return_400_with_error_body(c: &Client) -> anyhow::Result<()> {
+    let (id, plan) = (fresh_id(), c.target.plan_id.clone());
+    let mut body = c.provision_body(&plan);
+    body["service_id"] = json!("no-such-service");
+    expect_error(
+        &c.provision(&id, &body, true).await?,
+        400,
+        None,
+        "unknown service_id",
+    )?;
+    let mut body = c.provision_body(&plan);
+    body["plan_id"] = json!("no-such-plan");
+    expect_error(
+        &c.provision(&id, &body, true).await?,
+        400,
+        None,
+        "unknown plan_id",
+    )?;
+    let mut body = c.provision_body(&plan);
+    body.as_object_mut().unwrap().remove("plan_id");
+    let reply = c.provision(&id, &body, true).await?;
+    expect_error(&reply, 400, None, "missing plan_id")?;
+    ensure!(
+        reply.body["description"]
+            .as_str()
+            .unwrap_or("")
+            .contains("plan_id"),
+        "description does not name plan_id: {}",
+        reply.body
+    );
+    let raw = Client::finish(
+        c.raw(Method::PUT, &format!("/v2/service_instances/{id}"))
+            .basic_auth(&c.target.username, Some(&c.target.password))
+            .header("X-Broker-API-Version", "2.17")
+            .header("Content-Type", "application/json")
+            .body("{not json"),
+    )
+    .await?;
+    expect_error(&raw, 400, None, "malformed JSON")?;
+    let huge = json!({"service_id": c.target.service_id, "plan_id": plan, "organization_guid": "o",
+        "space_guid": "s", "parameters": {"blob": "x".repeat(2 * 1024 * 1024)}});
+    expect_error(
+        &c.provision(&id, &huge, true).await?,
+        413,
+        None,
+        "oversized body",
+    )?;
+    for bad in ["a'b", "a%60b", "a;b", "%00", &"a".repeat(300), "%C3%BC"] {
+        let reply = c.provision(bad, &c.provision_body(&plan), true).await?;
+        expect_error(&reply, 400, None, &format!("instance id {bad:?}"))?;
+    }
+    let reply = c
+        .send(
+            Method::PUT,
+            &format!("/v2/service_instances/{id}?accepts_incomplete=maybe"),
+            Some(&c.provision_body(&plan)),
+        )
+        .await?;
+    expect_error(&reply, 400, None, "accepts_incomplete=maybe")?;
+    let reply = c
+        .send(Method::DELETE, &format!("/v2/service_instances/{id}"), None)
+        .await?;
+    expect_error(
+        &reply,
+        400,
+        None,
+        "deprovision without service_id and plan_id",
+    )?;
+    expect(
+        &c.fetch_instance(&id).await?,
+        404,
+        "no instance after refused requests",
+    )
+}
+
+async fn missing_resources_return_404_or_410(c: &Client) -> anyhow::Result<()> {
+    let (id, bid, plan) = (fresh_id(), fresh_id(), c.target.plan_id.clone());
+    expect_error(
+        &c.fetch_instance(&id).await?,
+        404,
+        None,
+        "fetch of an unknown instance",
+    )?;
+    expect_error(
+        &c.instance_last_operation(&id, None).await?,
+        404,
+        None,
+        "last_operation of an unknown instance",
+    )?;
+    expect(
+        &c.deprovision(&id, &plan, false).await?,
+        410,
+        "deprovision of an unknown instance",
+    )?;
+    expect_error(
+        &c.bind(&id, &bid, &c.bind_body(&plan), false).await?,
+        404,
+        None,
+        "bind to an unknown instance",
+    )?;
+    expect(
+        &c.unbind(&id, &bid, &plan, false).await?,
+        410,
+        "unbind on an unknown instance",
+    )?;
+    c.provision_ready(&id, &plan).await?;
+    expect_error(
+        &c.fetch_binding(&id, &bid).await?,
+        404,
+        None,
+        "fetch of an unknown binding",
+    )?;
+    expect(
+        &c.unbind(&id, &bid, &plan, false).await?,
+        410,
+        "unbind of an unknown binding",
+    )?;
+    expect_error(
+        &c.binding_last_operation(&id, &bid, None).await?,
+        404,
+        None,
+        "last_operation of an unknown binding",
+    )?;
+    c.deprovision_done(&id, &plan).await
+}
+
+async fn identical_concurrent_requests_act_once(c: &Client) -> anyhow::Result<()> {
+    let (id, bid, plan) = (fresh_id(), fresh_id(), c.target.plan_id.clone());
+    let n = c.target.race_width.max(2);
+    let body = c.provision_body(&plan);
+    let replies = join_all((0..n).map(|_| c.provision(&id, &body, false))).await;
+    let replies: Vec<Reply> = replies.into_iter().collect::<Result<_, _>>()?;
+    let created = replies.iter().filter(|r| r.status == 201).count();
+    ensure!(
+        created == 1,
+        "{created} of {n} identical provisions answered 201: {:?}",
+        replies.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    ensure!(
+        replies.iter().all(|r| r.status == 201 || r.status == 200),
+        "statuses {:?}",
+        replies.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+
+    let bind_body = c.bind_body(&plan);
+    let replies = join_all((0..n).map(|_| c.bind(&id, &bid, &bind_body, false))).await;
+    let replies: Vec<Reply> = replies.into_iter().collect::<Result<_, _>>()?;
+    let created = replies.iter().filter(|r| r.status == 201).count();
+    ensure!(
+        created == 1,
+        "{created} of {n} identical binds answered 201: {:?}",
+        replies.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    let credentials = &replies[0].body["credentials"];
+    ensure!(
+        replies
+            .iter()
+            .all(|r| &r.body["credentials"] == credentials),
+        "identical binds returned different credentials"
+    );
+
+    let replies = join_all((0..n).map(|_| c.unbind(&id, &bid, &plan, false))).await;
+    let statuses: Vec<u16> = replies
+        .into_iter()
+        .map(|r| r.map(|r| r.status))
+        .collect::<Result<_, _>>()?;
+    ensure!(
+        statuses.iter().filter(|s| **s == 200).count() == 1
+            && statuses.iter().all(|s| *s == 200 || *s == 410),
+        "concurrent unbinds: {statuses:?}"
+    );
+    let replies = join_all((0..n).map(|_| c.deprovision(&id, &plan, false))).await;
+    let statuses: Vec<u16> = replies
+        .into_iter()
+        .map(|r| r.map(|r| r.status))
+        .collect::<Result<_, _>>()?;
+    ensure!(
+        statuses.iter().filter(|s| **s == 200).count() == 1
+            && statuses.iter().all(|s| *s == 200 || *s == 410),
+        "concurrent deprovisions: {statuses:?}"
+    );
+    Ok(())
+}
+
+async fn plan_updates_follow_the_catalog(c: &Client) -> anyhow::Result<()> {
+    let plan = c.target.plan_id.clone();
+    if let Some(to) = c.target.update_plan_id.clone() {
+        let id = fresh_id();
+        c.provision_ready(&id, &plan).await?;
+        let body = json!({"service_id": c.target.service_id, "plan_id": to, "previous_values": {"plan_id": plan}});
+        let reply = c.update(&id, &body, true).await?;
+        match reply.status {
+            200 => {}
+            202 => {
+                let last = c.poll(&id, None, reply.operation().as_deref()).await?;
+                ensure!(
+                    last.body["state"] == "succeeded",
+                    "update failed: {}",
+                    last.body
+                );
+            }
+            s => bail!("plan update answered {s}: {}", reply.body),
+        }
+        let fetched = c.fetch_instance(&id).await?;
+        ensure!(
+            fetched.body["plan_id"] == to.as_str(),
+            "plan after update: {}",
+            fetched.body["plan_id"]
+        );
+        let bad = json!({"service_id": c.target.service_id, "plan_id": "no-such-plan"});
+        expect_error(
+            &c.update(&id, &bad, true).await?,
+            400,
+            None,
+            "update to an unknown plan",
+        )?;
+        let mi = json!({"service_id": c.target.service_id, "maintenance_info": {"version": "99.99.99-never"}});
+        expect_error(
+            &c.update(&id, &mi, true).await?,
+            422,
+            Some("MaintenanceInfoConflict"),
+            "update with a stale maintenance_info",
+        )?;
+        c.deprovision_done(&id, &to).await?;
+    }
+    if let Some((fixed, other)) = c.target.fixed_plan.clone() {
+        let id = fresh_id();
+        c.provision_ready(&id, &fixed).await?;
+        let body = json!({"service_id": c.target.service_id, "plan_id": other});
+        expect_error(
+            &c.update(&id, &body, true).await?,
+            400,
+            None,
+            "plan change from a non-updateable plan",
+        )?;
+        c.deprovision_done(&id, &fixed).await?;
+    }
+    let missing = json!({"service_id": c.target.service_id, "plan_id": plan});
+    expect_error(
+        &c.update(&fresh_id(), &missing, true).await?,
+        404,
+        None,
+        "update of an unknown instance",
+    )?;
+    Ok(())
+}
+
+async fn parameters_are_validated_against_the_schema(c: &Client) -> anyhow::Result<()> {
+    let Some(invalid) = c.target.invalid_parameters.clone() else {
+        return Ok(());
+    };
+    let id = fresh_id();
+    let mut body = c.provision_body(&c.target.plan_id);
+    body["parameters"] = invalid;
+    let reply = c.provision(&id, &body, true).await?;
+    expect_error(
+        &reply,
+        400,
+        None,
+        "provision with parameters the schema refuses",
+    )?;
+    ensure!(
+        reply.body["description"]
+            .as_str()
+            .unwrap_or("")
+            .contains("parameters"),
+        "description does not point at the parameters: {}",
+        reply.body
+    );
+    expect(
+        &c.fetch_instance(&id).await?,
+        404,
+        "no instance after refused parameters",
+    )
+}
+
+async fn async_operations_follow_the_polling_rules(c: &Client) -> anyhow::Result<()> {
+    let Some(plan) = c.target.async_plan_id.clone() else {
+        return Ok(());
+    };
+    let (id, bid) = (fresh_id(), fresh_id());
+    let body = c.provision_body(&plan);
+    expect_error(
+        &c.provision(&id, &body, false).await?,
+        422,
+        Some("AsyncRequired"),
+        "async plan without accepts_incomplete",
+    )?;
+    let started = c.provision(&id, &body, true).await?;
+    expect(&started, 202, "async provision")?;
+    let op = started.operation().context("202 without operation")?;
+    let repeated = c.provision(&id, &body, true).await?;
+    expect(&repeated, 202, "async provision repeated while in progress")?;
+    ensure!(
+        repeated.operation().as_deref() == Some(op.as_str()),
+        "repeated provision returned another operation"
+    );
+    let last = c.instance_last_operation(&id, Some(&op)).await?;
+    expect(&last, 200, "last_operation while provisioning")?;
+    ensure!(
+        last.body["state"] == "in progress",
+        "state while provisioning: {}",
+        last.body
+    );
+    expect(
+        &c.fetch_instance(&id).await?,
+        404,
+        "fetch while provisioning",
+    )?;
+    let patch = json!({"service_id": c.target.service_id, "parameters": {}});
+    expect_error(
+        &c.update(&id, &patch, true).await?,
+        422,
+        Some("ConcurrencyError"),
+        "update while provisioning",
+    )?;
+    expect_error(
+        &c.deprovision(&id, &plan, true).await?,
+        422,
+        Some("ConcurrencyError"),
+        "deprovision while provisioning",
+    )?;
+    let done = c.poll(&id, None, Some(&op)).await?;
+    ensure!(
+        done.body["state"] == "succeeded",
+        "async provision ended {}",
+        done.body
+    );
+
+    let bound = c.bind(&id, &bid, &c.bind_body(&plan), true).await?;
+    expect(&bound, 202, "async bind")?;
+    ensure!(
+        bound.body.get("credentials").is_none(),
+        "202 bind must not carry credentials"
+    );
+    let bop = bound.operation().context("202 bind without operation")?;
+    expect(
+        &c.fetch_binding(&id, &bid).await?,
+        404,
+        "fetch binding while binding",
+    )?;
+    let done = c.poll(&id, Some(&bid), Some(&bop)).await?;
+    ensure!(
+        done.body["state"] == "succeeded",
+        "async bind ended {}",
+        done.body
+    );
+    let got = c.fetch_binding(&id, &bid).await?;
+    expect(&got, 200, "fetch binding after async bind")?;
+    ensure!(
+        got.body["credentials"].is_object(),
+        "fetched binding has no credentials"
+    );
+
+    let unbound = c.unbind(&id, &bid, &plan, true).await?;
+    expect(&unbound, 202, "async unbind")?;
+    let uop = unbound
+        .operation()
+        .context("202 unbind without operation")?;
+    expect(
+        &c.poll(&id, Some(&bid), Some(&uop)).await?,
+        410,
+        "binding last_operation after async unbind",
+    )?;
+
+    let gone = c.deprovision(&id, &plan, true).await?;
+    expect(&gone, 202, "async deprovision")?;
+    let dop = gone
+        .operation()
+        .context("202 deprovision without operation")?;
+    expect(
+        &c.deprovision(&id, &plan, true).await?,
+        202,
+        "async deprovision repeated",
+    )?;
+    expect(
+        &c.poll(&id, None, Some(&dop)).await?,
+        410,
+        "last_operation after async deprovision",
+    )?;
+    Ok(())
+}
+
+/// Provision and bind, restart the broker (the closure returns the target afterwards, which
+/// may listen elsewhere), then check that everything carries on from the state store.
+pub async fn check_restart<F, Fut>(target: &Target, restart: F) -> anyhow::Result<()>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = anyhow::Result<Target>>,
+{
+    let c = Client::new(target.clone());
+    let (id, bid, bid2, plan) = (fresh_id(), fresh_id(), fresh_id(), target.plan_id.clone());
+    c.provision_ready(&id, &plan).await?;
+    let credentials = c.bind_ready(&id, &bid, &plan).await?["credentials"].clone();
+    let after = Client::new(restart().await?);
+    let fetched = after.fetch_instance(&id).await?;
+    expect(&fetched, 200, "fetch instance after restart")?;
+    let got = after.fetch_binding(&id, &bid).await?;
+    expect(&got, 200, "fetch binding after restart")?;
+    ensure!(
+        got.body["credentials"] == credentials,
+        "credentials changed across the restart"
+    );
+    let rebound = after
+        .bind(&id, &bid, &after.bind_body(&plan), false)
+        .await?;
+    expect(&rebound, 200, "identical bind repeated after restart")?;
+    after.bind_ready(&id, &bid2, &plan).await?;
+    after.unbind_done(&id, &bid, &plan).await?;
+    after.unbind_done(&id, &bid2, &plan).await?;
+    after.deprovision_done(&id, &plan).await
+}
+
+/// What one platform made is invisible to another served by the same broker.
+pub async fn check_isolation(a: &Target, b: &Target) -> anyhow::Result<()> {
+    let (ca, cb) = (Client::new(a.clone()), Client::new(b.clone()));
+    let (id, bid, plan) = (fresh_id(), fresh_id(), a.plan_id.clone());
+    ca.provision_ready(&id, &plan).await?;
+    ca.bind_ready(&id, &bid, &plan).await?;
+    expect(
+        &cb.fetch_instance(&id).await?,
+        404,
+        "other platform fetches the instance",
+    )?;
+    expect(
+        &cb.fetch_binding(&id, &bid).await?,
+        404,
+        "other platform fetches the binding",
+    )?;
+    expect(
+        &cb.instance_last_operation(&id, None).await?,
+        404,
+        "other platform polls the instance",
+    )?;
+    expect(
+        &cb.unbind(&id, &bid, &plan, false).await?,
+        410,
+        "other platform unbinds",
+    )?;
+    expect(
+        &cb.deprovision(&id, &plan, false).await?,
+        410,
+        "other platform deprovisions",
+    )?;
+    expect(
+        &cb.bind(&id, &fresh_id(), &cb.bind_body(&plan), false)
+            .await?,
+        404,
+        "other platform binds",
+    )?;
+    expect(
+        &cb.provision(&id, &cb.provision_body(&plan), false).await?,
+        409,
+        "other platform provisions the same id",
+    )?;
+    let theirs = Client::new(Target {
+        password: "wrong".into(),
+        ..b.clone()
+    });
+    expect(
+        &theirs.send(Method::GET, "/v2/catalog", None).await?,
+        401,
+        "wrong credentials on the other platform",
+    )?;
+    let crossed = Client::new(Target {
+        username: a.username.clone(),
+        password: a.password.clone(),
+        ..b.clone()
+    });
+    expect(
+        &crossed.send(Method::GET, "/v2/catalog", None).await?,
+        401,
+        "one platform's credentials on another's prefix",
+    )?;
+    ca.unbind_done(&id, &bid, &plan).await?;
+    ca.deprovision_done(&id, &plan).await
+}
