@@ -1,0 +1,48 @@
+//! mysql-broker's config file: the shared `[broker]` section and `[mysql]`.
+
+use std::collections::HashMap;
+
+use osb_core::config::{BrokerConfig, Secret};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub broker: BrokerConfig,
+    pub mysql: MysqlConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MysqlConfig {
+    /// The MySQL/MariaDB server the broker administers.
+    pub host: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// An account allowed to create databases and users and grant privileges.
+    pub admin_user: String,
+    pub admin_password: Secret,
+    /// Host name handed to apps in credentials, when it differs from `host`.
+    #[serde(default)]
+    pub public_host: Option<String>,
+    /// Admin connections kept open.
+    #[serde(default = "default_pool")]
+    pub pool_size: usize,
+    /// Limits per plan id.
+    pub plans: HashMap<String, PlanLimits>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanLimits {
+    /// Connections an instance may hold at once, shared out among its bindings.
+    pub connections: u32,
+}
+
+fn default_port() -> u16 {
+    3306
+}
+
+fn default_pool() -> usize {
+    8
+}
