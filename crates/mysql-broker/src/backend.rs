@@ -137,10 +137,7 @@ impl MysqlBroker {
             .with("port", port)
             .with("username", user.as_str())
             .with_secret("password", password)
-            .with(
-                "uri",
-                format!("mysql://{u}:{p}@{host}:{port}/{name}?reconnect=true"),
-            )
+            .with("uri", format!("mysql://{u}:{p}@{host}:{port}/{name}"))
             .with(
                 "jdbcUrl",
                 format!("jdbc:mysql://{host}:{port}/{name}?user={u}&password={p}"),

@@ -63,15 +63,18 @@ async fn state_survives_a_broker_restart() {
     let config = single_platform(&sqlite_url(&dir));
     let (running, _) = spawn(&config).await;
     let before = target(running.addr, "");
+    let restarted = tokio::sync::Mutex::new(None);
     let result = check_restart(&before, || async {
         running.stop().await;
         let (again, _) = spawn(&config).await;
         let t = target(again.addr, "");
-        // Leaked on purpose: the new broker must outlive the closure; the test process ends it.
-        std::mem::forget(again);
+        *restarted.lock().await = Some(again);
         Ok(t)
     })
     .await;
+    if let Some(again) = restarted.into_inner() {
+        again.stop().await;
+    }
     result.unwrap();
 }
 

@@ -1,0 +1,241 @@
+//! mysql-broker as a platform sees it: the real binary over HTTP, against the real MariaDB.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::Queryable;
+use osb_testkit::{Client, Target, check_all, check_restart, fresh_id};
+
+const SERVICE: &str = "96b9e707-0e2b-47e3-a21a-fd01a8eb0452";
+const PLAN1: &str = "411d0c3e-b086-4a24-b041-0aeef1a819d1";
+const PLAN2: &str = "4a932d9d-9bc5-4a86-937f-e2c14bb9f497";
+const ADMIN: &str = "mysql://root@127.0.0.1:3306/mysql";
+
+/// The real binary, killed when dropped.
+struct Broker {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts mysql-broker with the shipped catalog (deploy/mysql-broker.toml) on a state store in
+/// `dir`, and waits until it is ready.
+async fn start(dir: &Path, port: u16) -> Broker {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/mysql-broker.toml");
+    let child = Command::new(env!("CARGO_BIN_EXE_mysql-broker"))
+        .arg("--config")
+        .arg(&deploy)
+        .env("KPAAS_BROKER__LISTEN", format!("127.0.0.1:{port}"))
+        .env(
+            "KPAAS_BROKER__STORE__URL",
+            format!("sqlite://{}", dir.join("state.db").display()),
+        )
+        .env("KPAAS_BROKER__LOG__FORMAT", "pretty")
+        .env("KPAAS_BROKER__WORKERS", "2")
+        .env("MYSQL_BROKER_PASSWORD", "broker-secret")
+        .env(
+            "MYSQL_BROKER_ENCRYPTION_KEY",
+            "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+        )
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("mysql-broker binary starts");
+    let broker = Broker { child, port };
+    let url = format!("http://127.0.0.1:{port}/ready");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = reqwest::get(&url).await
+            && r.status() == 200
+        {
+            return broker;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "mysql-broker not ready on port {port} (is MariaDB up? run scripts/backends.sh)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn target(broker: &Broker) -> Target {
+    let mut t = Target::new(
+        format!("http://127.0.0.1:{}", broker.port),
+        "broker",
+        "broker-secret",
+        SERVICE,
+        PLAN1,
+    );
+    t.update_plan_id = Some(PLAN2.into());
+    t.fixed_plan = Some((PLAN2.into(), PLAN1.into()));
+    t.race_width = 8;
+    t
+}
+
+async fn admin() -> mysql_async::Conn {
+    mysql_async::Conn::from_url(ADMIN)
+        .await
+        .expect("MariaDB at 127.0.0.1:3306 is required (run scripts/backends.sh)")
+}
+
+async fn databases() -> Vec<String> {
+    admin().await.query("SHOW DATABASES").await.unwrap()
+}
+
+fn server_code(err: &mysql_async::Error) -> Option<u16> {
+    match err {
+        mysql_async::Error::Server(e) => Some(e.code),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn testkit_rules_hold_for_mysql_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), free_port()).await;
+    check_all(&target(&broker)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bound_credentials_work_only_on_their_own_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), free_port()).await;
+    let c = Client::new(target(&broker));
+    let (id, bid) = (fresh_id(), fresh_id());
+    c.provision_ready(&id, PLAN1).await.unwrap();
+    let body = c.bind_ready(&id, &bid, PLAN1).await.unwrap();
+    let creds = &body["credentials"];
+    for field in [
+        "name", "hostname", "port", "username", "password", "uri", "jdbcUrl",
+    ] {
+        assert!(!creds[field].is_null(), "credentials lack {field}: {creds}");
+    }
+    assert!(creds["password"].as_str().unwrap().len() >= 32);
+    let uri = creds["uri"].as_str().unwrap().to_owned();
+    let db = creds["name"].as_str().unwrap().to_owned();
+    assert_eq!(db, format!("op_{}", id.replace('-', "_")));
+
+    let mut app = mysql_async::Conn::from_url(&uri)
+        .await
+        .expect("bound credentials log in");
+    app.query_drop("CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(20))")
+        .await
+        .unwrap();
+    app.query_drop("INSERT INTO t VALUES (1, 'one'), (2, 'two')")
+        .await
+        .unwrap();
+    let rows: Vec<(i32, String)> = app.query("SELECT id, v FROM t ORDER BY id").await.unwrap();
+    assert_eq!(rows, vec![(1, "one".to_owned()), (2, "two".to_owned())]);
+    let other = app
+        .query_drop("CREATE DATABASE kpaas_should_not_exist")
+        .await
+        .unwrap_err();
+    assert_eq!(server_code(&other), Some(1044), "{other}");
+    let seen: Vec<String> = app.query("SHOW DATABASES").await.unwrap();
+    assert!(
+        seen.iter().all(|d| d == &db || d == "information_schema"),
+        "{seen:?}"
+    );
+
+    // Plan 1: 10 connections for the one binding; the 11th is refused with 1226.
+    let mut open = vec![app];
+    for _ in 0..9 {
+        open.push(
+            mysql_async::Conn::from_url(&uri)
+                .await
+                .expect("within the limit"),
+        );
+    }
+    let refused = mysql_async::Conn::from_url(&uri)
+        .await
+        .err()
+        .expect("11th connection refused");
+    assert_eq!(server_code(&refused), Some(1226), "{refused}");
+    drop(open);
+
+    c.unbind_done(&id, &bid, PLAN1).await.unwrap();
+    let gone = mysql_async::Conn::from_url(&uri)
+        .await
+        .err()
+        .expect("login fails after unbind");
+    assert_eq!(server_code(&gone), Some(1045), "{gone}");
+
+    let bid2 = fresh_id();
+    let user2 = c.bind_ready(&id, &bid2, PLAN1).await.unwrap()["credentials"]["username"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    c.deprovision_done(&id, PLAN1).await.unwrap();
+    assert!(!databases().await.contains(&db), "database left behind");
+    let users: Vec<String> = admin()
+        .await
+        .exec("SELECT User FROM mysql.user WHERE User = ?", (user2,))
+        .await
+        .unwrap();
+    assert!(
+        users.is_empty(),
+        "binding user left behind after deprovision"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_instance_ids_are_refused_before_sql() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), free_port()).await;
+    let c = Client::new(target(&broker));
+    let before = databases().await;
+    let too_long_for_mysql = "a".repeat(62);
+    for id in [
+        "x%27%3B%20DROP%20DATABASE%20mysql%3B--",
+        "a%60b",
+        "a;b",
+        "%00",
+        &"b".repeat(300),
+        "%C3%BC",
+        "a.b",
+        &too_long_for_mysql,
+    ] {
+        let reply = c
+            .provision(id, &c.provision_body(PLAN1), false)
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 400, "{id}: {}", reply.body);
+        assert!(reply.body["description"].is_string());
+    }
+    assert_eq!(databases().await, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_between_provision_and_bind_carries_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let broker = start(dir.path(), port).await;
+    let t = target(&broker);
+    // Holds the restarted broker so that it is killed when the test ends.
+    let restarted = std::sync::Mutex::new(None);
+    check_restart(&t, || async {
+        drop(broker);
+        let again = start(dir.path(), port).await;
+        let t = target(&again);
+        *restarted.lock().unwrap() = Some(again);
+        Ok(t)
+    })
+    .await
+    .unwrap();
+}
