@@ -1,10 +1,43 @@
 #!/usr/bin/env bash
-# Starts every broker binary of the workspace on the local backends and prints how to reach it.
+# `make run`: starts every broker on the local backends, prints how to reach each, and keeps
+# them running until Ctrl-C. Credentials and the encryption key are generated once into .run/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-brokers=$(ls -d crates/*-broker 2>/dev/null || true)
-if [ -z "$brokers" ]; then
-    echo "run: no broker binary exists yet (only osb-core and osb-testkit); nothing to start." >&2
-    echo "run: backends are up; see README.md for the status of each broker." >&2
-    exit 1
-fi
+state="$PWD/.run"
+mkdir -p "$state"
+[ -s "$state/encryption.key" ] || head -c 32 /dev/urandom | base64 > "$state/encryption.key"
+[ -s "$state/broker.password" ] || printf 'kp%s' "$(head -c 32 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 30)" > "$state/broker.password"
+chmod 600 "$state/encryption.key" "$state/broker.password"
+
+pids=()
+cleanup() { [ ${#pids[@]} -eq 0 ] || kill "${pids[@]}" 2>/dev/null || true; wait || true; }
+trap cleanup EXIT INT TERM
+
+# start NAME PORT: runs target/debug/NAME with deploy/NAME.toml, a SQLite store in .run/.
+start() {
+    local name=$1 port=$2
+    KPAAS_BROKER__LISTEN="127.0.0.1:$port" \
+    KPAAS_BROKER__USERNAME=broker \
+    KPAAS_BROKER__PASSWORD="$(cat "$state/broker.password")" \
+    KPAAS_BROKER__ENCRYPTION_KEY="$(cat "$state/encryption.key")" \
+    KPAAS_BROKER__STORE__URL="sqlite://$state/$name.db" \
+    KPAAS_BROKER__LOG__FORMAT=pretty \
+        "target/debug/$name" --config "deploy/$name.toml" >"$state/$name.log" 2>&1 &
+    pids+=($!)
+    for _ in $(seq 1 150); do
+        if curl -fsS "http://127.0.0.1:$port/ready" >/dev/null 2>&1; then
+            printf '%-16s http://127.0.0.1:%s  user: broker  password: %s  (log: .run/%s.log)\n' \
+                "$name" "$port" "$(cat "$state/broker.password")" "$name"
+            return 0
+        fi
+        sleep 0.2
+    done
+    echo "run: $name did not become ready; see .run/$name.log" >&2
+    tail -n 20 "$state/$name.log" >&2
+    return 1
+}
+
+start mysql-broker 8081
+echo "Try: curl -u broker:\$(cat .run/broker.password) -H 'X-Broker-API-Version: 2.17' http://127.0.0.1:8081/v2/catalog"
+echo "Ctrl-C stops the brokers."
+wait

@@ -164,16 +164,14 @@ async fn bound_credentials_work_only_on_their_own_database() {
     }
     let refused = mysql_async::Conn::from_url(&uri)
         .await
-        .err()
-        .expect("11th connection refused");
+        .expect_err("11th connection refused");
     assert_eq!(server_code(&refused), Some(1226), "{refused}");
     drop(open);
 
     c.unbind_done(&id, &bid, PLAN1).await.unwrap();
     let gone = mysql_async::Conn::from_url(&uri)
         .await
-        .err()
-        .expect("login fails after unbind");
+        .expect_err("login fails after unbind");
     assert_eq!(server_code(&gone), Some(1045), "{gone}");
 
     let bid2 = fresh_id();
