@@ -26,6 +26,15 @@ impl Drop for Broker {
     }
 }
 
+/// The broker's log, appended to across restarts.
+fn log_file(dir: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("broker.log"))
+        .unwrap()
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -46,15 +55,16 @@ async fn start(dir: &Path, port: u16) -> Broker {
             "KPAAS_BROKER__STORE__URL",
             format!("sqlite://{}", dir.join("state.db").display()),
         )
-        .env("KPAAS_BROKER__LOG__FORMAT", "pretty")
+        .env("KPAAS_BROKER__LOG__FORMAT", "json")
         .env("KPAAS_BROKER__WORKERS", "2")
         .env("MYSQL_BROKER_PASSWORD", "broker-secret")
         .env(
             "MYSQL_BROKER_ENCRYPTION_KEY",
             "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
         )
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
+        .env("RUST_LOG", "info")
+        .stdout(log_file(dir))
+        .stderr(log_file(dir))
         .spawn()
         .expect("mysql-broker binary starts");
     let broker = Broker { child, port };
@@ -236,4 +246,55 @@ async fn broker_restart_between_provision_and_bind_carries_on() {
     })
     .await
     .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_are_json_lines_without_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), free_port()).await;
+    let c = Client::new(target(&broker));
+    let (id, bid) = (fresh_id(), fresh_id());
+    c.provision_ready(&id, PLAN1).await.unwrap();
+    let creds = c.bind_ready(&id, &bid, PLAN1).await.unwrap()["credentials"].clone();
+    c.unbind_done(&id, &bid, PLAN1).await.unwrap();
+    c.deprovision_done(&id, PLAN1).await.unwrap();
+    drop(broker);
+    let log = std::fs::read_to_string(dir.path().join("broker.log")).unwrap();
+    let password = creds["password"].as_str().unwrap();
+    assert!(!log.contains(password), "a binding password was logged");
+    assert!(
+        !log.contains("broker-secret"),
+        "the broker password was logged"
+    );
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["span"]["instance_id"] == id.as_str() && l["span"]["request_id"].is_string()),
+        "no log line carries the request's span"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_broker_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = start(dir.path(), free_port()).await;
+    let killed = Command::new("kill")
+        .args(["-TERM", &broker.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let status = loop {
+        if let Some(status) = broker.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "broker still running 40s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "exit after SIGTERM: {status}");
 }

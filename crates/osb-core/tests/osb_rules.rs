@@ -106,21 +106,20 @@ async fn platforms_see_only_their_own_resources() {
     result.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn operation_of_a_dead_replica_is_failed_not_left_in_progress() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = single_platform(&sqlite_url(&dir));
+/// Replica A starts an operation that never ends and dies; replica B, on the same store,
+/// fails it once A's lease runs out, and the platform can then delete the instance.
+async fn dead_replica_operation_is_failed(url: String) {
     // Replica A runs on a runtime of its own thread, torn down mid-operation: as if killed.
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let (kill_tx, kill_rx) = std::sync::mpsc::channel::<()>();
-    let url = sqlite_url(&dir);
+    let url_a = url.clone();
     let replica_a = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
-        let (running, _) = rt.block_on(spawn(&single_platform(&url)));
+        let (running, _) = rt.block_on(spawn(&single_platform(&url_a)));
         addr_tx.send(running.addr).unwrap();
         kill_rx.recv().unwrap();
         rt.block_on(running.stop());
@@ -139,7 +138,7 @@ async fn operation_of_a_dead_replica_is_failed_not_left_in_progress() {
         .await
         .unwrap();
 
-    let (b, _) = spawn(&config).await;
+    let (b, _) = spawn(&single_platform(&url)).await;
     let client = Client::new(target(b.addr, ""));
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let last = loop {
@@ -159,9 +158,88 @@ async fn operation_of_a_dead_replica_is_failed_not_left_in_progress() {
             .unwrap()
             .contains("stopped")
     );
-    // The platform's orphan mitigation can now delete it.
     client.deprovision_done(&id, PLAN_HANG).await.unwrap();
     b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_replica_operation_is_failed_with_sqlite_store() {
+    let dir = tempfile::tempdir().unwrap();
+    dead_replica_operation_is_failed(sqlite_url(&dir)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_replica_operation_is_failed_with_mariadb_store() {
+    let url = fresh_mysql().await;
+    dead_replica_operation_is_failed(url.clone()).await;
+    drop_database(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_replica_operation_is_failed_with_postgres_store() {
+    let url = fresh_postgres().await;
+    dead_replica_operation_is_failed(url.clone()).await;
+    drop_database(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_listener_serves_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl is needed to make a test certificate");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let extra = format!(
+        "username = \"broker\"\npassword = \"broker-secret\"\n[tls]\ncert = {:?}\nkey = {:?}\n",
+        cert.display().to_string(),
+        key.display().to_string()
+    );
+    let (running, _) = spawn(&config(&sqlite_url(&dir), &extra)).await;
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--fail", "--cacert"])
+        .arg(&cert)
+        .args([
+            "-u",
+            "broker:broker-secret",
+            "-H",
+            "X-Broker-API-Version: 2.17",
+        ])
+        .arg(format!(
+            "https://127.0.0.1:{}/v2/catalog",
+            running.addr.port()
+        ))
+        .output()
+        .await
+        .expect("curl runs");
+    running.stop().await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(body["services"][0]["id"], SERVICE);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
