@@ -49,6 +49,42 @@ ensure_mariadb() {
     fi
 }
 
+# A second, independent MariaDB on 127.0.0.1:3307: mysql-broker places instances across
+# several servers, and its tests need two real ones.
+second_up() { mariadb --protocol=tcp -h127.0.0.1 -P3307 -uroot -e 'SELECT 1'; }
+
+ensure_second_mariadb() {
+    second_up >/dev/null 2>&1 || start_second_mariadb
+    # What mysql_secure_installation does: a fresh data directory has anonymous accounts,
+    # which would shadow the broker's 'user'@'%' accounts for logins from localhost, and grants
+    # every account the `test` database.
+    local anon
+    anon=$(mariadb --protocol=tcp -h127.0.0.1 -P3307 -uroot -Nse \
+        "SELECT GROUP_CONCAT(CONCAT(QUOTE(User),'@',QUOTE(Host))) FROM mysql.user WHERE User=''")
+    if [ -n "$anon" ] && [ "$anon" != "NULL" ]; then
+        log "dropping anonymous accounts of the second MariaDB"
+        mariadb --protocol=tcp -h127.0.0.1 -P3307 -uroot -e "DROP USER $anon"
+    fi
+    mariadb --protocol=tcp -h127.0.0.1 -P3307 -uroot -e \
+        "DELETE FROM mysql.db WHERE Db IN ('test', 'test\\\\_%'); FLUSH PRIVILEGES; DROP DATABASE IF EXISTS test;"
+}
+
+start_second_mariadb() {
+    local datadir=/var/lib/kpaas-mariadb2
+    install -d -o mysql -g mysql "$datadir" /run/mysqld
+    if [ ! -d "$datadir/mysql" ]; then
+        log "initialising the second MariaDB in $datadir"
+        mariadb-install-db --no-defaults --user=mysql --datadir="$datadir" \
+            --auth-root-authentication-method=normal >/dev/null
+    fi
+    log "starting the second MariaDB on 127.0.0.1:3307"
+    start-stop-daemon --start --oknodo --background --pidfile /run/mysqld/kpaas2.pid \
+        --exec /usr/sbin/mariadbd -- --no-defaults --user=mysql --datadir="$datadir" \
+        --port=3307 --bind-address=127.0.0.1 --socket=/run/mysqld/kpaas2.sock \
+        --pid-file=/run/mysqld/kpaas2.pid
+    wait_for "second MariaDB" 60 second_up
+}
+
 pg_up() { pg_isready -q -h 127.0.0.1 -p 5432; }
 pg_login() { psql -h 127.0.0.1 -p 5432 -U postgres -d postgres -Atc 'SELECT 1'; }
 
@@ -73,5 +109,6 @@ ensure_postgres() {
 }
 
 ensure_mariadb
+ensure_second_mariadb
 ensure_postgres
-log "ready: MariaDB 127.0.0.1:3306, PostgreSQL 127.0.0.1:5432"
+log "ready: MariaDB 127.0.0.1:3306 and 127.0.0.1:3307, PostgreSQL 127.0.0.1:5432"

@@ -1,5 +1,5 @@
-//! The MySQL/MariaDB backend: a database per instance, an account per binding, connection
-//! limits from the plan.
+//! The MySQL/MariaDB backend: a database per instance on the least-loaded server, an account
+//! per binding, connection limits from the plan.
 
 use std::collections::HashMap;
 
@@ -10,16 +10,23 @@ use osb_core::broker::*;
 use osb_core::catalog::Plan;
 use osb_core::credentials::{Credentials, generate_password};
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
-use secrecy::ExposeSecret;
-use serde_json::json;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
 
-use crate::config::{MysqlConfig, PlanLimits};
+use crate::config::{MysqlConfig, PlanLimits, ServerConfig};
 use crate::names::{DatabaseName, UserName};
 
-pub struct MysqlBroker {
+/// One configured server.
+struct Server {
+    name: String,
     pool: Pool,
+    /// What apps are told to connect to.
     host: String,
     port: u16,
+}
+
+pub struct MysqlBroker {
+    servers: Vec<Server>,
     plans: HashMap<String, PlanLimits>,
 }
 
@@ -33,8 +40,8 @@ fn backend(err: mysql_async::Error) -> BrokerError {
     }
 }
 
-impl MysqlBroker {
-    pub fn new(config: &MysqlConfig) -> Self {
+impl Server {
+    fn new(config: &ServerConfig) -> Self {
         let opts: Opts = OptsBuilder::default()
             .ip_or_hostname(config.host.clone())
             .tcp_port(config.port)
@@ -45,88 +52,30 @@ impl MysqlBroker {
             ))
             .into();
         Self {
+            name: config.name.clone(),
             pool: Pool::new(opts),
             host: config
                 .public_host
                 .clone()
                 .unwrap_or_else(|| config.host.clone()),
             port: config.port,
-            plans: config.plans.clone(),
         }
     }
 
     async fn conn(&self) -> Result<Conn, BrokerError> {
-        self.pool.get_conn().await.map_err(backend)
-    }
-
-    fn limits(&self, plan: &Plan) -> Result<&PlanLimits, BrokerError> {
-        self.plans.get(&plan.id).ok_or_else(|| {
-            BrokerError::Failed(format!("no [mysql.plans] limits for plan {:?}", plan.name))
+        self.pool.get_conn().await.map_err(|e| match backend(e) {
+            BrokerError::Unavailable(d) => {
+                BrokerError::Unavailable(format!("server {:?}: {d}", self.name))
+            }
+            other => other,
         })
-    }
-
-    /// Accounts holding privileges on the database (the backend's own truth, which also finds
-    /// accounts of bindings whose records were lost).
-    async fn users_of(
-        &self,
-        conn: &mut Conn,
-        db: &DatabaseName,
-    ) -> Result<Vec<UserName>, BrokerError> {
-        let names: Vec<String> = conn
-            .exec(
-                "SELECT DISTINCT User FROM mysql.db WHERE Db = ? AND Host = '%'",
-                (db.grant_pattern_value(),),
-            )
-            .await
-            .map_err(backend)?;
-        names.iter().map(|n| UserName::parse(n)).collect()
-    }
-
-    /// Shares the plan's connections out among the database's accounts.
-    async fn rebalance(
-        &self,
-        conn: &mut Conn,
-        db: &DatabaseName,
-        plan: &Plan,
-    ) -> Result<(), BrokerError> {
-        let users = self.users_of(conn, db).await?;
-        if users.is_empty() {
-            return Ok(());
-        }
-        let per_user = per_user_limit(self.limits(plan)?.connections, users.len(), plan)?;
-        for user in users {
-            conn.query_drop(format!(
-                "ALTER USER {} WITH MAX_USER_CONNECTIONS {per_user}",
-                user.account()
-            ))
-            .await
-            .map_err(backend)?;
-        }
-        Ok(())
-    }
-
-    async fn drop_user(&self, conn: &mut Conn, user: &UserName) -> Result<(), BrokerError> {
-        let ids: Vec<u64> = conn
-            .exec(
-                "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = ?",
-                (user.as_str(),),
-            )
-            .await
-            .map_err(backend)?;
-        for id in ids {
-            // The connection may end on its own meanwhile; that is what we want anyway.
-            let _ = conn.query_drop(format!("KILL CONNECTION {id}")).await;
-        }
-        conn.query_drop(format!("DROP USER IF EXISTS {}", user.account()))
-            .await
-            .map_err(backend)
     }
 
     fn credentials(
         &self,
         db: &DatabaseName,
         user: &UserName,
-        password: &secrecy::SecretString,
+        password: &SecretString,
     ) -> Credentials {
         let enc = |s: &str| utf8_percent_encode(s, NON_ALPHANUMERIC).to_string();
         let (u, p) = (enc(user.as_str()), enc(password.expose_secret()));
@@ -145,6 +94,58 @@ impl MysqlBroker {
     }
 }
 
+/// Accounts holding privileges on the database (the server's own truth, which also finds
+/// accounts of bindings whose records were lost).
+async fn users_of(conn: &mut Conn, db: &DatabaseName) -> Result<Vec<UserName>, BrokerError> {
+    let names: Vec<String> = conn
+        .exec(
+            "SELECT DISTINCT User FROM mysql.db WHERE Db = ? AND Host = '%'",
+            (db.grant_pattern_value(),),
+        )
+        .await
+        .map_err(backend)?;
+    names.iter().map(|n| UserName::parse(n)).collect()
+}
+
+async fn database_exists(conn: &mut Conn, db: &DatabaseName) -> Result<bool, BrokerError> {
+    let found: Option<String> = conn
+        .exec_first(
+            "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?",
+            (db.as_str(),),
+        )
+        .await
+        .map_err(backend)?;
+    Ok(found.is_some())
+}
+
+/// How many instances a server holds: the databases this broker named.
+async fn instance_count(conn: &mut Conn) -> Result<u64, BrokerError> {
+    let count: Option<u64> = conn
+        .query_first(
+            "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE 'op\\_%'",
+        )
+        .await
+        .map_err(backend)?;
+    Ok(count.unwrap_or(0))
+}
+
+async fn drop_user(conn: &mut Conn, user: &UserName) -> Result<(), BrokerError> {
+    let ids: Vec<u64> = conn
+        .exec(
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = ?",
+            (user.as_str(),),
+        )
+        .await
+        .map_err(backend)?;
+    for id in ids {
+        // The connection may end on its own meanwhile; that is what we want anyway.
+        let _ = conn.query_drop(format!("KILL CONNECTION {id}")).await;
+    }
+    conn.query_drop(format!("DROP USER IF EXISTS {}", user.account()))
+        .await
+        .map_err(backend)
+}
+
 /// Each account's share of the plan's connections; at least one each, or the plan is too small.
 fn per_user_limit(connections: u32, users: usize, plan: &Plan) -> Result<u32, BrokerError> {
     let users = u32::try_from(users).unwrap_or(u32::MAX);
@@ -161,9 +162,88 @@ fn user_of(binding: &BindingView) -> Result<UserName, BrokerError> {
     let raw = binding
         .state
         .get("user")
-        .and_then(|u| u.as_str())
+        .and_then(Value::as_str)
         .unwrap_or("");
     UserName::parse(raw)
+}
+
+impl MysqlBroker {
+    pub fn new(config: &MysqlConfig) -> Self {
+        Self {
+            servers: config.servers.iter().map(Server::new).collect(),
+            plans: config.plans.clone(),
+        }
+    }
+
+    fn limits(&self, plan: &Plan) -> Result<&PlanLimits, BrokerError> {
+        self.plans.get(&plan.id).ok_or_else(|| {
+            BrokerError::Failed(format!("no [mysql.plans] limits for plan {:?}", plan.name))
+        })
+    }
+
+    /// The server an instance was placed on, as its state records.
+    fn server_of(&self, instance: &InstanceView<'_>) -> Result<&Server, BrokerError> {
+        let name = instance.state.get("server").and_then(Value::as_str);
+        self.servers
+            .iter()
+            .find(|s| Some(s.name.as_str()) == name)
+            .ok_or_else(|| {
+                BrokerError::Failed(format!(
+                    "the instance lives on server {name:?}, which is not configured"
+                ))
+            })
+    }
+
+    /// Where a new instance goes: the server that already has its database (a retried
+    /// provision), else the reachable server with the fewest instances.
+    async fn place(&self, db: &DatabaseName) -> Result<(&Server, Conn), BrokerError> {
+        let mut best: Option<(u64, &Server, Conn)> = None;
+        let mut last_error = None;
+        for server in &self.servers {
+            let mut conn = match server.conn().await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!(server = %server.name, error = %e, "server unreachable; not placing there");
+                    last_error = Some(e);
+                    continue;
+                }
+            };
+            if database_exists(&mut conn, db).await? {
+                return Ok((server, conn));
+            }
+            let count = instance_count(&mut conn).await?;
+            if best.as_ref().is_none_or(|(c, _, _)| count < *c) {
+                best = Some((count, server, conn));
+            }
+        }
+        best.map(|(_, s, c)| (s, c)).ok_or_else(|| {
+            last_error
+                .unwrap_or_else(|| BrokerError::Unavailable("no MySQL server is configured".into()))
+        })
+    }
+
+    /// Shares the plan's connections out among the database's accounts.
+    async fn rebalance(
+        &self,
+        conn: &mut Conn,
+        db: &DatabaseName,
+        plan: &Plan,
+    ) -> Result<(), BrokerError> {
+        let users = users_of(conn, db).await?;
+        if users.is_empty() {
+            return Ok(());
+        }
+        let per_user = per_user_limit(self.limits(plan)?.connections, users.len(), plan)?;
+        for user in users {
+            conn.query_drop(format!(
+                "ALTER USER {} WITH MAX_USER_CONNECTIONS {per_user}",
+                user.account()
+            ))
+            .await
+            .map_err(backend)?;
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -171,23 +251,24 @@ impl ServiceBroker for MysqlBroker {
     async fn provision(&self, input: ProvisionInput<'_>) -> Result<Provisioned, BrokerError> {
         let db = DatabaseName::for_instance(input.instance_id)?;
         self.limits(input.plan)?;
-        let mut conn = self.conn().await?;
+        let (server, mut conn) = self.place(&db).await?;
         conn.query_drop(format!(
             "CREATE DATABASE IF NOT EXISTS {} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci",
             db.quoted()
         ))
         .await
         .map_err(backend)?;
+        tracing::info!(server = %server.name, database = db.as_str(), "database created");
         Ok(Provisioned {
-            state: json!({"database": db.as_str()}),
+            state: json!({"server": server.name, "database": db.as_str()}),
             ..Provisioned::default()
         })
     }
 
     async fn update(&self, input: UpdateInput<'_>) -> Result<Updated, BrokerError> {
         let db = DatabaseName::for_instance(input.instance.id)?;
-        let mut conn = self.conn().await?;
-        let users = self.users_of(&mut conn, &db).await?;
+        let mut conn = self.server_of(&input.instance)?.conn().await?;
+        let users = users_of(&mut conn, &db).await?;
         per_user_limit(
             self.limits(input.plan)?.connections,
             users.len(),
@@ -199,8 +280,8 @@ impl ServiceBroker for MysqlBroker {
 
     async fn deprovision(&self, input: DeprovisionInput<'_>) -> Result<(), BrokerError> {
         let db = DatabaseName::for_instance(input.instance.id)?;
-        let mut conn = self.conn().await?;
-        let mut users = self.users_of(&mut conn, &db).await?;
+        let mut conn = self.server_of(&input.instance)?.conn().await?;
+        let mut users = users_of(&mut conn, &db).await?;
         for binding in input.bindings {
             if let Ok(user) = user_of(binding)
                 && !users.contains(&user)
@@ -209,7 +290,7 @@ impl ServiceBroker for MysqlBroker {
             }
         }
         for user in &users {
-            self.drop_user(&mut conn, user).await?;
+            drop_user(&mut conn, user).await?;
         }
         conn.query_drop(format!("DROP DATABASE IF EXISTS {}", db.quoted()))
             .await
@@ -219,11 +300,14 @@ impl ServiceBroker for MysqlBroker {
     async fn bind(&self, input: BindInput<'_>) -> Result<Bound, BrokerError> {
         let db = DatabaseName::for_instance(input.instance.id)?;
         let plan = input.instance.plan;
-        let mut conn = self.conn().await?;
-        let existing = self.users_of(&mut conn, &db).await?;
+        let server = self.server_of(&input.instance)?;
+        let mut conn = server.conn().await?;
+        let existing = users_of(&mut conn, &db).await?;
         let per_user = per_user_limit(self.limits(plan)?.connections, existing.len() + 1, plan)?;
         let user = UserName::generate();
         let password = generate_password();
+        // Identifiers cannot be bound parameters; both values here are generated by this
+        // broker from [a-z0-9] and [A-Za-z0-9] only.
         conn.query_drop(format!(
             "CREATE USER {} IDENTIFIED BY '{}' WITH MAX_USER_CONNECTIONS {per_user}",
             user.account(),
@@ -244,11 +328,11 @@ impl ServiceBroker for MysqlBroker {
         .await;
         if let Err(err) = granted {
             // Leave nothing half-made behind.
-            let _ = self.drop_user(&mut conn, &user).await;
+            let _ = drop_user(&mut conn, &user).await;
             return Err(err);
         }
         Ok(Bound {
-            credentials: self.credentials(&db, &user, &password),
+            credentials: server.credentials(&db, &user, &password),
             state: json!({"user": user.as_str()}),
             ..Bound::default()
         })
@@ -257,16 +341,24 @@ impl ServiceBroker for MysqlBroker {
     async fn unbind(&self, input: UnbindInput<'_>) -> Result<(), BrokerError> {
         let db = DatabaseName::for_instance(input.instance.id)?;
         let user = user_of(input.binding)?;
-        let mut conn = self.conn().await?;
-        self.drop_user(&mut conn, &user).await?;
+        let mut conn = self.server_of(&input.instance)?.conn().await?;
+        drop_user(&mut conn, &user).await?;
         self.rebalance(&mut conn, &db, input.instance.plan).await
     }
 
+    /// Ready while at least one server takes new instances; the others are logged.
     async fn check_ready(&self) -> Result<(), BrokerError> {
-        self.conn()
-            .await?
-            .query_drop("SELECT 1")
-            .await
-            .map_err(backend)
+        let mut last_error = None;
+        for server in &self.servers {
+            match server.conn().await {
+                Ok(mut conn) => match conn.query_drop("SELECT 1").await {
+                    Ok(()) => return Ok(()),
+                    Err(e) => last_error = Some(backend(e)),
+                },
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error
+            .unwrap_or_else(|| BrokerError::Unavailable("no MySQL server is configured".into())))
     }
 }

@@ -15,7 +15,17 @@ pub struct Config {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MysqlConfig {
-    /// The MySQL/MariaDB server the broker administers.
+    /// The servers instances are placed on; a new instance goes to the one with the fewest.
+    pub servers: Vec<ServerConfig>,
+    /// Limits per plan id.
+    pub plans: HashMap<String, PlanLimits>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Stable name, recorded with each instance placed here: never rename a server in use.
+    pub name: String,
     pub host: String,
     #[serde(default = "default_port")]
     pub port: u16,
@@ -28,8 +38,6 @@ pub struct MysqlConfig {
     /// Admin connections kept open.
     #[serde(default = "default_pool")]
     pub pool_size: usize,
-    /// Limits per plan id.
-    pub plans: HashMap<String, PlanLimits>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

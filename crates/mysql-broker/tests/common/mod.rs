@@ -1,0 +1,162 @@
+//! Test helpers: the real mysql-broker binary on a free port, admin connections to MariaDB.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::Queryable;
+use osb_testkit::Target;
+
+pub const SERVICE: &str = "96b9e707-0e2b-47e3-a21a-fd01a8eb0452";
+pub const PLAN1: &str = "411d0c3e-b086-4a24-b041-0aeef1a819d1";
+pub const PLAN2: &str = "4a932d9d-9bc5-4a86-937f-e2c14bb9f497";
+pub const SERVERS: [&str; 2] = [
+    "mysql://root@127.0.0.1:3306/mysql",
+    "mysql://root@127.0.0.1:3307/mysql",
+];
+
+/// The real binary, killed when dropped.
+pub struct Broker {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The broker's log, appended to across restarts.
+fn log_file(dir: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("broker.log"))
+        .unwrap()
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The shipped config: the K-PaaS catalog and both local servers.
+pub fn deploy_config() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/mysql-broker.toml")
+}
+
+/// The shipped config with its `[[mysql.servers]]` replaced by `servers` (TOML), in `dir`.
+pub fn config_with_servers(dir: &Path, servers: &str) -> PathBuf {
+    let text = std::fs::read_to_string(deploy_config()).unwrap();
+    let start = text.find("[[mysql.servers]]").unwrap();
+    let end = text.find("[mysql.plans.").unwrap();
+    let path = dir.join(format!("mysql-broker-{}.toml", free_port()));
+    std::fs::write(
+        &path,
+        format!("{}{servers}\n{}", &text[..start], &text[end..]),
+    )
+    .unwrap();
+    path
+}
+
+/// Starts mysql-broker with the shipped config and a state store in `dir`; waits until ready.
+pub async fn start(dir: &Path, port: u16) -> Broker {
+    start_with(dir, port, &deploy_config(), true).await
+}
+
+/// Starts mysql-broker with `config`; waits for `/ready` when `wait_ready`, else `/health`.
+pub async fn start_with(dir: &Path, port: u16, config: &Path, wait_ready: bool) -> Broker {
+    let child = Command::new(env!("CARGO_BIN_EXE_mysql-broker"))
+        .arg("--config")
+        .arg(config)
+        .env("KPAAS_BROKER__LISTEN", format!("127.0.0.1:{port}"))
+        .env(
+            "KPAAS_BROKER__STORE__URL",
+            format!("sqlite://{}", dir.join("state.db").display()),
+        )
+        .env("KPAAS_BROKER__LOG__FORMAT", "json")
+        .env("KPAAS_BROKER__WORKERS", "2")
+        .env("MYSQL_BROKER_PASSWORD", "broker-secret")
+        .env(
+            "MYSQL_BROKER_ENCRYPTION_KEY",
+            "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+        )
+        .env("RUST_LOG", "info")
+        .stdout(log_file(dir))
+        .stderr(log_file(dir))
+        .spawn()
+        .expect("mysql-broker binary starts");
+    let broker = Broker { child, port };
+    let url = format!(
+        "http://127.0.0.1:{port}/{}",
+        if wait_ready { "ready" } else { "health" }
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = reqwest::get(&url).await
+            && r.status() == 200
+        {
+            return broker;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "mysql-broker not up on port {port} (are both MariaDB servers up? run scripts/backends.sh)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub fn target(broker: &Broker) -> Target {
+    let mut t = Target::new(
+        format!("http://127.0.0.1:{}", broker.port),
+        "broker",
+        "broker-secret",
+        SERVICE,
+        PLAN1,
+    );
+    t.update_plan_id = Some(PLAN2.into());
+    t.fixed_plan = Some((PLAN2.into(), PLAN1.into()));
+    t.race_width = 8;
+    t
+}
+
+/// An admin connection to local server `i` (0: 3306, 1: 3307).
+pub async fn admin_of(i: usize) -> mysql_async::Conn {
+    mysql_async::Conn::from_url(SERVERS[i])
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "MariaDB {} is required (run scripts/backends.sh): {e}",
+                SERVERS[i]
+            )
+        })
+}
+
+pub async fn admin() -> mysql_async::Conn {
+    admin_of(0).await
+}
+
+pub async fn databases_of(i: usize) -> Vec<String> {
+    admin_of(i).await.query("SHOW DATABASES").await.unwrap()
+}
+
+pub async fn databases() -> Vec<String> {
+    let mut all = databases_of(0).await;
+    all.extend(databases_of(1).await);
+    all
+}
+
+pub fn server_code(err: &mysql_async::Error) -> Option<u16> {
+    match err {
+        mysql_async::Error::Server(e) => Some(e.code),
+        _ => None,
+    }
+}
