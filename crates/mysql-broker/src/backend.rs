@@ -2,6 +2,7 @@
 //! per binding, connection limits from the plan.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use mysql_async::prelude::Queryable;
@@ -9,12 +10,15 @@ use mysql_async::{Conn, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts};
 use osb_core::broker::*;
 use osb_core::catalog::Plan;
 use osb_core::credentials::{Credentials, generate_password};
+use osb_core::wire::InstanceMetadata;
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+use prometheus::{IntGauge, Registry};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
 use crate::config::{MysqlConfig, PlanLimits, ServerConfig};
 use crate::names::{DatabaseName, UserName};
+use crate::quota::{self, Usage};
 
 /// One configured server.
 struct Server {
@@ -28,10 +32,12 @@ struct Server {
 pub struct MysqlBroker {
     servers: Vec<Server>,
     plans: HashMap<String, PlanLimits>,
+    quota_every: Duration,
+    over_quota: IntGauge,
 }
 
 /// Maps driver errors: no connection means nothing changed (503); a server error is a failure.
-fn backend(err: mysql_async::Error) -> BrokerError {
+pub(crate) fn backend(err: mysql_async::Error) -> BrokerError {
     match err {
         mysql_async::Error::Server(e) => {
             BrokerError::Failed(format!("MySQL error {}: {}", e.code, e.message))
@@ -129,7 +135,8 @@ async fn instance_count(conn: &mut Conn) -> Result<u64, BrokerError> {
     Ok(count.unwrap_or(0))
 }
 
-async fn drop_user(conn: &mut Conn, user: &UserName) -> Result<(), BrokerError> {
+/// Ends every session of `user`.
+pub(crate) async fn kill_connections(conn: &mut Conn, user: &UserName) -> Result<(), BrokerError> {
     let ids: Vec<u64> = conn
         .exec(
             "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = ?",
@@ -141,6 +148,11 @@ async fn drop_user(conn: &mut Conn, user: &UserName) -> Result<(), BrokerError> 
         // The connection may end on its own meanwhile; that is what we want anyway.
         let _ = conn.query_drop(format!("KILL CONNECTION {id}")).await;
     }
+    Ok(())
+}
+
+async fn drop_user(conn: &mut Conn, user: &UserName) -> Result<(), BrokerError> {
+    kill_connections(conn, user).await?;
     conn.query_drop(format!("DROP USER IF EXISTS {}", user.account()))
         .await
         .map_err(backend)
@@ -168,11 +180,49 @@ fn user_of(binding: &BindingView) -> Result<UserName, BrokerError> {
 }
 
 impl MysqlBroker {
-    pub fn new(config: &MysqlConfig) -> Self {
+    /// Builds the broker and registers its metrics on `registry`.
+    pub fn new(config: &MysqlConfig, registry: &Registry) -> Self {
+        let over_quota = IntGauge::new(
+            "mysql_broker_instances_over_quota",
+            "Instances whose database is over its plan's storage quota",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(over_quota.clone()))
+            .expect("metric registered once");
         Self {
             servers: config.servers.iter().map(Server::new).collect(),
             plans: config.plans.clone(),
+            quota_every: Duration::from_secs(config.quota_check_secs.max(1)),
+            over_quota,
         }
+    }
+
+    /// Measures the instance's database against its plan's quota, if the plan has one.
+    async fn usage(
+        &self,
+        conn: &mut Conn,
+        db: &DatabaseName,
+        plan: &Plan,
+    ) -> Result<Option<Usage>, BrokerError> {
+        match self.limits(plan)?.quota_mb {
+            Some(quota_mb) => Ok(Some(Usage::new(
+                quota::database_size(conn, db).await?,
+                quota_mb,
+            ))),
+            None => Ok(None),
+        }
+    }
+
+    /// Applies the plan's quota to the instance's accounts right now.
+    async fn apply_quota(
+        &self,
+        conn: &mut Conn,
+        db: &DatabaseName,
+        plan: &Plan,
+    ) -> Result<(), BrokerError> {
+        let over = self.usage(conn, db, plan).await?.is_some_and(|u| u.over());
+        quota::enforce(conn, db, over).await.map(|_| ())
     }
 
     fn limits(&self, plan: &Plan) -> Result<&PlanLimits, BrokerError> {
@@ -275,6 +325,7 @@ impl ServiceBroker for MysqlBroker {
             input.plan,
         )?;
         self.rebalance(&mut conn, &db, input.plan).await?;
+        self.apply_quota(&mut conn, &db, input.plan).await?;
         Ok(Updated::default())
     }
 
@@ -323,7 +374,8 @@ impl ServiceBroker for MysqlBroker {
             ))
             .await
             .map_err(backend)?;
-            self.rebalance(&mut conn, &db, plan).await
+            self.rebalance(&mut conn, &db, plan).await?;
+            self.apply_quota(&mut conn, &db, plan).await
         }
         .await;
         if let Err(err) = granted {
@@ -344,6 +396,63 @@ impl ServiceBroker for MysqlBroker {
         let mut conn = self.server_of(&input.instance)?.conn().await?;
         drop_user(&mut conn, &user).await?;
         self.rebalance(&mut conn, &db, input.instance.plan).await
+    }
+
+    fn upkeep_interval(&self) -> Option<Duration> {
+        Some(self.quota_every)
+    }
+
+    /// Measures every database and enforces its plan's quota.
+    async fn upkeep(&self, instances: &[InstanceView<'_>]) -> Result<(), BrokerError> {
+        let mut over_count = 0;
+        tracing::debug!(instances = instances.len(), "quota check");
+        for server in &self.servers {
+            let mine: Vec<&InstanceView<'_>> = instances
+                .iter()
+                .filter(|i| {
+                    i.state.get("server").and_then(Value::as_str) == Some(server.name.as_str())
+                })
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let mut conn = match server.conn().await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!(server = %server.name, error = %e, "quota check skipped");
+                    continue;
+                }
+            };
+            let sizes = quota::database_sizes(&mut conn).await?;
+            tracing::debug!(server = %server.name, databases = sizes.len(), "measured");
+            for instance in mine {
+                let Some(quota_mb) = self.limits(instance.plan)?.quota_mb else {
+                    continue;
+                };
+                let db = DatabaseName::for_instance(instance.id)?;
+                let usage = Usage::new(sizes.get(db.as_str()).copied().unwrap_or(0), quota_mb);
+                over_count += i64::from(usage.over());
+                quota::enforce(&mut conn, &db, usage.over()).await?;
+            }
+        }
+        self.over_quota.set(over_count);
+        Ok(())
+    }
+
+    /// The storage used against the quota, as instance metadata attributes.
+    async fn describe(
+        &self,
+        instance: InstanceView<'_>,
+    ) -> Result<Option<InstanceMetadata>, BrokerError> {
+        let db = DatabaseName::for_instance(instance.id)?;
+        let mut conn = self.server_of(&instance)?.conn().await?;
+        Ok(self
+            .usage(&mut conn, &db, instance.plan)
+            .await?
+            .map(|usage| InstanceMetadata {
+                labels: Default::default(),
+                attributes: usage.attributes(),
+            }))
     }
 
     /// Ready while at least one server takes new instances; the others are logged.

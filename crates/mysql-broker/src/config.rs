@@ -19,6 +19,9 @@ pub struct MysqlConfig {
     pub servers: Vec<ServerConfig>,
     /// Limits per plan id.
     pub plans: HashMap<String, PlanLimits>,
+    /// Seconds between two measurements of every database against its plan's quota.
+    #[serde(default = "default_quota_check")]
+    pub quota_check_secs: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -45,10 +48,18 @@ pub struct ServerConfig {
 pub struct PlanLimits {
     /// Connections an instance may hold at once, shared out among its bindings.
     pub connections: u32,
+    /// Storage an instance may use, in MiB; over it, its accounts lose INSERT, UPDATE and
+    /// CREATE until it is back under. No quota when unset.
+    #[serde(default)]
+    pub quota_mb: Option<u64>,
 }
 
 fn default_port() -> u16 {
     3306
+}
+
+fn default_quota_check() -> u64 {
+    30
 }
 
 fn default_pool() -> usize {

@@ -3,6 +3,7 @@
 mod backend;
 mod config;
 mod names;
+mod quota;
 
 use std::path::PathBuf;
 
@@ -28,8 +29,9 @@ async fn main() -> anyhow::Result<()> {
     let config: config::Config =
         osb_core::config::load(path.as_deref()).context("loading config")?;
     osb_core::telemetry::init(&config.broker.log);
-    let broker = backend::MysqlBroker::new(&config.mysql);
-    osb_core::server::serve(&config.broker, broker, Metrics::new())
+    let metrics = Metrics::new();
+    let broker = backend::MysqlBroker::new(&config.mysql, metrics.registry());
+    osb_core::server::serve(&config.broker, broker, metrics)
         .await
         .context("mysql-broker stopped")
 }

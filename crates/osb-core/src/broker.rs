@@ -195,6 +195,17 @@ pub trait ServiceBroker: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// How often [`ServiceBroker::upkeep`] runs; `None` (the default) never.
+    fn upkeep_interval(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// Periodic work over every ready instance (quota enforcement, ...). Runs on every
+    /// replica, so it must be idempotent.
+    async fn upkeep(&self, _instances: &[InstanceView<'_>]) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
     /// Whether the backend is reachable, for `GET /ready`.
     async fn check_ready(&self) -> Result<(), BrokerError> {
         Ok(())

@@ -185,7 +185,7 @@ impl<B: ServiceBroker> Engine<B> {
         timing: Timing,
     ) -> Self {
         runner.start_maintenance(store.clone(), timing);
-        Self {
+        let engine = Self {
             inner: Arc::new(Inner {
                 broker,
                 catalog,
@@ -194,7 +194,41 @@ impl<B: ServiceBroker> Engine<B> {
                 runner,
                 timing,
             }),
+        };
+        if let Some(every) = engine.inner.broker.upkeep_interval() {
+            let this = engine.clone();
+            engine.inner.runner.spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = this.upkeep().await {
+                        tracing::warn!(error = %e, "upkeep failed");
+                    }
+                }
+            });
         }
+        engine
+    }
+
+    /// One pass of the broker's upkeep over every ready instance.
+    pub async fn upkeep(&self) -> Result<(), OsbError> {
+        let rows = self.inner.store.instances_in(InstanceState::Ready).await?;
+        let loaded: Vec<Loaded> = rows
+            .into_iter()
+            .filter_map(|row| Loaded::new(row).ok())
+            .collect();
+        let views: Vec<InstanceView<'_>> = loaded
+            .iter()
+            .filter_map(|l| {
+                let (service, plan) = self.inner.catalog.plan(&l.row.plan_id)?;
+                Some(l.view(service, plan))
+            })
+            .collect();
+        self.inner
+            .broker
+            .upkeep(&views)
+            .await
+            .map_err(OsbError::from)
     }
 
     pub fn catalog(&self) -> &CatalogIndex {
@@ -1211,15 +1245,15 @@ impl<B: ServiceBroker> Engine<B> {
             Some(text) => Some(parse_json(text, "instance metadata")?),
             None => None,
         };
-        if let Some(live) = self
-            .inner
-            .broker
-            .describe(loaded.view(service, plan))
-            .await?
-        {
-            let m = metadata.get_or_insert_with(Default::default);
-            m.labels.extend(live.labels);
-            m.attributes.extend(live.attributes);
+        // Live facts are a bonus: a backend that is down must not hide what the store knows.
+        match self.inner.broker.describe(loaded.view(service, plan)).await {
+            Ok(Some(live)) => {
+                let m = metadata.get_or_insert_with(Default::default);
+                m.labels.extend(live.labels);
+                m.attributes.extend(live.attributes);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "live instance facts unavailable"),
         }
         Ok(Reply::new(
             200,

@@ -67,6 +67,18 @@ pub fn config_with_servers(dir: &Path, servers: &str) -> PathBuf {
     path
 }
 
+/// The shipped config with each `(from, to)` text replaced, in `dir`.
+pub fn config_edited(dir: &Path, edits: &[(&str, &str)]) -> PathBuf {
+    let mut text = std::fs::read_to_string(deploy_config()).unwrap();
+    for (from, to) in edits {
+        assert!(text.contains(from), "deploy config lacks {from:?}");
+        text = text.replace(from, to);
+    }
+    let path = dir.join(format!("mysql-broker-{}.toml", free_port()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 /// Starts mysql-broker with the shipped config and a state store in `dir`; waits until ready.
 pub async fn start(dir: &Path, port: u16) -> Broker {
     start_with(dir, port, &deploy_config(), true).await
@@ -89,7 +101,10 @@ pub async fn start_with(dir: &Path, port: u16, config: &Path, wait_ready: bool) 
             "MYSQL_BROKER_ENCRYPTION_KEY",
             "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
         )
-        .env("RUST_LOG", "info")
+        .env(
+            "RUST_LOG",
+            std::env::var("TEST_BROKER_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .stdout(log_file(dir))
         .stderr(log_file(dir))
         .spawn()

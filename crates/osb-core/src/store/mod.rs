@@ -423,14 +423,6 @@ impl Store {
             .load::<OperationRow>(conn)
             .await?))
     }
-
-    /// Counts instances per state, for metrics.
-    pub async fn count_instances(&self) -> Result<i64, StoreError> {
-        with_conn!(self, |conn| Ok(osb_instances::table
-            .count()
-            .get_result::<i64>(conn)
-            .await?))
-    }
 }
 
 fn build_pool<C>(
@@ -505,6 +497,15 @@ impl Store {
             .await?;
             Ok(())
         })
+    }
+
+    /// Every instance in `state`, for periodic upkeep.
+    pub async fn instances_in(&self, state: InstanceState) -> Result<Vec<InstanceRow>, StoreError> {
+        with_conn!(self, |conn| Ok(osb_instances::table
+            .filter(osb_instances::state.eq(state.as_str()))
+            .order(osb_instances::created_at.asc())
+            .load::<InstanceRow>(conn)
+            .await?))
     }
 
     /// Removes an operation that never started (its claim lost a race).

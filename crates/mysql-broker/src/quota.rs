@@ -1,0 +1,131 @@
+//! Storage quotas, enforced as cf-mysql-broker does: measure each database, and while it is
+//! over its plan's quota its accounts keep SELECT, DELETE and DROP but lose INSERT, UPDATE and
+//! CREATE; back under, they get everything back.
+
+use std::collections::HashMap;
+
+use mysql_async::Conn;
+use mysql_async::prelude::Queryable;
+use osb_core::BrokerError;
+use serde_json::{Map, Value, json};
+
+use crate::backend::{backend, kill_connections};
+use crate::names::{DatabaseName, UserName};
+
+const MIB: u64 = 1024 * 1024;
+
+/// A database's size against its quota.
+#[derive(Debug, Clone, Copy)]
+pub struct Usage {
+    pub used_bytes: u64,
+    pub quota_bytes: u64,
+}
+
+impl Usage {
+    pub fn new(used_bytes: u64, quota_mb: u64) -> Self {
+        Self {
+            used_bytes,
+            quota_bytes: quota_mb.saturating_mul(MIB),
+        }
+    }
+
+    pub fn over(&self) -> bool {
+        self.used_bytes > self.quota_bytes
+    }
+
+    /// How GET on the instance shows it (`metadata.attributes`).
+    pub fn attributes(&self) -> Map<String, Value> {
+        let Value::Object(map) = json!({
+            "storage_used_bytes": self.used_bytes,
+            "storage_quota_bytes": self.quota_bytes,
+            "storage_over_quota": self.over(),
+        }) else {
+            unreachable!("a JSON object literal")
+        };
+        map
+    }
+}
+
+/// Data and index bytes of every broker-made database on the server, as InnoDB reports them.
+pub async fn database_sizes(conn: &mut Conn) -> Result<HashMap<String, u64>, BrokerError> {
+    let rows: Vec<(String, u64)> = conn
+        .query(
+            "SELECT table_schema, CAST(COALESCE(SUM(data_length + index_length), 0) AS UNSIGNED) \
+             FROM information_schema.TABLES WHERE table_schema LIKE 'op\\_%' GROUP BY table_schema",
+        )
+        .await
+        .map_err(backend)?;
+    Ok(rows.into_iter().collect())
+}
+
+pub async fn database_size(conn: &mut Conn, db: &DatabaseName) -> Result<u64, BrokerError> {
+    let size: Option<u64> = conn
+        .exec_first(
+            "SELECT CAST(COALESCE(SUM(data_length + index_length), 0) AS UNSIGNED) \
+             FROM information_schema.TABLES WHERE table_schema = ?",
+            (db.as_str(),),
+        )
+        .await
+        .map_err(backend)?;
+    Ok(size.unwrap_or(0))
+}
+
+/// Brings every account of `db` in line with `over`; returns whether anything changed.
+pub async fn enforce(conn: &mut Conn, db: &DatabaseName, over: bool) -> Result<bool, BrokerError> {
+    let accounts: Vec<(String, String)> = conn
+        .exec(
+            "SELECT User, Insert_priv FROM mysql.db WHERE Db = ? AND Host = '%'",
+            (db.grant_pattern_value(),),
+        )
+        .await
+        .map_err(backend)?;
+    let mut changed = false;
+    for (name, insert) in accounts {
+        let user = UserName::parse(&name)?;
+        let can_write = insert == "Y";
+        if over && can_write {
+            conn.query_drop(format!(
+                "REVOKE INSERT, UPDATE, CREATE ON {}.* FROM {}",
+                db.grant_pattern(),
+                user.account()
+            ))
+            .await
+            .map_err(backend)?;
+            // Open sessions keep the privileges they started with: end them.
+            kill_connections(conn, &user).await?;
+            changed = true;
+        } else if !over && !can_write {
+            conn.query_drop(format!(
+                "GRANT ALL PRIVILEGES ON {}.* TO {}",
+                db.grant_pattern(),
+                user.account()
+            ))
+            .await
+            .map_err(backend)?;
+            changed = true;
+        }
+    }
+    if changed {
+        tracing::info!(
+            database = db.as_str(),
+            over_quota = over,
+            "quota enforcement changed privileges"
+        );
+    }
+    Ok(changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_is_over_only_past_the_quota() {
+        assert!(!Usage::new(MIB, 1).over());
+        assert!(Usage::new(MIB + 1, 1).over());
+        assert_eq!(
+            Usage::new(5, 2).attributes()["storage_quota_bytes"],
+            2 * MIB
+        );
+    }
+}

@@ -1,0 +1,107 @@
+//! Storage quota enforcement against the real MariaDB.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use mysql_async::prelude::Queryable;
+use osb_testkit::{Client, fresh_id};
+
+/// Retries `insert` on fresh connections (enforcement ends open sessions) until its outcome
+/// is `want_ok`; fails after 60 s.
+async fn wait_for_insert(dir: &std::path::Path, uri: &str, want_ok: bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let result = async {
+            let mut conn = mysql_async::Conn::from_url(uri).await?;
+            conn.query_drop("INSERT INTO probe VALUES (1)").await
+        }
+        .await;
+        match (&result, want_ok) {
+            (Ok(()), true) => return,
+            (Err(e), false) if server_code(e) == Some(1142) => return,
+            _ => {}
+        }
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(dir.join("broker.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            panic!(
+                "insert still {result:?} after 60s; broker log (newest first):\n{}",
+                tail.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_stop_over_quota_and_resume_once_data_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    // Plan 1 with a 1 MiB quota, checked every second.
+    let config = config_edited(
+        dir.path(),
+        &[
+            ("quota_mb = 100", "quota_mb = 1"),
+            ("quota_check_secs = 30", "quota_check_secs = 1"),
+        ],
+    );
+    let port = free_port();
+    let broker = start_with(dir.path(), port, &config, true).await;
+    let c = Client::new(target(&broker));
+    let (id, bid) = (fresh_id(), fresh_id());
+    c.provision_ready(&id, PLAN1).await.unwrap();
+    let uri = c.bind_ready(&id, &bid, PLAN1).await.unwrap()["credentials"]["uri"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let mut app = mysql_async::Conn::from_url(&uri).await.unwrap();
+    app.query_drop("CREATE TABLE probe (id INT)").await.unwrap();
+    app.query_drop("CREATE TABLE blobs (id INT AUTO_INCREMENT PRIMARY KEY, b LONGBLOB)")
+        .await
+        .unwrap();
+    for _ in 0..30 {
+        app.query_drop("INSERT INTO blobs (b) VALUES (REPEAT('x', 100000))")
+            .await
+            .unwrap();
+    }
+    // Fresh statistics, so that the size is seen at the next check rather than eventually.
+    app.query_drop("ANALYZE TABLE blobs").await.unwrap();
+    drop(app);
+
+    wait_for_insert(dir.path(), &uri, false).await;
+    let mut app = mysql_async::Conn::from_url(&uri).await.unwrap();
+    let rows: Vec<u64> = app.query("SELECT COUNT(*) FROM blobs").await.unwrap();
+    assert_eq!(rows, vec![30], "SELECT keeps working over quota");
+    let fetched = c.fetch_instance(&id).await.unwrap();
+    assert_eq!(
+        fetched.body["metadata"]["attributes"]["storage_over_quota"], true,
+        "{}",
+        fetched.body
+    );
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("mysql_broker_instances_over_quota 1"),
+        "{metrics}"
+    );
+
+    // DROP is kept to clean up with; TRUNCATE needs it.
+    app.query_drop("TRUNCATE TABLE blobs").await.unwrap();
+    drop(app);
+    wait_for_insert(dir.path(), &uri, true).await;
+    let fetched = c.fetch_instance(&id).await.unwrap();
+    assert_eq!(
+        fetched.body["metadata"]["attributes"]["storage_over_quota"], false,
+        "{}",
+        fetched.body
+    );
+
+    c.unbind_done(&id, &bid, PLAN1).await.unwrap();
+    c.deprovision_done(&id, PLAN1).await.unwrap();
+}
