@@ -324,6 +324,16 @@ impl ServiceBroker for MysqlBroker {
             users.len(),
             input.plan,
         )?;
+        if let Some(usage) = self.usage(&mut conn, &db, input.plan).await?
+            && usage.over()
+        {
+            return Err(BrokerError::Unprocessable(format!(
+                "the database uses {} MiB, more than plan {:?}'s quota of {} MiB; remove data first",
+                usage.used_bytes.div_ceil(1024 * 1024),
+                input.plan.name,
+                usage.quota_bytes / (1024 * 1024)
+            )));
+        }
         self.rebalance(&mut conn, &db, input.plan).await?;
         self.apply_quota(&mut conn, &db, input.plan).await?;
         Ok(Updated::default())

@@ -6,8 +6,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
+use futures::future::join_all;
 use mysql_async::prelude::Queryable;
 use osb_testkit::{Client, check_all, check_restart, fresh_id};
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn testkit_rules_hold_for_mysql_broker() {
@@ -205,4 +207,112 @@ async fn sigterm_stops_the_broker_cleanly() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(status.success(), "exit after SIGTERM: {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_change_shares_the_new_connection_count_out_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), free_port()).await;
+    let c = Client::new(target(&broker));
+    let id = fresh_id();
+    c.provision_ready(&id, PLAN1).await.unwrap();
+    let mut users = Vec::new();
+    for _ in 0..2 {
+        let body = c.bind_ready(&id, &fresh_id(), PLAN1).await.unwrap();
+        users.push(body["credentials"]["username"].as_str().unwrap().to_owned());
+    }
+    for user in &users {
+        assert_eq!(
+            max_connections(user).await,
+            Some(5),
+            "10 connections over 2 bindings"
+        );
+    }
+    let up =
+        json!({"service_id": SERVICE, "plan_id": PLAN2, "previous_values": {"plan_id": PLAN1}});
+    assert_eq!(c.update(&id, &up, false).await.unwrap().status, 200);
+    for user in &users {
+        assert_eq!(
+            max_connections(user).await,
+            Some(50),
+            "100 connections over 2 bindings"
+        );
+    }
+    c.deprovision_done(&id, PLAN2).await.unwrap();
+    for user in &users {
+        assert_eq!(max_connections(user).await, None, "account left behind");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downgrade_that_the_bindings_do_not_fit_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), free_port()).await;
+    let c = Client::new(target(&broker));
+    let id = fresh_id();
+    c.provision_ready(&id, PLAN2).await.unwrap();
+    for _ in 0..11 {
+        c.bind_ready(&id, &fresh_id(), PLAN2).await.unwrap();
+    }
+    let down =
+        json!({"service_id": SERVICE, "plan_id": PLAN1, "previous_values": {"plan_id": PLAN2}});
+    let refused = c.update(&id, &down, false).await.unwrap();
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    let why = refused.body["description"].as_str().unwrap();
+    assert!(why.contains("11 bindings"), "{why}");
+    assert_eq!(refused.body["update_repeatable"], false);
+    assert_eq!(c.fetch_instance(&id).await.unwrap().body["plan_id"], PLAN2);
+    // Deprovision drops every binding's account along with the database.
+    c.deprovision_done(&id, PLAN2).await.unwrap();
+    assert!(
+        !databases()
+            .await
+            .contains(&format!("op_{}", id.replace('-', "_")))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_provision_and_bind_pairs_leave_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), free_port()).await;
+    let c = Client::new(target(&broker));
+    let pairs: Vec<(String, String)> = (0..50).map(|_| (fresh_id(), fresh_id())).collect();
+    let made = join_all(pairs.iter().map(|(id, bid)| {
+        let c = c.clone();
+        async move {
+            c.provision_ready(id, PLAN1).await?;
+            let body = c.bind_ready(id, bid, PLAN1).await?;
+            anyhow::Ok(
+                body["credentials"]["username"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned(),
+            )
+        }
+    }))
+    .await;
+    let users: Vec<String> = made.into_iter().collect::<Result<_, _>>().unwrap();
+    let gone = join_all(pairs.iter().map(|(id, bid)| {
+        let c = c.clone();
+        async move {
+            c.unbind_done(id, bid, PLAN1).await?;
+            c.deprovision_done(id, PLAN1).await
+        }
+    }))
+    .await;
+    gone.into_iter().collect::<Result<Vec<_>, _>>().unwrap();
+    let all = databases().await;
+    for (id, _) in &pairs {
+        assert!(
+            !all.contains(&format!("op_{}", id.replace('-', "_"))),
+            "database left behind"
+        );
+    }
+    for user in &users {
+        assert_eq!(
+            max_connections(user).await,
+            None,
+            "account {user} left behind"
+        );
+    }
 }

@@ -138,7 +138,6 @@ pub fn target(broker: &Broker) -> Target {
         PLAN1,
     );
     t.update_plan_id = Some(PLAN2.into());
-    t.fixed_plan = Some((PLAN2.into(), PLAN1.into()));
     t.race_width = 8;
     t
 }
@@ -167,6 +166,24 @@ pub async fn databases() -> Vec<String> {
     let mut all = databases_of(0).await;
     all.extend(databases_of(1).await);
     all
+}
+
+/// `max_user_connections` of an account, on whichever server has it.
+pub async fn max_connections(user: &str) -> Option<u64> {
+    for i in 0..SERVERS.len() {
+        let found: Option<u64> = admin_of(i)
+            .await
+            .exec_first(
+                "SELECT max_user_connections FROM mysql.user WHERE User = ?",
+                (user,),
+            )
+            .await
+            .unwrap();
+        if found.is_some() {
+            return found;
+        }
+    }
+    None
 }
 
 pub fn server_code(err: &mysql_async::Error) -> Option<u16> {
