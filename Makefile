@@ -11,7 +11,9 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
+# The end-to-end tests in tests/ run the broker binaries, so those are built first.
 test: backends lint
+	cargo build --workspace --bins
 	cargo test --workspace
 
 run: backends build

@@ -1,0 +1,105 @@
+//! Several replicas of one broker behind a load balancer, sharing one state store: the
+//! production shape. The OSB rules must hold as if there were one broker, and losing a replica
+//! must lose nothing.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kpaas_e2e::{broker_binary, drop_mariadb_store, fresh_mariadb_store, round_robin};
+use osb_testkit::{Client, Target, check_all, fresh_id};
+
+const SERVICE: &str = "96b9e707-0e2b-47e3-a21a-fd01a8eb0452";
+const PLAN1: &str = "411d0c3e-b086-4a24-b041-0aeef1a819d1";
+const PLAN2: &str = "4a932d9d-9bc5-4a86-937f-e2c14bb9f497";
+
+struct Replica(Child);
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn replica(name: &str, store: &str, dir: &Path) -> (Replica, SocketAddr) {
+    let port = free_port();
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/mysql-broker.toml");
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    let child = Command::new(broker_binary("mysql-broker"))
+        .arg("--config")
+        .arg(deploy)
+        .env("KPAAS_BROKER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("KPAAS_BROKER__STORE__URL", store)
+        .env("KPAAS_BROKER__REPLICA_ID", name)
+        .env("KPAAS_BROKER__WORKERS", "2")
+        .env("MYSQL_BROKER_PASSWORD", "broker-secret")
+        .env(
+            "MYSQL_BROKER_ENCRYPTION_KEY",
+            "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+        )
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("mysql-broker starts");
+    let replica = Replica(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/ready")).await
+            && r.status() == 200
+        {
+            return (replica, SocketAddr::from(([127, 0, 0, 1], port)));
+        }
+        assert!(Instant::now() < deadline, "replica {name} not ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn target(balancer: SocketAddr) -> Target {
+    let mut t = Target::new(
+        format!("http://{balancer}"),
+        "broker",
+        "broker-secret",
+        SERVICE,
+        PLAN1,
+    );
+    t.update_plan_id = Some(PLAN2.into());
+    t.race_width = 8;
+    t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_one_store_behave_as_one_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = fresh_mariadb_store().await;
+    let (a, addr_a) = replica("replica-a", &store, dir.path()).await;
+    let (_b, addr_b) = replica("replica-b", &store, dir.path()).await;
+    let balancer = round_robin(vec![addr_a, addr_b]).await;
+
+    check_all(&target(balancer)).await.unwrap();
+
+    // What one replica made, the other serves; and losing a replica loses nothing.
+    let c = Client::new(target(balancer));
+    let (id, bid) = (fresh_id(), fresh_id());
+    c.provision_ready(&id, PLAN1).await.unwrap();
+    let credentials = c.bind_ready(&id, &bid, PLAN1).await.unwrap()["credentials"].clone();
+    drop(a);
+    for _ in 0..4 {
+        let got = c.fetch_binding(&id, &bid).await.unwrap();
+        assert_eq!(got.status, 200);
+        assert_eq!(got.body["credentials"], credentials);
+    }
+    c.unbind_done(&id, &bid, PLAN1).await.unwrap();
+    c.deprovision_done(&id, PLAN1).await.unwrap();
+    drop_mariadb_store(&store).await;
+}
