@@ -1,5 +1,5 @@
 # The two commands of the README: `make run` and `make test`.
-.PHONY: run test lint backends build
+.PHONY: run test lint backends build bench
 
 backends:
 	bash scripts/backends.sh
@@ -18,3 +18,7 @@ test: backends lint
 
 run: backends build
 	bash scripts/run.sh
+
+# Prints throughput and memory figures (docs/benchmarks.md); asserts nothing about speed.
+bench: backends
+	cargo bench -p mysql-broker --bench cycles

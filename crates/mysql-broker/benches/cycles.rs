@@ -1,0 +1,122 @@
+//! Provision + bind + unbind + deprovision cycles per second through mysql-broker, against the
+//! same SQL statements sent straight to MariaDB (the limit), and the broker's peak RSS.
+//!
+//! `cargo bench -p mysql-broker` (or `make bench`); needs the local MariaDB (scripts/backends.sh).
+//! Prints figures; asserts nothing about speed.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::stream::{self, StreamExt};
+use mysql_async::prelude::Queryable;
+use osb_testkit::{Client, Target, fresh_id};
+
+const CYCLES: usize = 200;
+const CONCURRENCY: usize = 8;
+const SERVICE: &str = "96b9e707-0e2b-47e3-a21a-fd01a8eb0452";
+const PLAN1: &str = "411d0c3e-b086-4a24-b041-0aeef1a819d1";
+
+/// The statements mysql-broker sends for one cycle on an instance with one binding.
+async fn direct_cycle(pool: &mysql_async::Pool) -> anyhow::Result<()> {
+    let mut conn = pool.get_conn().await?;
+    let id = fresh_id().replace('-', "_");
+    let (db, pattern, user) = (format!("op_{id}"), format!("op\\_{}", id.replace('_', "\\_")), format!("k{}", &id[..15]));
+    let account = format!("'{user}'@'%'");
+    conn.exec_drop("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?", (&db,)).await?;
+    conn.query_drop("SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE 'op\\_%'").await?;
+    conn.query_drop(format!("CREATE DATABASE IF NOT EXISTS `{db}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")).await?;
+    let users = "SELECT DISTINCT User FROM mysql.db WHERE Db = ? AND Host = '%'";
+    conn.exec_drop(users, (&pattern,)).await?;
+    conn.query_drop(format!("CREATE USER {account} IDENTIFIED BY 'Abcdefghijklmnopqrstuvwxyz0123456789ABCD' WITH MAX_USER_CONNECTIONS 10")).await?;
+    conn.query_drop(format!("GRANT ALL PRIVILEGES ON `{pattern}`.* TO {account}")).await?;
+    conn.exec_drop(users, (&pattern,)).await?;
+    conn.query_drop(format!("ALTER USER {account} WITH MAX_USER_CONNECTIONS 10")).await?;
+    let size = "SELECT CAST(COALESCE(SUM(data_length + index_length), 0) AS UNSIGNED) FROM information_schema.TABLES WHERE table_schema = ?";
+    conn.exec_drop(size, (&db,)).await?;
+    conn.exec_drop("SELECT User, Insert_priv FROM mysql.db WHERE Db = ? AND Host = '%'", (&pattern,)).await?;
+    let processes = "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = ?";
+    conn.exec_drop(processes, (&user,)).await?;
+    conn.query_drop(format!("DROP USER IF EXISTS {account}")).await?;
+    conn.exec_drop(users, (&pattern,)).await?;
+    conn.exec_drop(users, (&pattern,)).await?;
+    conn.query_drop(format!("DROP DATABASE IF EXISTS `{db}`")).await?;
+    Ok(())
+}
+
+async fn broker_cycle(c: &Client) -> anyhow::Result<()> {
+    let (id, bid) = (fresh_id(), fresh_id());
+    c.provision_ready(&id, PLAN1).await?;
+    c.bind_ready(&id, &bid, PLAN1).await?;
+    c.unbind_done(&id, &bid, PLAN1).await?;
+    c.deprovision_done(&id, PLAN1).await
+}
+
+/// Runs `CYCLES` cycles, `CONCURRENCY` at a time; returns cycles per second.
+async fn rate<F, Fut>(cycle: F) -> f64
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let started = Instant::now();
+    let results: Vec<anyhow::Result<()>> = stream::iter((0..CYCLES).map(|_| cycle())).buffer_unordered(CONCURRENCY).collect().await;
+    let elapsed = started.elapsed();
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    assert_eq!(failed, 0, "{failed} cycles failed: {:?}", results.into_iter().find_map(Result::err));
+    CYCLES as f64 / elapsed.as_secs_f64()
+}
+
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/mysql-broker.toml");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mysql-broker"))
+        .arg("--config")
+        .arg(deploy)
+        .env("KPAAS_BROKER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("KPAAS_BROKER__STORE__URL", format!("sqlite://{}", dir.path().join("state.db").display()))
+        .env("MYSQL_BROKER_PASSWORD", "broker-secret")
+        .env("MYSQL_BROKER_ENCRYPTION_KEY", "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()?;
+    let client = Client::new(Target::new(format!("http://127.0.0.1:{port}"), "broker", "broker-secret", SERVICE, PLAN1));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reqwest::get(format!("http://127.0.0.1:{port}/ready")).await.map(|r| r.status() != 200).unwrap_or(true) {
+        anyhow::ensure!(Instant::now() < deadline, "mysql-broker did not become ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let pool = Arc::new(mysql_async::Pool::new("mysql://root@127.0.0.1:3306/mysql"));
+    let direct = rate(|| {
+        let pool = pool.clone();
+        async move { direct_cycle(&pool).await }
+    })
+    .await;
+    let through = rate(|| {
+        let client = client.clone();
+        async move { broker_cycle(&client).await }
+    })
+    .await;
+    let rss = peak_rss_kib(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+
+    println!("mysql-broker cycles (provision + bind + unbind + deprovision), {CYCLES} cycles, concurrency {CONCURRENCY}");
+    println!("  straight to MariaDB (same SQL): {direct:8.1} cycles/s");
+    println!("  through mysql-broker:           {through:8.1} cycles/s");
+    println!("  broker / direct:                {:8.2}", through / direct);
+    match rss {
+        Some(kib) => println!("  broker peak RSS:                {:8.1} MiB", kib as f64 / 1024.0),
+        None => println!("  broker peak RSS:                unavailable"),
+    }
+    Ok(())
+}
