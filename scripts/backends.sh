@@ -108,6 +108,11 @@ ensure_postgres() {
     fi
 }
 
+# Tools the scripts and tests call.
+for tool in curl openssl; do
+    command -v "$tool" >/dev/null 2>&1 || apt_install "$tool"
+done
+
 ensure_mariadb
 ensure_second_mariadb
 ensure_postgres

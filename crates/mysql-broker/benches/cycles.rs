@@ -23,26 +23,50 @@ const PLAN1: &str = "411d0c3e-b086-4a24-b041-0aeef1a819d1";
 async fn direct_cycle(pool: &mysql_async::Pool) -> anyhow::Result<()> {
     let mut conn = pool.get_conn().await?;
     let id = fresh_id().replace('-', "_");
-    let (db, pattern, user) = (format!("op_{id}"), format!("op\\_{}", id.replace('_', "\\_")), format!("k{}", &id[..15]));
+    let (db, pattern, user) = (
+        format!("op_{id}"),
+        format!("op\\_{}", id.replace('_', "\\_")),
+        format!("k{}", &id[..15]),
+    );
     let account = format!("'{user}'@'%'");
-    conn.exec_drop("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?", (&db,)).await?;
-    conn.query_drop("SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE 'op\\_%'").await?;
-    conn.query_drop(format!("CREATE DATABASE IF NOT EXISTS `{db}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")).await?;
+    conn.exec_drop(
+        "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?",
+        (&db,),
+    )
+    .await?;
+    conn.query_drop(
+        "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE 'op\\_%'",
+    )
+    .await?;
+    conn.query_drop(format!(
+        "CREATE DATABASE IF NOT EXISTS `{db}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+    ))
+    .await?;
     let users = "SELECT DISTINCT User FROM mysql.db WHERE Db = ? AND Host = '%'";
     conn.exec_drop(users, (&pattern,)).await?;
     conn.query_drop(format!("CREATE USER {account} IDENTIFIED BY 'Abcdefghijklmnopqrstuvwxyz0123456789ABCD' WITH MAX_USER_CONNECTIONS 10")).await?;
-    conn.query_drop(format!("GRANT ALL PRIVILEGES ON `{pattern}`.* TO {account}")).await?;
+    conn.query_drop(format!(
+        "GRANT ALL PRIVILEGES ON `{pattern}`.* TO {account}"
+    ))
+    .await?;
     conn.exec_drop(users, (&pattern,)).await?;
-    conn.query_drop(format!("ALTER USER {account} WITH MAX_USER_CONNECTIONS 10")).await?;
+    conn.query_drop(format!("ALTER USER {account} WITH MAX_USER_CONNECTIONS 10"))
+        .await?;
     let size = "SELECT CAST(COALESCE(SUM(data_length + index_length), 0) AS UNSIGNED) FROM information_schema.TABLES WHERE table_schema = ?";
     conn.exec_drop(size, (&db,)).await?;
-    conn.exec_drop("SELECT User, Insert_priv FROM mysql.db WHERE Db = ? AND Host = '%'", (&pattern,)).await?;
+    conn.exec_drop(
+        "SELECT User, Insert_priv FROM mysql.db WHERE Db = ? AND Host = '%'",
+        (&pattern,),
+    )
+    .await?;
     let processes = "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = ?";
     conn.exec_drop(processes, (&user,)).await?;
-    conn.query_drop(format!("DROP USER IF EXISTS {account}")).await?;
+    conn.query_drop(format!("DROP USER IF EXISTS {account}"))
+        .await?;
     conn.exec_drop(users, (&pattern,)).await?;
     conn.exec_drop(users, (&pattern,)).await?;
-    conn.query_drop(format!("DROP DATABASE IF EXISTS `{db}`")).await?;
+    conn.query_drop(format!("DROP DATABASE IF EXISTS `{db}`"))
+        .await?;
     Ok(())
 }
 
@@ -61,16 +85,27 @@ where
     Fut: Future<Output = anyhow::Result<()>>,
 {
     let started = Instant::now();
-    let results: Vec<anyhow::Result<()>> = stream::iter((0..CYCLES).map(|_| cycle())).buffer_unordered(CONCURRENCY).collect().await;
+    let results: Vec<anyhow::Result<()>> = stream::iter((0..CYCLES).map(|_| cycle()))
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
     let elapsed = started.elapsed();
     let failed = results.iter().filter(|r| r.is_err()).count();
-    assert_eq!(failed, 0, "{failed} cycles failed: {:?}", results.into_iter().find_map(Result::err));
+    assert_eq!(
+        failed,
+        0,
+        "{failed} cycles failed: {:?}",
+        results.into_iter().find_map(Result::err)
+    );
     CYCLES as f64 / elapsed.as_secs_f64()
 }
 
 fn peak_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
 }
 
 #[tokio::main]
@@ -82,16 +117,35 @@ async fn main() -> anyhow::Result<()> {
         .arg("--config")
         .arg(deploy)
         .env("KPAAS_BROKER__LISTEN", format!("127.0.0.1:{port}"))
-        .env("KPAAS_BROKER__STORE__URL", format!("sqlite://{}", dir.path().join("state.db").display()))
+        .env(
+            "KPAAS_BROKER__STORE__URL",
+            format!("sqlite://{}", dir.path().join("state.db").display()),
+        )
         .env("MYSQL_BROKER_PASSWORD", "broker-secret")
-        .env("MYSQL_BROKER_ENCRYPTION_KEY", "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=")
+        .env(
+            "MYSQL_BROKER_ENCRYPTION_KEY",
+            "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+        )
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()?;
-    let client = Client::new(Target::new(format!("http://127.0.0.1:{port}"), "broker", "broker-secret", SERVICE, PLAN1));
+    let client = Client::new(Target::new(
+        format!("http://127.0.0.1:{port}"),
+        "broker",
+        "broker-secret",
+        SERVICE,
+        PLAN1,
+    ));
     let deadline = Instant::now() + Duration::from_secs(30);
-    while reqwest::get(format!("http://127.0.0.1:{port}/ready")).await.map(|r| r.status() != 200).unwrap_or(true) {
-        anyhow::ensure!(Instant::now() < deadline, "mysql-broker did not become ready");
+    while reqwest::get(format!("http://127.0.0.1:{port}/ready"))
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "mysql-broker did not become ready"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
@@ -110,12 +164,17 @@ async fn main() -> anyhow::Result<()> {
     let _ = child.kill();
     let _ = child.wait();
 
-    println!("mysql-broker cycles (provision + bind + unbind + deprovision), {CYCLES} cycles, concurrency {CONCURRENCY}");
+    println!(
+        "mysql-broker cycles (provision + bind + unbind + deprovision), {CYCLES} cycles, concurrency {CONCURRENCY}"
+    );
     println!("  straight to MariaDB (same SQL): {direct:8.1} cycles/s");
     println!("  through mysql-broker:           {through:8.1} cycles/s");
     println!("  broker / direct:                {:8.2}", through / direct);
     match rss {
-        Some(kib) => println!("  broker peak RSS:                {:8.1} MiB", kib as f64 / 1024.0),
+        Some(kib) => println!(
+            "  broker peak RSS:                {:8.1} MiB",
+            kib as f64 / 1024.0
+        ),
         None => println!("  broker peak RSS:                unavailable"),
     }
     Ok(())

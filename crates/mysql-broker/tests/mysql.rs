@@ -181,6 +181,14 @@ async fn logs_are_json_lines_without_credentials() {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
         .collect();
     assert!(
+        lines.iter().any(|l| l["message"] == "originating identity"
+            && l["identity"]
+                .as_str()
+                .unwrap_or("")
+                .contains("kpaas-testkit-user")),
+        "the originating identity was not logged"
+    );
+    assert!(
         lines.iter().any(|l| l["span"]["instance_id"] == id.as_str() && l["span"]["request_id"].is_string()),
         "no log line carries the request's span"
     );

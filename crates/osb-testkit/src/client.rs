@@ -7,6 +7,10 @@ use serde_json::{Value, json};
 
 use crate::Target;
 
+/// What the testkit sends as `X-Broker-API-Originating-Identity`, as Cloud Foundry does:
+/// `cloudfoundry` and base64 of `{"user_id":"kpaas-testkit-user"}`.
+pub const ORIGINATING_IDENTITY: &str = "cloudfoundry eyJ1c2VyX2lkIjoia3BhYXMtdGVzdGtpdC11c2VyIn0=";
+
 /// A broker's answer.
 #[derive(Debug, Clone)]
 pub struct Reply {
@@ -61,7 +65,8 @@ impl Client {
             .http
             .request(method, self.url(path))
             .basic_auth(&self.target.username, Some(&self.target.password))
-            .header("X-Broker-API-Version", "2.17");
+            .header("X-Broker-API-Version", "2.17")
+            .header("X-Broker-API-Originating-Identity", ORIGINATING_IDENTITY);
         if let Some(body) = body {
             req = req.json(body);
         }

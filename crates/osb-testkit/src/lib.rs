@@ -7,7 +7,7 @@
 mod client;
 mod rules;
 
-pub use client::{Client, Reply, fresh_id};
+pub use client::{Client, ORIGINATING_IDENTITY, Reply, fresh_id};
 pub use rules::{check_all, check_isolation, check_restart};
 
 use serde_json::Value;

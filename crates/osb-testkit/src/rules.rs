@@ -347,6 +347,14 @@ async fn malformed_requests_return_400_with_error_body(c: &Client) -> anyhow::Re
         let reply = c.provision(bad, &c.provision_body(&plan), true).await?;
         expect_error(&reply, 400, None, &format!("instance id {bad:?}"))?;
     }
+    let mut stale = c.provision_body(&plan);
+    stale["maintenance_info"] = json!({"version": "99.99.99-never"});
+    expect_error(
+        &c.provision(&id, &stale, true).await?,
+        422,
+        Some("MaintenanceInfoConflict"),
+        "provision with a stale maintenance_info",
+    )?;
     let reply = c
         .send(
             Method::PUT,
