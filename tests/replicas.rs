@@ -94,6 +94,9 @@ async fn two_replicas_on_one_store_behave_as_one_broker() {
     c.provision_ready(&id, PLAN1).await.unwrap();
     let credentials = c.bind_ready(&id, &bid, PLAN1).await.unwrap()["credentials"].clone();
     drop(a);
+    // Connections open to the dead replica die with it, as behind any balancer; new ones go
+    // to the survivor.
+    let c = Client::new(target(balancer));
     for _ in 0..4 {
         let got = c.fetch_binding(&id, &bid).await.unwrap();
         assert_eq!(got.status, 200);
