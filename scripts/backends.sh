@@ -54,6 +54,11 @@ ensure_mariadb() {
 second_up() { mariadb --protocol=tcp -h127.0.0.1 -P3307 -uroot -e 'SELECT 1'; }
 
 ensure_second_mariadb() {
+    make_second_tls
+    if second_up >/dev/null 2>&1 && [ "$(mariadb --protocol=tcp -h127.0.0.1 -P3307 -uroot -Nse 'SELECT @@have_ssl')" != YES ]; then
+        log "restarting the second MariaDB with TLS"
+        start-stop-daemon --stop --pidfile /run/mysqld/kpaas2.pid --exec /usr/sbin/mariadbd --retry 60 >/dev/null
+    fi
     second_up >/dev/null 2>&1 || start_second_mariadb
     # What mysql_secure_installation does: a fresh data directory has anonymous accounts,
     # which would shadow the broker's 'user'@'%' accounts for logins from localhost, and grants
@@ -67,6 +72,29 @@ ensure_second_mariadb() {
     fi
     mariadb --protocol=tcp -h127.0.0.1 -P3307 -uroot -e \
         "DELETE FROM mysql.db WHERE Db IN ('test', 'test\\\\_%'); FLUSH PRIVILEGES; DROP DATABASE IF EXISTS test;"
+    # An admin account that can only log in over TLS (test-only password).
+    mariadb --protocol=tcp -h127.0.0.1 -P3307 -uroot -e \
+        "CREATE USER IF NOT EXISTS 'kpaas_tls_admin'@'%' IDENTIFIED BY 'kpaas-tls-admin' REQUIRE SSL;
+         GRANT ALL PRIVILEGES ON *.* TO 'kpaas_tls_admin'@'%' WITH GRANT OPTION;"
+}
+
+# TLS material of the second MariaDB: a CA and a server certificate for 127.0.0.1. mysql-broker's
+# tests connect to it with TLS, verified against this CA.
+second_tls=/var/lib/kpaas-mariadb2-tls
+make_second_tls() {
+    [ -s "$second_tls/server.pem" ] && return 0
+    log "making TLS certificates for the second MariaDB"
+    install -d -m 755 "$second_tls"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=kpaas test CA" \
+        -keyout "$second_tls/ca.key" -out "$second_tls/ca.pem" 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
+        -keyout "$second_tls/server.key" -out "$second_tls/server.csr" 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' > "$second_tls/san.ext"
+    openssl x509 -req -days 3650 -in "$second_tls/server.csr" -CA "$second_tls/ca.pem" \
+        -CAkey "$second_tls/ca.key" -CAcreateserial -extfile "$second_tls/san.ext" \
+        -out "$second_tls/server.pem" 2>/dev/null
+    chown mysql:mysql "$second_tls/server.key"
+    chmod 600 "$second_tls/server.key" "$second_tls/ca.key"
 }
 
 start_second_mariadb() {
@@ -81,7 +109,8 @@ start_second_mariadb() {
     start-stop-daemon --start --oknodo --background --pidfile /run/mysqld/kpaas2.pid \
         --exec /usr/sbin/mariadbd -- --no-defaults --user=mysql --datadir="$datadir" \
         --port=3307 --bind-address=127.0.0.1 --socket=/run/mysqld/kpaas2.sock \
-        --pid-file=/run/mysqld/kpaas2.pid
+        --pid-file=/run/mysqld/kpaas2.pid --ssl-ca="$second_tls/ca.pem" \
+        --ssl-cert="$second_tls/server.pem" --ssl-key="$second_tls/server.key"
     wait_for "second MariaDB" 60 second_up
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts};
+use mysql_async::{Conn, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, SslOpts};
 use osb_core::broker::*;
 use osb_core::catalog::Plan;
 use osb_core::credentials::{Credentials, generate_password};
@@ -56,6 +56,9 @@ impl Server {
             .pool_opts(PoolOpts::default().with_constraints(
                 PoolConstraints::new(0, config.pool_size.max(1)).expect("0 <= max"),
             ))
+            .ssl_opts(config.tls.as_ref().map(|tls| {
+                SslOpts::default().with_root_certs(tls.ca.iter().cloned().map(Into::into).collect())
+            }))
             .into();
         Self {
             name: config.name.clone(),

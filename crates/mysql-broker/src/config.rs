@@ -1,6 +1,7 @@
 //! mysql-broker's config file: the shared `[broker]` section and `[mysql]`.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 
 use osb_core::config::{BrokerConfig, Secret};
 use serde::Deserialize;
@@ -41,6 +42,17 @@ pub struct ServerConfig {
     /// Admin connections kept open.
     #[serde(default = "default_pool")]
     pub pool_size: usize,
+    /// TLS to the server, verified; plain TCP when absent.
+    #[serde(default)]
+    pub tls: Option<BackendTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendTls {
+    /// PEM CA certificate(s) to trust for the server's certificate, besides the public roots.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

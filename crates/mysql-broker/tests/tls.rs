@@ -1,0 +1,57 @@
+//! TLS from the broker to its servers, against the second local MariaDB, whose admin account
+//! `kpaas_tls_admin` may only log in over TLS (scripts/backends.sh sets both up).
+
+mod common;
+
+use common::*;
+use osb_testkit::{Client, fresh_id};
+
+const CA: &str = "/var/lib/kpaas-mariadb2-tls/ca.pem";
+
+fn tls_server(tls: &str) -> String {
+    format!(
+        "[[mysql.servers]]\nname = \"mysql-2\"\nhost = \"127.0.0.1\"\nport = 3307\n\
+         admin_user = \"kpaas_tls_admin\"\nadmin_password = \"kpaas-tls-admin\"\n{tls}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_administers_a_server_over_verified_tls() {
+    assert!(
+        std::path::Path::new(CA).exists(),
+        "{CA} is missing: run scripts/backends.sh"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with_servers(
+        dir.path(),
+        &tls_server(&format!("[mysql.servers.tls]\nca = {CA:?}\n")),
+    );
+    let broker = start_with(dir.path(), free_port(), &config, true).await;
+    let c = Client::new(target(&broker));
+    let (id, bid) = (fresh_id(), fresh_id());
+    c.provision_ready(&id, PLAN1).await.unwrap();
+    let creds = c.bind_ready(&id, &bid, PLAN1).await.unwrap()["credentials"].clone();
+    assert_eq!(creds["port"], 3307);
+    c.unbind_done(&id, &bid, PLAN1).await.unwrap();
+    c.deprovision_done(&id, PLAN1).await.unwrap();
+    assert!(
+        !databases_of(1)
+            .await
+            .contains(&format!("op_{}", id.replace('-', "_")))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_tls_or_with_an_untrusted_certificate_the_server_is_not_used() {
+    let dir = tempfile::tempdir().unwrap();
+    for tls in ["", "[mysql.servers.tls]\n"] {
+        // Plain TCP: the account refuses. TLS without our CA: the certificate is not trusted.
+        let config = config_with_servers(dir.path(), &tls_server(tls));
+        let port = free_port();
+        let _broker = start_with(dir.path(), port, &config, false).await;
+        let ready = reqwest::get(format!("http://127.0.0.1:{port}/ready"))
+            .await
+            .unwrap();
+        assert_eq!(ready.status(), 503, "config {tls:?}");
+    }
+}
