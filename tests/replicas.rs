@@ -2,40 +2,23 @@
 //! production shape. The OSB rules must hold as if there were one broker, and losing a replica
 //! must lose nothing.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use kpaas_e2e::{broker_binary, drop_mariadb_store, fresh_mariadb_store, round_robin};
-use osb_testkit::{Client, Target, check_all, fresh_id};
+use osb_testkit::{BrokerProcess, Client, Target, check_all, free_port, fresh_id};
 
 const SERVICE: &str = "96b9e707-0e2b-47e3-a21a-fd01a8eb0452";
 const PLAN1: &str = "411d0c3e-b086-4a24-b041-0aeef1a819d1";
 const PLAN2: &str = "4a932d9d-9bc5-4a86-937f-e2c14bb9f497";
 
-struct Replica(Child);
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn replica(name: &str, store: &str, dir: &Path) -> (Replica, SocketAddr) {
+async fn replica(name: &str, store: &str, dir: &Path) -> (BrokerProcess, SocketAddr) {
     let port = free_port();
     let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/mysql-broker.toml");
-    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-    let child = Command::new(broker_binary("mysql-broker"))
+    let mut command = Command::new(broker_binary("mysql-broker"));
+    command
         .arg("--config")
         .arg(deploy)
         .env("KPAAS_BROKER__LISTEN", format!("127.0.0.1:{port}"))
@@ -47,22 +30,14 @@ async fn replica(name: &str, store: &str, dir: &Path) -> (Replica, SocketAddr) {
             "MYSQL_BROKER_ENCRYPTION_KEY",
             "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
         )
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("mysql-broker starts");
-    let replica = Replica(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/ready")).await
-            && r.status() == 200
-        {
-            return (replica, SocketAddr::from(([127, 0, 0, 1], port)));
-        }
-        assert!(Instant::now() < deadline, "replica {name} not ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        .env("RUST_LOG", "warn");
+    let mut replica =
+        BrokerProcess::spawn(command, port, &dir.join(format!("{name}.log"))).unwrap();
+    replica
+        .wait_for("/ready", Duration::from_secs(30))
+        .await
+        .unwrap();
+    (replica, SocketAddr::from(([127, 0, 0, 1], port)))
 }
 
 fn target(balancer: SocketAddr) -> Target {

@@ -4,15 +4,14 @@
 //! `cargo bench -p mysql-broker` (or `make bench`); needs the local MariaDB (scripts/backends.sh).
 //! Prints figures; asserts nothing about speed.
 
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt};
 use mysql_async::prelude::Queryable;
-use osb_testkit::{Client, Target, fresh_id};
+use osb_testkit::{BrokerProcess, Client, Target, free_port, fresh_id};
 
 const CYCLES: usize = 200;
 const CONCURRENCY: usize = 8;
@@ -111,9 +110,10 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = free_port();
     let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/mysql-broker.toml");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mysql-broker"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mysql-broker"));
+    command
         .arg("--config")
         .arg(deploy)
         .env("KPAAS_BROKER__LISTEN", format!("127.0.0.1:{port}"))
@@ -126,9 +126,9 @@ async fn main() -> anyhow::Result<()> {
             "MYSQL_BROKER_ENCRYPTION_KEY",
             "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
         )
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()?;
+        .env("RUST_LOG", "warn");
+    let mut broker = BrokerProcess::spawn(command, port, &dir.path().join("broker.log"))?;
+    broker.wait_for("/ready", Duration::from_secs(30)).await?;
     let client = Client::new(Target::new(
         format!("http://127.0.0.1:{port}"),
         "broker",
@@ -136,18 +136,6 @@ async fn main() -> anyhow::Result<()> {
         SERVICE,
         PLAN1,
     ));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while reqwest::get(format!("http://127.0.0.1:{port}/ready"))
-        .await
-        .map(|r| r.status() != 200)
-        .unwrap_or(true)
-    {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "mysql-broker did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 
     let pool = Arc::new(mysql_async::Pool::new("mysql://root@127.0.0.1:3306/mysql"));
     let direct = rate(|| {
@@ -160,9 +148,8 @@ async fn main() -> anyhow::Result<()> {
         async move { broker_cycle(&client).await }
     })
     .await;
-    let rss = peak_rss_kib(child.id());
-    let _ = child.kill();
-    let _ = child.wait();
+    let rss = peak_rss_kib(broker.pid());
+    drop(broker);
 
     println!(
         "mysql-broker cycles (provision + bind + unbind + deprovision), {CYCLES} cycles, concurrency {CONCURRENCY}"

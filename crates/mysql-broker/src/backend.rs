@@ -138,6 +138,21 @@ async fn instance_count(conn: &mut Conn) -> Result<u64, BrokerError> {
     Ok(count.unwrap_or(0))
 }
 
+/// Every privilege on `db` (and nothing else) for `user`.
+pub(crate) async fn grant_all(
+    conn: &mut Conn,
+    db: &DatabaseName,
+    user: &UserName,
+) -> Result<(), BrokerError> {
+    conn.query_drop(format!(
+        "GRANT ALL PRIVILEGES ON {}.* TO {}",
+        db.grant_pattern(),
+        user.account()
+    ))
+    .await
+    .map_err(backend)
+}
+
 /// Ends every session of `user`.
 pub(crate) async fn kill_connections(conn: &mut Conn, user: &UserName) -> Result<(), BrokerError> {
     let ids: Vec<u64> = conn
@@ -380,13 +395,7 @@ impl ServiceBroker for MysqlBroker {
         .await
         .map_err(backend)?;
         let granted = async {
-            conn.query_drop(format!(
-                "GRANT ALL PRIVILEGES ON {}.* TO {}",
-                db.grant_pattern(),
-                user.account()
-            ))
-            .await
-            .map_err(backend)?;
+            grant_all(&mut conn, &db, &user).await?;
             self.rebalance(&mut conn, &db, plan).await?;
             self.apply_quota(&mut conn, &db, plan).await
         }

@@ -9,7 +9,7 @@ use mysql_async::prelude::Queryable;
 use osb_core::BrokerError;
 use serde_json::{Map, Value, json};
 
-use crate::backend::{backend, kill_connections};
+use crate::backend::{backend, grant_all, kill_connections};
 use crate::names::{DatabaseName, UserName};
 
 const MIB: u64 = 1024 * 1024;
@@ -95,13 +95,7 @@ pub async fn enforce(conn: &mut Conn, db: &DatabaseName, over: bool) -> Result<b
             kill_connections(conn, &user).await?;
             changed = true;
         } else if !over && !can_write {
-            conn.query_drop(format!(
-                "GRANT ALL PRIVILEGES ON {}.* TO {}",
-                db.grant_pattern(),
-                user.account()
-            ))
-            .await
-            .map_err(backend)?;
+            grant_all(conn, db, &user).await?;
             changed = true;
         }
     }

@@ -199,13 +199,13 @@ async fn sigterm_stops_the_broker_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let mut broker = start(dir.path(), free_port()).await;
     let killed = Command::new("kill")
-        .args(["-TERM", &broker.child.id().to_string()])
+        .args(["-TERM", &broker.pid().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
     let deadline = Instant::now() + Duration::from_secs(40);
     let status = loop {
-        if let Some(status) = broker.child.try_wait().unwrap() {
+        if let Some(status) = broker.child().try_wait().unwrap() {
             break status;
         }
         assert!(

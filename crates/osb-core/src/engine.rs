@@ -322,6 +322,38 @@ impl<B: ServiceBroker> Engine<B> {
         }
     }
 
+    /// Records that operation `op` succeeded.
+    async fn succeeded(&self, op: &str) -> Result<(), StoreError> {
+        self.inner
+            .store
+            .finish_operation(op, OperationState::Succeeded, None, None, None)
+            .await
+            .map(|_| ())
+    }
+
+    /// Records that operation `op` failed with `err` (the usability flags only for updates
+    /// and deprovisions, as the spec allows).
+    async fn failed(
+        &self,
+        op: &str,
+        err: &BrokerError,
+        instance_usable: Option<bool>,
+        update_repeatable: Option<bool>,
+    ) -> Result<(), StoreError> {
+        let description = err.to_string();
+        self.inner
+            .store
+            .finish_operation(
+                op,
+                OperationState::Failed,
+                Some(&description),
+                instance_usable,
+                update_repeatable,
+            )
+            .await
+            .map(|_| ())
+    }
+
     /// Sleeps a little while an identical request finishes; `false` once the wait is over.
     async fn wait_turn(&self, started: Instant) -> bool {
         if started.elapsed() >= self.inner.timing.sync_wait {
@@ -474,9 +506,7 @@ impl<B: ServiceBroker> Engine<B> {
                 row.broker_state = to_text(&done.state);
                 row.updated_at = now_ms();
                 store.save_instance(&row).await?;
-                store
-                    .finish_operation(&op, OperationState::Succeeded, None, None, None)
-                    .await?;
+                self.succeeded(&op).await?;
                 tracing::info!(instance_id = %row.id, plan = %plan.name, "provisioned");
                 Ok(Reply::new(201, instance_body(&row)?))
             }
@@ -489,15 +519,7 @@ impl<B: ServiceBroker> Engine<B> {
                         .release_instance(&row.id, &op, InstanceState::Failed)
                         .await?;
                 }
-                store
-                    .finish_operation(
-                        &op,
-                        OperationState::Failed,
-                        Some(&err.to_string()),
-                        None,
-                        None,
-                    )
-                    .await?;
+                self.failed(&op, &err, None, None).await?;
                 Err(err.into())
             }
         }
@@ -653,9 +675,7 @@ impl<B: ServiceBroker> Engine<B> {
                     row.broker_state = to_text(state);
                 }
                 store.save_instance(&row).await?;
-                store
-                    .finish_operation(&op, OperationState::Succeeded, None, None, None)
-                    .await?;
+                self.succeeded(&op).await?;
                 tracing::info!(instance_id = %row.id, plan = %target.name, "updated");
                 Ok(Reply::new(
                     200,
@@ -673,15 +693,7 @@ impl<B: ServiceBroker> Engine<B> {
                     err,
                     BrokerError::Unprocessable(_) | BrokerError::InvalidParameters(_)
                 );
-                store
-                    .finish_operation(
-                        &op,
-                        OperationState::Failed,
-                        Some(&err.to_string()),
-                        Some(true),
-                        Some(repeatable),
-                    )
-                    .await?;
+                self.failed(&op, &err, Some(true), Some(repeatable)).await?;
                 Err(match OsbError::from(err) {
                     OsbError::Internal(description)
                     | OsbError::Unprocessable { description, .. } => OsbError::Unprocessable {
@@ -788,9 +800,7 @@ impl<B: ServiceBroker> Engine<B> {
         match result {
             Ok(()) => {
                 store.delete_instance(loaded.id.as_str()).await?;
-                store
-                    .finish_operation(&op, OperationState::Succeeded, None, None, None)
-                    .await?;
+                self.succeeded(&op).await?;
                 tracing::info!(instance_id = %loaded.id, "deprovisioned");
                 Ok(Reply::new(200, json!({})))
             }
@@ -800,15 +810,7 @@ impl<B: ServiceBroker> Engine<B> {
                 store
                     .release_instance(loaded.id.as_str(), &op, from)
                     .await?;
-                store
-                    .finish_operation(
-                        &op,
-                        OperationState::Failed,
-                        Some(&err.to_string()),
-                        Some(usable),
-                        None,
-                    )
-                    .await?;
+                self.failed(&op, &err, Some(usable), None).await?;
                 Err(match OsbError::from(err) {
                     OsbError::Internal(description) => OsbError::Unprocessable {
                         description,
@@ -1057,9 +1059,7 @@ impl<B: ServiceBroker> Engine<B> {
                 row.broker_state = to_text(&bound.state);
                 row.updated_at = now_ms();
                 store.save_binding(&row).await?;
-                store
-                    .finish_operation(&op, OperationState::Succeeded, None, None, None)
-                    .await?;
+                self.succeeded(&op).await?;
                 tracing::info!(instance_id = %row.instance_id, binding_id = %row.id, "bound");
                 let mut body = serde_json::to_value(&response).unwrap_or_else(|_| json!({}));
                 body["credentials"] = Value::Object(credentials);
@@ -1074,15 +1074,7 @@ impl<B: ServiceBroker> Engine<B> {
                         .release_binding(&row.id, &op, BindingState::Failed)
                         .await?;
                 }
-                store
-                    .finish_operation(
-                        &op,
-                        OperationState::Failed,
-                        Some(&err.to_string()),
-                        None,
-                        None,
-                    )
-                    .await?;
+                self.failed(&op, &err, None, None).await?;
                 Err(err.into())
             }
         }
@@ -1200,24 +1192,14 @@ impl<B: ServiceBroker> Engine<B> {
         match result {
             Ok(()) => {
                 store.delete_binding(&row.id).await?;
-                store
-                    .finish_operation(&op, OperationState::Succeeded, None, None, None)
-                    .await?;
+                self.succeeded(&op).await?;
                 tracing::info!(instance_id = %row.instance_id, binding_id = %row.id, "unbound");
                 Ok(Reply::new(200, json!({})))
             }
             Err(err) => {
                 tracing::warn!(binding_id = %row.id, error = %err, "unbind failed");
                 store.release_binding(&row.id, &op, from).await?;
-                store
-                    .finish_operation(
-                        &op,
-                        OperationState::Failed,
-                        Some(&err.to_string()),
-                        None,
-                        None,
-                    )
-                    .await?;
+                self.failed(&op, &err, None, None).await?;
                 Err(err.into())
             }
         }

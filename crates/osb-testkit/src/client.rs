@@ -313,34 +313,33 @@ impl Client {
     /// Unbinds (polling if needed); fails unless the binding is gone.
     pub async fn unbind_done(&self, id: &str, bid: &str, plan_id: &str) -> anyhow::Result<()> {
         let reply = self.unbind(id, bid, plan_id, true).await?;
-        match reply.status {
-            200 => Ok(()),
-            202 => {
-                let last = self
-                    .poll(id, Some(bid), reply.operation().as_deref())
-                    .await?;
-                if last.status != 410 && last.body["state"] != "succeeded" {
-                    bail!("unbind failed: {}", last.body);
-                }
-                Ok(())
-            }
-            s => bail!("unbind answered {s}: {}", reply.body),
-        }
+        self.deleted(reply, id, Some(bid), "unbind").await
     }
 
     /// Deprovisions (polling if needed); fails unless the instance is gone.
     pub async fn deprovision_done(&self, id: &str, plan_id: &str) -> anyhow::Result<()> {
         let reply = self.deprovision(id, plan_id, true).await?;
+        self.deleted(reply, id, None, "deprovision").await
+    }
+
+    /// Follows a delete's answer to its end: 200 at once, or 202 then polling to 410/succeeded.
+    async fn deleted(
+        &self,
+        reply: Reply,
+        id: &str,
+        bid: Option<&str>,
+        what: &str,
+    ) -> anyhow::Result<()> {
         match reply.status {
             200 => Ok(()),
             202 => {
-                let last = self.poll(id, None, reply.operation().as_deref()).await?;
+                let last = self.poll(id, bid, reply.operation().as_deref()).await?;
                 if last.status != 410 && last.body["state"] != "succeeded" {
-                    bail!("deprovision failed: {}", last.body);
+                    bail!("{what} failed: {}", last.body);
                 }
                 Ok(())
             }
-            s => bail!("deprovision answered {s}: {}", reply.body),
+            s => bail!("{what} answered {s}: {}", reply.body),
         }
     }
 }

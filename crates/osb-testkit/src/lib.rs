@@ -5,9 +5,11 @@
 //! checks that need more than one broker process: [`check_restart`], [`check_isolation`]).
 
 mod client;
+mod process;
 mod rules;
 
 pub use client::{Client, ORIGINATING_IDENTITY, Reply, fresh_id};
+pub use process::{BrokerProcess, free_port};
 pub use rules::{check_all, check_isolation, check_restart};
 
 use serde_json::Value;

@@ -2,13 +2,13 @@
 
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
 use osb_testkit::Target;
+pub use osb_testkit::{BrokerProcess as Broker, free_port};
 
 pub const SERVICE: &str = "96b9e707-0e2b-47e3-a21a-fd01a8eb0452";
 pub const PLAN1: &str = "411d0c3e-b086-4a24-b041-0aeef1a819d1";
@@ -17,36 +17,6 @@ pub const SERVERS: [&str; 2] = [
     "mysql://root@127.0.0.1:3306/mysql",
     "mysql://root@127.0.0.1:3307/mysql",
 ];
-
-/// The real binary, killed when dropped.
-pub struct Broker {
-    pub child: Child,
-    pub port: u16,
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The broker's log, appended to across restarts.
-fn log_file(dir: &Path) -> std::fs::File {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("broker.log"))
-        .unwrap()
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The shipped config: the K-PaaS catalog and both local servers.
 pub fn deploy_config() -> PathBuf {
@@ -85,8 +55,10 @@ pub async fn start(dir: &Path, port: u16) -> Broker {
 }
 
 /// Starts mysql-broker with `config`; waits for `/ready` when `wait_ready`, else `/health`.
+/// Its log is `dir/broker.log`.
 pub async fn start_with(dir: &Path, port: u16, config: &Path, wait_ready: bool) -> Broker {
-    let child = Command::new(env!("CARGO_BIN_EXE_mysql-broker"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mysql-broker"));
+    command
         .arg("--config")
         .arg(config)
         .env("KPAAS_BROKER__LISTEN", format!("127.0.0.1:{port}"))
@@ -104,29 +76,18 @@ pub async fn start_with(dir: &Path, port: u16, config: &Path, wait_ready: bool) 
         .env(
             "RUST_LOG",
             std::env::var("TEST_BROKER_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .stdout(log_file(dir))
-        .stderr(log_file(dir))
-        .spawn()
-        .expect("mysql-broker binary starts");
-    let broker = Broker { child, port };
-    let url = format!(
-        "http://127.0.0.1:{port}/{}",
-        if wait_ready { "ready" } else { "health" }
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = reqwest::get(&url).await
-            && r.status() == 200
-        {
-            return broker;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "mysql-broker not up on port {port} (are both MariaDB servers up? run scripts/backends.sh)"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let mut broker = Broker::spawn(command, port, &dir.join("broker.log")).unwrap();
+    let path = if wait_ready { "/ready" } else { "/health" };
+    broker
+        .wait_for(path, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "mysql-broker not up ({e}); are both MariaDB servers up? run scripts/backends.sh"
+            )
+        });
+    broker
 }
 
 pub fn target(broker: &Broker) -> Target {
