@@ -1,9 +1,14 @@
-//! The OSB endpoints: extract, parse into typed values, hand to the [`Engine`], answer.
+//! The OSB endpoints. Extractors turn a request into typed, validated values (or the OSB
+//! error for the bad part); each handler hands them to the [`Engine`].
 
+use std::future::{Ready, ready};
+
+use actix_web::dev::Payload;
 use actix_web::http::StatusCode;
 use actix_web::http::header::CONTENT_TYPE;
-use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
+use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, web};
 use futures::StreamExt;
+use futures::future::LocalBoxFuture;
 use serde::de::DeserializeOwned;
 
 use crate::broker::ServiceBroker;
@@ -11,7 +16,9 @@ use crate::engine::{Caller, Engine, Reply};
 use crate::error::OsbError;
 use crate::guard::PlatformName;
 use crate::ids::{BindingId, InstanceId};
-use crate::wire::{AsyncQuery, DeleteQuery, FetchQuery};
+use crate::wire::{
+    AsyncQuery, BindRequest, DeleteQuery, FetchQuery, ProvisionRequest, UpdateRequest,
+};
 
 /// Largest body, set once per app.
 #[derive(Debug, Clone, Copy)]
@@ -43,25 +50,41 @@ pub fn configure<B: ServiceBroker>(cfg: &mut web::ServiceConfig) {
         );
 }
 
-fn caller(req: &HttpRequest, accepts_incomplete: Option<&str>) -> Result<Caller, OsbError> {
-    let platform = req
-        .extensions()
-        .get::<PlatformName>()
-        .map(|p| p.0.clone())
-        .ok_or_else(|| OsbError::Internal("request reached a handler without a platform".into()))?;
-    let accepts_incomplete = match accepts_incomplete {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(other) => {
-            return Err(OsbError::BadRequest(format!(
-                "accepts_incomplete must be true or false, not {other:?}"
-            )));
-        }
-    };
-    Ok(Caller {
-        platform,
-        accepts_incomplete,
-    })
+fn query<T: DeserializeOwned>(req: &HttpRequest) -> Result<T, OsbError> {
+    web::Query::<T>::from_query(req.query_string())
+        .map(web::Query::into_inner)
+        .map_err(|e| OsbError::BadRequest(format!("invalid query string: {e}")))
+}
+
+/// The platform (from the guard) and whether it accepts asynchronous answers.
+impl FromRequest for Caller {
+    type Error = OsbError;
+    type Future = Ready<Result<Self, OsbError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready((|| {
+            let platform = req
+                .extensions()
+                .get::<PlatformName>()
+                .map(|p| p.0.clone())
+                .ok_or_else(|| {
+                    OsbError::Internal("request reached a handler without a platform".into())
+                })?;
+            let accepts_incomplete = match query::<AsyncQuery>(req)?.accepts_incomplete.as_deref() {
+                None | Some("false") => false,
+                Some("true") => true,
+                Some(other) => {
+                    return Err(OsbError::BadRequest(format!(
+                        "accepts_incomplete must be true or false, not {other:?}"
+                    )));
+                }
+            };
+            Ok(Caller {
+                platform,
+                accepts_incomplete,
+            })
+        })())
+    }
 }
 
 fn instance_id(req: &HttpRequest) -> Result<InstanceId, OsbError> {
@@ -70,45 +93,88 @@ fn instance_id(req: &HttpRequest) -> Result<InstanceId, OsbError> {
     Ok(id)
 }
 
-fn binding_id(req: &HttpRequest) -> Result<BindingId, OsbError> {
-    let id = BindingId::parse(req.match_info().get("binding_id").unwrap_or(""))?;
-    tracing::Span::current().record("binding_id", id.as_str());
-    Ok(id)
+/// `:instance_id` of the route, parsed.
+struct InstancePath(InstanceId);
+
+impl FromRequest for InstancePath {
+    type Error = OsbError;
+    type Future = Ready<Result<Self, OsbError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(instance_id(req).map(Self))
+    }
 }
 
-fn query<T: DeserializeOwned>(req: &HttpRequest) -> Result<T, OsbError> {
-    web::Query::<T>::from_query(req.query_string())
-        .map(web::Query::into_inner)
-        .map_err(|e| OsbError::BadRequest(format!("invalid query string: {e}")))
+/// `:instance_id` and `:binding_id` of the route, parsed.
+struct BindingPath(InstanceId, BindingId);
+
+impl FromRequest for BindingPath {
+    type Error = OsbError;
+    type Future = Ready<Result<Self, OsbError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready((|| {
+            let id = instance_id(req)?;
+            let bid = BindingId::parse(req.match_info().get("binding_id").unwrap_or(""))?;
+            tracing::Span::current().record("binding_id", bid.as_str());
+            Ok(Self(id, bid))
+        })())
+    }
 }
 
-/// Reads and parses a JSON body, refusing wrong content types and bodies over the limit.
-async fn json_body<T: DeserializeOwned>(
-    req: &HttpRequest,
-    mut payload: web::Payload,
-) -> Result<T, OsbError> {
-    if let Some(ct) = req.headers().get(CONTENT_TYPE) {
-        let ct = ct.to_str().unwrap_or("");
-        if !ct.starts_with("application/json") && !ct.contains("+json") {
-            return Err(OsbError::BadRequest(format!(
-                "Content-Type must be application/json, not {ct:?}"
-            )));
-        }
+/// A typed query string; a bad one is a 400.
+struct OsbQuery<T>(T);
+
+impl<T: DeserializeOwned> FromRequest for OsbQuery<T> {
+    type Error = OsbError;
+    type Future = Ready<Result<Self, OsbError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(query(req).map(Self))
     }
-    let limit = req
-        .app_data::<BodyLimit>()
-        .map(|l| l.0)
-        .unwrap_or(256 * 1024);
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| OsbError::BadRequest(format!("cannot read body: {e}")))?;
-        if body.len() + chunk.len() > limit {
-            return Err(OsbError::PayloadTooLarge(limit));
-        }
-        body.extend_from_slice(&chunk);
+}
+
+/// A JSON body: wrong content type or malformed JSON is a 400 naming the problem, a body over
+/// the limit a 413.
+struct OsbJson<T>(T);
+
+impl<T: DeserializeOwned + 'static> FromRequest for OsbJson<T> {
+    type Error = OsbError;
+    type Future = LocalBoxFuture<'static, Result<Self, OsbError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let content_type = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .map(|ct| ct.to_str().unwrap_or("").to_owned());
+        let limit = req
+            .app_data::<BodyLimit>()
+            .map(|l| l.0)
+            .unwrap_or(256 * 1024);
+        let mut payload = payload.take();
+        Box::pin(async move {
+            if let Some(ct) = content_type
+                && !ct.starts_with("application/json")
+                && !ct.contains("+json")
+            {
+                return Err(OsbError::BadRequest(format!(
+                    "Content-Type must be application/json, not {ct:?}"
+                )));
+            }
+            let mut body = web::BytesMut::new();
+            while let Some(chunk) = payload.next().await {
+                let chunk =
+                    chunk.map_err(|e| OsbError::BadRequest(format!("cannot read body: {e}")))?;
+                if body.len() + chunk.len() > limit {
+                    return Err(OsbError::PayloadTooLarge(limit));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            serde_json::from_slice(&body)
+                .map(Self)
+                .map_err(|e| OsbError::BadRequest(format!("invalid request body: {e}")))
+        })
     }
-    serde_json::from_slice(&body)
-        .map_err(|e| OsbError::BadRequest(format!("invalid request body: {e}")))
 }
 
 fn respond(reply: Reply) -> HttpResponse {
@@ -137,135 +203,97 @@ where
         .map(respond)
 }
 
-async fn catalog<B: ServiceBroker>(engine: web::Data<Engine<B>>) -> HttpResponse {
+type Data<B> = web::Data<Engine<B>>;
+type Answer = Result<HttpResponse, OsbError>;
+
+async fn catalog<B: ServiceBroker>(engine: Data<B>) -> HttpResponse {
     HttpResponse::Ok().json(engine.catalog().catalog())
 }
 
 async fn provision<B: ServiceBroker>(
-    engine: web::Data<Engine<B>>,
-    req: HttpRequest,
-    payload: web::Payload,
-) -> Result<HttpResponse, OsbError> {
-    let id = instance_id(&req)?;
-    let q: AsyncQuery = query(&req)?;
-    let caller = caller(&req, q.accepts_incomplete.as_deref())?;
-    let body = json_body(&req, payload).await?;
-    run(
-        &engine,
-        |e| async move { e.provision(caller, id, body).await },
-    )
-    .await
+    e: Data<B>,
+    c: Caller,
+    InstancePath(id): InstancePath,
+    OsbJson(body): OsbJson<ProvisionRequest>,
+) -> Answer {
+    run(&e, |e| async move { e.provision(c, id, body).await }).await
 }
 
 async fn update<B: ServiceBroker>(
-    engine: web::Data<Engine<B>>,
-    req: HttpRequest,
-    payload: web::Payload,
-) -> Result<HttpResponse, OsbError> {
-    let id = instance_id(&req)?;
-    let q: AsyncQuery = query(&req)?;
-    let caller = caller(&req, q.accepts_incomplete.as_deref())?;
-    let body = json_body(&req, payload).await?;
-    run(&engine, |e| async move { e.update(caller, id, body).await }).await
+    e: Data<B>,
+    c: Caller,
+    InstancePath(id): InstancePath,
+    OsbJson(body): OsbJson<UpdateRequest>,
+) -> Answer {
+    run(&e, |e| async move { e.update(c, id, body).await }).await
 }
 
 async fn deprovision<B: ServiceBroker>(
-    engine: web::Data<Engine<B>>,
-    req: HttpRequest,
-) -> Result<HttpResponse, OsbError> {
-    let id = instance_id(&req)?;
-    let q: DeleteQuery = query(&req)?;
-    let caller = caller(&req, q.accepts_incomplete.as_deref())?;
-    run(
-        &engine,
-        |e| async move { e.deprovision(caller, id, q).await },
-    )
-    .await
+    e: Data<B>,
+    c: Caller,
+    InstancePath(id): InstancePath,
+    OsbQuery(q): OsbQuery<DeleteQuery>,
+) -> Answer {
+    run(&e, |e| async move { e.deprovision(c, id, q).await }).await
 }
 
 async fn fetch_instance<B: ServiceBroker>(
-    engine: web::Data<Engine<B>>,
-    req: HttpRequest,
-) -> Result<HttpResponse, OsbError> {
-    let id = instance_id(&req)?;
-    let _hints: FetchQuery = query(&req)?;
-    let caller = caller(&req, None)?;
-    run(
-        &engine,
-        |e| async move { e.fetch_instance(caller, id).await },
-    )
-    .await
+    e: Data<B>,
+    c: Caller,
+    InstancePath(id): InstancePath,
+    _: OsbQuery<FetchQuery>,
+) -> Answer {
+    run(&e, |e| async move { e.fetch_instance(c, id).await }).await
 }
 
 async fn instance_last_operation<B: ServiceBroker>(
-    engine: web::Data<Engine<B>>,
-    req: HttpRequest,
-) -> Result<HttpResponse, OsbError> {
-    let id = instance_id(&req)?;
-    let q: FetchQuery = query(&req)?;
-    let caller = caller(&req, None)?;
-    run(&engine, |e| async move {
-        e.instance_last_operation(caller, id, q).await
-    })
+    e: Data<B>,
+    c: Caller,
+    InstancePath(id): InstancePath,
+    OsbQuery(q): OsbQuery<FetchQuery>,
+) -> Answer {
+    run(
+        &e,
+        |e| async move { e.instance_last_operation(c, id, q).await },
+    )
     .await
 }
 
 async fn bind<B: ServiceBroker>(
-    engine: web::Data<Engine<B>>,
-    req: HttpRequest,
-    payload: web::Payload,
-) -> Result<HttpResponse, OsbError> {
-    let id = instance_id(&req)?;
-    let bid = binding_id(&req)?;
-    let q: AsyncQuery = query(&req)?;
-    let caller = caller(&req, q.accepts_incomplete.as_deref())?;
-    let body = json_body(&req, payload).await?;
-    run(
-        &engine,
-        |e| async move { e.bind(caller, id, bid, body).await },
-    )
-    .await
+    e: Data<B>,
+    c: Caller,
+    BindingPath(id, bid): BindingPath,
+    OsbJson(body): OsbJson<BindRequest>,
+) -> Answer {
+    run(&e, |e| async move { e.bind(c, id, bid, body).await }).await
 }
 
 async fn unbind<B: ServiceBroker>(
-    engine: web::Data<Engine<B>>,
-    req: HttpRequest,
-) -> Result<HttpResponse, OsbError> {
-    let id = instance_id(&req)?;
-    let bid = binding_id(&req)?;
-    let q: DeleteQuery = query(&req)?;
-    let caller = caller(&req, q.accepts_incomplete.as_deref())?;
-    run(
-        &engine,
-        |e| async move { e.unbind(caller, id, bid, q).await },
-    )
-    .await
+    e: Data<B>,
+    c: Caller,
+    BindingPath(id, bid): BindingPath,
+    OsbQuery(q): OsbQuery<DeleteQuery>,
+) -> Answer {
+    run(&e, |e| async move { e.unbind(c, id, bid, q).await }).await
 }
 
 async fn fetch_binding<B: ServiceBroker>(
-    engine: web::Data<Engine<B>>,
-    req: HttpRequest,
-) -> Result<HttpResponse, OsbError> {
-    let id = instance_id(&req)?;
-    let bid = binding_id(&req)?;
-    let _hints: FetchQuery = query(&req)?;
-    let caller = caller(&req, None)?;
-    run(&engine, |e| async move {
-        e.fetch_binding(caller, id, bid).await
-    })
-    .await
+    e: Data<B>,
+    c: Caller,
+    BindingPath(id, bid): BindingPath,
+    _: OsbQuery<FetchQuery>,
+) -> Answer {
+    run(&e, |e| async move { e.fetch_binding(c, id, bid).await }).await
 }
 
 async fn binding_last_operation<B: ServiceBroker>(
-    engine: web::Data<Engine<B>>,
-    req: HttpRequest,
-) -> Result<HttpResponse, OsbError> {
-    let id = instance_id(&req)?;
-    let bid = binding_id(&req)?;
-    let q: FetchQuery = query(&req)?;
-    let caller = caller(&req, None)?;
-    run(&engine, |e| async move {
-        e.binding_last_operation(caller, id, bid, q).await
+    e: Data<B>,
+    c: Caller,
+    BindingPath(id, bid): BindingPath,
+    OsbQuery(q): OsbQuery<FetchQuery>,
+) -> Answer {
+    run(&e, |e| async move {
+        e.binding_last_operation(c, id, bid, q).await
     })
     .await
 }

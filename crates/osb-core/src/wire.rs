@@ -85,11 +85,9 @@ pub struct BindResource {
 pub struct DeleteQuery {
     pub service_id: Option<String>,
     pub plan_id: Option<String>,
-    #[serde(default)]
-    pub accepts_incomplete: Option<String>,
 }
 
-/// Query of `PUT`/`PATCH`.
+/// The `accepts_incomplete` query parameter, on any route.
 #[derive(Debug, Clone, Deserialize)]
 pub struct AsyncQuery {
     #[serde(default)]
