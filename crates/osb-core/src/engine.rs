@@ -76,6 +76,19 @@ struct Inner<B> {
     timing: Timing,
 }
 
+/// What an operation takes hold of: its instance, or one binding, moving between states.
+enum Claim<'a> {
+    Instance {
+        from: &'a [InstanceState],
+        to: InstanceState,
+    },
+    Binding {
+        id: &'a BindingId,
+        from: &'a [BindingState],
+        to: BindingState,
+    },
+}
+
 /// An instance row with its JSON columns parsed.
 struct Loaded {
     row: InstanceRow,
@@ -308,6 +321,40 @@ impl<B: ServiceBroker> Engine<B> {
         Ok(row)
     }
 
+    /// Records a new operation and claims its instance or binding for it (atomically against
+    /// other requests); `None`, with the record removed, when another request holds it.
+    async fn claim(
+        &self,
+        caller: &Caller,
+        id: &InstanceId,
+        kind: Operation,
+        fingerprint: &str,
+        claim: Claim<'_>,
+    ) -> Result<Option<OperationRow>, OsbError> {
+        let store = &self.inner.store;
+        let binding = match &claim {
+            Claim::Binding { id, .. } => Some(id.as_str()),
+            Claim::Instance { .. } => None,
+        };
+        let op = self
+            .new_operation(caller, id.as_str(), binding, kind, fingerprint)
+            .await?;
+        let won = match claim {
+            Claim::Instance { from, to } => {
+                store.claim_instance(id.as_str(), from, to, &op.id).await?
+            }
+            Claim::Binding { id: bid, from, to } => {
+                store.claim_binding(bid.as_str(), from, to, &op.id).await?
+            }
+        };
+        if won {
+            Ok(Some(op))
+        } else {
+            store.delete_operation(&op.id).await?;
+            Ok(None)
+        }
+    }
+
     /// Runs `work` as operation `op`; a sync caller waits for its reply, an async one gets 202.
     async fn launch<F>(&self, mode: Mode, op: &str, work: F) -> Result<Reply, OsbError>
     where
@@ -438,18 +485,12 @@ impl<B: ServiceBroker> Engine<B> {
                 }
                 Some(InstanceState::Failed) => {
                     // A retry of a provision that failed: run it again under a new operation.
-                    let op = self
-                        .new_operation(&caller, id.as_str(), None, Operation::Provision, &fp)
-                        .await?;
-                    if self
-                        .inner
-                        .store
-                        .claim_instance(
-                            id.as_str(),
-                            &[InstanceState::Failed],
-                            InstanceState::Provisioning,
-                            &op.id,
-                        )
+                    let claim = Claim::Instance {
+                        from: &[InstanceState::Failed],
+                        to: InstanceState::Provisioning,
+                    };
+                    if let Some(op) = self
+                        .claim(&caller, &id, Operation::Provision, &fp, claim)
                         .await?
                     {
                         let mut row = existing;
@@ -457,7 +498,6 @@ impl<B: ServiceBroker> Engine<B> {
                         row.state = InstanceState::Provisioning.as_str().into();
                         return self.start_provision(mode, row, op.id).await;
                     }
-                    self.inner.store.delete_operation(&op.id).await?;
                 }
                 _ => return Err(concurrency("service instance")),
             }
@@ -575,41 +615,35 @@ impl<B: ServiceBroker> Engine<B> {
             "maintenance_info": req.maintenance_info.as_ref().map(|m| &m.version),
             "context": req.context,
         }));
-        let op = self
-            .new_operation(&caller, id.as_str(), None, Operation::Update, &fp)
-            .await?;
-        if !self
-            .inner
-            .store
-            .claim_instance(
-                id.as_str(),
-                &[InstanceState::Ready],
-                InstanceState::Updating,
-                &op.id,
-            )
+        let claim = Claim::Instance {
+            from: &[InstanceState::Ready],
+            to: InstanceState::Updating,
+        };
+        let Some(op) = self
+            .claim(&caller, &id, Operation::Update, &fp, claim)
             .await?
-        {
-            self.inner.store.delete_operation(&op.id).await?;
-            let current = self.inner.store.instance(id.as_str()).await?;
-            if let Some(current) = current
-                && current.state() == Some(InstanceState::Updating)
-                && caller.accepts_incomplete
-                && let Some(running) = self.inner.store.operation(&current.operation_id).await?
-                && running.fingerprint == fp
-            {
-                return Ok(accepted(&running.id));
-            }
+        else {
+            // Someone else holds the instance: the same update still running is a retry.
             return match self.inner.store.instance(id.as_str()).await? {
-                Some(r) if r.state() == Some(InstanceState::Failed) => {
+                Some(current) if current.state() == Some(InstanceState::Failed) => {
                     Err(OsbError::Unprocessable {
                         description: "the service instance failed to provision; delete it".into(),
                         instance_usable: Some(false),
                         update_repeatable: Some(false),
                     })
                 }
+                Some(current)
+                    if current.state() == Some(InstanceState::Updating)
+                        && caller.accepts_incomplete =>
+                {
+                    match self.inner.store.operation(&current.operation_id).await? {
+                        Some(running) if running.fingerprint == fp => Ok(accepted(&running.id)),
+                        _ => Err(concurrency("service instance")),
+                    }
+                }
                 _ => Err(concurrency("service instance")),
             };
-        }
+        };
         let engine = self.clone();
         let op_id = op.id.clone();
         let target_id = target.id.clone();
@@ -742,18 +776,16 @@ impl<B: ServiceBroker> Engine<B> {
                 Some(state @ (InstanceState::Ready | InstanceState::Failed)) => state,
                 _ => return Err(concurrency("service instance")),
             };
-            let op = self
-                .new_operation(&caller, id.as_str(), None, Operation::Deprovision, "")
-                .await?;
-            if !self
-                .inner
-                .store
-                .claim_instance(id.as_str(), &[from], InstanceState::Deprovisioning, &op.id)
+            let claim = Claim::Instance {
+                from: &[from],
+                to: InstanceState::Deprovisioning,
+            };
+            let Some(op) = self
+                .claim(&caller, &id, Operation::Deprovision, "", claim)
                 .await?
-            {
-                self.inner.store.delete_operation(&op.id).await?;
+            else {
                 continue;
-            }
+            };
             // A bind that started before our claim must finish first (it re-checks the instance
             // after writing its row, so one of the two always sees the other).
             if self.inner.store.has_busy_bindings(id.as_str()).await? {
@@ -950,31 +982,19 @@ impl<B: ServiceBroker> Engine<B> {
                     }
                 }
                 Some(BindingState::Failed) => {
-                    let op = self
-                        .new_operation(
-                            &caller,
-                            id.as_str(),
-                            Some(binding_id.as_str()),
-                            Operation::Bind,
-                            &fp,
-                        )
-                        .await?;
-                    if self
-                        .inner
-                        .store
-                        .claim_binding(
-                            binding_id.as_str(),
-                            &[BindingState::Failed],
-                            BindingState::Binding,
-                            &op.id,
-                        )
+                    let claim = Claim::Binding {
+                        id: &binding_id,
+                        from: &[BindingState::Failed],
+                        to: BindingState::Binding,
+                    };
+                    if let Some(op) = self
+                        .claim(&caller, &id, Operation::Bind, &fp, claim)
                         .await?
                     {
                         let mut row = existing;
                         row.operation_id = op.id.clone();
                         return self.start_bind(mode, row, op.id, req).await;
                     }
-                    self.inner.store.delete_operation(&op.id).await?;
                 }
                 _ => return Err(concurrency("service binding")),
             }
@@ -1137,29 +1157,17 @@ impl<B: ServiceBroker> Engine<B> {
                 Some(state @ (BindingState::Bound | BindingState::Failed)) => state,
                 _ => return Err(concurrency("service binding")),
             };
-            let op = self
-                .new_operation(
-                    &caller,
-                    id.as_str(),
-                    Some(binding_id.as_str()),
-                    Operation::Unbind,
-                    "",
-                )
-                .await?;
-            if !self
-                .inner
-                .store
-                .claim_binding(
-                    binding_id.as_str(),
-                    &[from],
-                    BindingState::Unbinding,
-                    &op.id,
-                )
+            let claim = Claim::Binding {
+                id: &binding_id,
+                from: &[from],
+                to: BindingState::Unbinding,
+            };
+            let Some(op) = self
+                .claim(&caller, &id, Operation::Unbind, "", claim)
                 .await?
-            {
-                self.inner.store.delete_operation(&op.id).await?;
+            else {
                 continue;
-            }
+            };
             let engine = self.clone();
             let op_id = op.id.clone();
             return self

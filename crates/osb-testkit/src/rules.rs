@@ -633,6 +633,42 @@ async fn async_operations_follow_the_polling_rules(c: &Client) -> anyhow::Result
         done.body
     );
 
+    let change = json!({"service_id": c.target.service_id, "parameters": {}});
+    let updating = c.update(&id, &change, true).await?;
+    expect(&updating, 202, "async update")?;
+    let uop = updating
+        .operation()
+        .context("202 update without operation")?;
+    let again = c.update(&id, &change, true).await?;
+    expect(
+        &again,
+        202,
+        "identical async update repeated while in progress",
+    )?;
+    ensure!(
+        again.operation().as_deref() == Some(uop.as_str()),
+        "repeated update returned another operation"
+    );
+    let other = json!({"service_id": c.target.service_id, "parameters": {"other": true}});
+    expect_error(
+        &c.update(&id, &other, true).await?,
+        422,
+        Some("ConcurrencyError"),
+        "another update while updating",
+    )?;
+    expect_error(
+        &c.fetch_instance(&id).await?,
+        422,
+        Some("ConcurrencyError"),
+        "fetch while updating",
+    )?;
+    let done = c.poll(&id, None, Some(&uop)).await?;
+    ensure!(
+        done.body["state"] == "succeeded",
+        "async update ended {}",
+        done.body
+    );
+
     let bound = c.bind(&id, &bid, &c.bind_body(&plan), true).await?;
     expect(&bound, 202, "async bind")?;
     ensure!(
