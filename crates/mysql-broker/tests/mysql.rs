@@ -324,3 +324,31 @@ async fn fifty_concurrent_provision_and_bind_pairs_leave_nothing_behind() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_config_stops_the_binary_with_the_key_named() {
+    let out = Command::new(env!("CARGO_BIN_EXE_mysql-broker"))
+        .arg("--config")
+        .arg(deploy_config())
+        .env("KPAAS_BROKER__STORE__POOL_SIZE", "many")
+        .env("MYSQL_BROKER_PASSWORD", "broker-secret")
+        .env(
+            "MYSQL_BROKER_ENCRYPTION_KEY",
+            "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.to_lowercase().contains("broker.store.pool_size"), "{stderr}");
+    let missing = Command::new(env!("CARGO_BIN_EXE_mysql-broker"))
+        .arg("--config")
+        .arg(deploy_config())
+        .env_remove("MYSQL_BROKER_ENCRYPTION_KEY")
+        .env("MYSQL_BROKER_PASSWORD", "broker-secret")
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(stderr.contains("MYSQL_BROKER_ENCRYPTION_KEY"), "{stderr}");
+}

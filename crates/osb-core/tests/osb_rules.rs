@@ -315,3 +315,45 @@ async fn operational_endpoints_answer_without_auth() {
     assert!(unknown.body["description"].is_string());
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_failures_reach_the_platform_with_their_description() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, _) = spawn(&single_platform(&sqlite_url(&dir))).await;
+    let client = Client::new(target(running.addr, ""));
+
+    // Synchronous: a 500 carrying the backend's words; the platform's orphan mitigation
+    // (deprovision) then succeeds.
+    let id = osb_testkit::fresh_id();
+    let reply = client
+        .provision(&id, &client.provision_body(PLAN_BROKEN), false)
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 500, "{}", reply.body);
+    assert_eq!(reply.body["description"], BROKEN);
+    client.deprovision_done(&id, PLAN_BROKEN).await.unwrap();
+
+    // Asynchronous: last_operation says failed, with the same words.
+    let id = osb_testkit::fresh_id();
+    let reply = client
+        .provision(&id, &client.provision_body(PLAN_BROKEN_ASYNC), true)
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    let last = client
+        .poll(&id, None, reply.operation().as_deref())
+        .await
+        .unwrap();
+    assert_eq!(last.body["state"], "failed", "{}", last.body);
+    assert_eq!(last.body["description"], BROKEN);
+    assert!(
+        last.body.get("instance_usable").is_none(),
+        "only for update and deprovision"
+    );
+    assert_eq!(client.fetch_instance(&id).await.unwrap().status, 404);
+    client
+        .deprovision_done(&id, PLAN_BROKEN_ASYNC)
+        .await
+        .unwrap();
+    running.stop().await;
+}

@@ -105,6 +105,8 @@ impl Client {
             "space_guid": "space-guid",
             "context": {"platform": "cloudfoundry", "organization_guid": "org-guid", "space_guid": "space-guid"},
             "parameters": self.target.provision_parameters,
+            // Vendor extensions must be ignored (spec: "Vendor Extension Fields").
+            "x-kpaas-testkit": {"note": "unknown fields are tolerated"},
         })
     }
 

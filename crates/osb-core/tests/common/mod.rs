@@ -25,6 +25,10 @@ pub const PLAN_LARGE: &str = "fake-large-id";
 pub const PLAN_FIXED: &str = "fake-fixed-id";
 pub const PLAN_ASYNC: &str = "fake-async-id";
 pub const PLAN_HANG: &str = "fake-hang-id";
+pub const PLAN_BROKEN: &str = "fake-broken-id";
+pub const PLAN_BROKEN_ASYNC: &str = "fake-broken-async-id";
+/// What the broken plans' backend says when it fails.
+pub const BROKEN: &str = "the fake backend's disk is full";
 
 #[derive(Default)]
 pub struct Calls {
@@ -53,7 +57,7 @@ impl FakeBroker {
 #[async_trait]
 impl ServiceBroker for FakeBroker {
     fn mode(&self, _op: Operation, plan: &Plan) -> Mode {
-        if plan.id == PLAN_ASYNC || plan.id == PLAN_HANG {
+        if [PLAN_ASYNC, PLAN_HANG, PLAN_BROKEN_ASYNC].contains(&plan.id.as_str()) {
             Mode::Async
         } else {
             Mode::Sync
@@ -63,6 +67,9 @@ impl ServiceBroker for FakeBroker {
     async fn provision(&self, input: ProvisionInput<'_>) -> Result<Provisioned, BrokerError> {
         self.calls.provision.fetch_add(1, Ordering::SeqCst);
         Self::pause(input.plan, Operation::Provision).await;
+        if [PLAN_BROKEN, PLAN_BROKEN_ASYNC].contains(&input.plan.id.as_str()) {
+            return Err(BrokerError::Failed(BROKEN.into()));
+        }
         Ok(Provisioned {
             dashboard_url: Some(format!("https://dash.example/{}", input.instance_id)),
             metadata: None,
@@ -117,7 +124,9 @@ pub fn catalog() -> Catalog {
             {"id": PLAN_LARGE, "name": "large", "description": "large"},
             {"id": PLAN_FIXED, "name": "fixed", "description": "no plan changes", "plan_updateable": false},
             {"id": PLAN_ASYNC, "name": "async", "description": "asynchronous"},
-            {"id": PLAN_HANG, "name": "hang", "description": "never finishes"}
+            {"id": PLAN_HANG, "name": "hang", "description": "never finishes"},
+            {"id": PLAN_BROKEN, "name": "broken", "description": "provisioning fails"},
+            {"id": PLAN_BROKEN_ASYNC, "name": "broken-async", "description": "provisioning fails later"}
         ]
     }]}))
     .unwrap()
