@@ -340,7 +340,10 @@ async fn bad_config_stops_the_binary_with_the_key_named() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.to_lowercase().contains("broker.store.pool_size"), "{stderr}");
+    assert!(
+        stderr.to_lowercase().contains("broker.store.pool_size"),
+        "{stderr}"
+    );
     let missing = Command::new(env!("CARGO_BIN_EXE_mysql-broker"))
         .arg("--config")
         .arg(deploy_config())
