@@ -1,0 +1,363 @@
+//! Bind and unbind.
+
+use super::*;
+
+impl<B: ServiceBroker> Engine<B> {
+    // ---- bind --------------------------------------------------------------------------
+
+    pub async fn bind(
+        &self,
+        caller: Caller,
+        id: InstanceId,
+        binding_id: BindingId,
+        req: BindRequest,
+    ) -> Result<Reply, OsbError> {
+        let Some(instance) = self.visible_instance(&id, &caller).await? else {
+            return Err(OsbError::NotFound("service instance does not exist".into()));
+        };
+        let (service, plan) = self.inner.catalog.resolve(&req.service_id, &req.plan_id)?;
+        if service.id != instance.service_id || plan.id != instance.plan_id {
+            return Err(OsbError::BadRequest(
+                "service_id and plan_id must be those of the service instance".into(),
+            ));
+        }
+        if !plan.bindable(service) {
+            return Err(OsbError::BadRequest(format!(
+                "plan {:?} is not bindable",
+                plan.name
+            )));
+        }
+        let parameters = req.parameters.clone().unwrap_or_default();
+        self.inner
+            .catalog
+            .validate(plan, SchemaUse::Bind, &parameters)?;
+        if let Some(app) = &req.app_guid {
+            require_non_empty(app, "app_guid")?;
+        }
+        if let Some(pred) = &req.predecessor_binding_id {
+            if !plan.rotatable() {
+                return Err(OsbError::BadRequest(format!(
+                    "plan {:?} does not support binding rotation",
+                    plan.name
+                )));
+            }
+            let ok = self.inner.store.binding(pred).await?.is_some_and(|b| {
+                b.instance_id == id.as_str() && b.state() == Some(BindingState::Bound)
+            });
+            if !ok {
+                return Err(OsbError::BadRequest(
+                    "predecessor_binding_id must name a live binding of this instance".into(),
+                ));
+            }
+        }
+        let mode = self.check_mode(Operation::Bind, plan, &caller)?;
+        let fp = fingerprint(&json!({
+            "instance_id": id.as_str(),
+            "service_id": req.service_id,
+            "plan_id": req.plan_id,
+            "parameters": parameters,
+            "app_guid": req.app_guid,
+            "bind_resource": req.bind_resource,
+            "predecessor_binding_id": req.predecessor_binding_id,
+        }));
+        let started = Instant::now();
+        loop {
+            let op = self
+                .new_operation(
+                    &caller,
+                    id.as_str(),
+                    Some(binding_id.as_str()),
+                    Operation::Bind,
+                    &fp,
+                )
+                .await?;
+            let now = now_ms();
+            let row = BindingRow {
+                id: binding_id.to_string(),
+                instance_id: id.to_string(),
+                platform: caller.platform.clone(),
+                service_id: req.service_id.clone(),
+                plan_id: req.plan_id.clone(),
+                fingerprint: fp.clone(),
+                state: BindingState::Binding.as_str().into(),
+                operation_id: op.id.clone(),
+                parameters: to_text(&parameters),
+                response: None,
+                credentials: None,
+                broker_state: "null".into(),
+                created_at: now,
+                updated_at: now,
+            };
+            if self.inner.store.insert_binding(&row).await? {
+                // Deprovision claims the instance and then looks for busy bindings; we wrote
+                // ours and now look at the instance, so one of us always sees the other.
+                let usable = self
+                    .inner
+                    .store
+                    .instance(id.as_str())
+                    .await?
+                    .is_some_and(|i| i.state() == Some(InstanceState::Ready));
+                if !usable {
+                    self.inner.store.delete_binding(binding_id.as_str()).await?;
+                    self.inner.store.delete_operation(&op.id).await?;
+                    return Err(concurrency("service instance"));
+                }
+                return self.start_bind(mode, row, op.id, req).await;
+            }
+            self.inner.store.delete_operation(&op.id).await?;
+            let Some(existing) = self.inner.store.binding(binding_id.as_str()).await? else {
+                continue;
+            };
+            if existing.platform != caller.platform
+                || existing.instance_id != id.as_str()
+                || existing.fingerprint != fp
+            {
+                return Err(OsbError::Conflict(
+                    "a service binding with this id already exists with different attributes"
+                        .into(),
+                ));
+            }
+            match existing.state() {
+                Some(BindingState::Bound) => {
+                    return Ok(Reply::new(200, self.binding_body(&existing)?));
+                }
+                Some(BindingState::Binding) if caller.accepts_incomplete => {
+                    return Ok(accepted(&existing.operation_id));
+                }
+                Some(BindingState::Binding) => {
+                    if !self.wait_turn(started).await {
+                        return Err(concurrency("service binding"));
+                    }
+                }
+                Some(BindingState::Failed) => {
+                    let claim = Claim::Binding {
+                        id: &binding_id,
+                        from: &[BindingState::Failed],
+                        to: BindingState::Binding,
+                    };
+                    if let Some(op) = self
+                        .claim(&caller, &id, Operation::Bind, &fp, claim)
+                        .await?
+                    {
+                        let mut row = existing;
+                        row.operation_id = op.id.clone();
+                        return self.start_bind(mode, row, op.id, req).await;
+                    }
+                }
+                _ => return Err(concurrency("service binding")),
+            }
+        }
+    }
+
+    async fn start_bind(
+        &self,
+        mode: Mode,
+        row: BindingRow,
+        op: String,
+        req: BindRequest,
+    ) -> Result<Reply, OsbError> {
+        let engine = self.clone();
+        let op_id = op.clone();
+        self.launch(mode, &op, async move {
+            engine.run_bind(mode, row, op_id, req).await
+        })
+        .await
+    }
+
+    async fn run_bind(
+        &self,
+        mode: Mode,
+        mut row: BindingRow,
+        op: String,
+        req: BindRequest,
+    ) -> Result<Reply, OsbError> {
+        let store = &self.inner.store;
+        let instance = store
+            .instance(&row.instance_id)
+            .await?
+            .ok_or_else(|| OsbError::NotFound("service instance does not exist".into()))?;
+        let loaded = Loaded::new(instance)?;
+        let (service, plan) = self.plan_of(&loaded.row.plan_id)?;
+        let binding_id = BindingId::parse(&row.id)?;
+        let predecessor = match &req.predecessor_binding_id {
+            Some(p) => store
+                .binding(p)
+                .await?
+                .as_ref()
+                .map(binding_view)
+                .transpose()?,
+            None => None,
+        };
+        let parameters = req.parameters.clone().unwrap_or_default();
+        let mut bind_resource = req.bind_resource.clone();
+        if let (Some(app), None) = (
+            &req.app_guid,
+            bind_resource.as_ref().and_then(|r| r.app_guid.as_ref()),
+        ) {
+            bind_resource.get_or_insert_with(Default::default).app_guid = Some(app.clone());
+        }
+        let context = req.context.clone().unwrap_or_default();
+        let result = self
+            .inner
+            .broker
+            .bind(BindInput {
+                instance: loaded.view(service, plan),
+                binding_id: &binding_id,
+                parameters: &parameters,
+                bind_resource: bind_resource.as_ref(),
+                context: &context,
+                predecessor: predecessor.as_ref(),
+            })
+            .await;
+        match result {
+            Ok(bound) => {
+                let response = BindingResponse {
+                    metadata: bound.metadata,
+                    credentials: None,
+                    syslog_drain_url: bound.syslog_drain_url,
+                    route_service_url: bound.route_service_url,
+                    volume_mounts: bound.volume_mounts,
+                    endpoints: bound.endpoints,
+                    parameters: None,
+                };
+                let credentials = bound.credentials.into_map();
+                row.state = BindingState::Bound.as_str().into();
+                row.response = Some(to_text(&response));
+                row.credentials = Some(self.inner.sealer.seal(to_text(&credentials).as_bytes()));
+                row.broker_state = to_text(&bound.state);
+                row.updated_at = now_ms();
+                store.save_binding(&row).await?;
+                self.succeeded(&op).await?;
+                tracing::info!(instance_id = %row.instance_id, binding_id = %row.id, "bound");
+                let mut body = serde_json::to_value(&response).unwrap_or_else(|_| json!({}));
+                body["credentials"] = Value::Object(credentials);
+                Ok(Reply::new(201, body))
+            }
+            Err(err) => {
+                tracing::warn!(binding_id = %row.id, error = %err, "bind failed");
+                if mode == Mode::Sync && left_nothing(&err) {
+                    store.delete_binding(&row.id).await?;
+                } else {
+                    store
+                        .release_binding(&row.id, &op, BindingState::Failed)
+                        .await?;
+                }
+                self.failed(&op, &err, None, None).await?;
+                Err(err.into())
+            }
+        }
+    }
+
+    pub(super) fn binding_body(&self, row: &BindingRow) -> Result<Value, OsbError> {
+        let mut body: Value = match &row.response {
+            Some(text) => parse_json(text, "binding response")?,
+            None => json!({}),
+        };
+        if let Some(sealed) = &row.credentials {
+            let plain = self.inner.sealer.open(sealed).map_err(|e| {
+                tracing::error!(binding_id = %row.id, error = %e, "cannot open binding credentials");
+                OsbError::Internal("binding credentials cannot be decrypted".into())
+            })?;
+            let credentials: Map<String, Value> = serde_json::from_slice(&plain)
+                .map_err(|e| StoreError::Corrupt(format!("binding credentials: {e}")))?;
+            body["credentials"] = Value::Object(Credentials::from_map(credentials).into_map());
+        }
+        Ok(body)
+    }
+
+    // ---- unbind ------------------------------------------------------------------------
+
+    pub async fn unbind(
+        &self,
+        caller: Caller,
+        id: InstanceId,
+        binding_id: BindingId,
+        query: DeleteQuery,
+    ) -> Result<Reply, OsbError> {
+        let (service_id, plan_id) = required_ids(&query)?;
+        self.inner.catalog.resolve(&service_id, &plan_id)?;
+        let started = Instant::now();
+        loop {
+            let Some(instance) = self.visible_instance(&id, &caller).await? else {
+                return Err(OsbError::Gone);
+            };
+            let Some(row) = self
+                .inner
+                .store
+                .binding(binding_id.as_str())
+                .await?
+                .filter(|b| b.instance_id == id.as_str() && b.platform == caller.platform)
+            else {
+                return Err(OsbError::Gone);
+            };
+            let (_, plan) = self.plan_of(&instance.plan_id)?;
+            let mode = self.check_mode(Operation::Unbind, plan, &caller)?;
+            let from = match row.state() {
+                Some(BindingState::Unbinding) if caller.accepts_incomplete => {
+                    return Ok(accepted(&row.operation_id));
+                }
+                Some(BindingState::Unbinding) => {
+                    if !self.wait_turn(started).await {
+                        return Err(concurrency("service binding"));
+                    }
+                    continue;
+                }
+                Some(state @ (BindingState::Bound | BindingState::Failed)) => state,
+                _ => return Err(concurrency("service binding")),
+            };
+            let claim = Claim::Binding {
+                id: &binding_id,
+                from: &[from],
+                to: BindingState::Unbinding,
+            };
+            let Some(op) = self
+                .claim(&caller, &id, Operation::Unbind, "", claim)
+                .await?
+            else {
+                continue;
+            };
+            let engine = self.clone();
+            let op_id = op.id.clone();
+            return self
+                .launch(mode, &op.id, async move {
+                    engine.run_unbind(instance, row, op_id, from).await
+                })
+                .await;
+        }
+    }
+
+    async fn run_unbind(
+        &self,
+        instance: InstanceRow,
+        row: BindingRow,
+        op: String,
+        from: BindingState,
+    ) -> Result<Reply, OsbError> {
+        let store = &self.inner.store;
+        let loaded = Loaded::new(instance)?;
+        let (service, plan) = self.plan_of(&loaded.row.plan_id)?;
+        let binding = binding_view(&row)?;
+        let result = self
+            .inner
+            .broker
+            .unbind(UnbindInput {
+                instance: loaded.view(service, plan),
+                binding: &binding,
+            })
+            .await;
+        match result {
+            Ok(()) => {
+                store.delete_binding(&row.id).await?;
+                self.succeeded(&op).await?;
+                tracing::info!(instance_id = %row.instance_id, binding_id = %row.id, "unbound");
+                Ok(Reply::new(200, json!({})))
+            }
+            Err(err) => {
+                tracing::warn!(binding_id = %row.id, error = %err, "unbind failed");
+                store.release_binding(&row.id, &op, from).await?;
+                self.failed(&op, &err, None, None).await?;
+                Err(err.into())
+            }
+        }
+    }
+}

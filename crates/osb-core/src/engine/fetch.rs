@@ -1,0 +1,178 @@
+//! Reading instances, bindings and operations: `GET` and `last_operation`.
+
+use super::*;
+
+impl<B: ServiceBroker> Engine<B> {
+    // ---- fetch -------------------------------------------------------------------------
+
+    pub async fn fetch_instance(&self, caller: Caller, id: InstanceId) -> Result<Reply, OsbError> {
+        let row = self
+            .visible_instance(&id, &caller)
+            .await?
+            .ok_or_else(|| OsbError::NotFound("service instance does not exist".into()))?;
+        match row.state() {
+            Some(InstanceState::Ready | InstanceState::Deprovisioning) => {}
+            Some(InstanceState::Updating) => return Err(concurrency("service instance")),
+            _ => {
+                return Err(OsbError::NotFound(
+                    "service instance does not exist or is not yet provisioned".into(),
+                ));
+            }
+        }
+        let loaded = Loaded::new(row)?;
+        let (service, plan) = self.plan_of(&loaded.row.plan_id)?;
+        let mut metadata: Option<InstanceMetadata> = match &loaded.row.metadata {
+            Some(text) => Some(parse_json(text, "instance metadata")?),
+            None => None,
+        };
+        // Live facts are a bonus: a backend that is down must not hide what the store knows.
+        match self.inner.broker.describe(loaded.view(service, plan)).await {
+            Ok(Some(live)) => {
+                let m = metadata.get_or_insert_with(Default::default);
+                m.labels.extend(live.labels);
+                m.attributes.extend(live.attributes);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "live instance facts unavailable"),
+        }
+        Ok(Reply::new(
+            200,
+            InstanceResponse {
+                service_id: loaded.row.service_id.clone(),
+                plan_id: loaded.row.plan_id.clone(),
+                dashboard_url: loaded.row.dashboard_url.clone(),
+                parameters: loaded.parameters.clone(),
+                maintenance_info: loaded.row.maintenance_version.clone().map(|version| {
+                    crate::catalog::MaintenanceInfo {
+                        version,
+                        description: None,
+                    }
+                }),
+                metadata,
+            },
+        ))
+    }
+
+    pub async fn fetch_binding(
+        &self,
+        caller: Caller,
+        id: InstanceId,
+        binding_id: BindingId,
+    ) -> Result<Reply, OsbError> {
+        let row = self
+            .inner
+            .store
+            .binding(binding_id.as_str())
+            .await?
+            .filter(|b| b.instance_id == id.as_str() && b.platform == caller.platform)
+            .filter(|b| b.state() == Some(BindingState::Bound))
+            .ok_or_else(|| OsbError::NotFound("service binding does not exist".into()))?;
+        let mut body = self.binding_body(&row)?;
+        body["parameters"] = Value::Object(parse_json(&row.parameters, "binding parameters")?);
+        Ok(Reply::new(200, body))
+    }
+
+    // ---- last_operation ----------------------------------------------------------------
+
+    pub async fn instance_last_operation(
+        &self,
+        caller: Caller,
+        id: InstanceId,
+        query: FetchQuery,
+    ) -> Result<Reply, OsbError> {
+        let instance = self.visible_instance(&id, &caller).await?;
+        self.last_operation(&caller, &id, None, instance.map(|i| i.operation_id), query)
+            .await
+    }
+
+    pub async fn binding_last_operation(
+        &self,
+        caller: Caller,
+        id: InstanceId,
+        binding_id: BindingId,
+        query: FetchQuery,
+    ) -> Result<Reply, OsbError> {
+        let binding = self
+            .inner
+            .store
+            .binding(binding_id.as_str())
+            .await?
+            .filter(|b| b.instance_id == id.as_str() && b.platform == caller.platform);
+        self.last_operation(
+            &caller,
+            &id,
+            Some(&binding_id),
+            binding.map(|b| b.operation_id),
+            query,
+        )
+        .await
+    }
+
+    async fn last_operation(
+        &self,
+        caller: &Caller,
+        id: &InstanceId,
+        binding: Option<&BindingId>,
+        current: Option<String>,
+        query: FetchQuery,
+    ) -> Result<Reply, OsbError> {
+        let store = &self.inner.store;
+        let belongs = |op: &OperationRow| {
+            op.platform == caller.platform
+                && op.instance_id == id.as_str()
+                && op.binding_id.as_deref() == binding.map(|b| b.as_str())
+        };
+        let requested = match &query.operation {
+            Some(op) => {
+                let op_id = OperationId::parse(op)?;
+                store.operation(op_id.as_str()).await?.filter(belongs)
+            }
+            None => None,
+        };
+        let exists = current.is_some();
+        let op = match (requested, current) {
+            (Some(op), _) => Some(op),
+            (None, Some(current)) => store.operation(&current).await?,
+            (None, None) => store
+                .latest_operation(id.as_str(), binding.map(|b| b.as_str()))
+                .await?
+                .filter(belongs),
+        };
+        let Some(op) = op else {
+            return Err(OsbError::NotFound(if binding.is_some() {
+                "service binding does not exist".into()
+            } else {
+                "service instance does not exist".into()
+            }));
+        };
+        let kind = Operation::parse(&op.kind);
+        let state = op.state();
+        if !exists
+            && state == Some(OperationState::Succeeded)
+            && matches!(kind, Some(Operation::Deprovision | Operation::Unbind))
+        {
+            return Err(OsbError::Gone);
+        }
+        if !exists && query.operation.is_none() {
+            return Err(OsbError::NotFound("the resource does not exist".into()));
+        }
+        let failed = state == Some(OperationState::Failed);
+        let mut reply = Reply::new(
+            200,
+            LastOperationResponse {
+                state: match state {
+                    Some(OperationState::Succeeded) => LastOperationState::Succeeded,
+                    Some(OperationState::Failed) => LastOperationState::Failed,
+                    _ => LastOperationState::InProgress,
+                },
+                description: op.description.clone().filter(|d| !d.is_empty()),
+                instance_usable: op.instance_usable.filter(|_| failed),
+                update_repeatable: op.update_repeatable.filter(|_| failed),
+            },
+        );
+        if state == Some(OperationState::InProgress) {
+            reply.retry_after = Some(1);
+        }
+        Ok(reply)
+    }
+}

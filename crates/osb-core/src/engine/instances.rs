@@ -1,0 +1,450 @@
+//! Provision, update and deprovision of service instances.
+
+use super::*;
+
+impl<B: ServiceBroker> Engine<B> {
+    // ---- provision ---------------------------------------------------------------------
+
+    pub async fn provision(
+        &self,
+        caller: Caller,
+        id: InstanceId,
+        req: ProvisionRequest,
+    ) -> Result<Reply, OsbError> {
+        require_non_empty(&req.organization_guid, "organization_guid")?;
+        require_non_empty(&req.space_guid, "space_guid")?;
+        let (_, plan) = self.inner.catalog.resolve(&req.service_id, &req.plan_id)?;
+        let parameters = req.parameters.clone().unwrap_or_default();
+        self.inner
+            .catalog
+            .validate(plan, SchemaUse::Provision, &parameters)?;
+        check_maintenance(plan, req.maintenance_info.as_ref())?;
+        let mode = self.check_mode(Operation::Provision, plan, &caller)?;
+        let fp = fingerprint(&json!({
+            "service_id": req.service_id,
+            "plan_id": req.plan_id,
+            "organization_guid": req.organization_guid,
+            "space_guid": req.space_guid,
+            "parameters": parameters,
+        }));
+        let context = req.context.clone().unwrap_or_default();
+        let started = Instant::now();
+        loop {
+            let op = self
+                .new_operation(&caller, id.as_str(), None, Operation::Provision, &fp)
+                .await?;
+            let now = now_ms();
+            let row = InstanceRow {
+                id: id.to_string(),
+                platform: caller.platform.clone(),
+                service_id: req.service_id.clone(),
+                plan_id: req.plan_id.clone(),
+                fingerprint: fp.clone(),
+                state: InstanceState::Provisioning.as_str().into(),
+                operation_id: op.id.clone(),
+                parameters: to_text(&parameters),
+                context: to_text(&context),
+                maintenance_version: plan.maintenance_info.as_ref().map(|m| m.version.clone()),
+                dashboard_url: None,
+                metadata: None,
+                broker_state: "null".into(),
+                created_at: now,
+                updated_at: now,
+            };
+            if self.inner.store.insert_instance(&row).await? {
+                return self.start_provision(mode, row, op.id).await;
+            }
+            self.inner.store.delete_operation(&op.id).await?;
+            let Some(existing) = self.inner.store.instance(id.as_str()).await? else {
+                continue; // deleted meanwhile: try again
+            };
+            if existing.platform != caller.platform || existing.fingerprint != fp {
+                return Err(OsbError::Conflict(
+                    "a service instance with this id already exists with different attributes"
+                        .into(),
+                ));
+            }
+            match existing.state() {
+                Some(InstanceState::Ready) => {
+                    return Ok(Reply::new(200, instance_body(&existing)?));
+                }
+                Some(InstanceState::Provisioning) if caller.accepts_incomplete => {
+                    return Ok(accepted(&existing.operation_id));
+                }
+                Some(InstanceState::Provisioning) => {
+                    if !self.wait_turn(started).await {
+                        return Err(concurrency("service instance"));
+                    }
+                }
+                Some(InstanceState::Failed) => {
+                    // A retry of a provision that failed: run it again under a new operation.
+                    let claim = Claim::Instance {
+                        from: &[InstanceState::Failed],
+                        to: InstanceState::Provisioning,
+                    };
+                    if let Some(op) = self
+                        .claim(&caller, &id, Operation::Provision, &fp, claim)
+                        .await?
+                    {
+                        let mut row = existing;
+                        row.operation_id = op.id.clone();
+                        row.state = InstanceState::Provisioning.as_str().into();
+                        return self.start_provision(mode, row, op.id).await;
+                    }
+                }
+                _ => return Err(concurrency("service instance")),
+            }
+        }
+    }
+
+    async fn start_provision(
+        &self,
+        mode: Mode,
+        row: InstanceRow,
+        op: String,
+    ) -> Result<Reply, OsbError> {
+        let engine = self.clone();
+        let op_id = op.clone();
+        self.launch(mode, &op, async move {
+            engine.run_provision(mode, row, op_id).await
+        })
+        .await
+    }
+
+    async fn run_provision(
+        &self,
+        mode: Mode,
+        mut row: InstanceRow,
+        op: String,
+    ) -> Result<Reply, OsbError> {
+        let store = &self.inner.store;
+        let loaded = Loaded::new(row.clone())?;
+        let (service, plan) = self.plan_of(&row.plan_id)?;
+        let result = self
+            .inner
+            .broker
+            .provision(ProvisionInput {
+                instance_id: &loaded.id,
+                service,
+                plan,
+                parameters: &loaded.parameters,
+                context: &loaded.context,
+            })
+            .await;
+        match result {
+            Ok(done) => {
+                row.state = InstanceState::Ready.as_str().into();
+                row.dashboard_url = done.dashboard_url;
+                row.metadata = done.metadata.filter(|m| !m.is_empty()).map(|m| to_text(&m));
+                row.broker_state = to_text(&done.state);
+                row.updated_at = now_ms();
+                store.save_instance(&row).await?;
+                self.succeeded(&op).await?;
+                tracing::info!(instance_id = %row.id, plan = %plan.name, "provisioned");
+                Ok(Reply::new(201, instance_body(&row)?))
+            }
+            Err(err) => {
+                tracing::warn!(instance_id = %row.id, error = %err, "provision failed");
+                if mode == Mode::Sync && left_nothing(&err) {
+                    store.delete_instance(&row.id).await?;
+                } else {
+                    store
+                        .release_instance(&row.id, &op, InstanceState::Failed)
+                        .await?;
+                }
+                self.failed(&op, &err, None, None).await?;
+                Err(err.into())
+            }
+        }
+    }
+
+    // ---- update ------------------------------------------------------------------------
+
+    pub async fn update(
+        &self,
+        caller: Caller,
+        id: InstanceId,
+        req: UpdateRequest,
+    ) -> Result<Reply, OsbError> {
+        let Some(row) = self.visible_instance(&id, &caller).await? else {
+            return Err(OsbError::NotFound("service instance does not exist".into()));
+        };
+        if req.service_id != row.service_id {
+            return Err(OsbError::BadRequest(format!(
+                "service_id {:?} is not the service of this instance",
+                req.service_id
+            )));
+        }
+        let (service, current) = self.plan_of(&row.plan_id)?;
+        let target_id = req.plan_id.clone().unwrap_or_else(|| row.plan_id.clone());
+        let (_, target) = self.inner.catalog.resolve(&req.service_id, &target_id)?;
+        if target.id != current.id && !current.updateable(service) {
+            return Err(OsbError::BadRequest(format!(
+                "plan {:?} does not allow plan changes",
+                current.name
+            )));
+        }
+        if let Some(params) = &req.parameters {
+            self.inner
+                .catalog
+                .validate(target, SchemaUse::Update, params)?;
+        }
+        check_maintenance(target, req.maintenance_info.as_ref())?;
+        let changes_something = target.id != current.id
+            || req.parameters.is_some()
+            || req
+                .maintenance_info
+                .as_ref()
+                .is_some_and(|m| row.maintenance_version.as_deref() != Some(m.version.as_str()));
+        let context_update =
+            req.context.is_some() && service.allow_context_updates.unwrap_or(false);
+        if !changes_something && !context_update {
+            return Ok(Reply::new(200, json!({})));
+        }
+        let mode = self.check_mode(Operation::Update, target, &caller)?;
+        let fp = fingerprint(&json!({
+            "plan_id": target.id,
+            "parameters": req.parameters,
+            "maintenance_info": req.maintenance_info.as_ref().map(|m| &m.version),
+            "context": req.context,
+        }));
+        let claim = Claim::Instance {
+            from: &[InstanceState::Ready],
+            to: InstanceState::Updating,
+        };
+        let Some(op) = self
+            .claim(&caller, &id, Operation::Update, &fp, claim)
+            .await?
+        else {
+            // Someone else holds the instance: the same update still running is a retry.
+            return match self.inner.store.instance(id.as_str()).await? {
+                Some(current) if current.state() == Some(InstanceState::Failed) => {
+                    Err(OsbError::Unprocessable {
+                        description: "the service instance failed to provision; delete it".into(),
+                        instance_usable: Some(false),
+                        update_repeatable: Some(false),
+                    })
+                }
+                Some(current)
+                    if current.state() == Some(InstanceState::Updating)
+                        && caller.accepts_incomplete =>
+                {
+                    match self.inner.store.operation(&current.operation_id).await? {
+                        Some(running) if running.fingerprint == fp => Ok(accepted(&running.id)),
+                        _ => Err(concurrency("service instance")),
+                    }
+                }
+                _ => Err(concurrency("service instance")),
+            };
+        };
+        let engine = self.clone();
+        let op_id = op.id.clone();
+        let target_id = target.id.clone();
+        self.launch(mode, &op.id, async move {
+            engine.run_update(row, op_id, target_id, req).await
+        })
+        .await
+    }
+
+    async fn run_update(
+        &self,
+        row: InstanceRow,
+        op: String,
+        target_id: String,
+        req: UpdateRequest,
+    ) -> Result<Reply, OsbError> {
+        let store = &self.inner.store;
+        let loaded = Loaded::new(row)?;
+        let (service, current) = self.plan_of(&loaded.row.plan_id)?;
+        let (_, target) = self.plan_of(&target_id)?;
+        let context = req
+            .context
+            .clone()
+            .unwrap_or_else(|| loaded.context.clone());
+        let result = self
+            .inner
+            .broker
+            .update(UpdateInput {
+                instance: loaded.view(service, current),
+                plan: target,
+                parameters: req.parameters.as_ref(),
+                context: &context,
+            })
+            .await;
+        // Re-read: the row may have changed columns we do not own (nothing should, but a
+        // stale copy must not overwrite them).
+        let mut row = store
+            .instance(loaded.id.as_str())
+            .await?
+            .ok_or_else(|| OsbError::Internal("instance vanished during update".into()))?;
+        row.state = InstanceState::Ready.as_str().into();
+        row.updated_at = now_ms();
+        match result {
+            Ok(done) => {
+                row.plan_id = target.id.clone();
+                if let Some(params) = &req.parameters {
+                    row.parameters = to_text(params);
+                }
+                row.context = to_text(&context);
+                if let Some(m) = &req.maintenance_info {
+                    row.maintenance_version = Some(m.version.clone());
+                } else if target.id != current.id {
+                    row.maintenance_version =
+                        target.maintenance_info.as_ref().map(|m| m.version.clone());
+                }
+                if done.dashboard_url.is_some() {
+                    row.dashboard_url = done.dashboard_url.clone();
+                }
+                if let Some(m) = done.metadata.as_ref().filter(|m| !m.is_empty()) {
+                    row.metadata = Some(to_text(m));
+                }
+                if let Some(state) = &done.state {
+                    row.broker_state = to_text(state);
+                }
+                store.save_instance(&row).await?;
+                self.succeeded(&op).await?;
+                tracing::info!(instance_id = %row.id, plan = %target.name, "updated");
+                Ok(Reply::new(
+                    200,
+                    InstanceOperationResponse {
+                        dashboard_url: done.dashboard_url,
+                        operation: None,
+                        metadata: done.metadata,
+                    },
+                ))
+            }
+            Err(err) => {
+                tracing::warn!(instance_id = %row.id, error = %err, "update failed");
+                store.save_instance(&row).await?;
+                let repeatable = !matches!(
+                    err,
+                    BrokerError::Unprocessable(_) | BrokerError::InvalidParameters(_)
+                );
+                self.failed(&op, &err, Some(true), Some(repeatable)).await?;
+                Err(match OsbError::from(err) {
+                    OsbError::Internal(description)
+                    | OsbError::Unprocessable { description, .. } => OsbError::Unprocessable {
+                        description,
+                        instance_usable: Some(true),
+                        update_repeatable: Some(repeatable),
+                    },
+                    other => other,
+                })
+            }
+        }
+    }
+
+    // ---- deprovision -------------------------------------------------------------------
+
+    pub async fn deprovision(
+        &self,
+        caller: Caller,
+        id: InstanceId,
+        query: DeleteQuery,
+    ) -> Result<Reply, OsbError> {
+        let (service_id, plan_id) = required_ids(&query)?;
+        self.inner.catalog.resolve(&service_id, &plan_id)?;
+        let started = Instant::now();
+        loop {
+            let Some(row) = self.visible_instance(&id, &caller).await? else {
+                return Err(OsbError::Gone);
+            };
+            if row.service_id != service_id {
+                return Err(OsbError::BadRequest(format!(
+                    "service_id {service_id:?} is not the service of this instance"
+                )));
+            }
+            let (_, plan) = self.plan_of(&row.plan_id)?;
+            let mode = self.check_mode(Operation::Deprovision, plan, &caller)?;
+            let from = match row.state() {
+                Some(InstanceState::Deprovisioning) if caller.accepts_incomplete => {
+                    return Ok(accepted(&row.operation_id));
+                }
+                Some(InstanceState::Deprovisioning) => {
+                    if !self.wait_turn(started).await {
+                        return Err(concurrency("service instance"));
+                    }
+                    continue;
+                }
+                Some(state @ (InstanceState::Ready | InstanceState::Failed)) => state,
+                _ => return Err(concurrency("service instance")),
+            };
+            let claim = Claim::Instance {
+                from: &[from],
+                to: InstanceState::Deprovisioning,
+            };
+            let Some(op) = self
+                .claim(&caller, &id, Operation::Deprovision, "", claim)
+                .await?
+            else {
+                continue;
+            };
+            // A bind that started before our claim must finish first (it re-checks the instance
+            // after writing its row, so one of the two always sees the other).
+            if self.inner.store.has_busy_bindings(id.as_str()).await? {
+                self.inner
+                    .store
+                    .release_instance(id.as_str(), &op.id, from)
+                    .await?;
+                self.inner.store.delete_operation(&op.id).await?;
+                return Err(concurrency("service instance"));
+            }
+            let engine = self.clone();
+            let op_id = op.id.clone();
+            return self
+                .launch(mode, &op.id, async move {
+                    engine.run_deprovision(row, op_id, from).await
+                })
+                .await;
+        }
+    }
+
+    async fn run_deprovision(
+        &self,
+        row: InstanceRow,
+        op: String,
+        from: InstanceState,
+    ) -> Result<Reply, OsbError> {
+        let store = &self.inner.store;
+        let loaded = Loaded::new(row)?;
+        let (service, plan) = self.plan_of(&loaded.row.plan_id)?;
+        let bindings = store
+            .bindings_of(loaded.id.as_str())
+            .await?
+            .iter()
+            .map(binding_view)
+            .collect::<Result<Vec<_>, _>>()?;
+        let result = self
+            .inner
+            .broker
+            .deprovision(DeprovisionInput {
+                instance: loaded.view(service, plan),
+                bindings: &bindings,
+            })
+            .await;
+        match result {
+            Ok(()) => {
+                store.delete_instance(loaded.id.as_str()).await?;
+                self.succeeded(&op).await?;
+                tracing::info!(instance_id = %loaded.id, "deprovisioned");
+                Ok(Reply::new(200, json!({})))
+            }
+            Err(err) => {
+                tracing::warn!(instance_id = %loaded.id, error = %err, "deprovision failed");
+                let usable = from == InstanceState::Ready && left_nothing(&err);
+                store
+                    .release_instance(loaded.id.as_str(), &op, from)
+                    .await?;
+                self.failed(&op, &err, Some(usable), None).await?;
+                Err(match OsbError::from(err) {
+                    OsbError::Internal(description) => OsbError::Unprocessable {
+                        description,
+                        instance_usable: Some(usable),
+                        update_repeatable: None,
+                    },
+                    other => other,
+                })
+            }
+        }
+    }
+}

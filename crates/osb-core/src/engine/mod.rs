@@ -1,0 +1,439 @@
+//! The OSB rules for every broker: validation, idempotency, concurrency, async bookkeeping and
+//! persistence around the [`ServiceBroker`] calls. Knows nothing of HTTP.
+//!
+//! This module holds the shared machinery; `instances`, `bindings` and `fetch` hold the
+//! endpoints' rules.
+
+mod bindings;
+mod fetch;
+mod instances;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use crate::broker::{
+    BindInput, BindingView, BrokerError, DeprovisionInput, InstanceView, Mode, Operation,
+    ProvisionInput, ServiceBroker, UnbindInput, UpdateInput,
+};
+use crate::catalog::{CatalogIndex, Plan, SchemaUse, Service};
+use crate::credentials::Credentials;
+use crate::crypto::Sealer;
+use crate::error::OsbError;
+use crate::fingerprint::fingerprint;
+use crate::ids::{BindingId, InstanceId, OperationId};
+use crate::runner::{Runner, Timing};
+use crate::store::{
+    BindingRow, BindingState, InstanceRow, InstanceState, OperationRow, OperationState, Store,
+    StoreError, now_ms,
+};
+use crate::wire::{
+    BindRequest, BindingResponse, DeleteQuery, FetchQuery, InstanceMetadata,
+    InstanceOperationResponse, InstanceResponse, LastOperationResponse, LastOperationState,
+    OperationResponse, ProvisionRequest, UpdateRequest,
+};
+
+/// A successful answer: status code and JSON body.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+    /// Seconds the platform should wait before polling again.
+    pub retry_after: Option<u64>,
+}
+
+impl Reply {
+    fn new(status: u16, body: impl Serialize) -> Self {
+        Self {
+            status,
+            body: serde_json::to_value(body).unwrap_or_else(|_| json!({})),
+            retry_after: None,
+        }
+    }
+}
+
+/// Who is asking and whether they poll.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub platform: String,
+    pub accepts_incomplete: bool,
+}
+
+/// Shared by every request of every platform. Cheap to clone.
+pub struct Engine<B> {
+    inner: Arc<Inner<B>>,
+}
+
+impl<B> Clone for Engine<B> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+struct Inner<B> {
+    broker: B,
+    catalog: CatalogIndex,
+    store: Store,
+    sealer: Sealer,
+    runner: Runner,
+    timing: Timing,
+}
+
+/// What an operation takes hold of: its instance, or one binding, moving between states.
+enum Claim<'a> {
+    Instance {
+        from: &'a [InstanceState],
+        to: InstanceState,
+    },
+    Binding {
+        id: &'a BindingId,
+        from: &'a [BindingState],
+        to: BindingState,
+    },
+}
+
+/// An instance row with its JSON columns parsed.
+struct Loaded {
+    row: InstanceRow,
+    id: InstanceId,
+    parameters: Map<String, Value>,
+    context: Map<String, Value>,
+    state: Value,
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+fn to_text(value: &impl Serialize) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "null".into())
+}
+
+impl Loaded {
+    fn new(row: InstanceRow) -> Result<Self, OsbError> {
+        Ok(Self {
+            id: InstanceId::parse(&row.id)?,
+            parameters: parse_json(&row.parameters, "instance parameters")?,
+            context: parse_json(&row.context, "instance context")?,
+            state: parse_json(&row.broker_state, "instance broker state")?,
+            row,
+        })
+    }
+
+    fn view<'a>(&'a self, service: &'a Service, plan: &'a Plan) -> InstanceView<'a> {
+        InstanceView {
+            id: &self.id,
+            service,
+            plan,
+            parameters: &self.parameters,
+            context: &self.context,
+            state: &self.state,
+        }
+    }
+}
+
+fn binding_view(row: &BindingRow) -> Result<BindingView, OsbError> {
+    Ok(BindingView {
+        id: BindingId::parse(&row.id)?,
+        state: parse_json(&row.broker_state, "binding broker state")?,
+    })
+}
+
+fn concurrency(what: &str) -> OsbError {
+    OsbError::Concurrency(format!(
+        "another operation on this {what} is in progress; retry when it has finished"
+    ))
+}
+
+fn accepted(op: &str) -> Reply {
+    let mut reply = Reply::new(
+        202,
+        OperationResponse {
+            operation: Some(op.to_owned()),
+        },
+    );
+    reply.retry_after = Some(1);
+    reply
+}
+
+/// Whether a failure left nothing behind, so the record can go too (the spec wants 4xx and,
+/// where possible, 5xx answers to leave the broker's resources unchanged).
+fn left_nothing(err: &BrokerError) -> bool {
+    !matches!(err, BrokerError::Failed(_))
+}
+
+fn require_non_empty(value: &str, field: &str) -> Result<(), OsbError> {
+    if value.is_empty() {
+        return Err(OsbError::BadRequest(format!(
+            "{field} must be a non-empty string"
+        )));
+    }
+    Ok(())
+}
+
+fn check_maintenance(
+    plan: &Plan,
+    requested: Option<&crate::catalog::MaintenanceInfo>,
+) -> Result<(), OsbError> {
+    let Some(requested) = requested else {
+        return Ok(());
+    };
+    match &plan.maintenance_info {
+        Some(current) if current.version == requested.version => Ok(()),
+        Some(current) => Err(OsbError::MaintenanceInfoConflict(format!(
+            "maintenance_info.version {} does not match the plan's current version {}; fetch the catalog again",
+            requested.version, current.version
+        ))),
+        None => Err(OsbError::MaintenanceInfoConflict(format!(
+            "plan {:?} has no maintenance_info, but version {} was requested",
+            plan.name, requested.version
+        ))),
+    }
+}
+
+impl<B: ServiceBroker> Engine<B> {
+    pub fn new(
+        broker: B,
+        catalog: CatalogIndex,
+        store: Store,
+        sealer: Sealer,
+        runner: Runner,
+        timing: Timing,
+    ) -> Self {
+        runner.start_maintenance(store.clone(), timing);
+        let engine = Self {
+            inner: Arc::new(Inner {
+                broker,
+                catalog,
+                store,
+                sealer,
+                runner,
+                timing,
+            }),
+        };
+        if let Some(every) = engine.inner.broker.upkeep_interval() {
+            let this = engine.clone();
+            engine.inner.runner.spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = this.upkeep().await {
+                        tracing::warn!(error = %e, "upkeep failed");
+                    }
+                }
+            });
+        }
+        engine
+    }
+
+    /// One pass of the broker's upkeep over every ready instance.
+    pub async fn upkeep(&self) -> Result<(), OsbError> {
+        let rows = self.inner.store.instances_in(InstanceState::Ready).await?;
+        let loaded: Vec<Loaded> = rows
+            .into_iter()
+            .filter_map(|row| Loaded::new(row).ok())
+            .collect();
+        let views: Vec<InstanceView<'_>> = loaded
+            .iter()
+            .filter_map(|l| {
+                let (service, plan) = self.inner.catalog.plan(&l.row.plan_id)?;
+                Some(l.view(service, plan))
+            })
+            .collect();
+        self.inner
+            .broker
+            .upkeep(&views)
+            .await
+            .map_err(OsbError::from)
+    }
+
+    pub fn catalog(&self) -> &CatalogIndex {
+        &self.inner.catalog
+    }
+
+    pub fn runner(&self) -> &Runner {
+        &self.inner.runner
+    }
+
+    /// Store and backend reachable.
+    pub async fn ready(&self) -> Result<(), OsbError> {
+        self.inner.store.ping().await?;
+        self.inner
+            .broker
+            .check_ready()
+            .await
+            .map_err(OsbError::from)
+    }
+
+    fn check_mode(&self, op: Operation, plan: &Plan, caller: &Caller) -> Result<Mode, OsbError> {
+        let mode = self.inner.broker.mode(op, plan);
+        if mode == Mode::Async && !caller.accepts_incomplete {
+            return Err(OsbError::AsyncRequired);
+        }
+        Ok(mode)
+    }
+
+    fn plan_of(&self, row_plan: &str) -> Result<(&Service, &Plan), OsbError> {
+        self.inner.catalog.plan(row_plan).ok_or_else(|| {
+            OsbError::Internal(format!(
+                "plan {row_plan:?} of this instance is no longer in the catalog"
+            ))
+        })
+    }
+
+    /// The instance if it exists and belongs to this platform.
+    async fn visible_instance(
+        &self,
+        id: &InstanceId,
+        caller: &Caller,
+    ) -> Result<Option<InstanceRow>, OsbError> {
+        Ok(self
+            .inner
+            .store
+            .instance(id.as_str())
+            .await?
+            .filter(|row| row.platform == caller.platform))
+    }
+
+    async fn new_operation(
+        &self,
+        caller: &Caller,
+        instance: &str,
+        binding: Option<&str>,
+        kind: Operation,
+        fingerprint: &str,
+    ) -> Result<OperationRow, OsbError> {
+        let now = now_ms();
+        let row = OperationRow {
+            id: OperationId::generate().to_string(),
+            platform: caller.platform.clone(),
+            instance_id: instance.to_owned(),
+            binding_id: binding.map(str::to_owned),
+            kind: kind.as_str().to_owned(),
+            state: OperationState::InProgress.as_str().to_owned(),
+            fingerprint: fingerprint.to_owned(),
+            description: None,
+            instance_usable: None,
+            update_repeatable: None,
+            owner: self.inner.runner.replica().to_owned(),
+            heartbeat_at: now,
+            created_at: now,
+            updated_at: now,
+        };
+        self.inner.store.insert_operation(&row).await?;
+        Ok(row)
+    }
+
+    /// Records a new operation and claims its instance or binding for it (atomically against
+    /// other requests); `None`, with the record removed, when another request holds it.
+    async fn claim(
+        &self,
+        caller: &Caller,
+        id: &InstanceId,
+        kind: Operation,
+        fingerprint: &str,
+        claim: Claim<'_>,
+    ) -> Result<Option<OperationRow>, OsbError> {
+        let store = &self.inner.store;
+        let binding = match &claim {
+            Claim::Binding { id, .. } => Some(id.as_str()),
+            Claim::Instance { .. } => None,
+        };
+        let op = self
+            .new_operation(caller, id.as_str(), binding, kind, fingerprint)
+            .await?;
+        let won = match claim {
+            Claim::Instance { from, to } => {
+                store.claim_instance(id.as_str(), from, to, &op.id).await?
+            }
+            Claim::Binding { id: bid, from, to } => {
+                store.claim_binding(bid.as_str(), from, to, &op.id).await?
+            }
+        };
+        if won {
+            Ok(Some(op))
+        } else {
+            store.delete_operation(&op.id).await?;
+            Ok(None)
+        }
+    }
+
+    /// Runs `work` as operation `op`; a sync caller waits for its reply, an async one gets 202.
+    async fn launch<F>(&self, mode: Mode, op: &str, work: F) -> Result<Reply, OsbError>
+    where
+        F: Future<Output = Result<Reply, OsbError>> + Send + 'static,
+    {
+        let task = self.inner.runner.spawn_operation(op, work);
+        match mode {
+            Mode::Async => Ok(accepted(op)),
+            Mode::Sync => task
+                .await
+                .map_err(|e| OsbError::Internal(format!("operation task failed: {e}")))?,
+        }
+    }
+
+    /// Records that operation `op` succeeded.
+    async fn succeeded(&self, op: &str) -> Result<(), StoreError> {
+        self.inner
+            .store
+            .finish_operation(op, OperationState::Succeeded, None, None, None)
+            .await
+            .map(|_| ())
+    }
+
+    /// Records that operation `op` failed with `err` (the usability flags only for updates
+    /// and deprovisions, as the spec allows).
+    async fn failed(
+        &self,
+        op: &str,
+        err: &BrokerError,
+        instance_usable: Option<bool>,
+        update_repeatable: Option<bool>,
+    ) -> Result<(), StoreError> {
+        let description = err.to_string();
+        self.inner
+            .store
+            .finish_operation(
+                op,
+                OperationState::Failed,
+                Some(&description),
+                instance_usable,
+                update_repeatable,
+            )
+            .await
+            .map(|_| ())
+    }
+
+    /// Sleeps a little while an identical request finishes; `false` once the wait is over.
+    async fn wait_turn(&self, started: Instant) -> bool {
+        if started.elapsed() >= self.inner.timing.sync_wait {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        true
+    }
+}
+
+fn required_ids(query: &DeleteQuery) -> Result<(String, String), OsbError> {
+    match (&query.service_id, &query.plan_id) {
+        (Some(s), Some(p)) if !s.is_empty() && !p.is_empty() => Ok((s.clone(), p.clone())),
+        _ => Err(OsbError::BadRequest(
+            "query parameters service_id and plan_id are required".into(),
+        )),
+    }
+}
+
+fn instance_body(row: &InstanceRow) -> Result<InstanceOperationResponse, OsbError> {
+    Ok(InstanceOperationResponse {
+        dashboard_url: row.dashboard_url.clone(),
+        operation: None,
+        metadata: match &row.metadata {
+            Some(text) => Some(parse_json(text, "instance metadata")?),
+            None => None,
+        },
+    })
+}
