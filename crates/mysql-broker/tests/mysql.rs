@@ -355,3 +355,28 @@ async fn bad_config_stops_the_binary_with_the_key_named() {
     let stderr = String::from_utf8_lossy(&missing.stderr);
     assert!(stderr.contains("MYSQL_BROKER_ENCRYPTION_KEY"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cf_push_port_variable_sets_the_listen_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mysql-broker"));
+    command
+        .arg("--config")
+        .arg(deploy_config())
+        .env("PORT", port.to_string())
+        .env(
+            "KPAAS_BROKER__STORE__URL",
+            format!("sqlite://{}", dir.path().join("state.db").display()),
+        )
+        .env("MYSQL_BROKER_PASSWORD", "broker-secret")
+        .env(
+            "MYSQL_BROKER_ENCRYPTION_KEY",
+            "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+        );
+    let mut broker = Broker::spawn(command, port, &dir.path().join("broker.log")).unwrap();
+    broker
+        .wait_for("/ready", Duration::from_secs(30))
+        .await
+        .unwrap();
+}
