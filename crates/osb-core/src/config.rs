@@ -107,6 +107,9 @@ pub struct OperationsConfig {
     /// How long a repeated synchronous request waits for the identical one in progress.
     #[serde(default = "default_sync_wait")]
     pub sync_wait_secs: u64,
+    /// On shutdown, how long to wait for operations still running before exiting.
+    #[serde(default = "default_drain")]
+    pub drain_secs: u64,
 }
 
 impl Default for OperationsConfig {
@@ -115,6 +118,7 @@ impl Default for OperationsConfig {
             lease_secs: default_lease(),
             heartbeat_secs: default_heartbeat(),
             sync_wait_secs: default_sync_wait(),
+            drain_secs: default_drain(),
         }
     }
 }
@@ -136,6 +140,9 @@ fn default_heartbeat() -> u64 {
 }
 fn default_sync_wait() -> u64 {
     50
+}
+fn default_drain() -> u64 {
+    30
 }
 
 /// A secret in config: a plain string, `{ file = "/path" }` or `{ env = "VAR" }`.

@@ -73,6 +73,23 @@ impl Runner {
         })
     }
 
+    /// Waits until no operation runs, or `limit` has passed (then the rest is left to the
+    /// reaper of another replica or the next start).
+    pub async fn drain(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let left = self.running.lock().unwrap().len();
+            if left == 0 {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(operations = left, "stopping with operations still running");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Heartbeats and reaping, until the runtime shuts down.
     pub fn start_maintenance(&self, store: Store, timing: Timing) {
         let runner = self.clone();

@@ -49,21 +49,25 @@ pub struct Running {
     pub addr: SocketAddr,
     handle: ServerHandle,
     task: JoinHandle<std::io::Result<()>>,
+    runner: Runner,
+    drain: Duration,
 }
 
 impl Running {
-    /// Waits until the server stops (SIGTERM/SIGINT start a graceful shutdown).
+    /// Waits until the server stops (SIGTERM/SIGINT start a graceful shutdown), then for the
+    /// operations still running, up to `operations.drain_secs`.
     pub async fn wait(self) -> Result<(), ServeError> {
-        self.task
-            .await
-            .map_err(|e| ServeError::Io(std::io::Error::other(e)))??;
+        let served = self.task.await;
+        self.runner.drain(self.drain).await;
+        served.map_err(|e| ServeError::Io(std::io::Error::other(e)))??;
         Ok(())
     }
 
-    /// Stops accepting, lets requests in flight finish, then returns.
+    /// Stops accepting, lets requests and operations in flight finish, then returns.
     pub async fn stop(self) {
         self.handle.stop(true).await;
         let _ = self.task.await;
+        self.runner.drain(self.drain).await;
     }
 }
 
@@ -94,7 +98,14 @@ pub async fn start<B: ServiceBroker>(
         sync_wait: Duration::from_secs(ops.sync_wait_secs),
     };
     let runner = Runner::new(replica, metrics.clone());
-    let engine = web::Data::new(Engine::new(broker, catalog, store, sealer, runner, timing));
+    let engine = web::Data::new(Engine::new(
+        broker,
+        catalog,
+        store,
+        sealer,
+        runner.clone(),
+        timing,
+    ));
     let limit = BodyLimit(config.max_body_bytes);
     let platforms: Vec<_> = platforms.into_iter().map(Arc::new).collect();
     let app_metrics = web::Data::new(metrics);
@@ -140,7 +151,13 @@ pub async fn start<B: ServiceBroker>(
     let handle = server.handle();
     let task = tokio::spawn(server);
     tracing::info!(%addr, tls = config.tls.is_some(), "broker listening");
-    Ok(Running { addr, handle, task })
+    Ok(Running {
+        addr,
+        handle,
+        task,
+        runner,
+        drain: Duration::from_secs(ops.drain_secs),
+    })
 }
 
 /// Starts the broker and serves until a signal stops it.

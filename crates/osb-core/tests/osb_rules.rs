@@ -119,7 +119,10 @@ async fn dead_replica_operation_is_failed(url: String) {
             .enable_all()
             .build()
             .unwrap();
-        let (running, _) = rt.block_on(spawn(&single_platform(&url_a)));
+        // Killed, not stopped: no waiting for the operation.
+        let mut config = single_platform(&url_a);
+        config.operations.drain_secs = 0;
+        let (running, _) = rt.block_on(spawn(&config));
         addr_tx.send(running.addr).unwrap();
         kill_rx.recv().unwrap();
         rt.block_on(running.stop());
@@ -356,4 +359,29 @@ async fn backend_failures_reach_the_platform_with_their_description() {
         .await
         .unwrap();
     running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_lets_running_operations_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = single_platform(&sqlite_url(&dir));
+    let (running, _) = spawn(&config).await;
+    let client = Client::new(target(running.addr, ""));
+    let id = osb_testkit::fresh_id();
+    let started = client
+        .provision(&id, &client.provision_body(PLAN_ASYNC), true)
+        .await
+        .unwrap();
+    assert_eq!(started.status, 202);
+    // Stop at once: the 600 ms provision must still complete before the broker is gone.
+    running.stop().await;
+    let (again, _) = spawn(&config).await;
+    let client = Client::new(target(again.addr, ""));
+    let last = client
+        .instance_last_operation(&id, started.operation().as_deref())
+        .await
+        .unwrap();
+    assert_eq!(last.body["state"], "succeeded", "{}", last.body);
+    client.deprovision_done(&id, PLAN_ASYNC).await.unwrap();
+    again.stop().await;
 }
