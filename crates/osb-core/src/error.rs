@@ -17,6 +17,8 @@ pub enum OsbError {
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
     Conflict(String),
     #[error("the resource does not exist")]
     Gone,
@@ -64,6 +66,7 @@ impl OsbError {
             Self::BadRequest(_) => "BadRequest",
             Self::Unauthorized => "Unauthorized",
             Self::NotFound(_) => "NotFound",
+            Self::MethodNotAllowed(_) => "MethodNotAllowed",
             Self::Conflict(_) => "Conflict",
             Self::Gone => return None,
             Self::PreconditionFailed(_) => "PreconditionFailed",
@@ -102,6 +105,7 @@ impl ResponseError for OsbError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Gone => StatusCode::GONE,
             Self::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,

@@ -26,28 +26,40 @@ pub struct BodyLimit(pub usize);
 
 /// Registers the `/v2` routes on a platform's scope.
 pub fn configure<B: ServiceBroker>(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v2/catalog", web::get().to(catalog::<B>))
+    const INSTANCE: &str = "/v2/service_instances/{instance_id}";
+    const BINDING: &str = "/v2/service_instances/{instance_id}/service_bindings/{binding_id}";
+    cfg.service(resource("/v2/catalog").route(web::get().to(catalog::<B>)))
         .service(
-            web::resource("/v2/service_instances/{instance_id}")
+            resource(INSTANCE)
                 .route(web::put().to(provision::<B>))
                 .route(web::patch().to(update::<B>))
                 .route(web::delete().to(deprovision::<B>))
                 .route(web::get().to(fetch_instance::<B>)),
         )
-        .route(
-            "/v2/service_instances/{instance_id}/last_operation",
-            web::get().to(instance_last_operation::<B>),
+        .service(
+            resource(&format!("{INSTANCE}/last_operation"))
+                .route(web::get().to(instance_last_operation::<B>)),
         )
         .service(
-            web::resource("/v2/service_instances/{instance_id}/service_bindings/{binding_id}")
+            resource(BINDING)
                 .route(web::put().to(bind::<B>))
                 .route(web::delete().to(unbind::<B>))
                 .route(web::get().to(fetch_binding::<B>)),
         )
-        .route(
-            "/v2/service_instances/{instance_id}/service_bindings/{binding_id}/last_operation",
-            web::get().to(binding_last_operation::<B>),
+        .service(
+            resource(&format!("{BINDING}/last_operation"))
+                .route(web::get().to(binding_last_operation::<B>)),
         );
+}
+
+/// A resource whose unsupported methods get an OSB error body, not an empty 405.
+fn resource(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(|req: HttpRequest| async move {
+        actix_web::ResponseError::error_response(&OsbError::MethodNotAllowed(format!(
+            "{} is not supported on this endpoint",
+            req.method()
+        )))
+    }))
 }
 
 fn query<T: DeserializeOwned>(req: &HttpRequest) -> Result<T, OsbError> {

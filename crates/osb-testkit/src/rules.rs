@@ -363,6 +363,8 @@ async fn malformed_requests_return_400_with_error_body(c: &Client) -> anyhow::Re
         )
         .await?;
     expect_error(&reply, 400, None, "accepts_incomplete=maybe")?;
+    let reply = c.send(Method::POST, "/v2/catalog", None).await?;
+    expect_error(&reply, 405, None, "POST on the catalog")?;
     let reply = c
         .send(Method::DELETE, &format!("/v2/service_instances/{id}"), None)
         .await?;
