@@ -2,6 +2,7 @@
 //! same SQL statements sent straight to MariaDB (the limit), and the broker's peak RSS.
 //!
 //! `cargo bench -p mysql-broker` (or `make bench`); needs the local MariaDB (scripts/backends.sh).
+//! `BENCH_STORE_URL=mysql://...` runs the broker on that state store instead of SQLite.
 //! Prints figures; asserts nothing about speed.
 
 use std::path::Path;
@@ -111,16 +112,17 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
 async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let port = free_port();
+    // BENCH_STORE_URL picks the broker's state store (e.g. a MariaDB database, as replicas
+    // share); SQLite in a temporary directory by default.
+    let store = std::env::var("BENCH_STORE_URL")
+        .unwrap_or_else(|_| format!("sqlite://{}", dir.path().join("state.db").display()));
     let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/mysql-broker.toml");
     let mut command = Command::new(env!("CARGO_BIN_EXE_mysql-broker"));
     command
         .arg("--config")
         .arg(deploy)
         .env("KPAAS_BROKER__LISTEN", format!("127.0.0.1:{port}"))
-        .env(
-            "KPAAS_BROKER__STORE__URL",
-            format!("sqlite://{}", dir.path().join("state.db").display()),
-        )
+        .env("KPAAS_BROKER__STORE__URL", &store)
         .env("MYSQL_BROKER_PASSWORD", "broker-secret")
         .env(
             "MYSQL_BROKER_ENCRYPTION_KEY",
@@ -154,6 +156,7 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "mysql-broker cycles (provision + bind + unbind + deprovision), {CYCLES} cycles, concurrency {CONCURRENCY}"
     );
+    println!("  state store: {}", store.split(':').next().unwrap_or("?"));
     println!("  straight to MariaDB (same SQL): {direct:8.1} cycles/s");
     println!("  through mysql-broker:           {through:8.1} cycles/s");
     println!("  broker / direct:                {:8.2}", through / direct);
