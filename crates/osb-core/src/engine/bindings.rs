@@ -226,8 +226,7 @@ impl<B: ServiceBroker> Engine<B> {
                 row.credentials = Some(self.inner.sealer.seal(to_text(&credentials).as_bytes()));
                 row.broker_state = to_text(&bound.state);
                 row.updated_at = now_ms();
-                store.save_binding(&row).await?;
-                self.succeeded(&op).await?;
+                store.succeed(&op, Outcome::SaveBinding(&row)).await?;
                 tracing::info!(instance_id = %row.instance_id, binding_id = %row.id, "bound");
                 let mut body = serde_json::to_value(&response).unwrap_or_else(|_| json!({}));
                 body["credentials"] = Value::Object(credentials);
@@ -347,8 +346,7 @@ impl<B: ServiceBroker> Engine<B> {
             .await;
         match result {
             Ok(()) => {
-                store.delete_binding(&row.id).await?;
-                self.succeeded(&op).await?;
+                store.succeed(&op, Outcome::DeleteBinding(&row.id)).await?;
                 tracing::info!(instance_id = %row.instance_id, binding_id = %row.id, "unbound");
                 Ok(Reply::new(200, json!({})))
             }

@@ -138,8 +138,7 @@ impl<B: ServiceBroker> Engine<B> {
                 row.metadata = done.metadata.filter(|m| !m.is_empty()).map(|m| to_text(&m));
                 row.broker_state = to_text(&done.state);
                 row.updated_at = now_ms();
-                store.save_instance(&row).await?;
-                self.succeeded(&op).await?;
+                store.succeed(&op, Outcome::SaveInstance(&row)).await?;
                 tracing::info!(instance_id = %row.id, plan = %plan.name, "provisioned");
                 Ok(Reply::new(201, instance_body(&row)?))
             }
@@ -301,8 +300,7 @@ impl<B: ServiceBroker> Engine<B> {
                 if let Some(state) = &done.state {
                     row.broker_state = to_text(state);
                 }
-                store.save_instance(&row).await?;
-                self.succeeded(&op).await?;
+                store.succeed(&op, Outcome::SaveInstance(&row)).await?;
                 tracing::info!(instance_id = %row.id, plan = %target.name, "updated");
                 Ok(Reply::new(
                     200,
@@ -424,8 +422,9 @@ impl<B: ServiceBroker> Engine<B> {
             .await;
         match result {
             Ok(()) => {
-                store.delete_instance(loaded.id.as_str()).await?;
-                self.succeeded(&op).await?;
+                store
+                    .succeed(&op, Outcome::DeleteInstance(loaded.id.as_str()))
+                    .await?;
                 tracing::info!(instance_id = %loaded.id, "deprovisioned");
                 Ok(Reply::new(200, json!({})))
             }

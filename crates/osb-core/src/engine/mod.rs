@@ -26,8 +26,8 @@ use crate::fingerprint::fingerprint;
 use crate::ids::{BindingId, InstanceId, OperationId};
 use crate::runner::{Runner, Timing};
 use crate::store::{
-    BindingRow, BindingState, InstanceRow, InstanceState, OperationRow, OperationState, Store,
-    StoreError, now_ms,
+    BindingRow, BindingState, InstanceRow, InstanceState, OperationRow, OperationState, Outcome,
+    Store, StoreError, now_ms,
 };
 use crate::wire::{
     BindRequest, BindingResponse, DeleteQuery, FetchQuery, InstanceMetadata,
@@ -374,15 +374,6 @@ impl<B: ServiceBroker> Engine<B> {
                 .await
                 .map_err(|e| OsbError::Internal(format!("operation task failed: {e}")))?,
         }
-    }
-
-    /// Records that operation `op` succeeded.
-    async fn succeeded(&self, op: &str) -> Result<(), StoreError> {
-        self.inner
-            .store
-            .finish_operation(op, OperationState::Succeeded, None, None, None)
-            .await
-            .map(|_| ())
     }
 
     /// Records that operation `op` failed with `err` (the usability flags only for updates

@@ -10,6 +10,7 @@ use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::pooled_connection::deadpool::{Pool, PoolError};
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::scoped_futures::ScopedFutureExt;
 use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
 use diesel_async::{
     AsyncConnection, AsyncMigrationHarness, AsyncMysqlConnection, AsyncPgConnection, RunQueryDsl,
@@ -24,6 +25,15 @@ pub use rows::{
 use schema::{osb_bindings, osb_instances, osb_operations};
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+/// What a succeeded operation changed, for [`Store::succeed`].
+#[derive(Debug, Clone, Copy)]
+pub enum Outcome<'a> {
+    SaveInstance(&'a InstanceRow),
+    DeleteInstance(&'a str),
+    SaveBinding(&'a BindingRow),
+    DeleteBinding(&'a str),
+}
 
 type SqliteConn = SyncConnectionWrapper<diesel::SqliteConnection>;
 
@@ -314,16 +324,6 @@ impl Store {
             == 1))
     }
 
-    pub async fn save_binding(&self, row: &BindingRow) -> Result<(), StoreError> {
-        with_conn!(self, |conn| {
-            diesel::update(osb_bindings::table.find(&row.id))
-                .set(row)
-                .execute(conn)
-                .await?;
-            Ok(())
-        })
-    }
-
     pub async fn delete_binding(&self, id: &str) -> Result<(), StoreError> {
         with_conn!(self, |conn| {
             diesel::delete(osb_bindings::table.find(id))
@@ -396,6 +396,62 @@ impl Store {
         .execute(conn)
         .await?
             == 1))
+    }
+
+    /// Ends operation `op` as succeeded and writes what it changed, in one transaction, so that
+    /// `last_operation` and the rows never disagree.
+    pub async fn succeed(&self, op: &str, outcome: Outcome<'_>) -> Result<(), StoreError> {
+        use osb_operations::dsl;
+        with_conn!(self, |conn| {
+            conn.transaction::<_, DieselError, _>(|conn| {
+                async move {
+                    match outcome {
+                        Outcome::SaveInstance(row) => {
+                            diesel::update(osb_instances::table.find(&row.id))
+                                .set(row)
+                                .execute(conn)
+                                .await?;
+                        }
+                        Outcome::DeleteInstance(id) => {
+                            diesel::delete(
+                                osb_bindings::table.filter(osb_bindings::instance_id.eq(id)),
+                            )
+                            .execute(conn)
+                            .await?;
+                            diesel::delete(osb_instances::table.find(id))
+                                .execute(conn)
+                                .await?;
+                        }
+                        Outcome::SaveBinding(row) => {
+                            diesel::update(osb_bindings::table.find(&row.id))
+                                .set(row)
+                                .execute(conn)
+                                .await?;
+                        }
+                        Outcome::DeleteBinding(id) => {
+                            diesel::delete(osb_bindings::table.find(id))
+                                .execute(conn)
+                                .await?;
+                        }
+                    }
+                    diesel::update(
+                        dsl::osb_operations
+                            .filter(dsl::id.eq(op))
+                            .filter(dsl::state.eq(OperationState::InProgress.as_str())),
+                    )
+                    .set((
+                        dsl::state.eq(OperationState::Succeeded.as_str()),
+                        dsl::updated_at.eq(now_ms()),
+                    ))
+                    .execute(conn)
+                    .await?;
+                    Ok(())
+                }
+                .scope_boxed()
+            })
+            .await?;
+            Ok(())
+        })
     }
 
     /// Marks operations this replica is still running as alive.
