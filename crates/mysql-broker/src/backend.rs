@@ -452,7 +452,11 @@ impl ServiceBroker for MysqlBroker {
                     continue;
                 };
                 let db = DatabaseName::for_instance(instance.id)?;
-                let usage = Usage::new(sizes.get(db.as_str()).copied().unwrap_or(0), quota_mb);
+                let mut usage = Usage::new(sizes.get(db.as_str()).copied().unwrap_or(0), quota_mb);
+                if usage.over() {
+                    // Only databases that look over quota pay for fresh statistics.
+                    usage = Usage::new(quota::remeasure(&mut conn, &db).await?, quota_mb);
+                }
                 over_count += i64::from(usage.over());
                 quota::enforce(&mut conn, &db, usage.over()).await?;
             }

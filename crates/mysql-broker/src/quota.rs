@@ -10,7 +10,7 @@ use osb_core::BrokerError;
 use serde_json::{Map, Value, json};
 
 use crate::backend::{backend, grant_all, kill_connections};
-use crate::names::{DatabaseName, UserName};
+use crate::names::{DatabaseName, UserName, quote_identifier};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -68,6 +68,29 @@ pub async fn database_size(conn: &mut Conn, db: &DatabaseName) -> Result<u64, Br
         .await
         .map_err(backend)?;
     Ok(size.unwrap_or(0))
+}
+
+/// Refreshes InnoDB's statistics of every table in `db` and measures it again. Sizes are
+/// statistics that lag behind deletions; without this, an app that deleted rows to get back
+/// under quota would stay locked out until the server recomputed them on its own.
+pub async fn remeasure(conn: &mut Conn, db: &DatabaseName) -> Result<u64, BrokerError> {
+    let tables: Vec<String> = conn
+        .exec(
+            "SELECT table_name FROM information_schema.TABLES WHERE table_schema = ? AND table_type = 'BASE TABLE'",
+            (db.as_str(),),
+        )
+        .await
+        .map_err(backend)?;
+    if !tables.is_empty() {
+        let list: Vec<String> = tables
+            .iter()
+            .map(|t| format!("{}.{}", db.quoted(), quote_identifier(t)))
+            .collect();
+        conn.query_drop(format!("ANALYZE TABLE {}", list.join(", ")))
+            .await
+            .map_err(backend)?;
+    }
+    database_size(conn, db).await
 }
 
 /// Brings every account of `db` in line with `over`; returns whether anything changed.
