@@ -29,6 +29,9 @@ pub struct BrokerConfig {
     pub store: StoreConfig,
     /// 32 bytes, base64: seals binding credentials in the store. Every replica needs the same.
     pub encryption_key: Secret,
+    /// Keys used before `encryption_key`: they still open what they sealed (key rotation).
+    #[serde(default)]
+    pub previous_encryption_keys: Vec<Secret>,
     pub catalog: Catalog,
     #[serde(default)]
     pub log: LogConfig,

@@ -80,7 +80,12 @@ pub async fn start<B: ServiceBroker>(
 ) -> Result<Running, ServeError> {
     let platforms = config.platforms()?;
     let catalog = CatalogIndex::new(config.catalog.clone())?;
-    let sealer = Sealer::from_base64(&config.encryption_key.0)?;
+    let previous: Vec<_> = config
+        .previous_encryption_keys
+        .iter()
+        .map(|k| k.0.clone())
+        .collect();
+    let sealer = Sealer::new(&config.encryption_key.0, &previous)?;
     let store = Store::connect(
         secrecy::ExposeSecret::expose_secret(&config.store.url.0),
         config.store.pool_size,

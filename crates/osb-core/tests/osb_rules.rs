@@ -268,6 +268,34 @@ async fn binding_credentials_are_encrypted_at_rest() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_the_encryption_key_keeps_existing_bindings_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = single_platform(&sqlite_url(&dir));
+    let (running, _) = spawn(&config).await;
+    let client = Client::new(target(running.addr, ""));
+    let (id, bid) = (osb_testkit::fresh_id(), osb_testkit::fresh_id());
+    client.provision_ready(&id, PLAN).await.unwrap();
+    let credentials = client.bind_ready(&id, &bid, PLAN).await.unwrap()["credentials"].clone();
+    running.stop().await;
+
+    let old = config.encryption_key.clone();
+    config.encryption_key = osb_core::config::Secret(
+        "bmV3LWtleS1uZXcta2V5LW5ldy1rZXktbmV3LWtleSE="
+            .to_owned()
+            .into(),
+    );
+    config.previous_encryption_keys = vec![old];
+    let (rotated, _) = spawn(&config).await;
+    let client = Client::new(target(rotated.addr, ""));
+    let got = client.fetch_binding(&id, &bid).await.unwrap();
+    assert_eq!(got.status, 200, "{}", got.body);
+    assert_eq!(got.body["credentials"], credentials);
+    client.unbind_done(&id, &bid, PLAN).await.unwrap();
+    client.deprovision_done(&id, PLAN).await.unwrap();
+    rotated.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operational_endpoints_answer_without_auth() {
     let dir = tempfile::tempdir().unwrap();
     let (running, _) = spawn(&single_platform(&sqlite_url(&dir))).await;
