@@ -200,8 +200,8 @@ pub trait ServiceBroker: Send + Sync + 'static {
         None
     }
 
-    /// Periodic work over every ready instance (quota enforcement, ...). Runs on every
-    /// replica, so it must be idempotent.
+    /// Periodic work over every ready instance (quota enforcement, ...). One replica at a time
+    /// runs it (a lease in the store); it must still be idempotent, as the lease can move.
     async fn upkeep(&self, _instances: &[InstanceView<'_>]) -> Result<(), BrokerError> {
         Ok(())
     }

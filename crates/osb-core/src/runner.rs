@@ -30,6 +30,8 @@ pub struct Runner {
     replica: Arc<str>,
     running: Arc<Mutex<HashSet<String>>>,
     metrics: Metrics,
+    /// Set once the broker stops: periodic loops end.
+    stopped: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// What the reaper writes on operations whose runner is gone.
@@ -44,7 +46,32 @@ impl Runner {
             replica: replica.into(),
             running: Arc::default(),
             metrics,
+            stopped: Arc::new(tokio::sync::watch::Sender::new(false)),
         }
+    }
+
+    /// Ends the periodic loops (operations already running are not touched).
+    pub fn shutdown(&self) {
+        self.stopped.send_replace(true);
+    }
+
+    /// Runs `pass` every `every` until [`Runner::shutdown`].
+    pub fn every<F, Fut>(&self, every: Duration, mut pass: F)
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        let mut stopped = self.stopped.subscribe();
+        self.handle.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            while !*stopped.borrow_and_update() {
+                tokio::select! {
+                    _ = tick.tick() => pass().await,
+                    // Either a change (to stopped) or the sender gone: both end the loop.
+                    _ = stopped.changed() => return,
+                }
+            }
+        });
     }
 
     pub fn replica(&self) -> &str {
@@ -92,12 +119,11 @@ impl Runner {
 
     /// Heartbeats and reaping, until the runtime shuts down.
     pub fn start_maintenance(&self, store: Store, timing: Timing) {
-        let runner = self.clone();
-        self.handle.spawn(async move {
-            let mut tick = tokio::time::interval(timing.heartbeat);
-            loop {
-                tick.tick().await;
-                let ids: Vec<String> = runner.running.lock().unwrap().iter().cloned().collect();
+        let running = self.running.clone();
+        self.every(timing.heartbeat, move || {
+            let ids: Vec<String> = running.lock().unwrap().iter().cloned().collect();
+            let store = store.clone();
+            async move {
                 if let Err(e) = store.heartbeat(&ids).await {
                     tracing::warn!(error = %e, "operation heartbeat failed");
                 }

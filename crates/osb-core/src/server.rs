@@ -59,6 +59,7 @@ impl Running {
     pub async fn wait(self) -> Result<(), ServeError> {
         let served = self.task.await;
         self.runner.drain(self.drain).await;
+        self.runner.shutdown();
         served.map_err(|e| ServeError::Io(std::io::Error::other(e)))??;
         Ok(())
     }
@@ -68,6 +69,7 @@ impl Running {
         self.handle.stop(true).await;
         let _ = self.task.await;
         self.runner.drain(self.drain).await;
+        self.runner.shutdown();
     }
 }
 

@@ -413,3 +413,39 @@ async fn stopping_lets_running_operations_finish() {
     client.deprovision_done(&id, PLAN_ASYNC).await.unwrap();
     again.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_at_a_time_does_the_upkeep() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = single_platform(&sqlite_url(&dir));
+    let every = Some(Duration::from_millis(200));
+    let (a, calls_a) = spawn_with_upkeep(&config, every).await;
+    let (b, calls_b) = spawn_with_upkeep(&config, every).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (ran_a, ran_b) = (
+        calls_a.upkeep.load(Ordering::SeqCst),
+        calls_b.upkeep.load(Ordering::SeqCst),
+    );
+    assert!(
+        ran_a + ran_b >= 5,
+        "upkeep ran {ran_a} + {ran_b} times in 2 s"
+    );
+    assert!(
+        ran_a == 0 || ran_b == 0,
+        "both replicas ran upkeep: {ran_a} and {ran_b}"
+    );
+    // The holder stops; the other takes over once the lease (3 intervals, at least 1 s) lapses.
+    let (holder, other, other_calls) = if ran_a > 0 {
+        (a, b, calls_b)
+    } else {
+        (b, a, calls_a)
+    };
+    holder.stop().await;
+    let before = other_calls.upkeep.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        other_calls.upkeep.load(Ordering::SeqCst) > before,
+        "no takeover after the holder stopped"
+    );
+    other.stop().await;
+}

@@ -217,12 +217,21 @@ impl<B: ServiceBroker> Engine<B> {
         };
         if let Some(every) = engine.inner.broker.upkeep_interval() {
             let this = engine.clone();
-            engine.inner.runner.spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                loop {
-                    tick.tick().await;
-                    if let Err(e) = this.upkeep().await {
-                        tracing::warn!(error = %e, "upkeep failed");
+            // One replica does the upkeep: whoever holds the lease, renewed at every pass and
+            // taken over by another replica once it lapses.
+            let ttl = (every.as_millis() as i64).saturating_mul(3).max(1000);
+            engine.inner.runner.every(every, move || {
+                let this = this.clone();
+                async move {
+                    let replica = this.inner.runner.replica();
+                    match this.inner.store.acquire_lease("upkeep", replica, ttl).await {
+                        Ok(true) => {
+                            if let Err(e) = this.upkeep().await {
+                                tracing::warn!(error = %e, "upkeep failed");
+                            }
+                        }
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!(error = %e, "upkeep lease unavailable"),
                     }
                 }
             });

@@ -22,7 +22,7 @@ use futures::FutureExt;
 pub use rows::{
     BindingRow, BindingState, InstanceRow, InstanceState, OperationRow, OperationState,
 };
-use schema::{osb_bindings, osb_instances, osb_operations};
+use schema::{osb_bindings, osb_instances, osb_leases, osb_operations};
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
@@ -451,6 +451,42 @@ impl Store {
             })
             .await?;
             Ok(())
+        })
+    }
+
+    /// Takes or renews lease `name` for `owner` until `ttl_ms` from now; `false` while another
+    /// owner holds an unexpired one.
+    pub async fn acquire_lease(
+        &self,
+        name: &str,
+        owner: &str,
+        ttl_ms: i64,
+    ) -> Result<bool, StoreError> {
+        use osb_leases::dsl;
+        let now = now_ms();
+        with_conn!(self, |conn| {
+            let taken = inserted(
+                diesel::insert_into(dsl::osb_leases)
+                    .values((
+                        dsl::name.eq(name),
+                        dsl::owner.eq(owner),
+                        dsl::expires_at.eq(now + ttl_ms),
+                    ))
+                    .execute(conn)
+                    .await,
+            )?;
+            if taken {
+                return Ok(true);
+            }
+            Ok(diesel::update(
+                dsl::osb_leases
+                    .filter(dsl::name.eq(name))
+                    .filter(dsl::owner.eq(owner).or(dsl::expires_at.lt(now))),
+            )
+            .set((dsl::owner.eq(owner), dsl::expires_at.eq(now + ttl_ms)))
+            .execute(conn)
+            .await?
+                == 1)
         })
     }
 

@@ -57,3 +57,11 @@ diesel::table! {
         updated_at -> BigInt,
     }
 }
+
+diesel::table! {
+    osb_leases (name) {
+        name -> Varchar,
+        owner -> Varchar,
+        expires_at -> BigInt,
+    }
+}

@@ -36,11 +36,13 @@ pub struct Calls {
     pub bind: AtomicUsize,
     pub unbind: AtomicUsize,
     pub deprovision: AtomicUsize,
+    pub upkeep: AtomicUsize,
 }
 
 /// Test-only backend: does nothing but count and wait.
 pub struct FakeBroker {
     pub calls: Arc<Calls>,
+    pub upkeep_every: Option<Duration>,
 }
 
 impl FakeBroker {
@@ -62,6 +64,15 @@ impl ServiceBroker for FakeBroker {
         } else {
             Mode::Sync
         }
+    }
+
+    fn upkeep_interval(&self) -> Option<Duration> {
+        self.upkeep_every
+    }
+
+    async fn upkeep(&self, _instances: &[InstanceView<'_>]) -> Result<(), BrokerError> {
+        self.calls.upkeep.fetch_add(1, Ordering::SeqCst);
+        Ok(())
     }
 
     async fn provision(&self, input: ProvisionInput<'_>) -> Result<Provisioned, BrokerError> {
@@ -169,16 +180,22 @@ pub fn single_platform(store_url: &str) -> BrokerConfig {
 }
 
 pub async fn spawn(config: &BrokerConfig) -> (Running, Arc<Calls>) {
+    spawn_with_upkeep(config, None).await
+}
+
+/// A broker whose backend asks for upkeep every `every`.
+pub async fn spawn_with_upkeep(
+    config: &BrokerConfig,
+    every: Option<Duration>,
+) -> (Running, Arc<Calls>) {
     let calls = Arc::new(Calls::default());
-    let running = start(
-        config,
-        FakeBroker {
-            calls: calls.clone(),
-        },
-        Metrics::new(),
-    )
-    .await
-    .expect("broker starts");
+    let broker = FakeBroker {
+        calls: calls.clone(),
+        upkeep_every: every,
+    };
+    let running = start(config, broker, Metrics::new())
+        .await
+        .expect("broker starts");
     (running, calls)
 }
 
