@@ -89,20 +89,7 @@ impl<B: ServiceBroker> Engine<B> {
                 updated_at: now,
             };
             if self.inner.store.insert_binding(&row).await? {
-                // Deprovision claims the instance and then looks for busy bindings; we wrote
-                // ours and now look at the instance, so one of us always sees the other.
-                let usable = self
-                    .inner
-                    .store
-                    .instance(id.as_str())
-                    .await?
-                    .is_some_and(|i| i.state() == Some(InstanceState::Ready));
-                if !usable {
-                    self.inner.store.delete_binding(binding_id.as_str()).await?;
-                    self.inner.store.delete_operation(&op.id).await?;
-                    return Err(concurrency("service instance"));
-                }
-                return self.start_bind(mode, row, op.id, req).await;
+                return self.start_bind(mode, row, op.id, req, true).await;
             }
             self.inner.store.delete_operation(&op.id).await?;
             let Some(existing) = self.inner.store.binding(binding_id.as_str()).await? else {
@@ -141,7 +128,7 @@ impl<B: ServiceBroker> Engine<B> {
                     {
                         let mut row = existing;
                         row.operation_id = op.id.clone();
-                        return self.start_bind(mode, row, op.id, req).await;
+                        return self.start_bind(mode, row, op.id, req, false).await;
                     }
                 }
                 _ => return Err(concurrency("service binding")),
@@ -149,17 +136,38 @@ impl<B: ServiceBroker> Engine<B> {
         }
     }
 
+    /// Runs a bind whose row is now in the `binding` state: `fresh` when this request created
+    /// the row, not when it retries a failed binding.
     async fn start_bind(
         &self,
         mode: Mode,
         row: BindingRow,
         op: String,
         req: BindRequest,
+        fresh: bool,
     ) -> Result<Reply, OsbError> {
+        let store = &self.inner.store;
+        // Deprovision claims the instance and then looks for busy bindings; our row is busy
+        // now and we look at the instance after, so one of the two always sees the other.
+        let Some(instance) = store
+            .instance(&row.instance_id)
+            .await?
+            .filter(|i| i.state() == Some(InstanceState::Ready))
+        else {
+            if fresh {
+                store.delete_binding(&row.id).await?;
+            } else {
+                store
+                    .release_binding(&row.id, &op, BindingState::Failed)
+                    .await?;
+            }
+            store.delete_operation(&op).await?;
+            return Err(concurrency("service instance"));
+        };
         let engine = self.clone();
         let op_id = op.clone();
         self.launch(mode, &op, async move {
-            engine.run_bind(mode, row, op_id, req).await
+            engine.run_bind(mode, instance, row, op_id, req).await
         })
         .await
     }
@@ -167,15 +175,12 @@ impl<B: ServiceBroker> Engine<B> {
     async fn run_bind(
         &self,
         mode: Mode,
+        instance: InstanceRow,
         mut row: BindingRow,
         op: String,
         req: BindRequest,
     ) -> Result<Reply, OsbError> {
         let store = &self.inner.store;
-        let instance = store
-            .instance(&row.instance_id)
-            .await?
-            .ok_or_else(|| OsbError::NotFound("service instance does not exist".into()))?;
         let loaded = Loaded::new(instance)?;
         let (service, plan) = self.plan_of(&loaded.row.plan_id)?;
         let binding_id = BindingId::parse(&row.id)?;
