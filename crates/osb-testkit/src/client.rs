@@ -119,21 +119,60 @@ impl Client {
         })
     }
 
-    fn incomplete(accepts: bool) -> &'static str {
-        if accepts {
-            "?accepts_incomplete=true"
-        } else {
-            ""
+    /// The path of an instance, or of one of its bindings.
+    fn path(id: &str, bid: Option<&str>) -> String {
+        match bid {
+            Some(bid) => format!("/v2/service_instances/{id}/service_bindings/{bid}"),
+            None => format!("/v2/service_instances/{id}"),
         }
     }
 
+    /// A query string from its present parts: `?a=1&b=2`, or nothing.
+    fn query(parts: &[Option<String>]) -> String {
+        let present: Vec<&str> = parts.iter().flatten().map(String::as_str).collect();
+        if present.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", present.join("&"))
+        }
+    }
+
+    fn incomplete(accepts: bool) -> Option<String> {
+        accepts.then(|| "accepts_incomplete=true".to_owned())
+    }
+
+    /// `DELETE` on an instance or binding, with the ids the spec requires.
+    async fn delete(
+        &self,
+        id: &str,
+        bid: Option<&str>,
+        plan_id: &str,
+        accepts: bool,
+    ) -> anyhow::Result<Reply> {
+        let query = Self::query(&[
+            Some(format!("service_id={}", self.target.service_id)),
+            Some(format!("plan_id={plan_id}")),
+            Self::incomplete(accepts),
+        ]);
+        let path = format!("{}{query}", Self::path(id, bid));
+        self.send(reqwest::Method::DELETE, &path, None).await
+    }
+
     pub async fn provision(&self, id: &str, body: &Value, accepts: bool) -> anyhow::Result<Reply> {
-        let path = format!("/v2/service_instances/{id}{}", Self::incomplete(accepts));
+        let path = format!(
+            "{}{}",
+            Self::path(id, None),
+            Self::query(&[Self::incomplete(accepts)])
+        );
         self.send(reqwest::Method::PUT, &path, Some(body)).await
     }
 
     pub async fn update(&self, id: &str, body: &Value, accepts: bool) -> anyhow::Result<Reply> {
-        let path = format!("/v2/service_instances/{id}{}", Self::incomplete(accepts));
+        let path = format!(
+            "{}{}",
+            Self::path(id, None),
+            Self::query(&[Self::incomplete(accepts)])
+        );
         self.send(reqwest::Method::PATCH, &path, Some(body)).await
     }
 
@@ -143,25 +182,12 @@ impl Client {
         plan_id: &str,
         accepts: bool,
     ) -> anyhow::Result<Reply> {
-        let path = format!(
-            "/v2/service_instances/{id}?service_id={}&plan_id={plan_id}{}",
-            self.target.service_id,
-            if accepts {
-                "&accepts_incomplete=true"
-            } else {
-                ""
-            }
-        );
-        self.send(reqwest::Method::DELETE, &path, None).await
+        self.delete(id, None, plan_id, accepts).await
     }
 
     pub async fn fetch_instance(&self, id: &str) -> anyhow::Result<Reply> {
-        self.send(
-            reqwest::Method::GET,
-            &format!("/v2/service_instances/{id}"),
-            None,
-        )
-        .await
+        self.send(reqwest::Method::GET, &Self::path(id, None), None)
+            .await
     }
 
     pub async fn instance_last_operation(
@@ -169,15 +195,7 @@ impl Client {
         id: &str,
         operation: Option<&str>,
     ) -> anyhow::Result<Reply> {
-        let query = operation
-            .map(|o| format!("?operation={o}"))
-            .unwrap_or_default();
-        self.send(
-            reqwest::Method::GET,
-            &format!("/v2/service_instances/{id}/last_operation{query}"),
-            None,
-        )
-        .await
+        self.last_operation(id, None, operation).await
     }
 
     pub async fn bind(
@@ -188,8 +206,9 @@ impl Client {
         accepts: bool,
     ) -> anyhow::Result<Reply> {
         let path = format!(
-            "/v2/service_instances/{id}/service_bindings/{bid}{}",
-            Self::incomplete(accepts)
+            "{}{}",
+            Self::path(id, Some(bid)),
+            Self::query(&[Self::incomplete(accepts)])
         );
         self.send(reqwest::Method::PUT, &path, Some(body)).await
     }
@@ -201,25 +220,12 @@ impl Client {
         plan_id: &str,
         accepts: bool,
     ) -> anyhow::Result<Reply> {
-        let path = format!(
-            "/v2/service_instances/{id}/service_bindings/{bid}?service_id={}&plan_id={plan_id}{}",
-            self.target.service_id,
-            if accepts {
-                "&accepts_incomplete=true"
-            } else {
-                ""
-            }
-        );
-        self.send(reqwest::Method::DELETE, &path, None).await
+        self.delete(id, Some(bid), plan_id, accepts).await
     }
 
     pub async fn fetch_binding(&self, id: &str, bid: &str) -> anyhow::Result<Reply> {
-        self.send(
-            reqwest::Method::GET,
-            &format!("/v2/service_instances/{id}/service_bindings/{bid}"),
-            None,
-        )
-        .await
+        self.send(reqwest::Method::GET, &Self::path(id, Some(bid)), None)
+            .await
     }
 
     pub async fn binding_last_operation(
@@ -228,15 +234,19 @@ impl Client {
         bid: &str,
         operation: Option<&str>,
     ) -> anyhow::Result<Reply> {
-        let query = operation
-            .map(|o| format!("?operation={o}"))
-            .unwrap_or_default();
-        self.send(
-            reqwest::Method::GET,
-            &format!("/v2/service_instances/{id}/service_bindings/{bid}/last_operation{query}"),
-            None,
-        )
-        .await
+        self.last_operation(id, Some(bid), operation).await
+    }
+
+    /// `last_operation` of an instance, or of one of its bindings.
+    async fn last_operation(
+        &self,
+        id: &str,
+        bid: Option<&str>,
+        operation: Option<&str>,
+    ) -> anyhow::Result<Reply> {
+        let query = Self::query(&[operation.map(|o| format!("operation={o}"))]);
+        let path = format!("{}/last_operation{query}", Self::path(id, bid));
+        self.send(reqwest::Method::GET, &path, None).await
     }
 
     /// Polls until the operation leaves "in progress"; returns the final `last_operation` body,
@@ -249,10 +259,7 @@ impl Client {
     ) -> anyhow::Result<Reply> {
         let started = Instant::now();
         loop {
-            let reply = match bid {
-                Some(bid) => self.binding_last_operation(id, bid, operation).await?,
-                None => self.instance_last_operation(id, operation).await?,
-            };
+            let reply = self.last_operation(id, bid, operation).await?;
             if reply.status == 410 {
                 return Ok(reply);
             }
