@@ -1,7 +1,9 @@
 //! The MySQL/MariaDB backend: a database per instance on the least-loaded server, an account
-//! per binding, connection limits from the plan.
+//! per binding, connection limits from the plan. Every name it makes is marked as its own first
+//! (`owners`), and nothing unmarked is ever adopted or dropped.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -9,16 +11,31 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, SslOpts};
 use osb_core::broker::*;
 use osb_core::catalog::Plan;
-use osb_core::credentials::{Credentials, generate_password};
+use osb_core::credentials::{Credentials, PasswordLength, generate_password};
 use osb_core::wire::InstanceMetadata;
-use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use prometheus::{IntGauge, Registry};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
+use crate::accounts::{drop_user, grant_all, user_exists, users_of};
 use crate::config::{MysqlConfig, PlanLimits, ServerConfig};
+use crate::errors::{failed, unreachable};
 use crate::names::{DatabaseName, UserName};
+use crate::owners::{self, Claimed, Kind, Owner};
 use crate::quota::{self, Usage};
+
+/// Seconds an admin statement waits for a lock an app holds (`LOCK TABLES`, a long
+/// transaction) before it fails: an app must not be able to stall the broker.
+const ADMIN_LOCK_WAIT_SECS: u32 = 10;
+
+/// What credentials percent-encode: everything but RFC 3986's unreserved characters, which
+/// generated passwords and account names are made of.
+const URI_ENCODE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// One configured server.
 struct Server {
@@ -33,17 +50,10 @@ pub struct MysqlBroker {
     servers: Vec<Server>,
     plans: HashMap<String, PlanLimits>,
     quota_every: Duration,
-    over_quota: IntGauge,
-}
-
-/// Maps driver errors: no connection means nothing changed (503); a server error is a failure.
-pub(crate) fn backend(err: mysql_async::Error) -> BrokerError {
-    match err {
-        mysql_async::Error::Server(e) => {
-            BrokerError::Failed(format!("MySQL error {}: {}", e.code, e.message))
-        }
-        other => BrokerError::Unavailable(format!("MySQL server unreachable: {other}")),
-    }
+    password_length: PasswordLength,
+    /// Instances found over quota at their last check; its size is the gauge.
+    over_quota: Mutex<HashSet<String>>,
+    over_quota_gauge: IntGauge,
 }
 
 impl Server {
@@ -53,6 +63,14 @@ impl Server {
             .tcp_port(config.port)
             .user(Some(config.admin_user.clone()))
             .pass(Some(config.admin_password.0.expose_secret().to_owned()))
+            .init(
+                [format!(
+                    "SET SESSION lock_wait_timeout = {ADMIN_LOCK_WAIT_SECS}, innodb_lock_wait_timeout = {ADMIN_LOCK_WAIT_SECS}"
+                )]
+                .into_iter()
+                .chain(owners::SCHEMA.iter().map(|s| s.to_string()))
+                .collect::<Vec<_>>(),
+            )
             .pool_opts(PoolOpts::default().with_constraints(
                 PoolConstraints::new(0, config.pool_size.max(1)).expect("0 <= max"),
             ))
@@ -71,13 +89,12 @@ impl Server {
         }
     }
 
+    /// An admin connection; failing here means nothing was sent.
     async fn conn(&self) -> Result<Conn, BrokerError> {
-        self.pool.get_conn().await.map_err(|e| match backend(e) {
-            BrokerError::Unavailable(d) => {
-                BrokerError::Unavailable(format!("server {:?}: {d}", self.name))
-            }
-            other => other,
-        })
+        self.pool
+            .get_conn()
+            .await
+            .map_err(|e| unreachable(&self.name, e))
     }
 
     fn credentials(
@@ -86,7 +103,7 @@ impl Server {
         user: &UserName,
         password: &SecretString,
     ) -> Credentials {
-        let enc = |s: &str| utf8_percent_encode(s, NON_ALPHANUMERIC).to_string();
+        let enc = |s: &str| utf8_percent_encode(s, URI_ENCODE).to_string();
         let (u, p) = (enc(user.as_str()), enc(password.expose_secret()));
         let (host, port, name) = (&self.host, self.port, db.as_str());
         Credentials::new()
@@ -103,19 +120,6 @@ impl Server {
     }
 }
 
-/// Accounts holding privileges on the database (the server's own truth, which also finds
-/// accounts of bindings whose records were lost).
-async fn users_of(conn: &mut Conn, db: &DatabaseName) -> Result<Vec<UserName>, BrokerError> {
-    let names: Vec<String> = conn
-        .exec(
-            "SELECT DISTINCT User FROM mysql.db WHERE Db = ? AND Host = '%'",
-            (db.grant_pattern_value(),),
-        )
-        .await
-        .map_err(backend)?;
-    names.iter().map(|n| UserName::parse(n)).collect()
-}
-
 async fn database_exists(conn: &mut Conn, db: &DatabaseName) -> Result<bool, BrokerError> {
     let found: Option<String> = conn
         .exec_first(
@@ -123,7 +127,7 @@ async fn database_exists(conn: &mut Conn, db: &DatabaseName) -> Result<bool, Bro
             (db.as_str(),),
         )
         .await
-        .map_err(backend)?;
+        .map_err(failed)?;
     Ok(found.is_some())
 }
 
@@ -134,46 +138,8 @@ async fn instance_count(conn: &mut Conn) -> Result<u64, BrokerError> {
             "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE 'op\\_%'",
         )
         .await
-        .map_err(backend)?;
+        .map_err(failed)?;
     Ok(count.unwrap_or(0))
-}
-
-/// Every privilege on `db` (and nothing else) for `user`.
-pub(crate) async fn grant_all(
-    conn: &mut Conn,
-    db: &DatabaseName,
-    user: &UserName,
-) -> Result<(), BrokerError> {
-    conn.query_drop(format!(
-        "GRANT ALL PRIVILEGES ON {}.* TO {}",
-        db.grant_pattern(),
-        user.account()
-    ))
-    .await
-    .map_err(backend)
-}
-
-/// Ends every session of `user`.
-pub(crate) async fn kill_connections(conn: &mut Conn, user: &UserName) -> Result<(), BrokerError> {
-    let ids: Vec<u64> = conn
-        .exec(
-            "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = ?",
-            (user.as_str(),),
-        )
-        .await
-        .map_err(backend)?;
-    for id in ids {
-        // The connection may end on its own meanwhile; that is what we want anyway.
-        let _ = conn.query_drop(format!("KILL CONNECTION {id}")).await;
-    }
-    Ok(())
-}
-
-async fn drop_user(conn: &mut Conn, user: &UserName) -> Result<(), BrokerError> {
-    kill_connections(conn, user).await?;
-    conn.query_drop(format!("DROP USER IF EXISTS {}", user.account()))
-        .await
-        .map_err(backend)
 }
 
 /// Each account's share of the plan's connections; at least one each, or the plan is too small.
@@ -188,31 +154,70 @@ fn per_user_limit(connections: u32, users: usize, plan: &Plan) -> Result<u32, Br
     Ok(connections / users.max(1))
 }
 
-fn user_of(binding: &BindingView) -> Result<UserName, BrokerError> {
-    let raw = binding
-        .state
-        .get("user")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    UserName::parse(raw)
+fn database_of(instance: &InstanceView<'_>) -> DatabaseName {
+    DatabaseName::for_instance(instance.platform, instance.id)
+}
+
+fn instance_owner<'a>(instance: &InstanceView<'a>) -> Owner<'a> {
+    Owner {
+        platform: instance.platform,
+        id: instance.id.as_str(),
+        parent: "",
+    }
+}
+
+/// Drops everything of the instance on one server: the accounts marked as its bindings' (and
+/// the bindings' derived accounts), then the database, then the markers. Touches nothing unless
+/// the database's marker is the instance's.
+async fn remove_instance(
+    conn: &mut Conn,
+    instance: &InstanceView<'_>,
+    bindings: &[BindingView],
+) -> Result<(), BrokerError> {
+    let db = database_of(instance);
+    let owner = instance_owner(instance);
+    if !owners::is_mine(conn, Kind::Database, db.as_str(), owner).await? {
+        return Ok(());
+    }
+    let mut users: Vec<UserName> = owners::users_under(conn, db.as_str())
+        .await?
+        .iter()
+        .map(|n| UserName::parse(n))
+        .collect::<Result<_, _>>()?;
+    for binding in bindings {
+        let user = UserName::for_binding(instance.platform, &binding.id);
+        if !users.contains(&user) {
+            users.push(user);
+        }
+    }
+    for user in &users {
+        drop_user(conn, user).await?;
+    }
+    owners::release_under(conn, db.as_str()).await?;
+    conn.query_drop(format!("DROP DATABASE IF EXISTS {}", db.quoted()))
+        .await
+        .map_err(failed)?;
+    owners::release(conn, Kind::Database, db.as_str(), owner).await
 }
 
 impl MysqlBroker {
     /// Builds the broker and registers its metrics on `registry`.
     pub fn new(config: &MysqlConfig, registry: &Registry) -> Self {
-        let over_quota = IntGauge::new(
+        let over_quota_gauge = IntGauge::new(
             "mysql_broker_instances_over_quota",
             "Instances whose database is over its plan's storage quota",
         )
         .expect("valid metric");
         registry
-            .register(Box::new(over_quota.clone()))
+            .register(Box::new(over_quota_gauge.clone()))
             .expect("metric registered once");
         Self {
             servers: config.servers.iter().map(Server::new).collect(),
             plans: config.plans.clone(),
             quota_every: Duration::from_secs(config.quota_check_secs.max(1)),
-            over_quota,
+            password_length: config.password_length,
+            over_quota: Mutex::default(),
+            over_quota_gauge,
         }
     }
 
@@ -249,12 +254,16 @@ impl MysqlBroker {
         })
     }
 
-    /// The server an instance was placed on, as its state records.
-    fn server_of(&self, instance: &InstanceView<'_>) -> Result<&Server, BrokerError> {
-        let name = instance.state.get("server").and_then(Value::as_str);
+    /// The server an instance was placed on, as its state records; `None` for an instance
+    /// whose provision never finished (it recorded nothing).
+    fn recorded_server(&self, instance: &InstanceView<'_>) -> Result<Option<&Server>, BrokerError> {
+        let Some(name) = instance.state.get("server").and_then(Value::as_str) else {
+            return Ok(None);
+        };
         self.servers
             .iter()
-            .find(|s| Some(s.name.as_str()) == name)
+            .find(|s| s.name == name)
+            .map(Some)
             .ok_or_else(|| {
                 BrokerError::Failed(format!(
                     "the instance lives on server {name:?}, which is not configured"
@@ -262,9 +271,20 @@ impl MysqlBroker {
             })
     }
 
-    /// Where a new instance goes: the server that already has its database (a retried
+    /// The server of a provisioned instance.
+    fn server_of(&self, instance: &InstanceView<'_>) -> Result<&Server, BrokerError> {
+        self.recorded_server(instance)?.ok_or_else(|| {
+            BrokerError::Failed("the instance records no server; it was never provisioned".into())
+        })
+    }
+
+    /// Where a new instance goes: the server that already carries its marker (a retried
     /// provision), else the reachable server with the fewest instances.
-    async fn place(&self, db: &DatabaseName) -> Result<(&Server, Conn), BrokerError> {
+    async fn place(
+        &self,
+        db: &DatabaseName,
+        owner: Owner<'_>,
+    ) -> Result<(&Server, Conn), BrokerError> {
         let mut best: Option<(u64, &Server, Conn)> = None;
         let mut last_error = None;
         for server in &self.servers {
@@ -276,7 +296,7 @@ impl MysqlBroker {
                     continue;
                 }
             };
-            if database_exists(&mut conn, db).await? {
+            if owners::is_mine(&mut conn, Kind::Database, db.as_str(), owner).await? {
                 return Ok((server, conn));
             }
             let count = instance_count(&mut conn).await?;
@@ -308,24 +328,76 @@ impl MysqlBroker {
                 user.account()
             ))
             .await
-            .map_err(backend)?;
+            .map_err(failed)?;
         }
         Ok(())
+    }
+
+    /// Creates the binding's account with its share of connections and its rights.
+    async fn make_account(
+        &self,
+        conn: &mut Conn,
+        db: &DatabaseName,
+        user: &UserName,
+        password: &SecretString,
+        plan: &Plan,
+    ) -> Result<(), BrokerError> {
+        // An account under this name is what an earlier attempt of this same bind left (its
+        // marker is this binding's): its password was never handed out, so start afresh.
+        drop_user(conn, user).await?;
+        let others = users_of(conn, db).await?.len();
+        let per_user = per_user_limit(self.limits(plan)?.connections, others + 1, plan)?;
+        // Identifiers and passwords cannot be bound parameters; the name is [a-z0-9_] and the
+        // password [A-Za-z0-9-._~], both made by this broker, so neither can close the quote.
+        conn.query_drop(format!(
+            "CREATE USER {} IDENTIFIED BY '{}' WITH MAX_USER_CONNECTIONS {per_user}",
+            user.account(),
+            password.expose_secret()
+        ))
+        .await
+        .map_err(failed)?;
+        grant_all(conn, db, user).await?;
+        self.rebalance(conn, db, plan).await?;
+        self.apply_quota(conn, db, plan).await
+    }
+
+    fn set_over_quota(&self, instance: &str, over: bool) {
+        let mut set = self.over_quota.lock().unwrap();
+        if over {
+            set.insert(instance.to_owned());
+        } else {
+            set.remove(instance);
+        }
+        self.over_quota_gauge.set(set.len() as i64);
     }
 }
 
 #[async_trait]
 impl ServiceBroker for MysqlBroker {
     async fn provision(&self, input: ProvisionInput<'_>) -> Result<Provisioned, BrokerError> {
-        let db = DatabaseName::for_instance(input.instance_id)?;
+        let db = DatabaseName::for_instance(input.platform, input.instance_id);
+        let owner = Owner {
+            platform: input.platform,
+            id: input.instance_id.as_str(),
+            parent: "",
+        };
         self.limits(input.plan)?;
-        let (server, mut conn) = self.place(&db).await?;
+        let (server, mut conn) = self.place(&db, owner).await?;
+        let claimed = owners::claim(&mut conn, Kind::Database, db.as_str(), owner).await?;
+        if claimed == Claimed::New && database_exists(&mut conn, &db).await? {
+            owners::release(&mut conn, Kind::Database, db.as_str(), owner).await?;
+            return Err(BrokerError::Conflict(format!(
+                "a database named {:?} already exists on MySQL server {:?} and was not made by this broker for this instance",
+                db.as_str(),
+                server.name
+            )));
+        }
         conn.query_drop(format!(
             "CREATE DATABASE IF NOT EXISTS {} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci",
             db.quoted()
         ))
         .await
-        .map_err(backend)?;
+        .map_err(failed)?;
         tracing::info!(server = %server.name, database = db.as_str(), "database created");
         Ok(Provisioned {
             state: json!({"server": server.name, "database": db.as_str()}),
@@ -334,7 +406,7 @@ impl ServiceBroker for MysqlBroker {
     }
 
     async fn update(&self, input: UpdateInput<'_>) -> Result<Updated, BrokerError> {
-        let db = DatabaseName::for_instance(input.instance.id)?;
+        let db = database_of(&input.instance);
         let mut conn = self.server_of(&input.instance)?.conn().await?;
         let users = users_of(&mut conn, &db).await?;
         per_user_limit(
@@ -357,52 +429,58 @@ impl ServiceBroker for MysqlBroker {
         Ok(Updated::default())
     }
 
+    /// Removes what the instance has on its server; for an instance whose provision died
+    /// before recording its server, whatever it may have begun on any server.
     async fn deprovision(&self, input: DeprovisionInput<'_>) -> Result<(), BrokerError> {
-        let db = DatabaseName::for_instance(input.instance.id)?;
-        let mut conn = self.server_of(&input.instance)?.conn().await?;
-        let mut users = users_of(&mut conn, &db).await?;
-        for binding in input.bindings {
-            if let Ok(user) = user_of(binding)
-                && !users.contains(&user)
-            {
-                users.push(user);
-            }
+        let servers: Vec<&Server> = match self.recorded_server(&input.instance)? {
+            Some(server) => vec![server],
+            None => self.servers.iter().collect(),
+        };
+        for server in servers {
+            let mut conn = server.conn().await?;
+            remove_instance(&mut conn, &input.instance, input.bindings).await?;
         }
-        for user in &users {
-            drop_user(&mut conn, user).await?;
-        }
-        conn.query_drop(format!("DROP DATABASE IF EXISTS {}", db.quoted()))
-            .await
-            .map_err(backend)
+        self.set_over_quota(input.instance.id.as_str(), false);
+        Ok(())
     }
 
     async fn bind(&self, input: BindInput<'_>) -> Result<Bound, BrokerError> {
-        let db = DatabaseName::for_instance(input.instance.id)?;
-        let plan = input.instance.plan;
-        let server = self.server_of(&input.instance)?;
+        let instance = &input.instance;
+        let db = database_of(instance);
+        let server = self.server_of(instance)?;
+        let user = UserName::for_binding(instance.platform, input.binding_id);
+        let owner = Owner {
+            platform: instance.platform,
+            id: input.binding_id.as_str(),
+            parent: db.as_str(),
+        };
         let mut conn = server.conn().await?;
-        let existing = users_of(&mut conn, &db).await?;
-        let per_user = per_user_limit(self.limits(plan)?.connections, existing.len() + 1, plan)?;
-        let user = UserName::generate();
-        let password = generate_password();
-        // Identifiers cannot be bound parameters; both values here are generated by this
-        // broker from [a-z0-9] and [A-Za-z0-9] only.
-        conn.query_drop(format!(
-            "CREATE USER {} IDENTIFIED BY '{}' WITH MAX_USER_CONNECTIONS {per_user}",
-            user.account(),
-            password.expose_secret()
-        ))
-        .await
-        .map_err(backend)?;
-        let granted = async {
-            grant_all(&mut conn, &db, &user).await?;
-            self.rebalance(&mut conn, &db, plan).await?;
-            self.apply_quota(&mut conn, &db, plan).await
+        let claimed = owners::claim(&mut conn, Kind::User, user.as_str(), owner).await?;
+        if claimed == Claimed::New && user_exists(&mut conn, &user).await? {
+            owners::release(&mut conn, Kind::User, user.as_str(), owner).await?;
+            return Err(BrokerError::Conflict(format!(
+                "an account named {:?} already exists on MySQL server {:?} and was not made by this broker for this binding",
+                user.as_str(),
+                server.name
+            )));
         }
-        .await;
-        if let Err(err) = granted {
-            // Leave nothing half-made behind.
-            let _ = drop_user(&mut conn, &user).await;
+        let password = generate_password(self.password_length);
+        if let Err(err) = self
+            .make_account(&mut conn, &db, &user, &password, instance.plan)
+            .await
+        {
+            // Leave nothing half-made behind, on a fresh connection: the error may be the
+            // old one dropping. If cleaning fails too, unbind finds the account by its name.
+            drop(conn);
+            let cleaned = async {
+                let mut conn = server.conn().await?;
+                drop_user(&mut conn, &user).await?;
+                owners::release(&mut conn, Kind::User, user.as_str(), owner).await
+            }
+            .await;
+            if let Err(e) = cleaned {
+                tracing::warn!(error = %e, "cleaning up after a failed bind failed; unbind will retry");
+            }
             return Err(err);
         }
         Ok(Bound {
@@ -413,55 +491,51 @@ impl ServiceBroker for MysqlBroker {
     }
 
     async fn unbind(&self, input: UnbindInput<'_>) -> Result<(), BrokerError> {
-        let db = DatabaseName::for_instance(input.instance.id)?;
-        let user = user_of(input.binding)?;
-        let mut conn = self.server_of(&input.instance)?.conn().await?;
-        drop_user(&mut conn, &user).await?;
-        self.rebalance(&mut conn, &db, input.instance.plan).await
+        let instance = &input.instance;
+        let db = database_of(instance);
+        let user = UserName::for_binding(instance.platform, &input.binding.id);
+        let owner = Owner {
+            platform: instance.platform,
+            id: input.binding.id.as_str(),
+            parent: db.as_str(),
+        };
+        let mut conn = self.server_of(instance)?.conn().await?;
+        // No marker: the bind died before making anything.
+        if owners::is_mine(&mut conn, Kind::User, user.as_str(), owner).await? {
+            drop_user(&mut conn, &user).await?;
+            owners::release(&mut conn, Kind::User, user.as_str(), owner).await?;
+        }
+        self.rebalance(&mut conn, &db, instance.plan).await
     }
 
     fn upkeep_interval(&self) -> Option<Duration> {
         Some(self.quota_every)
     }
 
-    /// Measures every database and enforces its plan's quota.
-    async fn upkeep(&self, instances: &[InstanceView<'_>]) -> Result<(), BrokerError> {
-        let mut over_count = 0;
-        tracing::debug!(instances = instances.len(), "quota check");
-        for server in &self.servers {
-            let mine: Vec<&InstanceView<'_>> = instances
-                .iter()
-                .filter(|i| {
-                    i.state.get("server").and_then(Value::as_str) == Some(server.name.as_str())
-                })
-                .collect();
-            if mine.is_empty() {
-                continue;
-            }
-            let mut conn = match server.conn().await {
-                Ok(conn) => conn,
+    /// Measures the database and enforces its plan's quota; a plan without one (any more)
+    /// gets every right back.
+    async fn upkeep(&self, instance: InstanceView<'_>) -> Result<(), BrokerError> {
+        let db = database_of(&instance);
+        let mut conn = self.server_of(&instance)?.conn().await?;
+        let Some(quota_mb) = self.limits(instance.plan)?.quota_mb else {
+            quota::enforce(&mut conn, &db, false).await?;
+            self.set_over_quota(instance.id.as_str(), false);
+            return Ok(());
+        };
+        let mut usage = Usage::new(quota::database_size(&mut conn, &db).await?, quota_mb);
+        if usage.over() {
+            // Only databases that look over quota pay for fresh statistics. If they cannot be
+            // had (an app holds a table lock), the stale figure decides: freezing ends the
+            // app's sessions and so its locks, and the next pass measures afresh.
+            match quota::remeasure(&mut conn, &db).await {
+                Ok(bytes) => usage = Usage::new(bytes, quota_mb),
                 Err(e) => {
-                    tracing::warn!(server = %server.name, error = %e, "quota check skipped");
-                    continue;
+                    tracing::warn!(database = db.as_str(), error = %e, "fresh statistics unavailable; using the last ones");
                 }
-            };
-            let sizes = quota::database_sizes(&mut conn).await?;
-            tracing::debug!(server = %server.name, databases = sizes.len(), "measured");
-            for instance in mine {
-                let Some(quota_mb) = self.limits(instance.plan)?.quota_mb else {
-                    continue;
-                };
-                let db = DatabaseName::for_instance(instance.id)?;
-                let mut usage = Usage::new(sizes.get(db.as_str()).copied().unwrap_or(0), quota_mb);
-                if usage.over() {
-                    // Only databases that look over quota pay for fresh statistics.
-                    usage = Usage::new(quota::remeasure(&mut conn, &db).await?, quota_mb);
-                }
-                over_count += i64::from(usage.over());
-                quota::enforce(&mut conn, &db, usage.over()).await?;
             }
         }
-        self.over_quota.set(over_count);
+        quota::enforce(&mut conn, &db, usage.over()).await?;
+        self.set_over_quota(instance.id.as_str(), usage.over());
         Ok(())
     }
 
@@ -470,7 +544,7 @@ impl ServiceBroker for MysqlBroker {
         &self,
         instance: InstanceView<'_>,
     ) -> Result<Option<InstanceMetadata>, BrokerError> {
-        let db = DatabaseName::for_instance(instance.id)?;
+        let db = database_of(&instance);
         let mut conn = self.server_of(&instance)?.conn().await?;
         Ok(self
             .usage(&mut conn, &db, instance.plan)
@@ -488,7 +562,7 @@ impl ServiceBroker for MysqlBroker {
             match server.conn().await {
                 Ok(mut conn) => match conn.query_drop("SELECT 1").await {
                     Ok(()) => return Ok(()),
-                    Err(e) => last_error = Some(backend(e)),
+                    Err(e) => last_error = Some(failed(e)),
                 },
                 Err(e) => last_error = Some(e),
             }

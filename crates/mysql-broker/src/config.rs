@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use osb_core::config::{BrokerConfig, Secret};
+use osb_core::credentials::PasswordLength;
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -23,6 +24,9 @@ pub struct MysqlConfig {
     /// Seconds between two measurements of every database against its plan's quota.
     #[serde(default = "default_quota_check")]
     pub quota_check_secs: u64,
+    /// Length of generated account passwords (16 to 128).
+    #[serde(default)]
+    pub password_length: PasswordLength,
 }
 
 #[derive(Debug, Deserialize)]
@@ -60,8 +64,8 @@ pub struct BackendTls {
 pub struct PlanLimits {
     /// Connections an instance may hold at once, shared out among its bindings.
     pub connections: u32,
-    /// Storage an instance may use, in MiB; over it, its accounts lose INSERT, UPDATE and
-    /// CREATE until it is back under. No quota when unset.
+    /// Storage an instance may use, in MiB; over it, its accounts lose every right that writes
+    /// (they keep SELECT, DELETE, DROP) until it is back under. No quota when unset.
     #[serde(default)]
     pub quota_mb: Option<u64>,
 }

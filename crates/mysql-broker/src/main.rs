@@ -1,8 +1,11 @@
 //! mysql-broker: K-PaaS's MySQL/MariaDB service broker.
 
+mod accounts;
 mod backend;
 mod config;
+mod errors;
 mod names;
+mod owners;
 mod quota;
 
 use anyhow::Context;

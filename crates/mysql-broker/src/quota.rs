@@ -1,16 +1,15 @@
 //! Storage quotas, enforced as cf-mysql-broker does: measure each database, and while it is
-//! over its plan's quota its accounts keep SELECT, DELETE and DROP but lose INSERT, UPDATE and
-//! CREATE; back under, they get everything back.
-
-use std::collections::HashMap;
+//! over its plan's quota its accounts keep SELECT, DELETE and DROP but lose every right that
+//! writes (`accounts::freeze`); back under, they get everything back.
 
 use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
 use osb_core::BrokerError;
 use serde_json::{Map, Value, json};
 
-use crate::backend::{backend, grant_all, kill_connections};
-use crate::names::{DatabaseName, UserName, quote_identifier};
+use crate::accounts::{Writes, freeze, grant_all, write_rights};
+use crate::errors::failed;
+use crate::names::{DatabaseName, quote_identifier};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -46,18 +45,7 @@ impl Usage {
     }
 }
 
-/// Data and index bytes of every broker-made database on the server, as InnoDB reports them.
-pub async fn database_sizes(conn: &mut Conn) -> Result<HashMap<String, u64>, BrokerError> {
-    let rows: Vec<(String, u64)> = conn
-        .query(
-            "SELECT table_schema, CAST(COALESCE(SUM(data_length + index_length), 0) AS UNSIGNED) \
-             FROM information_schema.TABLES WHERE table_schema LIKE 'op\\_%' GROUP BY table_schema",
-        )
-        .await
-        .map_err(backend)?;
-    Ok(rows.into_iter().collect())
-}
-
+/// Data and index bytes of `db`, as InnoDB reports them.
 pub async fn database_size(conn: &mut Conn, db: &DatabaseName) -> Result<u64, BrokerError> {
     let size: Option<u64> = conn
         .exec_first(
@@ -66,7 +54,7 @@ pub async fn database_size(conn: &mut Conn, db: &DatabaseName) -> Result<u64, Br
             (db.as_str(),),
         )
         .await
-        .map_err(backend)?;
+        .map_err(failed)?;
     Ok(size.unwrap_or(0))
 }
 
@@ -80,7 +68,7 @@ pub async fn remeasure(conn: &mut Conn, db: &DatabaseName) -> Result<u64, Broker
             (db.as_str(),),
         )
         .await
-        .map_err(backend)?;
+        .map_err(failed)?;
     if !tables.is_empty() {
         let list: Vec<String> = tables
             .iter()
@@ -88,36 +76,19 @@ pub async fn remeasure(conn: &mut Conn, db: &DatabaseName) -> Result<u64, Broker
             .collect();
         conn.query_drop(format!("ANALYZE TABLE {}", list.join(", ")))
             .await
-            .map_err(backend)?;
+            .map_err(failed)?;
     }
     database_size(conn, db).await
 }
 
 /// Brings every account of `db` in line with `over`; returns whether anything changed.
 pub async fn enforce(conn: &mut Conn, db: &DatabaseName, over: bool) -> Result<bool, BrokerError> {
-    let accounts: Vec<(String, String)> = conn
-        .exec(
-            "SELECT User, Insert_priv FROM mysql.db WHERE Db = ? AND Host = '%'",
-            (db.grant_pattern_value(),),
-        )
-        .await
-        .map_err(backend)?;
     let mut changed = false;
-    for (name, insert) in accounts {
-        let user = UserName::parse(&name)?;
-        let can_write = insert == "Y";
-        if over && can_write {
-            conn.query_drop(format!(
-                "REVOKE INSERT, UPDATE, CREATE ON {}.* FROM {}",
-                db.grant_pattern(),
-                user.account()
-            ))
-            .await
-            .map_err(backend)?;
-            // Open sessions keep the privileges they started with: end them.
-            kill_connections(conn, &user).await?;
+    for (user, writes) in write_rights(conn, db).await? {
+        if over && writes != Writes::None {
+            freeze(conn, db, &user).await?;
             changed = true;
-        } else if !over && !can_write {
+        } else if !over && writes != Writes::All {
             grant_all(conn, db, &user).await?;
             changed = true;
         }

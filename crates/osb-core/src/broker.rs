@@ -54,6 +54,9 @@ pub enum Mode {
 /// An existing service instance as the broker sees it.
 #[derive(Debug, Clone, Copy)]
 pub struct InstanceView<'a> {
+    /// The platform that owns the instance; backend names derive from it and the id
+    /// ([`crate::naming::NameRule`]).
+    pub platform: &'a str,
     pub id: &'a InstanceId,
     pub service: &'a Service,
     pub plan: &'a Plan,
@@ -72,6 +75,8 @@ pub struct BindingView {
 }
 
 pub struct ProvisionInput<'a> {
+    /// The platform asking; backend names derive from it and the id.
+    pub platform: &'a str,
     pub instance_id: &'a InstanceId,
     pub service: &'a Service,
     pub plan: &'a Plan,
@@ -155,7 +160,11 @@ pub enum BrokerError {
     /// current usage does not fit (422). Repeating it will fail again.
     #[error("{0}")]
     Unprocessable(String),
-    /// The backend cannot be reached; nothing was changed (503).
+    /// A backend object under this instance's or binding's name exists and was not made for
+    /// it (409); nothing was changed.
+    #[error("{0}")]
+    Conflict(String),
+    /// The backend could not be reached before anything was sent; nothing was changed (503).
     #[error("{0}")]
     Unavailable(String),
     /// The backend failed part-way (500). The description is shown to the user.
@@ -200,9 +209,11 @@ pub trait ServiceBroker: Send + Sync + 'static {
         None
     }
 
-    /// Periodic work over every ready instance (quota enforcement, ...). One replica at a time
-    /// runs it (a lease in the store); it must still be idempotent, as the lease can move.
-    async fn upkeep(&self, _instances: &[InstanceView<'_>]) -> Result<(), BrokerError> {
+    /// Periodic work on one ready instance (quota enforcement, ...). The engine calls it for
+    /// every ready instance, each bounded in time, a failure logged and counted without stopping
+    /// the pass; one replica at a time runs passes (a lease in the store). It must be
+    /// idempotent, as the lease can move.
+    async fn upkeep(&self, _instance: InstanceView<'_>) -> Result<(), BrokerError> {
         Ok(())
     }
 

@@ -53,7 +53,9 @@ pub struct BrokerConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlatformConfig {
-    /// Names the platform in the store and in logs (e.g. "cf-prod").
+    /// Names the platform in the store, in logs and in backend names (e.g. "cf-prod"):
+    /// lowercase letters and digits, groups joined by single `-`, at most 32 characters. Never
+    /// rename a platform that has instances.
     pub name: String,
     /// URL prefix such as "/cf"; "" or "/" for the root.
     #[serde(default)]
@@ -113,6 +115,13 @@ pub struct OperationsConfig {
     /// On shutdown, how long to wait for operations still running before exiting.
     #[serde(default = "default_drain")]
     pub drain_secs: u64,
+    /// How long one instance's periodic upkeep may take before it is given up for that pass.
+    #[serde(default = "default_upkeep_timeout")]
+    pub upkeep_timeout_secs: u64,
+    /// How long a finished operation that no instance or binding points to any more (the
+    /// deprovision of a deleted instance, ...) stays for `last_operation`.
+    #[serde(default = "default_retention")]
+    pub retention_secs: u64,
 }
 
 impl Default for OperationsConfig {
@@ -122,6 +131,8 @@ impl Default for OperationsConfig {
             heartbeat_secs: default_heartbeat(),
             sync_wait_secs: default_sync_wait(),
             drain_secs: default_drain(),
+            upkeep_timeout_secs: default_upkeep_timeout(),
+            retention_secs: default_retention(),
         }
     }
 }
@@ -146,6 +157,12 @@ fn default_sync_wait() -> u64 {
 }
 fn default_drain() -> u64 {
     30
+}
+fn default_upkeep_timeout() -> u64 {
+    20
+}
+fn default_retention() -> u64 {
+    24 * 3600
 }
 
 /// A secret in config: a plain string, `{ file = "/path" }` or `{ env = "VAR" }`.
@@ -199,8 +216,27 @@ impl From<figment::Error> for ConfigError {
     }
 }
 
+/// First path segments a platform prefix may not take: a root platform's routes and the
+/// operational endpoints live there.
+const RESERVED_SEGMENTS: [&str; 4] = ["v2", "health", "ready", "metrics"];
+
 impl BrokerConfig {
-    /// The platforms to serve: the configured list, or one at `/` from `username`/`password`.
+    /// Checks what the types cannot say; every broker binary calls it through
+    /// [`crate::server::start`].
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let ops = &self.operations;
+        if ops.heartbeat_secs.max(1) >= ops.lease_secs.max(1) {
+            // A heartbeat slower than the lease lets live operations be reaped as dead.
+            return Err(ConfigError::Invalid(format!(
+                "broker.operations: heartbeat_secs ({}) must be less than lease_secs ({})",
+                ops.heartbeat_secs, ops.lease_secs
+            )));
+        }
+        self.platforms().map(|_| ())
+    }
+
+    /// The platforms to serve, longest prefix first (so that a root platform never takes
+    /// another's requests): the configured list, or one at `/` from `username`/`password`.
     pub fn platforms(&self) -> Result<Vec<Platform>, ConfigError> {
         if self.platforms.is_empty() {
             let (Some(username), Some(password)) = (&self.username, &self.password) else {
@@ -209,20 +245,34 @@ impl BrokerConfig {
                 ));
             };
             return Ok(vec![Platform {
-                name: "default".into(),
+                name: crate::naming::DEFAULT_PLATFORM.into(),
                 prefix: String::new(),
                 username: username.clone(),
                 password: password.0.clone(),
             }]);
         }
         let mut seen = std::collections::HashSet::new();
-        self.platforms
+        let mut platforms = self
+            .platforms
             .iter()
             .map(|p| {
+                if !crate::naming::is_plain(&p.name) || p.name.len() > 32 {
+                    return Err(ConfigError::Invalid(format!(
+                        "broker.platforms: name {:?} must be at most 32 lowercase letters and digits, groups joined by single '-'",
+                        p.name
+                    )));
+                }
                 let prefix = p.prefix.trim_end_matches('/').to_owned();
                 if !(prefix.is_empty() || prefix.starts_with('/')) {
                     return Err(ConfigError::Invalid(format!(
                         "broker.platforms: prefix {:?} must start with '/'",
+                        p.prefix
+                    )));
+                }
+                let first = prefix.trim_start_matches('/').split('/').next().unwrap_or("");
+                if RESERVED_SEGMENTS.contains(&first) {
+                    return Err(ConfigError::Invalid(format!(
+                        "broker.platforms: prefix {:?} may not start with /{first}, where the broker's own routes are",
                         p.prefix
                     )));
                 }
@@ -239,7 +289,9 @@ impl BrokerConfig {
                     password: p.password.0.clone(),
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        platforms.sort_by_key(|p| std::cmp::Reverse(p.prefix.len()));
+        Ok(platforms)
     }
 }
 
@@ -343,6 +395,66 @@ mod tests {
         );
         let err = parse(&missing).unwrap_err().to_string();
         assert!(err.contains("KPAAS_TEST_UNSET_VAR"), "{err}");
+    }
+
+    #[test]
+    fn heartbeat_must_be_shorter_than_the_lease() {
+        let text =
+            format!("{MINIMAL}\n[broker.operations]\nlease_secs = 10\nheartbeat_secs = 10\n");
+        let err = parse(&text)
+            .unwrap()
+            .broker
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("heartbeat_secs"), "{err}");
+        assert!(parse(MINIMAL).unwrap().broker.validate().is_ok());
+    }
+
+    fn with_platforms(list: &[(&str, &str)]) -> String {
+        let mut text = MINIMAL
+            .replace("username = \"u\"\n", "")
+            .replace("password = \"p\"\n", "");
+        for (name, prefix) in list {
+            text.push_str(&format!(
+                "[[broker.platforms]]\nname = {name:?}\nprefix = {prefix:?}\nusername = \"u\"\npassword = \"p\"\n"
+            ));
+        }
+        text
+    }
+
+    #[test]
+    fn platforms_route_longest_prefix_first() {
+        let c = parse(&with_platforms(&[
+            ("root", ""),
+            ("cf", "/cf"),
+            ("k8s", "/k8s/x"),
+        ]))
+        .unwrap();
+        let prefixes: Vec<String> = c
+            .broker
+            .platforms()
+            .unwrap()
+            .into_iter()
+            .map(|p| p.prefix)
+            .collect();
+        assert_eq!(prefixes, ["/k8s/x", "/cf", ""]);
+    }
+
+    #[test]
+    fn platform_names_and_prefixes_are_checked() {
+        for (name, prefix) in [
+            ("CF", "/cf"),
+            ("cf_prod", "/cf"),
+            ("cf", "/v2"),
+            ("cf", "/metrics/x"),
+            ("cf", "cf"),
+        ] {
+            let c = parse(&with_platforms(&[(name, prefix)])).unwrap();
+            assert!(c.broker.platforms().is_err(), "{name} {prefix}");
+        }
+        let c = parse(&with_platforms(&[("cf", "/cf"), ("k8s", "/cf/")])).unwrap();
+        assert!(c.broker.platforms().is_err());
     }
 
     #[test]

@@ -2,32 +2,73 @@
 
 use std::fmt;
 
-use rand::Rng;
-use rand::distr::{Alphanumeric, SampleString};
+use rand::seq::IndexedRandom;
 use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
-/// Length of generated passwords: 40 alphanumerics is about 238 bits of entropy.
-pub const PASSWORD_LEN: usize = 40;
+/// Characters of generated passwords: RFC 3986 unreserved, so a password stands unescaped in
+/// URIs, JDBC URLs and connection strings, and holds every class password policies ask for.
+const UPPER: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+const LOWER: &[u8] = b"abcdefghijklmnopqrstuvwxyz";
+const DIGITS: &[u8] = b"0123456789";
+const SPECIAL: &[u8] = b"-._~";
 
-/// A password from the thread-local CSPRNG (ChaCha, seeded from the OS). Alphanumeric only, so
-/// it is safe inside URIs, connection strings and shell-quoted config without escaping.
-pub fn generate_password() -> SecretString {
-    SecretString::from(Alphanumeric.sample_string(&mut rand::rng(), PASSWORD_LEN))
+/// How long generated passwords are; brokers take it from their config
+/// (`password_length`, 16 to 128, default 40: about 250 bits of entropy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "usize")]
+pub struct PasswordLength(usize);
+
+impl PasswordLength {
+    pub const MIN: usize = 16;
+    pub const MAX: usize = 128;
+
+    pub fn get(self) -> usize {
+        self.0
+    }
 }
 
-/// A random lowercase name of `len` characters starting with a letter, for backend user names
-/// and the like: unique, unguessable and a valid identifier everywhere.
-pub fn random_name(len: usize) -> String {
-    const LETTERS: &[u8] = b"abcdefghijklmnopqrstuvwxyz";
-    const ALNUM: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+impl Default for PasswordLength {
+    fn default() -> Self {
+        Self(40)
+    }
+}
+
+impl TryFrom<usize> for PasswordLength {
+    type Error = String;
+
+    fn try_from(len: usize) -> Result<Self, Self::Error> {
+        if (Self::MIN..=Self::MAX).contains(&len) {
+            Ok(Self(len))
+        } else {
+            Err(format!(
+                "password_length must be {} to {}, not {len}",
+                Self::MIN,
+                Self::MAX
+            ))
+        }
+    }
+}
+
+/// A password from the thread-local CSPRNG (ChaCha, seeded from the OS) with at least one
+/// uppercase letter, lowercase letter, digit and one of `-._~`, as MySQL's `validate_password`,
+/// MariaDB's `simple_password_check` and most policies require. Drawn uniformly from all such
+/// passwords (draws that miss a class are thrown away).
+pub fn generate_password(len: PasswordLength) -> SecretString {
+    let alphabet: Vec<u8> = [UPPER, LOWER, DIGITS, SPECIAL].concat();
     let mut rng = rand::rng();
-    (0..len)
-        .map(|i| {
-            let set = if i == 0 { LETTERS } else { ALNUM };
-            set[rng.random_range(0..set.len())] as char
-        })
-        .collect()
+    loop {
+        let candidate: String = (0..len.get())
+            .map(|_| *alphabet.choose(&mut rng).expect("non-empty alphabet") as char)
+            .collect();
+        if [UPPER, LOWER, DIGITS, SPECIAL]
+            .iter()
+            .all(|class| candidate.bytes().any(|b| class.contains(&b)))
+        {
+            return SecretString::from(candidate);
+        }
+    }
 }
 
 /// The `credentials` object of a binding. Its `Debug` shows the keys only, so that logging a
@@ -75,21 +116,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn passwords_are_long_unique_and_uri_safe() {
-        let a = generate_password();
-        let b = generate_password();
-        assert_eq!(a.expose_secret().len(), PASSWORD_LEN);
-        assert_ne!(a.expose_secret(), b.expose_secret());
-        assert!(a.expose_secret().chars().all(|c| c.is_ascii_alphanumeric()));
+    fn passwords_hold_every_class_and_are_uri_safe() {
+        let len = PasswordLength::default();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let p = generate_password(len);
+            let p = p.expose_secret();
+            assert_eq!(p.len(), 40);
+            for class in [UPPER, LOWER, DIGITS, SPECIAL] {
+                assert!(p.bytes().any(|b| class.contains(&b)), "{p}");
+            }
+            assert!(
+                p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-._~".contains(c))
+            );
+            assert!(seen.insert(p.to_owned()), "repeated password");
+        }
+        let short = generate_password(PasswordLength::try_from(16).unwrap());
+        assert_eq!(short.expose_secret().len(), 16);
     }
 
     #[test]
-    fn random_names_start_with_a_letter() {
-        for _ in 0..100 {
-            let n = random_name(16);
-            assert_eq!(n.len(), 16);
-            assert!(n.starts_with(|c: char| c.is_ascii_lowercase()));
-        }
+    fn password_length_is_bounded() {
+        assert!(PasswordLength::try_from(15).is_err());
+        assert!(PasswordLength::try_from(129).is_err());
+        assert_eq!(PasswordLength::try_from(64).unwrap().get(), 64);
     }
 
     #[test]

@@ -155,6 +155,7 @@ impl From<BrokerError> for OsbError {
                 instance_usable: None,
                 update_repeatable: Some(false),
             },
+            BrokerError::Conflict(d) => Self::Conflict(d),
             BrokerError::Unavailable(d) => Self::Unavailable(d),
             BrokerError::Failed(d) => Self::Internal(d),
         }

@@ -15,6 +15,7 @@ mod fingerprint;
 mod guard;
 pub mod ids;
 pub mod metrics;
+pub mod naming;
 mod routes;
 mod runner;
 pub mod server;

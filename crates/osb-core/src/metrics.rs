@@ -11,6 +11,7 @@ pub struct Metrics {
     requests: IntCounterVec,
     latency: HistogramVec,
     in_flight: IntGauge,
+    upkeep_failures: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -43,10 +44,19 @@ impl Metrics {
             "Backend operations this replica is running",
         )
         .expect("valid metric");
+        let upkeep_failures = IntCounterVec::new(
+            Opts::new(
+                "osb_upkeep_failures_total",
+                "Instances whose upkeep failed (error), hung (timeout), or passes that ran out of time",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
             Box::new(in_flight.clone()),
+            Box::new(upkeep_failures.clone()),
         ] {
             registry
                 .register(collector)
@@ -57,6 +67,7 @@ impl Metrics {
             requests,
             latency,
             in_flight,
+            upkeep_failures,
         }
     }
 
@@ -65,6 +76,9 @@ impl Metrics {
         &self.registry
     }
 
+    /// Counts a request. Every label must come from a closed set (route patterns of the
+    /// configuration, [`method_label`]), or unauthenticated callers could grow the label set
+    /// without bound.
     pub fn observe_request(&self, route: &str, method: &str, status: u16, seconds: f64) {
         self.requests
             .with_label_values(&[route, method, &status.to_string()])
@@ -72,6 +86,11 @@ impl Metrics {
         self.latency
             .with_label_values(&[route, method])
             .observe(seconds);
+    }
+
+    /// `reason` is one of "error", "timeout", "out_of_time".
+    pub fn upkeep_failed(&self, reason: &'static str) {
+        self.upkeep_failures.with_label_values(&[reason]).inc();
     }
 
     pub fn operation_started(&self) {
@@ -92,6 +111,17 @@ impl Metrics {
     }
 }
 
+/// A request method as a metric label: the methods HTTP defines, anything else "other".
+pub fn method_label(method: &str) -> &'static str {
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    KNOWN
+        .into_iter()
+        .find(|known| *known == method)
+        .unwrap_or("other")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,5 +138,12 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("osb_operations_in_flight 0"));
+    }
+
+    #[test]
+    fn unknown_methods_share_one_label() {
+        assert_eq!(method_label("PATCH"), "PATCH");
+        assert_eq!(method_label("FOO"), "other");
+        assert_eq!(method_label("get"), "other");
     }
 }

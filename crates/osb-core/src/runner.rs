@@ -22,6 +22,11 @@ pub struct Timing {
     pub heartbeat: Duration,
     /// How long a repeated synchronous request waits for the identical one already running.
     pub sync_wait: Duration,
+    /// How long one instance's upkeep may take before it is given up for this pass.
+    pub upkeep_timeout: Duration,
+    /// How long finished operations no row points to any more are kept (for `last_operation`
+    /// after a delete).
+    pub retention: Duration,
 }
 
 #[derive(Clone)]
@@ -78,6 +83,10 @@ impl Runner {
         &self.replica
     }
 
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// Runs `work` on the broker's runtime (not the request's), so that a client that hangs up
     /// does not cancel a half-done backend operation.
     pub fn spawn<T: Send + 'static>(
@@ -117,8 +126,21 @@ impl Runner {
         }
     }
 
-    /// Heartbeats and reaping, until the runtime shuts down.
+    /// Heartbeats, reaping and pruning of old operation records, until the broker stops.
     pub fn start_maintenance(&self, store: Store, timing: Timing) {
+        let pruned = store.clone();
+        let every = timing.retention.min(Duration::from_secs(300));
+        self.every(every, move || {
+            let store = pruned.clone();
+            async move {
+                let before = now_ms() - timing.retention.as_millis() as i64;
+                match store.prune_operations(before).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(operations = n, "pruned finished operations"),
+                    Err(e) => tracing::warn!(error = %e, "pruning operations failed"),
+                }
+            }
+        });
         let running = self.running.clone();
         self.every(timing.heartbeat, move || {
             let ids: Vec<String> = running.lock().unwrap().iter().cloned().collect();

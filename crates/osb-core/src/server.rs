@@ -80,6 +80,7 @@ pub async fn start<B: ServiceBroker>(
     broker: B,
     metrics: Metrics,
 ) -> Result<Running, ServeError> {
+    config.validate()?;
     let platforms = config.platforms()?;
     let catalog = CatalogIndex::new(config.catalog.clone())?;
     let previous: Vec<_> = config
@@ -103,6 +104,8 @@ pub async fn start<B: ServiceBroker>(
         lease: Duration::from_secs(ops.lease_secs.max(1)),
         heartbeat: Duration::from_secs(ops.heartbeat_secs.max(1)),
         sync_wait: Duration::from_secs(ops.sync_wait_secs),
+        upkeep_timeout: Duration::from_secs(ops.upkeep_timeout_secs.max(1)),
+        retention: Duration::from_secs(ops.retention_secs.max(1)),
     };
     let runner = Runner::new(replica, metrics.clone());
     let engine = web::Data::new(Engine::new(
@@ -203,7 +206,7 @@ async fn observe(
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
     let started = Instant::now();
     let metrics = req.app_data::<web::Data<Metrics>>().cloned();
-    let method = req.method().to_string();
+    let method = crate::metrics::method_label(req.method().as_str());
     let result = next.call(req).await;
     if let Some(metrics) = metrics {
         let (route, status) = match &result {
@@ -218,7 +221,7 @@ async fn observe(
                 e.as_response_error().status_code().as_u16(),
             ),
         };
-        metrics.observe_request(&route, &method, status, started.elapsed().as_secs_f64());
+        metrics.observe_request(&route, method, status, started.elapsed().as_secs_f64());
     }
     result
 }
@@ -234,13 +237,14 @@ async fn ready<B: ServiceBroker>(engine: web::Data<Engine<B>>) -> HttpResponse {
         .clone()
         .spawn(async move { engine.ready().await })
         .await;
-    match result {
-        Ok(Ok(())) => HttpResponse::Ok().json(serde_json::json!({"status": "ready"})),
-        Ok(Err(e)) => HttpResponse::ServiceUnavailable()
-            .json(serde_json::json!({"status": "unavailable", "description": e.to_string()})),
-        Err(e) => HttpResponse::ServiceUnavailable()
-            .json(serde_json::json!({"status": "unavailable", "description": e.to_string()})),
-    }
+    // Unauthenticated: say only whether, never why (server names, errors go to the log).
+    let why = match result {
+        Ok(Ok(())) => return HttpResponse::Ok().json(serde_json::json!({"status": "ready"})),
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    };
+    tracing::warn!(error = %why, "not ready");
+    HttpResponse::ServiceUnavailable().json(serde_json::json!({"status": "unavailable"}))
 }
 
 async fn metrics_text(metrics: web::Data<Metrics>) -> HttpResponse {

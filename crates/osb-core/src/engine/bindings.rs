@@ -89,7 +89,7 @@ impl<B: ServiceBroker> Engine<B> {
                 updated_at: now,
             };
             if self.inner.store.insert_binding(&row).await? {
-                return self.start_bind(mode, row, op.id, req, true).await;
+                return self.start_bind(mode, row, op.id, req, None).await;
             }
             self.inner.store.delete_operation(&op.id).await?;
             let Some(existing) = self.inner.store.binding(binding_id.as_str()).await? else {
@@ -127,8 +127,8 @@ impl<B: ServiceBroker> Engine<B> {
                         .await?
                     {
                         let mut row = existing;
-                        row.operation_id = op.id.clone();
-                        return self.start_bind(mode, row, op.id, req, false).await;
+                        let previous = std::mem::replace(&mut row.operation_id, op.id.clone());
+                        return self.start_bind(mode, row, op.id, req, Some(previous)).await;
                     }
                 }
                 _ => return Err(concurrency("service binding")),
@@ -136,15 +136,15 @@ impl<B: ServiceBroker> Engine<B> {
         }
     }
 
-    /// Runs a bind whose row is now in the `binding` state: `fresh` when this request created
-    /// the row, not when it retries a failed binding.
+    /// Runs a bind whose row is now in the `binding` state: `previous` is the operation of a
+    /// failed binding this request retries, `None` when it created the row.
     async fn start_bind(
         &self,
         mode: Mode,
         row: BindingRow,
         op: String,
         req: BindRequest,
-        fresh: bool,
+        previous: Option<String>,
     ) -> Result<Reply, OsbError> {
         let store = &self.inner.store;
         // Deprovision claims the instance and then looks for busy bindings; our row is busy
@@ -154,14 +154,16 @@ impl<B: ServiceBroker> Engine<B> {
             .await?
             .filter(|i| i.state() == Some(InstanceState::Ready))
         else {
-            if fresh {
-                store.delete_binding(&row.id).await?;
-            } else {
-                store
-                    .release_binding(&row.id, &op, BindingState::Failed)
-                    .await?;
+            match previous {
+                None => {
+                    store.discard(&op, Outcome::DeleteBinding(&row.id)).await?;
+                }
+                Some(previous) => {
+                    store
+                        .unclaim_binding(&row.id, &op, BindingState::Failed, &previous)
+                        .await?
+                }
             }
-            store.delete_operation(&op).await?;
             return Err(concurrency("service instance"));
         };
         let engine = self.clone();
@@ -231,7 +233,9 @@ impl<B: ServiceBroker> Engine<B> {
                 row.credentials = Some(self.inner.sealer.seal(to_text(&credentials).as_bytes()));
                 row.broker_state = to_text(&bound.state);
                 row.updated_at = now_ms();
-                store.succeed(&op, Outcome::SaveBinding(&row)).await?;
+                if !store.succeed(&op, Outcome::SaveBinding(&row)).await? {
+                    return Err(superseded(&op));
+                }
                 tracing::info!(instance_id = %row.instance_id, binding_id = %row.id, "bound");
                 let mut body = serde_json::to_value(&response).unwrap_or_else(|_| json!({}));
                 body["credentials"] = Value::Object(credentials);
@@ -240,13 +244,13 @@ impl<B: ServiceBroker> Engine<B> {
             Err(err) => {
                 tracing::warn!(binding_id = %row.id, error = %err, "bind failed");
                 if mode == Mode::Sync && left_nothing(&err) {
-                    store.delete_binding(&row.id).await?;
+                    store.discard(&op, Outcome::DeleteBinding(&row.id)).await?;
                 } else {
                     store
                         .release_binding(&row.id, &op, BindingState::Failed)
                         .await?;
+                    self.failed(&op, &err, None, None).await?;
                 }
-                self.failed(&op, &err, None, None).await?;
                 Err(err.into())
             }
         }
@@ -351,13 +355,21 @@ impl<B: ServiceBroker> Engine<B> {
             .await;
         match result {
             Ok(()) => {
-                store.succeed(&op, Outcome::DeleteBinding(&row.id)).await?;
+                if !store.succeed(&op, Outcome::DeleteBinding(&row.id)).await? {
+                    return Err(superseded(&op));
+                }
                 tracing::info!(instance_id = %row.instance_id, binding_id = %row.id, "unbound");
                 Ok(Reply::new(200, json!({})))
             }
             Err(err) => {
                 tracing::warn!(binding_id = %row.id, error = %err, "unbind failed");
-                store.release_binding(&row.id, &op, from).await?;
+                // Half-removed is not bound: only another unbind may touch it.
+                let back = if left_nothing(&err) {
+                    from
+                } else {
+                    BindingState::Failed
+                };
+                store.release_binding(&row.id, &op, back).await?;
                 self.failed(&op, &err, None, None).await?;
                 Err(err.into())
             }

@@ -124,6 +124,7 @@ impl<B: ServiceBroker> Engine<B> {
             .inner
             .broker
             .provision(ProvisionInput {
+                platform: &loaded.row.platform,
                 instance_id: &loaded.id,
                 service,
                 plan,
@@ -138,20 +139,22 @@ impl<B: ServiceBroker> Engine<B> {
                 row.metadata = done.metadata.filter(|m| !m.is_empty()).map(|m| to_text(&m));
                 row.broker_state = to_text(&done.state);
                 row.updated_at = now_ms();
-                store.succeed(&op, Outcome::SaveInstance(&row)).await?;
+                if !store.succeed(&op, Outcome::SaveInstance(&row)).await? {
+                    return Err(superseded(&op));
+                }
                 tracing::info!(instance_id = %row.id, plan = %plan.name, "provisioned");
                 Ok(Reply::new(201, instance_body(&row)?))
             }
             Err(err) => {
                 tracing::warn!(instance_id = %row.id, error = %err, "provision failed");
                 if mode == Mode::Sync && left_nothing(&err) {
-                    store.delete_instance(&row.id).await?;
+                    store.discard(&op, Outcome::DeleteInstance(&row.id)).await?;
                 } else {
                     store
                         .release_instance(&row.id, &op, InstanceState::Failed)
                         .await?;
+                    self.failed(&op, &err, None, None).await?;
                 }
-                self.failed(&op, &err, None, None).await?;
                 Err(err.into())
             }
         }
@@ -236,6 +239,16 @@ impl<B: ServiceBroker> Engine<B> {
                 _ => Err(concurrency("service instance")),
             };
         };
+        // A bind that started before our claim must finish first: it sized its account for the
+        // plan it read (it re-checks the instance after writing its row, so one of the two
+        // always sees the other).
+        if self.inner.store.has_busy_bindings(id.as_str()).await? {
+            self.inner
+                .store
+                .unclaim_instance(id.as_str(), &op.id, InstanceState::Ready, &row.operation_id)
+                .await?;
+            return Err(concurrency("service instance"));
+        }
         let engine = self.clone();
         let op_id = op.id.clone();
         let target_id = target.id.clone();
@@ -270,16 +283,14 @@ impl<B: ServiceBroker> Engine<B> {
                 context: &context,
             })
             .await;
-        // Re-read: the row may have changed columns we do not own (nothing should, but a
-        // stale copy must not overwrite them).
-        let mut row = store
-            .instance(loaded.id.as_str())
-            .await?
-            .ok_or_else(|| OsbError::Internal("instance vanished during update".into()))?;
-        row.state = InstanceState::Ready.as_str().into();
-        row.updated_at = now_ms();
         match result {
             Ok(done) => {
+                // The row as read before the claim; while this operation holds it nothing else
+                // writes it, and the fenced write checks that this is still so.
+                let mut row = loaded.row.clone();
+                row.state = InstanceState::Ready.as_str().into();
+                row.operation_id = op.clone();
+                row.updated_at = now_ms();
                 row.plan_id = target.id.clone();
                 if let Some(params) = &req.parameters {
                     row.parameters = to_text(params);
@@ -300,7 +311,9 @@ impl<B: ServiceBroker> Engine<B> {
                 if let Some(state) = &done.state {
                     row.broker_state = to_text(state);
                 }
-                store.succeed(&op, Outcome::SaveInstance(&row)).await?;
+                if !store.succeed(&op, Outcome::SaveInstance(&row)).await? {
+                    return Err(superseded(&op));
+                }
                 tracing::info!(instance_id = %row.id, plan = %target.name, "updated");
                 Ok(Reply::new(
                     200,
@@ -312,8 +325,10 @@ impl<B: ServiceBroker> Engine<B> {
                 ))
             }
             Err(err) => {
-                tracing::warn!(instance_id = %row.id, error = %err, "update failed");
-                store.save_instance(&row).await?;
+                tracing::warn!(instance_id = %loaded.id, error = %err, "update failed");
+                store
+                    .release_instance(loaded.id.as_str(), &op, InstanceState::Ready)
+                    .await?;
                 let repeatable = !matches!(
                     err,
                     BrokerError::Unprocessable(_) | BrokerError::InvalidParameters(_)
@@ -382,9 +397,8 @@ impl<B: ServiceBroker> Engine<B> {
             if self.inner.store.has_busy_bindings(id.as_str()).await? {
                 self.inner
                     .store
-                    .release_instance(id.as_str(), &op.id, from)
+                    .unclaim_instance(id.as_str(), &op.id, from, &row.operation_id)
                     .await?;
-                self.inner.store.delete_operation(&op.id).await?;
                 return Err(concurrency("service instance"));
             }
             let engine = self.clone();
@@ -422,17 +436,22 @@ impl<B: ServiceBroker> Engine<B> {
             .await;
         match result {
             Ok(()) => {
-                store
+                if !store
                     .succeed(&op, Outcome::DeleteInstance(loaded.id.as_str()))
-                    .await?;
+                    .await?
+                {
+                    return Err(superseded(&op));
+                }
                 tracing::info!(instance_id = %loaded.id, "deprovisioned");
                 Ok(Reply::new(200, json!({})))
             }
             Err(err) => {
                 tracing::warn!(instance_id = %loaded.id, error = %err, "deprovision failed");
                 let usable = from == InstanceState::Ready && left_nothing(&err);
+                // Half-deleted is not usable: only another deprovision may touch it.
+                let back = if usable { from } else { InstanceState::Failed };
                 store
-                    .release_instance(loaded.id.as_str(), &op, from)
+                    .release_instance(loaded.id.as_str(), &op, back)
                     .await?;
                 self.failed(&op, &err, Some(usable), None).await?;
                 Err(match OsbError::from(err) {

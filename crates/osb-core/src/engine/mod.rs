@@ -8,8 +8,8 @@ mod bindings;
 mod fetch;
 mod instances;
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -81,6 +81,9 @@ struct Inner<B> {
     sealer: Sealer,
     runner: Runner,
     timing: Timing,
+    /// The instance the last upkeep pass reached: the next pass starts after it, so a pass cut
+    /// short by its time budget does not starve the instances behind it.
+    upkeep_cursor: Mutex<Option<String>>,
 }
 
 /// What an operation takes hold of: its instance, or one binding, moving between states.
@@ -126,6 +129,7 @@ impl Loaded {
 
     fn view<'a>(&'a self, service: &'a Service, plan: &'a Plan) -> InstanceView<'a> {
         InstanceView {
+            platform: &self.row.platform,
             id: &self.id,
             service,
             plan,
@@ -164,6 +168,16 @@ fn accepted(op: &str) -> Reply {
 /// where possible, 5xx answers to leave the broker's resources unchanged).
 fn left_nothing(err: &BrokerError) -> bool {
     !matches!(err, BrokerError::Failed(_))
+}
+
+/// What a fenced-out operation answers: the reaper failed it while it ran (its replica stalled
+/// past the lease) and a newer operation owns the row now, so nothing of it was recorded.
+fn superseded(op: &str) -> OsbError {
+    tracing::warn!(operation = %op, "operation finished after it was taken over; its outcome was not recorded");
+    OsbError::Concurrency(
+        "this operation was taken over by a newer one after its broker replica stalled; poll or retry"
+            .into(),
+    )
 }
 
 fn require_non_empty(value: &str, field: &str) -> Result<(), OsbError> {
@@ -213,6 +227,7 @@ impl<B: ServiceBroker> Engine<B> {
                 sealer,
                 runner,
                 timing,
+                upkeep_cursor: Mutex::default(),
             }),
         };
         if let Some(every) = engine.inner.broker.upkeep_interval() {
@@ -226,7 +241,10 @@ impl<B: ServiceBroker> Engine<B> {
                     let replica = this.inner.runner.replica();
                     match this.inner.store.acquire_lease("upkeep", replica, ttl).await {
                         Ok(true) => {
-                            if let Err(e) = this.upkeep().await {
+                            // A pass ends well within the lease, so another replica does not
+                            // take over while this one is still at work.
+                            let budget = every.saturating_mul(2).max(Duration::from_secs(1));
+                            if let Err(e) = this.upkeep(budget).await {
                                 tracing::warn!(error = %e, "upkeep failed");
                             }
                         }
@@ -239,25 +257,58 @@ impl<B: ServiceBroker> Engine<B> {
         engine
     }
 
-    /// One pass of the broker's upkeep over every ready instance.
-    pub async fn upkeep(&self) -> Result<(), OsbError> {
-        let rows = self.inner.store.instances_in(InstanceState::Ready).await?;
-        let loaded: Vec<Loaded> = rows
-            .into_iter()
-            .filter_map(|row| Loaded::new(row).ok())
-            .collect();
-        let views: Vec<InstanceView<'_>> = loaded
-            .iter()
-            .filter_map(|l| {
-                let (service, plan) = self.inner.catalog.plan(&l.row.plan_id)?;
-                Some(l.view(service, plan))
-            })
-            .collect();
-        self.inner
-            .broker
-            .upkeep(&views)
-            .await
-            .map_err(OsbError::from)
+    /// One pass of the broker's upkeep over the ready instances, each on its own: one that
+    /// fails or hangs (bounded by `operations.upkeep_timeout_secs`) is logged and counted in
+    /// `/metrics`, and the pass goes on. The pass stops taking instances after `budget`; the
+    /// next one starts where it stopped.
+    pub async fn upkeep(&self, budget: Duration) -> Result<(), OsbError> {
+        let deadline = Instant::now() + budget;
+        let mut rows = self.inner.store.instances_in(InstanceState::Ready).await?;
+        rows.sort_by(|a, b| a.id.cmp(&b.id));
+        let start = {
+            let cursor = self.inner.upkeep_cursor.lock().unwrap();
+            cursor
+                .as_ref()
+                .map_or(0, |last| rows.partition_point(|r| &r.id <= last))
+        };
+        rows.rotate_left(start);
+        let metrics = self.inner.runner.metrics();
+        let total = rows.len();
+        for (done, row) in rows.into_iter().enumerate() {
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    left = total - done,
+                    "upkeep pass ran out of time; the next pass goes on from here"
+                );
+                metrics.upkeep_failed("out_of_time");
+                return Ok(());
+            }
+            let id = row.id.clone();
+            let loaded = match Loaded::new(row) {
+                Ok(loaded) => loaded,
+                Err(e) => {
+                    tracing::warn!(instance_id = %id, error = %e, "upkeep skipped an unreadable instance");
+                    metrics.upkeep_failed("error");
+                    continue;
+                }
+            };
+            if let Some((service, plan)) = self.inner.catalog.plan(&loaded.row.plan_id) {
+                let work = self.inner.broker.upkeep(loaded.view(service, plan));
+                match tokio::time::timeout(self.inner.timing.upkeep_timeout, work).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(instance_id = %id, error = %e, "upkeep of an instance failed");
+                        metrics.upkeep_failed("error");
+                    }
+                    Err(_) => {
+                        tracing::warn!(instance_id = %id, "upkeep of an instance timed out");
+                        metrics.upkeep_failed("timeout");
+                    }
+                }
+            }
+            *self.inner.upkeep_cursor.lock().unwrap() = Some(id);
+        }
+        Ok(())
     }
 
     pub fn catalog(&self) -> &CatalogIndex {

@@ -25,6 +25,8 @@ pub use rows::{
 use schema::{osb_bindings, osb_instances, osb_leases, osb_operations};
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+/// Run after [`MIGRATIONS`] on MySQL/MariaDB only, for what portable SQL cannot say.
+const MYSQL_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations_mysql");
 
 /// What a succeeded operation changed, for [`Store::succeed`].
 #[derive(Debug, Clone, Copy)]
@@ -33,6 +35,14 @@ pub enum Outcome<'a> {
     DeleteInstance(&'a str),
     SaveBinding(&'a BindingRow),
     DeleteBinding(&'a str),
+}
+
+/// How a fenced final write ends the operation.
+#[derive(Clone, Copy)]
+enum End {
+    Succeeded,
+    /// Failed having changed nothing: the operation record goes with the row.
+    Discarded,
 }
 
 type SqliteConn = SyncConnectionWrapper<diesel::SqliteConnection>;
@@ -51,7 +61,8 @@ pub struct Store {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("state store url must start with sqlite://, mysql:// or postgres:// (got {0:?})")]
+    /// Holds the URL's scheme only: the rest may carry a password.
+    #[error("state store url must be sqlite://PATH, mysql://… or postgres://… (got {0})")]
     BadUrl(String),
     #[error("state store unreachable: {0}")]
     Unavailable(String),
@@ -114,7 +125,10 @@ impl Store {
     pub async fn connect(url: &str, pool_size: usize) -> Result<Self, StoreError> {
         let pools = if let Some(path) = url.strip_prefix("sqlite://") {
             if path.is_empty() || path.contains(":memory:") {
-                return Err(StoreError::BadUrl(url.to_owned()));
+                return Err(StoreError::BadUrl(
+                    "sqlite:// without a file path; an in-memory store would not survive a restart"
+                        .into(),
+                ));
             }
             let mut config = ManagerConfig::<SqliteConn>::default();
             config.custom_setup = Box::new(|url| {
@@ -144,7 +158,12 @@ impl Store {
                 pool_size,
             )?)
         } else {
-            return Err(StoreError::BadUrl(url.to_owned()));
+            return Err(StoreError::BadUrl(match url.split_once("://") {
+                Some((scheme, _)) if scheme.chars().all(|c| c.is_ascii_alphanumeric()) => {
+                    format!("a url of scheme {scheme:?}")
+                }
+                _ => "a value that is not a url".into(),
+            }));
         };
         let store = Self {
             pools: std::sync::Arc::new(pools),
@@ -169,7 +188,10 @@ impl Store {
         loop {
             let result: Result<(), StoreError> = match &*self.pools {
                 Pools::Sqlite(p) => run_migrations(p.get().await?),
-                Pools::Mysql(p) => run_migrations(p.get().await?),
+                Pools::Mysql(p) => match run_migrations(p.get().await?) {
+                    Ok(()) => run_migrations_from(p.get().await?, MYSQL_MIGRATIONS),
+                    failed => failed,
+                },
                 Pools::Postgres(p) => run_migrations(p.get().await?),
             };
             match result {
@@ -235,30 +257,6 @@ impl Store {
             == 1))
     }
 
-    /// Writes every column of an instance back.
-    pub async fn save_instance(&self, row: &InstanceRow) -> Result<(), StoreError> {
-        with_conn!(self, |conn| {
-            diesel::update(osb_instances::table.find(&row.id))
-                .set(row)
-                .execute(conn)
-                .await?;
-            Ok(())
-        })
-    }
-
-    /// Deletes an instance and its bindings.
-    pub async fn delete_instance(&self, id: &str) -> Result<(), StoreError> {
-        with_conn!(self, |conn| {
-            diesel::delete(osb_bindings::table.filter(osb_bindings::instance_id.eq(id)))
-                .execute(conn)
-                .await?;
-            diesel::delete(osb_instances::table.find(id))
-                .execute(conn)
-                .await?;
-            Ok(())
-        })
-    }
-
     pub async fn insert_binding(&self, row: &BindingRow) -> Result<bool, StoreError> {
         with_conn!(self, |conn| inserted(
             diesel::insert_into(osb_bindings::table)
@@ -322,15 +320,6 @@ impl Store {
         .execute(conn)
         .await?
             == 1))
-    }
-
-    pub async fn delete_binding(&self, id: &str) -> Result<(), StoreError> {
-        with_conn!(self, |conn| {
-            diesel::delete(osb_bindings::table.find(id))
-                .execute(conn)
-                .await?;
-            Ok(())
-        })
     }
 
     pub async fn insert_operation(&self, row: &OperationRow) -> Result<(), StoreError> {
@@ -399,58 +388,147 @@ impl Store {
     }
 
     /// Ends operation `op` as succeeded and writes what it changed, in one transaction, so that
-    /// `last_operation` and the rows never disagree.
-    pub async fn succeed(&self, op: &str, outcome: Outcome<'_>) -> Result<(), StoreError> {
+    /// `last_operation` and the rows never disagree. Fenced: `false`, with nothing written, when
+    /// `op` is no longer the row's operation or no longer in progress (it was reaped and another
+    /// operation took the row over).
+    pub async fn succeed(&self, op: &str, outcome: Outcome<'_>) -> Result<bool, StoreError> {
+        self.fenced(op, End::Succeeded, outcome).await
+    }
+
+    /// Ends operation `op` as failed and removes the row it made (a failure that left nothing
+    /// behind), together with the operation record itself: a request that changed nothing
+    /// leaves nothing in the store. Fenced like [`Store::succeed`].
+    pub async fn discard(&self, op: &str, outcome: Outcome<'_>) -> Result<bool, StoreError> {
+        self.fenced(op, End::Discarded, outcome).await
+    }
+
+    async fn fenced(&self, op: &str, end: End, outcome: Outcome<'_>) -> Result<bool, StoreError> {
         use osb_operations::dsl;
-        with_conn!(self, |conn| {
+        let result = with_conn!(self, |conn| {
             conn.transaction::<_, DieselError, _>(|conn| {
                 async move {
-                    match outcome {
+                    let rows = match outcome {
                         Outcome::SaveInstance(row) => {
-                            diesel::update(osb_instances::table.find(&row.id))
-                                .set(row)
-                                .execute(conn)
-                                .await?;
+                            diesel::update(
+                                osb_instances::table
+                                    .find(&row.id)
+                                    .filter(osb_instances::operation_id.eq(op)),
+                            )
+                            .set(row)
+                            .execute(conn)
+                            .await?
                         }
                         Outcome::DeleteInstance(id) => {
-                            diesel::delete(
-                                osb_bindings::table.filter(osb_bindings::instance_id.eq(id)),
+                            let n = diesel::delete(
+                                osb_instances::table
+                                    .find(id)
+                                    .filter(osb_instances::operation_id.eq(op)),
                             )
                             .execute(conn)
                             .await?;
-                            diesel::delete(osb_instances::table.find(id))
+                            if n == 1 {
+                                diesel::delete(
+                                    osb_bindings::table.filter(osb_bindings::instance_id.eq(id)),
+                                )
                                 .execute(conn)
                                 .await?;
+                            }
+                            n
                         }
                         Outcome::SaveBinding(row) => {
-                            diesel::update(osb_bindings::table.find(&row.id))
-                                .set(row)
-                                .execute(conn)
-                                .await?;
+                            diesel::update(
+                                osb_bindings::table
+                                    .find(&row.id)
+                                    .filter(osb_bindings::operation_id.eq(op)),
+                            )
+                            .set(row)
+                            .execute(conn)
+                            .await?
                         }
                         Outcome::DeleteBinding(id) => {
-                            diesel::delete(osb_bindings::table.find(id))
-                                .execute(conn)
-                                .await?;
+                            diesel::delete(
+                                osb_bindings::table
+                                    .find(id)
+                                    .filter(osb_bindings::operation_id.eq(op)),
+                            )
+                            .execute(conn)
+                            .await?
                         }
+                    };
+                    let ended = match end {
+                        End::Succeeded => {
+                            diesel::update(
+                                dsl::osb_operations
+                                    .filter(dsl::id.eq(op))
+                                    .filter(dsl::state.eq(OperationState::InProgress.as_str())),
+                            )
+                            .set((
+                                dsl::state.eq(OperationState::Succeeded.as_str()),
+                                dsl::updated_at.eq(now_ms()),
+                            ))
+                            .execute(conn)
+                            .await?
+                        }
+                        End::Discarded => {
+                            diesel::delete(
+                                dsl::osb_operations
+                                    .filter(dsl::id.eq(op))
+                                    .filter(dsl::state.eq(OperationState::InProgress.as_str())),
+                            )
+                            .execute(conn)
+                            .await?
+                        }
+                    };
+                    if rows != 1 || ended != 1 {
+                        return Err(DieselError::RollbackTransaction);
                     }
-                    diesel::update(
-                        dsl::osb_operations
-                            .filter(dsl::id.eq(op))
-                            .filter(dsl::state.eq(OperationState::InProgress.as_str())),
-                    )
-                    .set((
-                        dsl::state.eq(OperationState::Succeeded.as_str()),
-                        dsl::updated_at.eq(now_ms()),
-                    ))
-                    .execute(conn)
-                    .await?;
                     Ok(())
                 }
                 .scope_boxed()
             })
-            .await?;
-            Ok(())
+            .await
+        });
+        match result {
+            Ok(()) => Ok(true),
+            Err(DieselError::RollbackTransaction) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Deletes finished operations last changed before `before_ms` that no instance or binding
+    /// points to (the newest operation of every existing row stays, for `last_operation`), up
+    /// to 500 a call.
+    pub async fn prune_operations(&self, before_ms: i64) -> Result<usize, StoreError> {
+        use osb_operations::dsl;
+        with_conn!(self, |conn| {
+            let old: Vec<String> = dsl::osb_operations
+                .filter(dsl::state.ne(OperationState::InProgress.as_str()))
+                .filter(dsl::updated_at.lt(before_ms))
+                .select(dsl::id)
+                .limit(500)
+                .load(conn)
+                .await?;
+            if old.is_empty() {
+                return Ok(0);
+            }
+            let mut kept: Vec<String> = osb_instances::table
+                .filter(osb_instances::operation_id.eq_any(&old))
+                .select(osb_instances::operation_id)
+                .load(conn)
+                .await?;
+            kept.extend(
+                osb_bindings::table
+                    .filter(osb_bindings::operation_id.eq_any(&old))
+                    .select(osb_bindings::operation_id)
+                    .load::<String>(conn)
+                    .await?,
+            );
+            let doomed: Vec<&String> = old.iter().filter(|id| !kept.contains(id)).collect();
+            Ok(
+                diesel::delete(dsl::osb_operations.filter(dsl::id.eq_any(doomed)))
+                    .execute(conn)
+                    .await?,
+            )
         })
     }
 
@@ -541,9 +619,17 @@ where
     C: AsyncConnection + 'static,
     AsyncMigrationHarness<C>: MigrationHarness<C::Backend>,
 {
+    run_migrations_from(conn, MIGRATIONS)
+}
+
+fn run_migrations_from<C>(conn: C, migrations: EmbeddedMigrations) -> Result<(), StoreError>
+where
+    C: AsyncConnection + 'static,
+    AsyncMigrationHarness<C>: MigrationHarness<C::Backend>,
+{
     let mut harness = AsyncMigrationHarness::new(conn);
     harness
-        .run_pending_migrations(MIGRATIONS)
+        .run_pending_migrations(migrations)
         .map(|_| ())
         .map_err(|e| StoreError::Migration(e.to_string()))
 }
@@ -570,6 +656,43 @@ impl Store {
         })
     }
 
+    /// Undoes a claim that turned out not to be allowed: the instance goes back to `to` and to
+    /// its `previous` operation (which `last_operation` keeps reporting), and `op`'s record goes.
+    pub async fn unclaim_instance(
+        &self,
+        id: &str,
+        op: &str,
+        to: InstanceState,
+        previous: &str,
+    ) -> Result<(), StoreError> {
+        use osb_instances::dsl;
+        with_conn!(self, |conn| {
+            conn.transaction::<_, DieselError, _>(|conn| {
+                async move {
+                    diesel::update(
+                        dsl::osb_instances
+                            .filter(dsl::id.eq(id))
+                            .filter(dsl::operation_id.eq(op)),
+                    )
+                    .set((
+                        dsl::state.eq(to.as_str()),
+                        dsl::operation_id.eq(previous),
+                        dsl::updated_at.eq(now_ms()),
+                    ))
+                    .execute(conn)
+                    .await?;
+                    diesel::delete(osb_operations::table.find(op))
+                        .execute(conn)
+                        .await?;
+                    Ok(())
+                }
+                .scope_boxed()
+            })
+            .await?;
+            Ok(())
+        })
+    }
+
     /// Sets a binding's state if `op` is still its operation.
     pub async fn release_binding(
         &self,
@@ -586,6 +709,42 @@ impl Store {
             )
             .set((dsl::state.eq(to.as_str()), dsl::updated_at.eq(now_ms())))
             .execute(conn)
+            .await?;
+            Ok(())
+        })
+    }
+
+    /// Undoes a binding claim that was not allowed, like [`Store::unclaim_instance`].
+    pub async fn unclaim_binding(
+        &self,
+        id: &str,
+        op: &str,
+        to: BindingState,
+        previous: &str,
+    ) -> Result<(), StoreError> {
+        use osb_bindings::dsl;
+        with_conn!(self, |conn| {
+            conn.transaction::<_, DieselError, _>(|conn| {
+                async move {
+                    diesel::update(
+                        dsl::osb_bindings
+                            .filter(dsl::id.eq(id))
+                            .filter(dsl::operation_id.eq(op)),
+                    )
+                    .set((
+                        dsl::state.eq(to.as_str()),
+                        dsl::operation_id.eq(previous),
+                        dsl::updated_at.eq(now_ms()),
+                    ))
+                    .execute(conn)
+                    .await?;
+                    diesel::delete(osb_operations::table.find(op))
+                        .execute(conn)
+                        .await?;
+                    Ok(())
+                }
+                .scope_boxed()
+            })
             .await?;
             Ok(())
         })

@@ -70,7 +70,7 @@ impl ServiceBroker for FakeBroker {
         self.upkeep_every
     }
 
-    async fn upkeep(&self, _instances: &[InstanceView<'_>]) -> Result<(), BrokerError> {
+    async fn upkeep(&self, _instance: InstanceView<'_>) -> Result<(), BrokerError> {
         self.calls.upkeep.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
@@ -105,7 +105,7 @@ impl ServiceBroker for FakeBroker {
         Ok(Bound {
             credentials: Credentials::new()
                 .with("username", input.binding_id.as_str())
-                .with_secret("password", &generate_password()),
+                .with_secret("password", &generate_password(Default::default())),
             state: json!({"user": input.binding_id.as_str()}),
             ..Bound::default()
         })

@@ -1,0 +1,140 @@
+//! Ownership markers: before it makes a database or an account, the broker records on that
+//! server, in its own `kpaas_broker.owners` table (apps have no rights there), which platform's
+//! instance or binding the name is for. A name that exists on the server without this broker's
+//! marker for the same owner was made by someone else, and is never adopted, changed or dropped.
+
+use mysql_async::Conn;
+use mysql_async::prelude::Queryable;
+use osb_core::BrokerError;
+
+use crate::errors::failed;
+
+/// Creates the marker table if missing; cheap enough to run on every new admin connection.
+pub const SCHEMA: [&str; 2] = [
+    "CREATE DATABASE IF NOT EXISTS kpaas_broker",
+    "CREATE TABLE IF NOT EXISTS kpaas_broker.owners (\
+        kind VARCHAR(16) NOT NULL, \
+        name VARCHAR(64) NOT NULL, \
+        platform VARCHAR(64) NOT NULL, \
+        owner_id VARCHAR(128) NOT NULL, \
+        parent VARCHAR(64) NOT NULL DEFAULT '', \
+        created_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP, \
+        PRIMARY KEY (kind, name), \
+        KEY owners_parent (parent)\
+    ) CHARACTER SET ascii COLLATE ascii_bin",
+];
+
+/// What a marker is on.
+#[derive(Debug, Clone, Copy)]
+pub enum Kind {
+    Database,
+    User,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Database => "database",
+            Self::User => "user",
+        }
+    }
+}
+
+/// Who a name is for: a platform's instance (a database) or binding (an account, whose parent
+/// is its instance's database).
+#[derive(Debug, Clone, Copy)]
+pub struct Owner<'a> {
+    pub platform: &'a str,
+    pub id: &'a str,
+    pub parent: &'a str,
+}
+
+/// What [`claim`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claimed {
+    /// The marker was written now: nothing under this name can be ours yet.
+    New,
+    /// The marker was there already: an earlier attempt for the same owner (a retry).
+    Again,
+}
+
+/// Marks `name` as `owner`'s; a name marked for anyone else is a [`BrokerError::Conflict`].
+pub async fn claim(
+    conn: &mut Conn,
+    kind: Kind,
+    name: &str,
+    owner: Owner<'_>,
+) -> Result<Claimed, BrokerError> {
+    conn.exec_drop(
+        "INSERT IGNORE INTO kpaas_broker.owners (kind, name, platform, owner_id, parent) VALUES (?, ?, ?, ?, ?)",
+        (kind.as_str(), name, owner.platform, owner.id, owner.parent),
+    )
+    .await
+    .map_err(failed)?;
+    let inserted = conn.affected_rows() == 1;
+    if is_mine(conn, kind, name, owner).await? {
+        Ok(if inserted {
+            Claimed::New
+        } else {
+            Claimed::Again
+        })
+    } else {
+        Err(BrokerError::Conflict(format!(
+            "the MySQL {} name {name:?} is taken by another service instance or binding",
+            kind.as_str()
+        )))
+    }
+}
+
+/// Whether `name` carries `owner`'s marker.
+pub async fn is_mine(
+    conn: &mut Conn,
+    kind: Kind,
+    name: &str,
+    owner: Owner<'_>,
+) -> Result<bool, BrokerError> {
+    let found: Option<(String, String)> = conn
+        .exec_first(
+            "SELECT platform, owner_id FROM kpaas_broker.owners WHERE kind = ? AND name = ?",
+            (kind.as_str(), name),
+        )
+        .await
+        .map_err(failed)?;
+    Ok(found.is_some_and(|(platform, id)| platform == owner.platform && id == owner.id))
+}
+
+/// Removes `owner`'s marker on `name`, once what it marked is gone.
+pub async fn release(
+    conn: &mut Conn,
+    kind: Kind,
+    name: &str,
+    owner: Owner<'_>,
+) -> Result<(), BrokerError> {
+    conn.exec_drop(
+        "DELETE FROM kpaas_broker.owners WHERE kind = ? AND name = ? AND platform = ? AND owner_id = ?",
+        (kind.as_str(), name, owner.platform, owner.id),
+    )
+    .await
+    .map_err(failed)
+}
+
+/// Accounts this broker marked as made for bindings of database `parent`, whether or not their
+/// binding records survived.
+pub async fn users_under(conn: &mut Conn, parent: &str) -> Result<Vec<String>, BrokerError> {
+    conn.exec(
+        "SELECT name FROM kpaas_broker.owners WHERE kind = 'user' AND parent = ?",
+        (parent,),
+    )
+    .await
+    .map_err(failed)
+}
+
+/// Removes the markers of every account made for bindings of database `parent`.
+pub async fn release_under(conn: &mut Conn, parent: &str) -> Result<(), BrokerError> {
+    conn.exec_drop(
+        "DELETE FROM kpaas_broker.owners WHERE kind = 'user' AND parent = ?",
+        (parent,),
+    )
+    .await
+    .map_err(failed)
+}
