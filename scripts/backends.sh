@@ -74,8 +74,16 @@ ensure_second_mariadb() {
         "DELETE FROM mysql.db WHERE Db IN ('test', 'test\\\\_%'); FLUSH PRIVILEGES; DROP DATABASE IF EXISTS test;"
     # An admin account that can only log in over TLS (test-only password).
     mariadb --protocol=tcp -h127.0.0.1 -P3307 -uroot -e \
-        "CREATE USER IF NOT EXISTS 'kpaas_tls_admin'@'%' IDENTIFIED BY 'kpaas-tls-admin' REQUIRE SSL;
+        "CREATE USER IF NOT EXISTS 'kpaas_tls_admin'@'%' IDENTIFIED BY 'Kpaas-tls-admin-1' REQUIRE SSL;
+         ALTER USER 'kpaas_tls_admin'@'%' IDENTIFIED BY 'Kpaas-tls-admin-1' REQUIRE SSL;
          GRANT ALL PRIVILEGES ON *.* TO 'kpaas_tls_admin'@'%' WITH GRANT OPTION;"
+    # A password policy, as production servers have: every password the broker sets on this
+    # server must pass MariaDB's simple_password_check (length, cases, digit, special).
+    if [ "$(mariadb --protocol=tcp -h127.0.0.1 -P3307 -uroot -Nse \
+        "SELECT COUNT(*) FROM information_schema.PLUGINS WHERE PLUGIN_NAME = 'simple_password_check' AND PLUGIN_STATUS = 'ACTIVE'")" != 1 ]; then
+        log "installing the simple_password_check policy on the second MariaDB"
+        mariadb --protocol=tcp -h127.0.0.1 -P3307 -uroot -e "INSTALL SONAME 'simple_password_check'"
+    fi
 }
 
 # TLS material of the second MariaDB: a CA and a server certificate for 127.0.0.1. mysql-broker's

@@ -61,14 +61,19 @@ impl Server {
         let opts: Opts = OptsBuilder::default()
             .ip_or_hostname(config.host.clone())
             .tcp_port(config.port)
+            // Talk to the server where configured: the driver would otherwise switch to the
+            // server's Unix socket when it is local, around TLS and whatever sits in between.
+            .prefer_socket(false)
             .user(Some(config.admin_user.clone()))
             .pass(Some(config.admin_password.0.expose_secret().to_owned()))
+            // mysql_async runs these last to first.
             .init(
                 [format!(
                     "SET SESSION lock_wait_timeout = {ADMIN_LOCK_WAIT_SECS}, innodb_lock_wait_timeout = {ADMIN_LOCK_WAIT_SECS}"
                 )]
                 .into_iter()
                 .chain(owners::SCHEMA.iter().map(|s| s.to_string()))
+                .rev()
                 .collect::<Vec<_>>(),
             )
             .pool_opts(PoolOpts::default().with_constraints(

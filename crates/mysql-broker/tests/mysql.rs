@@ -104,14 +104,14 @@ async fn hostile_instance_ids_are_refused_before_sql() {
     let dir = tempfile::tempdir().unwrap();
     let broker = start(dir.path(), free_port()).await;
     let c = Client::new(target(&broker));
-    // Other tests create op_ databases meanwhile: compare everything else.
+    // Other tests create op_ databases (and the first use of a server its kpaas_broker)
+    // meanwhile: compare everything else.
     let others = |dbs: Vec<String>| {
         dbs.into_iter()
-            .filter(|d| !d.starts_with("op_"))
+            .filter(|d| !d.starts_with("op_") && d != "kpaas_broker")
             .collect::<Vec<_>>()
     };
     let before = others(databases().await);
-    let too_long_for_mysql = "a".repeat(62);
     for id in [
         "x%27%3B%20DROP%20DATABASE%20mysql%3B--",
         "a%60b",
@@ -119,8 +119,6 @@ async fn hostile_instance_ids_are_refused_before_sql() {
         "%00",
         &"b".repeat(300),
         "%C3%BC",
-        "a.b",
-        &too_long_for_mysql,
     ] {
         let reply = c
             .provision(id, &c.provision_body(PLAN1), false)

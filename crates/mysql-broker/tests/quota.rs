@@ -105,3 +105,101 @@ async fn writes_stop_over_quota_and_resume_once_data_is_removed() {
     c.unbind_done(&id, &bid, PLAN1).await.unwrap();
     c.deprovision_done(&id, PLAN1).await.unwrap();
 }
+
+/// Fills the database behind `uri` past 1 MiB, with fresh statistics.
+async fn fill(uri: &str) {
+    let mut app = mysql_async::Conn::from_url(uri).await.unwrap();
+    app.query_drop("CREATE TABLE probe (id INT)").await.unwrap();
+    app.query_drop("CREATE TABLE blobs (id INT AUTO_INCREMENT PRIMARY KEY, b LONGBLOB)")
+        .await
+        .unwrap();
+    for _ in 0..30 {
+        app.query_drop("INSERT INTO blobs (b) VALUES (REPEAT('x', 100000))")
+            .await
+            .unwrap();
+    }
+    app.query_drop("ANALYZE TABLE blobs").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_lock_neither_stalls_enforcement_nor_escapes_it_and_frozen_rights_stay_frozen() {
+    let dir = tempfile::tempdir().unwrap();
+    let quota = [
+        ("quota_mb = 100", "quota_mb = 1"),
+        ("quota_check_secs = 30", "quota_check_secs = 1"),
+    ];
+    let config = config_edited(dir.path(), &quota);
+    let port = free_port();
+    let broker = start_with(dir.path(), port, &config, true).await;
+    let c = Client::new(target(&broker));
+    let mut uris = Vec::new();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (id, bid) = (fresh_id(), fresh_id());
+        c.provision_ready(&id, PLAN1).await.unwrap();
+        let uri = c.bind_ready(&id, &bid, PLAN1).await.unwrap()["credentials"]["uri"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        fill(&uri).await;
+        uris.push(uri);
+        ids.push((id, bid));
+    }
+    // One app holds a write lock on its own table for as long as it likes.
+    let mut locker = mysql_async::Conn::from_url(&uris[0]).await.unwrap();
+    locker.query_drop("LOCK TABLES blobs WRITE").await.unwrap();
+
+    // Every instance is still checked and frozen: the lock stalls no one.
+    for uri in &uris {
+        wait_for_insert(dir.path(), uri, false).await;
+    }
+    assert!(
+        locker.query_drop("SELECT 1").await.is_err(),
+        "the locking session outlived the freeze"
+    );
+
+    // Nothing that stores bytes works while frozen; reading and deleting do.
+    let mut app = mysql_async::Conn::from_url(&uris[0]).await.unwrap();
+    for escape in [
+        "CREATE INDEX more_bytes ON blobs (id, b(100))",
+        "ALTER TABLE blobs ADD COLUMN extra INT",
+        "CREATE TEMPORARY TABLE elsewhere (b LONGBLOB)",
+        "LOCK TABLES blobs WRITE",
+        "CREATE VIEW v AS SELECT 1",
+        "CREATE PROCEDURE stash() SELECT 'bytes in mysql.proc'",
+        "CREATE TABLE more (id INT)",
+        "UPDATE blobs SET b = REPEAT('y', 200000)",
+    ] {
+        let err = app
+            .query_drop(escape)
+            .await
+            .expect_err(&format!("{escape} worked over quota"));
+        assert!(
+            matches!(server_code(&err), Some(1044 | 1142)),
+            "{escape}: {err}"
+        );
+    }
+    let rows: Vec<u64> = app.query("SELECT COUNT(*) FROM blobs").await.unwrap();
+    assert_eq!(rows, [30]);
+    drop(app);
+
+    // The quota leaves the plan: upkeep gives every right back without anything else touching
+    // the instances.
+    drop(broker);
+    let unlimited = config_edited(
+        dir.path(),
+        &[
+            ("quota_mb = 100\n", ""),
+            ("quota_check_secs = 30", "quota_check_secs = 1"),
+        ],
+    );
+    let broker = start_with(dir.path(), port, &unlimited, true).await;
+    for uri in &uris {
+        wait_for_insert(dir.path(), uri, true).await;
+    }
+    let c = Client::new(target(&broker));
+    for (id, bid) in &ids {
+        c.unbind_done(id, bid, PLAN1).await.unwrap();
+        c.deprovision_done(id, PLAN1).await.unwrap();
+    }
+}

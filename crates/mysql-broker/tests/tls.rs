@@ -11,7 +11,7 @@ const CA: &str = "/var/lib/kpaas-mariadb2-tls/ca.pem";
 fn tls_server(tls: &str) -> String {
     format!(
         "[[mysql.servers]]\nname = \"mysql-2\"\nhost = \"127.0.0.1\"\nport = 3307\n\
-         admin_user = \"kpaas_tls_admin\"\nadmin_password = \"kpaas-tls-admin\"\n{tls}"
+         admin_user = \"kpaas_tls_admin\"\nadmin_password = \"Kpaas-tls-admin-1\"\n{tls}"
     )
 }
 

@@ -421,6 +421,12 @@ async fn one_replica_at_a_time_does_the_upkeep() {
     let every = Some(Duration::from_millis(200));
     let (a, calls_a) = spawn_with_upkeep(&config, every).await;
     let (b, calls_b) = spawn_with_upkeep(&config, every).await;
+    // Upkeep visits ready instances: one is enough to count the passes.
+    let client = Client::new(target(a.addr, ""));
+    client
+        .provision_ready(&osb_testkit::fresh_id(), PLAN)
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (ran_a, ran_b) = (
         calls_a.upkeep.load(Ordering::SeqCst),

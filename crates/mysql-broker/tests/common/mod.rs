@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -57,6 +59,17 @@ pub async fn start(dir: &Path, port: u16) -> Broker {
 /// Starts mysql-broker with `config`; waits for `/ready` when `wait_ready`, else `/health`.
 /// Its log is `dir/broker.log`.
 pub async fn start_with(dir: &Path, port: u16, config: &Path, wait_ready: bool) -> Broker {
+    start_env(dir, port, config, wait_ready, &[]).await
+}
+
+/// [`start_with`], with more environment variables (which win over the defaults here).
+pub async fn start_env(
+    dir: &Path,
+    port: u16,
+    config: &Path,
+    wait_ready: bool,
+    env: &[(&str, &str)],
+) -> Broker {
     let mut command = Command::new(env!("CARGO_BIN_EXE_mysql-broker"));
     command
         .arg("--config")
@@ -76,7 +89,8 @@ pub async fn start_with(dir: &Path, port: u16, config: &Path, wait_ready: bool) 
         .env(
             "RUST_LOG",
             std::env::var("TEST_BROKER_LOG").unwrap_or_else(|_| "info".into()),
-        );
+        )
+        .envs(env.iter().copied());
     let mut broker = Broker::spawn(command, port, &dir.join("broker.log")).unwrap();
     let path = if wait_ready { "/ready" } else { "/health" };
     broker
@@ -88,6 +102,35 @@ pub async fn start_with(dir: &Path, port: u16, config: &Path, wait_ready: bool) 
             )
         });
     broker
+}
+
+/// One `[[mysql.servers]]` entry named `name` for root on 127.0.0.1:`port`.
+pub fn server_entry(name: &str, port: u16) -> String {
+    format!(
+        "[[mysql.servers]]\nname = \"{name}\"\nhost = \"127.0.0.1\"\nport = {port}\nadmin_user = \"root\"\nadmin_password = \"\"\n"
+    )
+}
+
+/// The ownership marker rows (kind, name) on local server `i` for OSB id `owner_id`.
+pub async fn markers_of(i: usize, owner_id: &str) -> Vec<(String, String)> {
+    admin_of(i)
+        .await
+        .exec(
+            "SELECT kind, name FROM kpaas_broker.owners WHERE owner_id = ?",
+            (owner_id,),
+        )
+        .await
+        .unwrap()
+}
+
+/// Whether account `user` exists on local server `i`.
+pub async fn account_exists(i: usize, user: &str) -> bool {
+    let found: Vec<String> = admin_of(i)
+        .await
+        .exec("SELECT User FROM mysql.user WHERE User = ?", (user,))
+        .await
+        .unwrap();
+    !found.is_empty()
 }
 
 pub fn target(broker: &Broker) -> Target {
