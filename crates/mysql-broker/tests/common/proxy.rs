@@ -19,9 +19,12 @@ pub enum Action {
     Hold,
 }
 
+/// The statement pattern waited for, and what to do when it passes.
+type Armed = Arc<Mutex<Option<(Vec<u8>, Action)>>>;
+
 pub struct Proxy {
     pub port: u16,
-    armed: Arc<Mutex<Option<(Vec<u8>, Action)>>>,
+    armed: Armed,
     fired: Arc<Mutex<bool>>,
     accept: JoinHandle<()>,
 }
@@ -31,7 +34,7 @@ impl Proxy {
     pub async fn start(upstream: u16) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let armed: Arc<Mutex<Option<(Vec<u8>, Action)>>> = Arc::default();
+        let armed: Armed = Arc::default();
         let fired: Arc<Mutex<bool>> = Arc::default();
         let (a, f) = (armed.clone(), fired.clone());
         let accept = tokio::spawn(async move {
@@ -68,7 +71,7 @@ impl Drop for Proxy {
 async fn relay(
     client: TcpStream,
     upstream: u16,
-    armed: Arc<Mutex<Option<(Vec<u8>, Action)>>>,
+    armed: Armed,
     fired: Arc<Mutex<bool>>,
 ) {
     let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
