@@ -68,12 +68,7 @@ impl Drop for Proxy {
     }
 }
 
-async fn relay(
-    client: TcpStream,
-    upstream: u16,
-    armed: Armed,
-    fired: Arc<Mutex<bool>>,
-) {
+async fn relay(client: TcpStream, upstream: u16, armed: Armed, fired: Arc<Mutex<bool>>) {
     let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
         return;
     };

@@ -27,6 +27,8 @@ pub const PLAN_ASYNC: &str = "fake-async-id";
 pub const PLAN_HANG: &str = "fake-hang-id";
 pub const PLAN_BROKEN: &str = "fake-broken-id";
 pub const PLAN_BROKEN_ASYNC: &str = "fake-broken-async-id";
+/// Its backend is unreachable: every call fails before changing anything.
+pub const PLAN_DOWN: &str = "fake-down-id";
 /// What the broken plans' backend says when it fails.
 pub const BROKEN: &str = "the fake backend's disk is full";
 
@@ -80,6 +82,9 @@ impl ServiceBroker for FakeBroker {
         Self::pause(input.plan, Operation::Provision).await;
         if [PLAN_BROKEN, PLAN_BROKEN_ASYNC].contains(&input.plan.id.as_str()) {
             return Err(BrokerError::Failed(BROKEN.into()));
+        }
+        if input.plan.id == PLAN_DOWN {
+            return Err(BrokerError::Unavailable("the fake backend is down".into()));
         }
         Ok(Provisioned {
             dashboard_url: Some(format!("https://dash.example/{}", input.instance_id)),
@@ -137,7 +142,8 @@ pub fn catalog() -> Catalog {
             {"id": PLAN_ASYNC, "name": "async", "description": "asynchronous"},
             {"id": PLAN_HANG, "name": "hang", "description": "never finishes"},
             {"id": PLAN_BROKEN, "name": "broken", "description": "provisioning fails"},
-            {"id": PLAN_BROKEN_ASYNC, "name": "broken-async", "description": "provisioning fails later"}
+            {"id": PLAN_BROKEN_ASYNC, "name": "broken-async", "description": "provisioning fails later"},
+            {"id": PLAN_DOWN, "name": "down", "description": "the backend is unreachable"}
         ]
     }]}))
     .unwrap()

@@ -1,0 +1,330 @@
+//! The security review's findings on osb-core (issue #7): metrics labels, fencing of late
+//! operations, update against binds in flight, pruning of operation records, platform routing.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use osb_core::store::{InstanceRow, InstanceState, OperationRow, OperationState, Outcome, Store};
+use osb_testkit::{Client, fresh_id};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_methods_do_not_grow_the_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, _) = spawn(&single_platform(&sqlite_url(&dir))).await;
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", running.addr);
+    let send = |i: usize, path: &'static str| {
+        let method = reqwest::Method::from_bytes(format!("FOO{i}").as_bytes()).unwrap();
+        http.request(method, format!("{base}{path}")).send()
+    };
+    let lines = || async {
+        let text = reqwest::get(format!("{base}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text
+    };
+    for (i, path) in [(0, "/health"), (1, "/v2/catalog"), (2, "/nowhere")] {
+        send(i, path).await.unwrap();
+    }
+    lines().await; // counts itself from then on
+    let before = lines().await;
+    for i in 3..53 {
+        send(i, "/health").await.unwrap();
+        send(i, "/v2/catalog").await.unwrap();
+        send(i, "/nowhere/else").await.unwrap();
+    }
+    let after = lines().await;
+    assert_eq!(
+        before.lines().count(),
+        after.lines().count(),
+        "150 made-up requests added metric lines:\n{before}\n----\n{after}"
+    );
+    running.stop().await;
+}
+
+fn instance_row(id: &str, op: &str) -> InstanceRow {
+    InstanceRow {
+        id: id.into(),
+        platform: "default".into(),
+        service_id: SERVICE.into(),
+        plan_id: PLAN.into(),
+        fingerprint: "f".into(),
+        state: InstanceState::Provisioning.as_str().into(),
+        operation_id: op.into(),
+        parameters: "{}".into(),
+        context: "{}".into(),
+        maintenance_version: None,
+        dashboard_url: None,
+        metadata: None,
+        broker_state: "null".into(),
+        created_at: 1,
+        updated_at: 1,
+    }
+}
+
+fn operation_row(id: &str, instance: &str) -> OperationRow {
+    OperationRow {
+        id: id.into(),
+        platform: "default".into(),
+        instance_id: instance.into(),
+        binding_id: None,
+        kind: "provision".into(),
+        state: OperationState::InProgress.as_str().into(),
+        fingerprint: "f".into(),
+        description: None,
+        instance_usable: None,
+        update_repeatable: None,
+        owner: "replica-a".into(),
+        heartbeat_at: 1,
+        created_at: 1,
+        updated_at: 1,
+    }
+}
+
+/// A replica stalls past its lease; its operation is reaped and the platform's retry takes the
+/// row over. When the stalled task wakes up, its outcome must not be written.
+async fn late_operations_are_fenced_out(url: &str) {
+    let store = Store::connect(url, 2).await.unwrap();
+    let id = fresh_id();
+    let (op1, op2) = (fresh_id(), fresh_id());
+    store
+        .insert_operation(&operation_row(&op1, &id))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .insert_instance(&instance_row(&id, &op1))
+            .await
+            .unwrap()
+    );
+    // The reaper fails op1 and frees the row; the retry claims it for op2.
+    assert!(
+        store
+            .finish_operation(&op1, OperationState::Failed, Some("died"), None, None)
+            .await
+            .unwrap()
+    );
+    store
+        .release_instance(&id, &op1, InstanceState::Failed)
+        .await
+        .unwrap();
+    store
+        .insert_operation(&operation_row(&op2, &id))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .claim_instance(
+                &id,
+                &[InstanceState::Failed],
+                InstanceState::Provisioning,
+                &op2
+            )
+            .await
+            .unwrap()
+    );
+
+    let mut late = instance_row(&id, &op1);
+    late.state = InstanceState::Ready.as_str().into();
+    assert!(
+        !store
+            .succeed(&op1, Outcome::SaveInstance(&late))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .discard(&op1, Outcome::DeleteInstance(&id))
+            .await
+            .unwrap()
+    );
+    let row = store.instance(&id).await.unwrap().expect("row kept");
+    assert_eq!(row.operation_id, op2);
+    assert_eq!(row.state(), Some(InstanceState::Provisioning));
+    assert_eq!(
+        store.operation(&op1).await.unwrap().unwrap().state(),
+        Some(OperationState::Failed)
+    );
+
+    let mut done = instance_row(&id, &op2);
+    done.state = InstanceState::Ready.as_str().into();
+    assert!(
+        store
+            .succeed(&op2, Outcome::SaveInstance(&done))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.instance(&id).await.unwrap().unwrap().state(),
+        Some(InstanceState::Ready)
+    );
+    assert_eq!(
+        store.operation(&op2).await.unwrap().unwrap().state(),
+        Some(OperationState::Succeeded)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_operations_are_fenced_out_on_every_store() {
+    let dir = tempfile::tempdir().unwrap();
+    late_operations_are_fenced_out(&sqlite_url(&dir)).await;
+    let mysql = fresh_mysql().await;
+    late_operations_are_fenced_out(&mysql).await;
+    drop_database(&mysql).await;
+    let postgres = fresh_postgres().await;
+    late_operations_are_fenced_out(&postgres).await;
+    drop_database(&postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_as_slow_as_the_lease_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = single_platform(&sqlite_url(&dir));
+    config.operations.heartbeat_secs = config.operations.lease_secs;
+    let refused = osb_core::server::start(
+        &config,
+        FakeBroker {
+            calls: Default::default(),
+            upkeep_every: None,
+        },
+        osb_core::metrics::Metrics::new(),
+    )
+    .await;
+    let err = refused.err().expect("started anyway").to_string();
+    assert!(err.contains("heartbeat_secs"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_change_waits_for_binds_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, _) = spawn(&single_platform(&sqlite_url(&dir))).await;
+    let c = Client::new(target(running.addr, ""));
+    let (id, bid) = (fresh_id(), fresh_id());
+    c.provision_ready(&id, PLAN_ASYNC).await.unwrap();
+    let bind = c
+        .bind(&id, &bid, &c.bind_body(PLAN_ASYNC), true)
+        .await
+        .unwrap();
+    assert_eq!(bind.status, 202, "{}", bind.body);
+    let change = json!({"service_id": SERVICE, "plan_id": PLAN_LARGE});
+    let refused = c.update(&id, &change, true).await.unwrap();
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert_eq!(
+        refused.body["error"], "ConcurrencyError",
+        "{}",
+        refused.body
+    );
+    // The refusal left the instance's last real operation in place.
+    let last = c.instance_last_operation(&id, None).await.unwrap();
+    assert_eq!(last.status, 200, "{}", last.body);
+    assert_eq!(last.body["state"], "succeeded", "{}", last.body);
+    let bound = c
+        .poll(&id, Some(&bid), bind.operation().as_deref())
+        .await
+        .unwrap();
+    assert_eq!(bound.body["state"], "succeeded", "{}", bound.body);
+    let changed = c.update(&id, &change, true).await.unwrap();
+    assert_eq!(changed.status, 200, "{}", changed.body);
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_operations_are_pruned_and_refusals_leave_no_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(&dir);
+    let mut config = single_platform(&url);
+    config.operations.retention_secs = 1;
+    let (running, _) = spawn(&config).await;
+    let c = Client::new(target(running.addr, ""));
+    let id = fresh_id();
+    let provisioned = c
+        .provision(&id, &c.provision_body(PLAN_ASYNC), true)
+        .await
+        .unwrap();
+    let op1 = provisioned.operation().expect("202 with an operation");
+    c.provision_ready(&id, PLAN_ASYNC).await.unwrap();
+    let updated = c
+        .update(
+            &id,
+            &json!({"service_id": SERVICE, "parameters": {"x": 1}}),
+            true,
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated.status, 202, "{}", updated.body);
+    let op2 = updated.operation().unwrap();
+    let last = c.poll(&id, None, Some(&op2)).await.unwrap();
+    assert_eq!(last.body["state"], "succeeded", "{}", last.body);
+    // A backend that is down changes nothing: nothing of these requests stays in the store.
+    let refused: Vec<String> = (0..10).map(|_| fresh_id()).collect();
+    for rid in &refused {
+        let reply = c
+            .provision(rid, &c.provision_body(PLAN_DOWN), false)
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 503, "{}", reply.body);
+    }
+
+    let store = Store::connect(&url, 1).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while store.operation(&op1).await.unwrap().is_some() {
+        assert!(Instant::now() < deadline, "operation {op1} never pruned");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        store.operation(&op2).await.unwrap().is_some(),
+        "the instance's current operation was pruned"
+    );
+    for rid in &refused {
+        assert!(store.instance(rid).await.unwrap().is_none());
+        assert!(store.latest_operation(rid, None).await.unwrap().is_none());
+    }
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_platform_listed_first_does_not_take_another_platforms_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(
+        &sqlite_url(&dir),
+        r#"
+        [[platforms]]
+        name = "root"
+        prefix = ""
+        username = "broker"
+        password = "broker-secret"
+        [[platforms]]
+        name = "cf"
+        prefix = "/cf"
+        username = "cf"
+        password = "cf-secret"
+        "#,
+    );
+    let (running, _) = spawn(&config).await;
+    let root = Client::new(target(running.addr, ""));
+    let mut cf_target = target(running.addr, "/cf");
+    cf_target.username = "cf".into();
+    cf_target.password = "cf-secret".into();
+    let cf = Client::new(cf_target);
+    for c in [&cf, &root] {
+        let catalog = c.send(reqwest::Method::GET, "/v2/catalog", None).await;
+        assert_eq!(catalog.unwrap().status, 200);
+    }
+    // The root platform's credentials do not open the cf platform's routes.
+    let root_on_cf = root
+        .send(reqwest::Method::GET, "/cf/v2/catalog", None)
+        .await
+        .unwrap();
+    assert_eq!(root_on_cf.status, 401, "{}", root_on_cf.body);
+    let id = fresh_id();
+    cf.provision_ready(&id, PLAN).await.unwrap();
+    assert_eq!(root.fetch_instance(&id).await.unwrap().status, 404);
+    assert_eq!(cf.fetch_instance(&id).await.unwrap().status, 200);
+    running.stop().await;
+}
