@@ -4,6 +4,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use sha2::Digest;
 
 use crate::error::OsbError;
 
@@ -136,6 +137,12 @@ pub enum SchemaUse {
 /// The catalog checked once at start-up, with each plan's JSON schemas compiled.
 pub struct CatalogIndex {
     catalog: Catalog,
+    /// `GET /v2/catalog`'s body, serialised once.
+    json: actix_web::web::Bytes,
+    /// A strong entity tag of `json`: the same on every replica serving the same catalog.
+    etag: String,
+    /// When this replica loaded the catalog, for `Last-Modified`.
+    loaded_at: std::time::SystemTime,
     plans: HashMap<String, (usize, usize)>,
     validators: HashMap<(String, SchemaUse), jsonschema::Validator>,
 }
@@ -204,8 +211,20 @@ impl CatalogIndex {
                 }
             }
         }
+        let json = serde_json::to_vec(&catalog)
+            .map_err(|e| CatalogError(format!("cannot serialise the catalog: {e}")))?;
+        let etag = hex::encode(&sha2::Sha256::digest(&json)[..16]);
         Ok(Self {
             catalog,
+            json: json.into(),
+            etag,
+            // Whole seconds, as HTTP dates carry them: a client's If-Modified-Since echoes it.
+            loaded_at: std::time::UNIX_EPOCH
+                + std::time::Duration::from_secs(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs()),
+                ),
             plans,
             validators,
         })
@@ -213,6 +232,11 @@ impl CatalogIndex {
 
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
+    }
+
+    /// The catalog as served: body, entity tag, load time.
+    pub fn served(&self) -> (actix_web::web::Bytes, &str, std::time::SystemTime) {
+        (self.json.clone(), &self.etag, self.loaded_at)
     }
 
     pub fn service(&self, service_id: &str) -> Option<&Service> {

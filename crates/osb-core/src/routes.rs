@@ -218,8 +218,36 @@ where
 type Data<B> = web::Data<Engine<B>>;
 type Answer = Result<HttpResponse, OsbError>;
 
-async fn catalog<B: ServiceBroker>(engine: Data<B>) -> HttpResponse {
-    HttpResponse::Ok().json(engine.catalog().catalog())
+/// The catalog, with `ETag` and `Last-Modified`; a matching `If-None-Match` (or, without
+/// one, `If-Modified-Since`) gets 304, as the spec's caching section allows.
+async fn catalog<B: ServiceBroker>(engine: Data<B>, req: HttpRequest) -> HttpResponse {
+    use actix_web::http::header::{
+        ETag, EntityTag, Header, HttpDate, IfModifiedSince, IfNoneMatch, LastModified,
+    };
+    let (body, etag, loaded_at) = engine.catalog().served();
+    let tag = EntityTag::new_strong(etag.to_owned());
+    let modified = HttpDate::from(loaded_at);
+    let unchanged = if req.headers().contains_key(IfNoneMatch::name()) {
+        match IfNoneMatch::parse(&req) {
+            Ok(IfNoneMatch::Any) => true,
+            Ok(IfNoneMatch::Items(tags)) => tags.iter().any(|t| t.weak_eq(&tag)),
+            Err(_) => false,
+        }
+    } else {
+        IfModifiedSince::parse(&req).is_ok_and(|since| modified <= since.0)
+    };
+    let mut res = if unchanged {
+        HttpResponse::NotModified()
+    } else {
+        HttpResponse::Ok()
+    };
+    res.insert_header(ETag(tag))
+        .insert_header(LastModified(modified));
+    if unchanged {
+        res.finish()
+    } else {
+        res.content_type("application/json").body(body)
+    }
 }
 
 async fn provision<B: ServiceBroker>(

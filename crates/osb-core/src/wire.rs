@@ -1,25 +1,46 @@
 //! OSB 2.17 request and response bodies, as they travel over HTTP.
 //!
 //! Unknown fields are ignored (the spec's vendor-extension rule); required fields are
-//! plain (non-`Option`) so that serde itself refuses a body without them.
+//! plain (non-`Option`) so that serde itself refuses a body without them. An optional object
+//! sent empty (`{}`) or `null` is read as absent, as is an empty optional query value:
+//! clients generated from the OSB OpenAPI document send every optional object, empty.
 
+use serde::de::{DeserializeOwned, Deserializer, Error as _};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::catalog::MaintenanceInfo;
+
+/// An optional object where `{}` and `null` mean absent.
+fn non_empty<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: DeserializeOwned,
+{
+    match Option::<Value>::deserialize(d)? {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(map)) if map.is_empty() => Ok(None),
+        Some(value) => T::deserialize(value).map(Some).map_err(D::Error::custom),
+    }
+}
+
+/// An optional query value where an empty string means absent.
+fn non_empty_str<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.filter(|s| !s.is_empty()))
+}
 
 /// `PUT /v2/service_instances/:id`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ProvisionRequest {
     pub service_id: String,
     pub plan_id: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_empty")]
     pub context: Option<Map<String, Value>>,
     pub organization_guid: String,
     pub space_guid: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_empty")]
     pub parameters: Option<Map<String, Value>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_empty")]
     pub maintenance_info: Option<MaintenanceInfo>,
 }
 
@@ -29,13 +50,13 @@ pub struct UpdateRequest {
     pub service_id: String,
     #[serde(default)]
     pub plan_id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_empty")]
     pub context: Option<Map<String, Value>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_empty")]
     pub parameters: Option<Map<String, Value>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_empty")]
     pub previous_values: Option<PreviousValues>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_empty")]
     pub maintenance_info: Option<MaintenanceInfo>,
 }
 
@@ -49,7 +70,7 @@ pub struct PreviousValues {
     pub organization_id: Option<String>,
     #[serde(default)]
     pub space_id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_empty")]
     pub maintenance_info: Option<MaintenanceInfo>,
 }
 
@@ -58,13 +79,13 @@ pub struct PreviousValues {
 pub struct BindRequest {
     pub service_id: String,
     pub plan_id: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_empty")]
     pub context: Option<Map<String, Value>>,
     #[serde(default)]
     pub app_guid: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_empty")]
     pub bind_resource: Option<BindResource>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_empty")]
     pub parameters: Option<Map<String, Value>>,
     #[serde(default)]
     pub predecessor_binding_id: Option<String>,
@@ -101,7 +122,7 @@ pub struct FetchQuery {
     pub service_id: Option<String>,
     #[serde(default)]
     pub plan_id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_empty_str")]
     pub operation: Option<String>,
 }
 
@@ -244,6 +265,42 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("plan_id"), "{err}");
+    }
+
+    #[test]
+    fn empty_optional_objects_are_absent() {
+        let update: UpdateRequest = serde_json::from_value(json!({
+            "service_id": "s", "context": {}, "parameters": {}, "maintenance_info": {},
+            "previous_values": {"maintenance_info": {}}
+        }))
+        .unwrap();
+        assert!(update.context.is_none());
+        assert!(update.parameters.is_none());
+        assert!(update.maintenance_info.is_none());
+        assert!(update.previous_values.unwrap().maintenance_info.is_none());
+        let update: UpdateRequest = serde_json::from_value(
+            json!({"service_id": "s", "previous_values": {}, "parameters": null}),
+        )
+        .unwrap();
+        assert!(update.previous_values.is_none() && update.parameters.is_none());
+        let bind: BindRequest = serde_json::from_value(json!({
+            "service_id": "s", "plan_id": "p", "bind_resource": {}, "context": null
+        }))
+        .unwrap();
+        assert!(bind.bind_resource.is_none() && bind.context.is_none());
+        let query: FetchQuery = serde_json::from_value(json!({"operation": ""})).unwrap();
+        assert!(query.operation.is_none());
+    }
+
+    #[test]
+    fn maintenance_info_with_fields_still_needs_a_version() {
+        let err = serde_json::from_value::<ProvisionRequest>(json!({
+            "service_id": "s", "plan_id": "p", "organization_guid": "o", "space_guid": "sp",
+            "maintenance_info": {"description": "no version"}
+        }))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("version"), "{err}");
     }
 
     #[test]

@@ -201,7 +201,16 @@ impl<B: ServiceBroker> Engine<B> {
         let context_update =
             req.context.is_some() && service.allow_context_updates.unwrap_or(false);
         if !changes_something && !context_update {
-            return Ok(Reply::new(200, json!({})));
+            // Nothing to change, but only an instance that is there and idle can say so.
+            return match row.state() {
+                Some(InstanceState::Ready) => Ok(Reply::new(200, json!({}))),
+                Some(InstanceState::Failed) => Err(OsbError::Unprocessable {
+                    description: "the service instance failed to provision; delete it".into(),
+                    instance_usable: Some(false),
+                    update_repeatable: Some(false),
+                }),
+                _ => Err(concurrency("service instance")),
+            };
         }
         let mode = self.check_mode(Operation::Update, target, &caller)?;
         let fp = fingerprint(&json!({
