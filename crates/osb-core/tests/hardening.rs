@@ -327,3 +327,20 @@ async fn a_root_platform_listed_first_does_not_take_another_platforms_requests()
     assert_eq!(cf.fetch_instance(&id).await.unwrap().status, 200);
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sqlite_store_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("new-dir").join("state.db");
+    let url = format!("sqlite://{}", path.display());
+    let (running, _) = spawn(&single_platform(&url)).await;
+    let c = Client::new(target(running.addr, ""));
+    c.provision_ready(&fresh_id(), PLAN).await.unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(path.parent().unwrap()), 0o700);
+    for file in ["state.db", "state.db-wal", "state.db-shm"] {
+        assert_eq!(mode(&path.with_file_name(file)), 0o600, "{file}");
+    }
+    running.stop().await;
+}

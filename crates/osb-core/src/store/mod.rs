@@ -130,6 +130,7 @@ impl Store {
                         .into(),
                 ));
             }
+            private_file(std::path::Path::new(path))?;
             let mut config = ManagerConfig::<SqliteConn>::default();
             config.custom_setup = Box::new(|url| {
                 async move {
@@ -593,6 +594,31 @@ impl Store {
             .load::<OperationRow>(conn)
             .await?))
     }
+}
+
+/// Makes the SQLite file readable by its owner only (sealed credentials or not, the store
+/// says what exists for whom), and its directory too when the broker creates it. SQLite gives
+/// the `-wal` and `-shm` files the database file's mode.
+fn private_file(path: &std::path::Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    let failed = |what: &str, e: std::io::Error| {
+        StoreError::Unavailable(format!("{what} {}: {e}", path.display()))
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| failed("cannot create the directory of", e))?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| failed("cannot open", e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| failed("cannot restrict the permissions of", e))
 }
 
 fn build_pool<C>(
