@@ -12,6 +12,7 @@ use mysql_async::{Conn, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, SslO
 use osb_core::broker::*;
 use osb_core::catalog::Plan;
 use osb_core::credentials::{Credentials, PasswordLength, generate_password};
+use osb_core::ids::BindingId;
 use osb_core::wire::InstanceMetadata;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use prometheus::{IntGauge, Registry};
@@ -28,6 +29,9 @@ use crate::quota::{self, Usage};
 /// Seconds an admin statement waits for a lock an app holds (`LOCK TABLES`, a long
 /// transaction) before it fails: an app must not be able to stall the broker.
 const ADMIN_LOCK_WAIT_SECS: u32 = 10;
+
+/// How long to wait for an admin connection (a new one, or a free one from the pool).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What credentials percent-encode: everything but RFC 3986's unreserved characters, which
 /// generated passwords and account names are made of.
@@ -66,16 +70,13 @@ impl Server {
             .prefer_socket(false)
             .user(Some(config.admin_user.clone()))
             .pass(Some(config.admin_password.0.expose_secret().to_owned()))
-            // mysql_async runs these last to first.
-            .init(
-                [format!(
-                    "SET SESSION lock_wait_timeout = {ADMIN_LOCK_WAIT_SECS}, innodb_lock_wait_timeout = {ADMIN_LOCK_WAIT_SECS}"
-                )]
-                .into_iter()
-                .chain(owners::SCHEMA.iter().map(|s| s.to_string()))
-                .rev()
-                .collect::<Vec<_>>(),
-            )
+            // Once per connection; mysql_async runs these last to first.
+            .init(owners::SCHEMA.iter().rev().copied().collect())
+            // On every checkout too: the pool resets connections it gets back, and a reset
+            // forgets session variables.
+            .setup(vec![format!(
+                "SET SESSION lock_wait_timeout = {ADMIN_LOCK_WAIT_SECS}, innodb_lock_wait_timeout = {ADMIN_LOCK_WAIT_SECS}"
+            )])
             .pool_opts(PoolOpts::default().with_constraints(
                 PoolConstraints::new(0, config.pool_size.max(1)).expect("0 <= max"),
             ))
@@ -96,10 +97,13 @@ impl Server {
 
     /// An admin connection; failing here means nothing was sent.
     async fn conn(&self) -> Result<Conn, BrokerError> {
-        self.pool
-            .get_conn()
-            .await
-            .map_err(|e| unreachable(&self.name, e))
+        match tokio::time::timeout(CONNECT_TIMEOUT, self.pool.get_conn()).await {
+            Ok(conn) => conn.map_err(|e| unreachable(&self.name, e)),
+            Err(_) => Err(BrokerError::Unavailable(format!(
+                "MySQL server {:?}: no admin connection within {CONNECT_TIMEOUT:?}",
+                self.name
+            ))),
+        }
     }
 
     fn credentials(
@@ -159,8 +163,59 @@ fn per_user_limit(connections: u32, users: usize, plan: &Plan) -> Result<u32, Br
     Ok(connections / users.max(1))
 }
 
-fn database_of(instance: &InstanceView<'_>) -> DatabaseName {
-    DatabaseName::for_instance(instance.platform, instance.id)
+/// Where a name came from, which decides what proves the object is the broker's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// The state store recorded it as made by this broker: its marker is written if missing
+    /// (objects made before markers existed), unless another owner's marker is there.
+    Recorded,
+    /// Derived from the id by an operation that never recorded anything: only the marker can
+    /// prove the object is the broker's.
+    Derived,
+}
+
+/// The instance's database: the name its provision recorded, else (a provision that never
+/// finished) the name it derives.
+fn database_of(instance: &InstanceView<'_>) -> Result<(DatabaseName, Source), BrokerError> {
+    match instance.state.get("database").and_then(Value::as_str) {
+        Some(recorded) => Ok((DatabaseName::recorded(recorded)?, Source::Recorded)),
+        None => Ok((
+            DatabaseName::for_instance(instance.platform, instance.id),
+            Source::Derived,
+        )),
+    }
+}
+
+/// A binding's account: the name its bind recorded, else the name it derives.
+fn account_of(platform: &str, binding: &BindingView) -> Result<(UserName, Source), BrokerError> {
+    match binding.state.get("user").and_then(Value::as_str) {
+        Some(recorded) => Ok((UserName::parse(recorded)?, Source::Recorded)),
+        None => Ok((
+            UserName::for_binding(platform, &binding.id),
+            Source::Derived,
+        )),
+    }
+}
+
+/// Whether the object under `name` is `owner`'s to remove.
+async fn ours_to_remove(
+    conn: &mut Conn,
+    kind: Kind,
+    name: &str,
+    owner: Owner<'_>,
+    source: Source,
+) -> Result<bool, BrokerError> {
+    match source {
+        Source::Derived => owners::is_mine(conn, kind, name, owner).await,
+        Source::Recorded => match owners::claim(conn, kind, name, owner).await {
+            Ok(_) => Ok(true),
+            Err(BrokerError::Conflict(why)) => {
+                tracing::warn!(name, %why, "a recorded name carries another owner's marker; left alone");
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        },
+    }
 }
 
 fn instance_owner<'a>(instance: &InstanceView<'a>) -> Owner<'a> {
@@ -171,17 +226,36 @@ fn instance_owner<'a>(instance: &InstanceView<'a>) -> Owner<'a> {
     }
 }
 
+fn binding_owner<'a>(platform: &'a str, binding: &'a BindingId, db: &'a DatabaseName) -> Owner<'a> {
+    Owner {
+        platform,
+        id: binding.as_str(),
+        parent: db.as_str(),
+    }
+}
+
+/// The accounts of `db` that are the broker's: holding rights on it and marked as made for
+/// one of its bindings. Accounts an operator added are never counted, resized or frozen.
+async fn our_accounts(conn: &mut Conn, db: &DatabaseName) -> Result<Vec<UserName>, BrokerError> {
+    let marked = owners::users_under(conn, db.as_str()).await?;
+    Ok(users_of(conn, db)
+        .await?
+        .into_iter()
+        .filter(|u| marked.iter().any(|m| m == u.as_str()))
+        .collect())
+}
+
 /// Drops everything of the instance on one server: the accounts marked as its bindings' (and
-/// the bindings' derived accounts), then the database, then the markers. Touches nothing unless
-/// the database's marker is the instance's.
+/// each binding's own account), then the database, then the markers. Touches nothing unless
+/// the database is the instance's.
 async fn remove_instance(
     conn: &mut Conn,
     instance: &InstanceView<'_>,
     bindings: &[BindingView],
 ) -> Result<(), BrokerError> {
-    let db = database_of(instance);
+    let (db, source) = database_of(instance)?;
     let owner = instance_owner(instance);
-    if !owners::is_mine(conn, Kind::Database, db.as_str(), owner).await? {
+    if !ours_to_remove(conn, Kind::Database, db.as_str(), owner, source).await? {
         return Ok(());
     }
     let mut users: Vec<UserName> = owners::users_under(conn, db.as_str())
@@ -190,8 +264,11 @@ async fn remove_instance(
         .map(|n| UserName::parse(n))
         .collect::<Result<_, _>>()?;
     for binding in bindings {
-        let user = UserName::for_binding(instance.platform, &binding.id);
-        if !users.contains(&user) {
+        let (user, source) = account_of(instance.platform, binding)?;
+        let owner = binding_owner(instance.platform, &binding.id, &db);
+        if !users.contains(&user)
+            && ours_to_remove(conn, Kind::User, user.as_str(), owner, source).await?
+        {
             users.push(user);
         }
     }
@@ -250,7 +327,18 @@ impl MysqlBroker {
         plan: &Plan,
     ) -> Result<(), BrokerError> {
         let over = self.usage(conn, db, plan).await?.is_some_and(|u| u.over());
-        quota::enforce(conn, db, over).await.map(|_| ())
+        self.enforce(conn, db, over).await
+    }
+
+    /// Brings the broker's accounts on `db` in line with `over`.
+    async fn enforce(
+        &self,
+        conn: &mut Conn,
+        db: &DatabaseName,
+        over: bool,
+    ) -> Result<(), BrokerError> {
+        let accounts = our_accounts(conn, db).await?;
+        quota::enforce(conn, db, &accounts, over).await.map(|_| ())
     }
 
     fn limits(&self, plan: &Plan) -> Result<&PlanLimits, BrokerError> {
@@ -284,17 +372,20 @@ impl MysqlBroker {
     }
 
     /// Where a new instance goes: the server that already carries its marker (a retried
-    /// provision), else the reachable server with the fewest instances.
+    /// provision), else the reachable server with the fewest instances. A retry needs every
+    /// server: an unreachable one may hold what the first attempt began.
     async fn place(
         &self,
         db: &DatabaseName,
         owner: Owner<'_>,
+        retry: bool,
     ) -> Result<(&Server, Conn), BrokerError> {
         let mut best: Option<(u64, &Server, Conn)> = None;
         let mut last_error = None;
         for server in &self.servers {
             let mut conn = match server.conn().await {
                 Ok(conn) => conn,
+                Err(e) if retry => return Err(e),
                 Err(e) => {
                     tracing::warn!(server = %server.name, error = %e, "server unreachable; not placing there");
                     last_error = Some(e);
@@ -322,7 +413,7 @@ impl MysqlBroker {
         db: &DatabaseName,
         plan: &Plan,
     ) -> Result<(), BrokerError> {
-        let users = users_of(conn, db).await?;
+        let users = our_accounts(conn, db).await?;
         if users.is_empty() {
             return Ok(());
         }
@@ -350,7 +441,7 @@ impl MysqlBroker {
         // An account under this name is what an earlier attempt of this same bind left (its
         // marker is this binding's): its password was never handed out, so start afresh.
         drop_user(conn, user).await?;
-        let others = users_of(conn, db).await?.len();
+        let others = our_accounts(conn, db).await?.len();
         let per_user = per_user_limit(self.limits(plan)?.connections, others + 1, plan)?;
         // Identifiers and passwords cannot be bound parameters; the name is [a-z0-9_] and the
         // password [A-Za-z0-9-._~], both made by this broker, so neither can close the quote.
@@ -387,7 +478,7 @@ impl ServiceBroker for MysqlBroker {
             parent: "",
         };
         self.limits(input.plan)?;
-        let (server, mut conn) = self.place(&db, owner).await?;
+        let (server, mut conn) = self.place(&db, owner, input.retry).await?;
         let claimed = owners::claim(&mut conn, Kind::Database, db.as_str(), owner).await?;
         if claimed == Claimed::New && database_exists(&mut conn, &db).await? {
             owners::release(&mut conn, Kind::Database, db.as_str(), owner).await?;
@@ -411,9 +502,9 @@ impl ServiceBroker for MysqlBroker {
     }
 
     async fn update(&self, input: UpdateInput<'_>) -> Result<Updated, BrokerError> {
-        let db = database_of(&input.instance);
+        let (db, _) = database_of(&input.instance)?;
         let mut conn = self.server_of(&input.instance)?.conn().await?;
-        let users = users_of(&mut conn, &db).await?;
+        let users = our_accounts(&mut conn, &db).await?;
         per_user_limit(
             self.limits(input.plan)?.connections,
             users.len(),
@@ -451,14 +542,10 @@ impl ServiceBroker for MysqlBroker {
 
     async fn bind(&self, input: BindInput<'_>) -> Result<Bound, BrokerError> {
         let instance = &input.instance;
-        let db = database_of(instance);
+        let (db, _) = database_of(instance)?;
         let server = self.server_of(instance)?;
         let user = UserName::for_binding(instance.platform, input.binding_id);
-        let owner = Owner {
-            platform: instance.platform,
-            id: input.binding_id.as_str(),
-            parent: db.as_str(),
-        };
+        let owner = binding_owner(instance.platform, input.binding_id, &db);
         let mut conn = server.conn().await?;
         let claimed = owners::claim(&mut conn, Kind::User, user.as_str(), owner).await?;
         if claimed == Claimed::New && user_exists(&mut conn, &user).await? {
@@ -497,16 +584,12 @@ impl ServiceBroker for MysqlBroker {
 
     async fn unbind(&self, input: UnbindInput<'_>) -> Result<(), BrokerError> {
         let instance = &input.instance;
-        let db = database_of(instance);
-        let user = UserName::for_binding(instance.platform, &input.binding.id);
-        let owner = Owner {
-            platform: instance.platform,
-            id: input.binding.id.as_str(),
-            parent: db.as_str(),
-        };
+        let (db, _) = database_of(instance)?;
+        let (user, source) = account_of(instance.platform, input.binding)?;
+        let owner = binding_owner(instance.platform, &input.binding.id, &db);
         let mut conn = self.server_of(instance)?.conn().await?;
-        // No marker: the bind died before making anything.
-        if owners::is_mine(&mut conn, Kind::User, user.as_str(), owner).await? {
+        // A derived name without its marker: the bind died before making anything.
+        if ours_to_remove(&mut conn, Kind::User, user.as_str(), owner, source).await? {
             drop_user(&mut conn, &user).await?;
             owners::release(&mut conn, Kind::User, user.as_str(), owner).await?;
         }
@@ -520,26 +603,27 @@ impl ServiceBroker for MysqlBroker {
     /// Measures the database and enforces its plan's quota; a plan without one (any more)
     /// gets every right back.
     async fn upkeep(&self, instance: InstanceView<'_>) -> Result<(), BrokerError> {
-        let db = database_of(&instance);
+        let (db, _) = database_of(&instance)?;
         let mut conn = self.server_of(&instance)?.conn().await?;
         let Some(quota_mb) = self.limits(instance.plan)?.quota_mb else {
-            quota::enforce(&mut conn, &db, false).await?;
+            self.enforce(&mut conn, &db, false).await?;
             self.set_over_quota(instance.id.as_str(), false);
             return Ok(());
         };
         let mut usage = Usage::new(quota::database_size(&mut conn, &db).await?, quota_mb);
         if usage.over() {
-            // Only databases that look over quota pay for fresh statistics. If they cannot be
-            // had (an app holds a table lock), the stale figure decides: freezing ends the
-            // app's sessions and so its locks, and the next pass measures afresh.
+            // Statistics lag behind deletions, so a database that looks over quota is measured
+            // again on fresh ones. It is frozen first: that ends its sessions and so any table
+            // lock they hold, which would otherwise keep the statistics (and the freeze) off.
+            self.enforce(&mut conn, &db, true).await?;
             match quota::remeasure(&mut conn, &db).await {
                 Ok(bytes) => usage = Usage::new(bytes, quota_mb),
                 Err(e) => {
-                    tracing::warn!(database = db.as_str(), error = %e, "fresh statistics unavailable; using the last ones");
+                    tracing::warn!(database = db.as_str(), error = %e, "fresh statistics unavailable; the database stays frozen");
                 }
             }
         }
-        quota::enforce(&mut conn, &db, usage.over()).await?;
+        self.enforce(&mut conn, &db, usage.over()).await?;
         self.set_over_quota(instance.id.as_str(), usage.over());
         Ok(())
     }
@@ -549,7 +633,7 @@ impl ServiceBroker for MysqlBroker {
         &self,
         instance: InstanceView<'_>,
     ) -> Result<Option<InstanceMetadata>, BrokerError> {
-        let db = database_of(&instance);
+        let (db, _) = database_of(&instance)?;
         let mut conn = self.server_of(&instance)?.conn().await?;
         Ok(self
             .usage(&mut conn, &db, instance.plan)

@@ -25,6 +25,20 @@ impl DatabaseName {
         Self(DATABASES.name(platform, id.as_str()))
     }
 
+    /// A name the state store recorded for an instance: letters, digits and `_` (databases made
+    /// before the naming rule may hold uppercase letters), at most 64.
+    pub fn recorded(raw: &str) -> Result<Self, BrokerError> {
+        if raw.is_empty()
+            || raw.len() > 64
+            || !raw.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(BrokerError::Failed(format!(
+                "recorded database name {raw:?} is not one this broker makes"
+            )));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -86,21 +86,23 @@ pub async fn claim(
     }
 }
 
-/// Whether `name` carries `owner`'s marker.
+/// Whether `name` carries `owner`'s marker (same platform, id and parent).
 pub async fn is_mine(
     conn: &mut Conn,
     kind: Kind,
     name: &str,
     owner: Owner<'_>,
 ) -> Result<bool, BrokerError> {
-    let found: Option<(String, String)> = conn
+    let found: Option<(String, String, String)> = conn
         .exec_first(
-            "SELECT platform, owner_id FROM kpaas_broker.owners WHERE kind = ? AND name = ?",
+            "SELECT platform, owner_id, parent FROM kpaas_broker.owners WHERE kind = ? AND name = ?",
             (kind.as_str(), name),
         )
         .await
         .map_err(failed)?;
-    Ok(found.is_some_and(|(platform, id)| platform == owner.platform && id == owner.id))
+    Ok(found.is_some_and(|(platform, id, parent)| {
+        platform == owner.platform && id == owner.id && parent == owner.parent
+    }))
 }
 
 /// Removes `owner`'s marker on `name`, once what it marked is gone.

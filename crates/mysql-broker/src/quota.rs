@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 
 use crate::accounts::{Writes, freeze, grant_all, write_rights};
 use crate::errors::failed;
-use crate::names::{DatabaseName, quote_identifier};
+use crate::names::{DatabaseName, UserName, quote_identifier};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -81,10 +81,18 @@ pub async fn remeasure(conn: &mut Conn, db: &DatabaseName) -> Result<u64, Broker
     database_size(conn, db).await
 }
 
-/// Brings every account of `db` in line with `over`; returns whether anything changed.
-pub async fn enforce(conn: &mut Conn, db: &DatabaseName, over: bool) -> Result<bool, BrokerError> {
+/// Brings `accounts` on `db` in line with `over`; returns whether anything changed.
+pub async fn enforce(
+    conn: &mut Conn,
+    db: &DatabaseName,
+    accounts: &[UserName],
+    over: bool,
+) -> Result<bool, BrokerError> {
     let mut changed = false;
     for (user, writes) in write_rights(conn, db).await? {
+        if !accounts.contains(&user) {
+            continue;
+        }
         if over && writes != Writes::None {
             freeze(conn, db, &user).await?;
             changed = true;

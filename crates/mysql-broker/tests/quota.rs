@@ -106,19 +106,20 @@ async fn writes_stop_over_quota_and_resume_once_data_is_removed() {
     c.deprovision_done(&id, PLAN1).await.unwrap();
 }
 
-/// Fills the database behind `uri` past 1 MiB, with fresh statistics.
-async fn fill(uri: &str) {
-    let mut app = mysql_async::Conn::from_url(uri).await.unwrap();
-    app.query_drop("CREATE TABLE probe (id INT)").await.unwrap();
-    app.query_drop("CREATE TABLE blobs (id INT AUTO_INCREMENT PRIMARY KEY, b LONGBLOB)")
-        .await
-        .unwrap();
-    for _ in 0..30 {
-        app.query_drop("INSERT INTO blobs (b) VALUES (REPEAT('x', 100000))")
+/// Fills the database behind `app` past 1 MiB over two tables, with fresh statistics.
+async fn fill(app: &mut mysql_async::Conn) {
+    for table in ["blobs", "blobs2"] {
+        for _ in 0..15 {
+            app.query_drop(format!(
+                "INSERT INTO {table} (b) VALUES (REPEAT('x', 100000))"
+            ))
+            .await
+            .unwrap();
+        }
+        app.query_drop(format!("ANALYZE TABLE {table}"))
             .await
             .unwrap();
     }
-    app.query_drop("ANALYZE TABLE blobs").await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -134,6 +135,7 @@ async fn a_table_lock_neither_stalls_enforcement_nor_escapes_it_and_frozen_right
     let c = Client::new(target(&broker));
     let mut uris = Vec::new();
     let mut ids = Vec::new();
+    let mut sessions = Vec::new();
     for _ in 0..3 {
         let (id, bid) = (fresh_id(), fresh_id());
         c.provision_ready(&id, PLAN1).await.unwrap();
@@ -141,13 +143,32 @@ async fn a_table_lock_neither_stalls_enforcement_nor_escapes_it_and_frozen_right
             .as_str()
             .unwrap()
             .to_owned();
-        fill(&uri).await;
+        let mut app = mysql_async::Conn::from_url(&uri).await.unwrap();
+        for table in [
+            "probe (id INT)",
+            "blobs (id INT AUTO_INCREMENT PRIMARY KEY, b LONGBLOB)",
+            "blobs2 (id INT AUTO_INCREMENT PRIMARY KEY, b LONGBLOB)",
+        ] {
+            app.query_drop(format!("CREATE TABLE {table}"))
+                .await
+                .unwrap();
+        }
+        sessions.push(app);
         uris.push(uri);
         ids.push((id, bid));
     }
-    // One app holds a write lock on its own table for as long as it likes.
-    let mut locker = mysql_async::Conn::from_url(&uris[0]).await.unwrap();
-    locker.query_drop("LOCK TABLES blobs WRITE").await.unwrap();
+    // One app write-locks two tables while it is still under quota, then goes over from that
+    // session, and keeps it open: the locks would hold off fresh statistics for as long as it
+    // likes.
+    sessions[0]
+        .query_drop("LOCK TABLES blobs WRITE, blobs2 WRITE")
+        .await
+        .unwrap();
+    for app in &mut sessions {
+        fill(app).await;
+    }
+    let mut locker = sessions.remove(0);
+    drop(sessions);
 
     // Every instance is still checked and frozen: the lock stalls no one.
     for uri in &uris {
@@ -161,7 +182,7 @@ async fn a_table_lock_neither_stalls_enforcement_nor_escapes_it_and_frozen_right
     // Nothing that stores bytes works while frozen; reading and deleting do.
     let mut app = mysql_async::Conn::from_url(&uris[0]).await.unwrap();
     for escape in [
-        "CREATE INDEX more_bytes ON blobs (id, b(100))",
+        "CREATE INDEX more_bytes ON blobs2 (id, b(100))",
         "ALTER TABLE blobs ADD COLUMN extra INT",
         "CREATE TEMPORARY TABLE elsewhere (b LONGBLOB)",
         "LOCK TABLES blobs WRITE",
@@ -180,7 +201,7 @@ async fn a_table_lock_neither_stalls_enforcement_nor_escapes_it_and_frozen_right
         );
     }
     let rows: Vec<u64> = app.query("SELECT COUNT(*) FROM blobs").await.unwrap();
-    assert_eq!(rows, [30]);
+    assert_eq!(rows, [15]);
     drop(app);
 
     // The quota leaves the plan: upkeep gives every right back without anything else touching

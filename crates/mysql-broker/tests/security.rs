@@ -202,10 +202,10 @@ async fn a_bind_whose_connection_drops_after_create_user_leaves_no_account_and_c
 
     proxy.arm("CREATE USER", Action::Cut);
     let failed = c.bind(&id, &bid, &c.bind_body(PLAN1), false).await.unwrap();
-    assert!(
+    assert_eq!(
         proxy.fired(),
-        "the bind never sent CREATE USER: {} {}",
-        failed.status,
+        1,
+        "the bind never sent CREATE USER: {}",
         failed.body
     );
     assert_eq!(failed.status, 500, "{}", failed.body);
@@ -240,6 +240,36 @@ async fn a_bind_whose_connection_drops_after_create_user_leaves_no_account_and_c
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bind_whose_cleanup_fails_too_is_unbound_by_the_accounts_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(3306).await;
+    let broker = behind_proxy(dir.path(), &proxy, &[]).await;
+    let c = Client::new(target(&broker));
+    let (id, bid) = (fresh_id(), fresh_id());
+    c.provision_ready(&id, PLAN1).await.unwrap();
+
+    // CREATE USER runs but its answer is lost; the cleanup's DROP USER never arrives.
+    proxy.arm("CREATE USER", Action::Cut);
+    proxy.arm("DROP USER", Action::Drop);
+    let failed = c.bind(&id, &bid, &c.bind_body(PLAN1), false).await.unwrap();
+    assert_eq!(failed.status, 500, "{}", failed.body);
+    assert_eq!(proxy.fired(), 2, "the bind's cleanup never sent DROP USER");
+    assert!(
+        account_exists(0, &account_of(&bid)).await,
+        "nothing was left for unbind to find"
+    );
+    // The binding recorded nothing, yet unbind finds the account by its derived name and marker.
+    let unbound = c.unbind(&id, &bid, PLAN1, false).await.unwrap();
+    assert_eq!(unbound.status, 200, "{}", unbound.body);
+    assert!(
+        !account_exists(0, &account_of(&bid)).await,
+        "account left behind"
+    );
+    assert!(markers_of(0, &bid).await.is_empty());
+    c.deprovision_done(&id, PLAN1).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deprovision_whose_connection_drops_half_way_leaves_the_instance_unusable_until_retried()
 {
     let dir = tempfile::tempdir().unwrap();
@@ -252,7 +282,7 @@ async fn a_deprovision_whose_connection_drops_half_way_leaves_the_instance_unusa
 
     proxy.arm("DROP USER", Action::Cut);
     let failed = c.deprovision(&id, PLAN1, false).await.unwrap();
-    assert!(proxy.fired(), "the deprovision never sent DROP USER");
+    assert_eq!(proxy.fired(), 1, "the deprovision never sent DROP USER");
     assert_ne!(failed.status, 200, "{}", failed.body);
     assert_eq!(failed.body["instance_usable"], false, "{}", failed.body);
     // Its accounts are gone: it must not be taken for a ready instance.
@@ -292,7 +322,7 @@ async fn a_provision_killed_mid_flight_can_be_deleted_after_it_is_reaped() {
         async move { c.provision(&id, &c.provision_body(PLAN1), false).await }
     });
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !proxy.fired() {
+    while proxy.fired() == 0 {
         assert!(
             Instant::now() < deadline,
             "the provision never sent CREATE DATABASE"

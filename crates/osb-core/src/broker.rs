@@ -82,6 +82,9 @@ pub struct ProvisionInput<'a> {
     pub plan: &'a Plan,
     pub parameters: &'a Map<String, Value>,
     pub context: &'a Map<String, Value>,
+    /// Set when an earlier attempt of this provision failed or died: what it began may be
+    /// there already, on any backend server.
+    pub retry: bool,
 }
 
 pub struct UpdateInput<'a> {

@@ -225,11 +225,11 @@ impl BrokerConfig {
     /// [`crate::server::start`].
     pub fn validate(&self) -> Result<(), ConfigError> {
         let ops = &self.operations;
-        if ops.heartbeat_secs.max(1) >= ops.lease_secs.max(1) {
-            // A heartbeat slower than the lease lets live operations be reaped as dead.
+        if ops.heartbeat_secs.max(1).saturating_mul(2) > ops.lease_secs.max(1) {
+            // A lease that one late heartbeat can miss lets live operations be taken as dead.
             return Err(ConfigError::Invalid(format!(
-                "broker.operations: heartbeat_secs ({}) must be less than lease_secs ({})",
-                ops.heartbeat_secs, ops.lease_secs
+                "broker.operations: lease_secs ({}) must be at least twice heartbeat_secs ({})",
+                ops.lease_secs, ops.heartbeat_secs
             )));
         }
         self.platforms().map(|_| ())
@@ -290,6 +290,21 @@ impl BrokerConfig {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // Nested prefixes would hand one platform's requests to the other ("/cf" and "/cf/v2");
+        // the root is the one prefix others may sit under, and it is matched last.
+        for a in &platforms {
+            for b in &platforms {
+                if !a.prefix.is_empty()
+                    && a.prefix != b.prefix
+                    && b.prefix.starts_with(&format!("{}/", a.prefix))
+                {
+                    return Err(ConfigError::Invalid(format!(
+                        "broker.platforms: prefix {:?} lies under prefix {:?}",
+                        b.prefix, a.prefix
+                    )));
+                }
+            }
+        }
         platforms.sort_by_key(|p| std::cmp::Reverse(p.prefix.len()));
         Ok(platforms)
     }
@@ -453,8 +468,15 @@ mod tests {
             let c = parse(&with_platforms(&[(name, prefix)])).unwrap();
             assert!(c.broker.platforms().is_err(), "{name} {prefix}");
         }
-        let c = parse(&with_platforms(&[("cf", "/cf"), ("k8s", "/cf/")])).unwrap();
-        assert!(c.broker.platforms().is_err());
+        for nested in [
+            &[("cf", "/cf"), ("k8s", "/cf/")][..],
+            &[("cf", "/cf"), ("k8s", "/cf/v2")],
+        ] {
+            let c = parse(&with_platforms(nested)).unwrap();
+            assert!(c.broker.platforms().is_err(), "{nested:?}");
+        }
+        let c = parse(&with_platforms(&[("cf", "/cf"), ("k8s", "/cfk")])).unwrap();
+        assert!(c.broker.platforms().is_ok());
     }
 
     #[test]

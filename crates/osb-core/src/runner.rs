@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 
 use crate::broker::Operation;
 use crate::metrics::Metrics;
-use crate::store::{BindingState, InstanceState, OperationRow, OperationState, Store, now_ms};
+use crate::store::{BindingState, InstanceState, OperationRow, Release, Store, now_ms};
 
 /// Lease and heartbeat timing of operations.
 #[derive(Debug, Clone, Copy)]
@@ -168,42 +168,31 @@ impl Runner {
 /// Fails a dead operation and puts its instance or binding where a retry can pick it up.
 async fn reap(store: &Store, op: &OperationRow) -> Result<(), crate::store::StoreError> {
     let kind = Operation::parse(&op.kind);
-    let usable = match kind {
-        Some(Operation::Update) => Some(true),
-        Some(Operation::Deprovision) => Some(false),
-        _ => None,
+    let (release, usable, repeatable) = match (kind, &op.binding_id) {
+        (_, Some(binding)) => (Release::Binding(binding, BindingState::Failed), None, None),
+        (Some(Operation::Update), None) => (
+            Release::Instance(&op.instance_id, InstanceState::Ready),
+            Some(true),
+            Some(true),
+        ),
+        (Some(Operation::Deprovision), None) => (
+            Release::Instance(&op.instance_id, InstanceState::DeleteFailed),
+            Some(false),
+            None,
+        ),
+        (_, None) => (
+            Release::Instance(&op.instance_id, InstanceState::Failed),
+            None,
+            None,
+        ),
     };
-    let repeatable = matches!(kind, Some(Operation::Update)).then_some(true);
-    if !store
-        .finish_operation(
-            &op.id,
-            OperationState::Failed,
-            Some(DIED),
-            usable,
-            repeatable,
-        )
+    if store
+        .fail(&op.id, release, DIED, usable, repeatable)
         .await?
     {
-        return Ok(());
+        tracing::warn!(operation = %op.id, kind = %op.kind, instance_id = %op.instance_id, "failed an operation whose runner died");
     }
-    tracing::warn!(operation = %op.id, kind = %op.kind, instance_id = %op.instance_id, "failed an operation whose runner died");
-    match (kind, &op.binding_id) {
-        (Some(Operation::Update), None) => {
-            store
-                .release_instance(&op.instance_id, &op.id, InstanceState::Ready)
-                .await
-        }
-        (_, None) => {
-            store
-                .release_instance(&op.instance_id, &op.id, InstanceState::Failed)
-                .await
-        }
-        (_, Some(binding)) => {
-            store
-                .release_binding(binding, &op.id, BindingState::Failed)
-                .await
-        }
-    }
+    Ok(())
 }
 
 /// Keeps an operation in the heartbeat set while its task lives, even if the task panics.

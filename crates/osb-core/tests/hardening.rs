@@ -6,7 +6,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use osb_core::store::{InstanceRow, InstanceState, OperationRow, OperationState, Outcome, Store};
+use osb_core::store::{
+    InstanceRow, InstanceState, OperationRow, OperationState, Outcome, Release, Store,
+};
 use osb_testkit::{Client, fresh_id};
 use serde_json::json;
 
@@ -103,31 +105,23 @@ async fn late_operations_are_fenced_out(url: &str) {
             .unwrap()
     );
     // The reaper fails op1 and frees the row; the retry claims it for op2.
-    assert!(
-        store
-            .finish_operation(&op1, OperationState::Failed, Some("died"), None, None)
-            .await
-            .unwrap()
-    );
-    store
-        .release_instance(&id, &op1, InstanceState::Failed)
-        .await
-        .unwrap();
+    let release = Release::Instance(&id, InstanceState::Failed);
+    assert!(store.fail(&op1, release, "died", None, None).await.unwrap());
     store
         .insert_operation(&operation_row(&op2, &id))
         .await
         .unwrap();
-    assert!(
-        store
-            .claim_instance(
-                &id,
-                &[InstanceState::Failed],
-                InstanceState::Provisioning,
-                &op2
-            )
-            .await
-            .unwrap()
-    );
+    let claimed = store
+        .claim_instance(
+            &id,
+            &[InstanceState::Failed],
+            InstanceState::Provisioning,
+            &op2,
+            &op1,
+        )
+        .await
+        .unwrap();
+    assert!(claimed);
 
     let mut late = instance_row(&id, &op1);
     late.state = InstanceState::Ready.as_str().into();
@@ -140,6 +134,13 @@ async fn late_operations_are_fenced_out(url: &str) {
     assert!(
         !store
             .discard(&op1, Outcome::DeleteInstance(&id))
+            .await
+            .unwrap()
+    );
+    let late_failure = Release::Instance(&id, InstanceState::Ready);
+    assert!(
+        !store
+            .fail(&op1, late_failure, "late", None, None)
             .await
             .unwrap()
     );

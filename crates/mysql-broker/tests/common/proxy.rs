@@ -1,6 +1,7 @@
 //! A TCP proxy in front of a MariaDB server that breaks one connection the moment a chosen
 //! statement passes: the way to make "the connection dropped mid-operation" happen on cue.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,15 +18,17 @@ pub enum Action {
     Cut,
     /// The statement is never forwarded and the connection stays open: the caller hangs.
     Hold,
+    /// The statement is never forwarded and the connection closes.
+    Drop,
 }
 
-/// The statement pattern waited for, and what to do when it passes.
-type Armed = Arc<Mutex<Option<(Vec<u8>, Action)>>>;
+/// The statement patterns waited for, in order, and what to do when each passes.
+type Armed = Arc<Mutex<VecDeque<(Vec<u8>, Action)>>>;
 
 pub struct Proxy {
     pub port: u16,
     armed: Armed,
-    fired: Arc<Mutex<bool>>,
+    fired: Arc<Mutex<usize>>,
     accept: JoinHandle<()>,
 }
 
@@ -35,7 +38,7 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let armed: Armed = Arc::default();
-        let fired: Arc<Mutex<bool>> = Arc::default();
+        let fired: Arc<Mutex<usize>> = Arc::default();
         let (a, f) = (armed.clone(), fired.clone());
         let accept = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
@@ -50,14 +53,17 @@ impl Proxy {
         }
     }
 
-    /// The next statement holding `pattern` (on any connection) gets `action`; once only.
+    /// The next statement holding `pattern` (on any connection) gets `action`, once; patterns
+    /// armed one after another are waited for in turn.
     pub fn arm(&self, pattern: &str, action: Action) {
-        *self.armed.lock().unwrap() = Some((pattern.as_bytes().to_vec(), action));
-        *self.fired.lock().unwrap() = false;
+        self.armed
+            .lock()
+            .unwrap()
+            .push_back((pattern.as_bytes().to_vec(), action));
     }
 
-    /// Whether the armed statement has passed.
-    pub fn fired(&self) -> bool {
+    /// How many armed statements have passed.
+    pub fn fired(&self) -> usize {
         *self.fired.lock().unwrap()
     }
 }
@@ -68,7 +74,7 @@ impl Drop for Proxy {
     }
 }
 
-async fn relay(client: TcpStream, upstream: u16, armed: Armed, fired: Arc<Mutex<bool>>) {
+async fn relay(client: TcpStream, upstream: u16, armed: Armed, fired: Arc<Mutex<usize>>) {
     let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
         return;
     };
@@ -98,13 +104,13 @@ async fn relay(client: TcpStream, upstream: u16, armed: Armed, fired: Arc<Mutex<
         };
         let action = {
             let mut armed = armed.lock().unwrap();
-            let hit = armed.as_ref().is_some_and(|(pattern, _)| {
+            let hit = armed.front().is_some_and(|(pattern, _)| {
                 buf[..n]
                     .windows(pattern.len())
                     .any(|w| w == pattern.as_slice())
             });
             if hit {
-                armed.take().map(|(_, a)| a)
+                armed.pop_front().map(|(_, a)| a)
             } else {
                 None
             }
@@ -120,12 +126,18 @@ async fn relay(client: TcpStream, upstream: u16, armed: Armed, fired: Arc<Mutex<
                 let _ = to_server.write_all(&buf[..n]).await;
                 // Long enough for the server to run it; then both ends close.
                 tokio::time::sleep(Duration::from_millis(300)).await;
-                *fired.lock().unwrap() = true;
+                *fired.lock().unwrap() += 1;
+                back.abort();
+                return;
+            }
+            Some(Action::Drop) => {
+                mute.store(true, Ordering::SeqCst);
+                *fired.lock().unwrap() += 1;
                 back.abort();
                 return;
             }
             Some(Action::Hold) => {
-                *fired.lock().unwrap() = true;
+                *fired.lock().unwrap() += 1;
                 std::future::pending::<()>().await;
             }
         }

@@ -168,12 +168,16 @@ impl<B: ServiceBroker> Engine<B> {
         };
         let engine = self.clone();
         let op_id = op.clone();
+        let fresh = previous.is_none();
         self.launch(mode, &op, async move {
-            engine.run_bind(mode, instance, row, op_id, req).await
+            engine
+                .run_bind(mode, instance, row, op_id, req, fresh)
+                .await
         })
         .await
     }
 
+    /// `fresh` when this request made the binding's row (not a retry of a failed one).
     async fn run_bind(
         &self,
         mode: Mode,
@@ -181,6 +185,7 @@ impl<B: ServiceBroker> Engine<B> {
         mut row: BindingRow,
         op: String,
         req: BindRequest,
+        fresh: bool,
     ) -> Result<Reply, OsbError> {
         let store = &self.inner.store;
         let loaded = Loaded::new(instance)?;
@@ -243,13 +248,13 @@ impl<B: ServiceBroker> Engine<B> {
             }
             Err(err) => {
                 tracing::warn!(binding_id = %row.id, error = %err, "bind failed");
-                if mode == Mode::Sync && left_nothing(&err) {
+                // Only a row this request made may go: a retry's row stands for what an
+                // earlier attempt may have left.
+                if mode == Mode::Sync && fresh && left_nothing(&err) {
                     store.discard(&op, Outcome::DeleteBinding(&row.id)).await?;
                 } else {
-                    store
-                        .release_binding(&row.id, &op, BindingState::Failed)
-                        .await?;
-                    self.failed(&op, &err, None, None).await?;
+                    let release = Release::Binding(&row.id, BindingState::Failed);
+                    self.failed(&op, release, &err, None, None).await?;
                 }
                 Err(err.into())
             }
@@ -324,6 +329,25 @@ impl<B: ServiceBroker> Engine<B> {
             else {
                 continue;
             };
+            // As bind does: our row is busy now, so an update or deprovision claimed after this
+            // sees it; one claimed before shows in the instance's state.
+            let instance = match self.inner.store.instance(id.as_str()).await? {
+                Some(i)
+                    if matches!(
+                        i.state(),
+                        Some(InstanceState::Ready | InstanceState::DeleteFailed)
+                    ) =>
+                {
+                    i
+                }
+                _ => {
+                    self.inner
+                        .store
+                        .unclaim_binding(binding_id.as_str(), &op.id, from, &row.operation_id)
+                        .await?;
+                    return Err(concurrency("service instance"));
+                }
+            };
             let engine = self.clone();
             let op_id = op.id.clone();
             return self
@@ -369,8 +393,8 @@ impl<B: ServiceBroker> Engine<B> {
                 } else {
                     BindingState::Failed
                 };
-                store.release_binding(&row.id, &op, back).await?;
-                self.failed(&op, &err, None, None).await?;
+                let release = Release::Binding(&row.id, back);
+                self.failed(&op, release, &err, None, None).await?;
                 Err(err.into())
             }
         }

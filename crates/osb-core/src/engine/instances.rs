@@ -2,6 +2,22 @@
 
 use super::*;
 
+fn failed_provision() -> OsbError {
+    OsbError::Unprocessable {
+        description: "the service instance failed to provision; delete it".into(),
+        instance_usable: Some(false),
+        update_repeatable: Some(false),
+    }
+}
+
+fn delete_failed() -> OsbError {
+    OsbError::Unprocessable {
+        description: "a delete of this service instance failed half-way; delete it again".into(),
+        instance_usable: Some(false),
+        update_repeatable: Some(false),
+    }
+}
+
 impl<B: ServiceBroker> Engine<B> {
     // ---- provision ---------------------------------------------------------------------
 
@@ -52,7 +68,7 @@ impl<B: ServiceBroker> Engine<B> {
                 updated_at: now,
             };
             if self.inner.store.insert_instance(&row).await? {
-                return self.start_provision(mode, row, op.id).await;
+                return self.start_provision(mode, row, op.id, false).await;
             }
             self.inner.store.delete_operation(&op.id).await?;
             let Some(existing) = self.inner.store.instance(id.as_str()).await? else {
@@ -81,6 +97,7 @@ impl<B: ServiceBroker> Engine<B> {
                     let claim = Claim::Instance {
                         from: &[InstanceState::Failed],
                         to: InstanceState::Provisioning,
+                        previous: &existing.operation_id,
                     };
                     if let Some(op) = self
                         .claim(&caller, &id, Operation::Provision, &fp, claim)
@@ -89,24 +106,28 @@ impl<B: ServiceBroker> Engine<B> {
                         let mut row = existing;
                         row.operation_id = op.id.clone();
                         row.state = InstanceState::Provisioning.as_str().into();
-                        return self.start_provision(mode, row, op.id).await;
+                        return self.start_provision(mode, row, op.id, true).await;
                     }
                 }
+                Some(InstanceState::DeleteFailed) => return Err(delete_failed()),
                 _ => return Err(concurrency("service instance")),
             }
         }
     }
 
+    /// Runs a provision whose row is now `provisioning`; `retry` when the row was there
+    /// already (a failed provision tried again), not made by this request.
     async fn start_provision(
         &self,
         mode: Mode,
         row: InstanceRow,
         op: String,
+        retry: bool,
     ) -> Result<Reply, OsbError> {
         let engine = self.clone();
         let op_id = op.clone();
         self.launch(mode, &op, async move {
-            engine.run_provision(mode, row, op_id).await
+            engine.run_provision(mode, row, op_id, retry).await
         })
         .await
     }
@@ -116,6 +137,7 @@ impl<B: ServiceBroker> Engine<B> {
         mode: Mode,
         mut row: InstanceRow,
         op: String,
+        retry: bool,
     ) -> Result<Reply, OsbError> {
         let store = &self.inner.store;
         let loaded = Loaded::new(row.clone())?;
@@ -130,6 +152,7 @@ impl<B: ServiceBroker> Engine<B> {
                 plan,
                 parameters: &loaded.parameters,
                 context: &loaded.context,
+                retry,
             })
             .await;
         match result {
@@ -147,13 +170,13 @@ impl<B: ServiceBroker> Engine<B> {
             }
             Err(err) => {
                 tracing::warn!(instance_id = %row.id, error = %err, "provision failed");
-                if mode == Mode::Sync && left_nothing(&err) {
+                // Only a row this request made may go: a retry's row stands for what an
+                // earlier attempt may have left.
+                if mode == Mode::Sync && !retry && left_nothing(&err) {
                     store.discard(&op, Outcome::DeleteInstance(&row.id)).await?;
                 } else {
-                    store
-                        .release_instance(&row.id, &op, InstanceState::Failed)
-                        .await?;
-                    self.failed(&op, &err, None, None).await?;
+                    let release = Release::Instance(&row.id, InstanceState::Failed);
+                    self.failed(&op, release, &err, None, None).await?;
                 }
                 Err(err.into())
             }
@@ -204,11 +227,8 @@ impl<B: ServiceBroker> Engine<B> {
             // Nothing to change, but only an instance that is there and idle can say so.
             return match row.state() {
                 Some(InstanceState::Ready) => Ok(Reply::new(200, json!({}))),
-                Some(InstanceState::Failed) => Err(OsbError::Unprocessable {
-                    description: "the service instance failed to provision; delete it".into(),
-                    instance_usable: Some(false),
-                    update_repeatable: Some(false),
-                }),
+                Some(InstanceState::Failed) => Err(failed_provision()),
+                Some(InstanceState::DeleteFailed) => Err(delete_failed()),
                 _ => Err(concurrency("service instance")),
             };
         }
@@ -222,6 +242,7 @@ impl<B: ServiceBroker> Engine<B> {
         let claim = Claim::Instance {
             from: &[InstanceState::Ready],
             to: InstanceState::Updating,
+            previous: &row.operation_id,
         };
         let Some(op) = self
             .claim(&caller, &id, Operation::Update, &fp, claim)
@@ -230,11 +251,10 @@ impl<B: ServiceBroker> Engine<B> {
             // Someone else holds the instance: the same update still running is a retry.
             return match self.inner.store.instance(id.as_str()).await? {
                 Some(current) if current.state() == Some(InstanceState::Failed) => {
-                    Err(OsbError::Unprocessable {
-                        description: "the service instance failed to provision; delete it".into(),
-                        instance_usable: Some(false),
-                        update_repeatable: Some(false),
-                    })
+                    Err(failed_provision())
+                }
+                Some(current) if current.state() == Some(InstanceState::DeleteFailed) => {
+                    Err(delete_failed())
                 }
                 Some(current)
                     if current.state() == Some(InstanceState::Updating)
@@ -335,14 +355,13 @@ impl<B: ServiceBroker> Engine<B> {
             }
             Err(err) => {
                 tracing::warn!(instance_id = %loaded.id, error = %err, "update failed");
-                store
-                    .release_instance(loaded.id.as_str(), &op, InstanceState::Ready)
-                    .await?;
                 let repeatable = !matches!(
                     err,
                     BrokerError::Unprocessable(_) | BrokerError::InvalidParameters(_)
                 );
-                self.failed(&op, &err, Some(true), Some(repeatable)).await?;
+                let release = Release::Instance(loaded.id.as_str(), InstanceState::Ready);
+                self.failed(&op, release, &err, Some(true), Some(repeatable))
+                    .await?;
                 Err(match OsbError::from(err) {
                     OsbError::Internal(description)
                     | OsbError::Unprocessable { description, .. } => OsbError::Unprocessable {
@@ -388,12 +407,17 @@ impl<B: ServiceBroker> Engine<B> {
                     }
                     continue;
                 }
-                Some(state @ (InstanceState::Ready | InstanceState::Failed)) => state,
+                Some(
+                    state @ (InstanceState::Ready
+                    | InstanceState::Failed
+                    | InstanceState::DeleteFailed),
+                ) => state,
                 _ => return Err(concurrency("service instance")),
             };
             let claim = Claim::Instance {
                 from: &[from],
                 to: InstanceState::Deprovisioning,
+                previous: &row.operation_id,
             };
             let Some(op) = self
                 .claim(&caller, &id, Operation::Deprovision, "", claim)
@@ -458,11 +482,13 @@ impl<B: ServiceBroker> Engine<B> {
                 tracing::warn!(instance_id = %loaded.id, error = %err, "deprovision failed");
                 let usable = from == InstanceState::Ready && left_nothing(&err);
                 // Half-deleted is not usable: only another deprovision may touch it.
-                let back = if usable { from } else { InstanceState::Failed };
-                store
-                    .release_instance(loaded.id.as_str(), &op, back)
-                    .await?;
-                self.failed(&op, &err, Some(usable), None).await?;
+                let back = if left_nothing(&err) {
+                    from
+                } else {
+                    InstanceState::DeleteFailed
+                };
+                let release = Release::Instance(loaded.id.as_str(), back);
+                self.failed(&op, release, &err, Some(usable), None).await?;
                 Err(match OsbError::from(err) {
                     OsbError::Internal(description) => OsbError::Unprocessable {
                         description,

@@ -27,7 +27,7 @@ use crate::ids::{BindingId, InstanceId, OperationId};
 use crate::runner::{Runner, Timing};
 use crate::store::{
     BindingRow, BindingState, InstanceRow, InstanceState, OperationRow, OperationState, Outcome,
-    Store, StoreError, now_ms,
+    Release, Store, StoreError, now_ms,
 };
 use crate::wire::{
     BindRequest, BindingResponse, DeleteQuery, FetchQuery, InstanceMetadata,
@@ -91,6 +91,8 @@ enum Claim<'a> {
     Instance {
         from: &'a [InstanceState],
         to: InstanceState,
+        /// The operation the instance was on when read: the claim fails if it moved on since.
+        previous: &'a str,
     },
     Binding {
         id: &'a BindingId,
@@ -233,17 +235,16 @@ impl<B: ServiceBroker> Engine<B> {
         if let Some(every) = engine.inner.broker.upkeep_interval() {
             let this = engine.clone();
             // One replica does the upkeep: whoever holds the lease, renewed at every pass and
-            // taken over by another replica once it lapses.
-            let ttl = (every.as_millis() as i64).saturating_mul(3).max(1000);
+            // taken over by another replica once it lapses. It outlasts the longest pass (its
+            // budget plus one instance's timeout) so that two replicas never run at once.
+            let budget = every.saturating_mul(2).max(Duration::from_secs(1));
+            let ttl = (budget + engine.inner.timing.upkeep_timeout + every).as_millis() as i64;
             engine.inner.runner.every(every, move || {
                 let this = this.clone();
                 async move {
                     let replica = this.inner.runner.replica();
                     match this.inner.store.acquire_lease("upkeep", replica, ttl).await {
                         Ok(true) => {
-                            // A pass ends well within the lease, so another replica does not
-                            // take over while this one is still at work.
-                            let budget = every.saturating_mul(2).max(Duration::from_secs(1));
                             if let Err(e) = this.upkeep(budget).await {
                                 tracing::warn!(error = %e, "upkeep failed");
                             }
@@ -407,8 +408,10 @@ impl<B: ServiceBroker> Engine<B> {
             .new_operation(caller, id.as_str(), binding, kind, fingerprint)
             .await?;
         let won = match claim {
-            Claim::Instance { from, to } => {
-                store.claim_instance(id.as_str(), from, to, &op.id).await?
+            Claim::Instance { from, to, previous } => {
+                store
+                    .claim_instance(id.as_str(), from, to, &op.id, previous)
+                    .await?
             }
             Claim::Binding { id: bid, from, to } => {
                 store.claim_binding(bid.as_str(), from, to, &op.id).await?
@@ -436,27 +439,32 @@ impl<B: ServiceBroker> Engine<B> {
         }
     }
 
-    /// Records that operation `op` failed with `err` (the usability flags only for updates
-    /// and deprovisions, as the spec allows).
+    /// Records that operation `op` failed with `err` and puts its row back as `release` says
+    /// (the usability flags only for updates and deprovisions, as the spec allows). Fenced: a
+    /// taken-over operation writes nothing.
     async fn failed(
         &self,
         op: &str,
+        release: Release<'_>,
         err: &BrokerError,
         instance_usable: Option<bool>,
         update_repeatable: Option<bool>,
     ) -> Result<(), StoreError> {
-        let description = err.to_string();
-        self.inner
+        let recorded = self
+            .inner
             .store
-            .finish_operation(
+            .fail(
                 op,
-                OperationState::Failed,
-                Some(&description),
+                release,
+                &err.to_string(),
                 instance_usable,
                 update_repeatable,
             )
-            .await
-            .map(|_| ())
+            .await?;
+        if !recorded {
+            tracing::warn!(operation = %op, "operation failed after it was taken over; its failure was not recorded");
+        }
+        Ok(())
     }
 
     /// Sleeps a little while an identical request finishes; `false` once the wait is over.

@@ -37,6 +37,13 @@ pub enum Outcome<'a> {
     DeleteBinding(&'a str),
 }
 
+/// Where a failed operation puts its row, for [`Store::fail`].
+#[derive(Debug, Clone, Copy)]
+pub enum Release<'a> {
+    Instance(&'a str, InstanceState),
+    Binding(&'a str, BindingState),
+}
+
 /// How a fenced final write ends the operation.
 #[derive(Clone, Copy)]
 enum End {
@@ -233,13 +240,15 @@ impl Store {
     }
 
     /// Moves an instance from one of `from` to `to` for operation `op`; `false` if it was not in
-    /// one of those states (another request got there first).
+    /// one of those states (another request got there first) or no longer on operation
+    /// `previous` (it changed since it was read).
     pub async fn claim_instance(
         &self,
         id: &str,
         from: &[InstanceState],
         to: InstanceState,
         op: &str,
+        previous: &str,
     ) -> Result<bool, StoreError> {
         use osb_instances::dsl;
         let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
@@ -247,6 +256,7 @@ impl Store {
             dsl::osb_instances
                 .filter(dsl::id.eq(id))
                 .filter(dsl::state.eq_any(&from))
+                .filter(dsl::operation_id.eq(previous))
         )
         .set((
             dsl::state.eq(to.as_str()),
@@ -361,31 +371,77 @@ impl Store {
         })
     }
 
-    /// Records the end of an operation, unless it already ended (a reaper may have failed it).
-    pub async fn finish_operation(
+    /// Ends operation `op` as failed and puts its row back as `release` says, in one
+    /// transaction. Fenced like [`Store::succeed`]: `false`, with nothing written, once `op` is no
+    /// longer in progress or no longer the row's operation.
+    pub async fn fail(
         &self,
-        id: &str,
-        state: OperationState,
-        description: Option<&str>,
+        op: &str,
+        release: Release<'_>,
+        description: &str,
         instance_usable: Option<bool>,
         update_repeatable: Option<bool>,
     ) -> Result<bool, StoreError> {
         use osb_operations::dsl;
-        with_conn!(self, |conn| Ok(diesel::update(
-            dsl::osb_operations
-                .filter(dsl::id.eq(id))
-                .filter(dsl::state.eq(OperationState::InProgress.as_str()))
-        )
-        .set((
-            dsl::state.eq(state.as_str()),
-            dsl::description.eq(description),
-            dsl::instance_usable.eq(instance_usable),
-            dsl::update_repeatable.eq(update_repeatable),
-            dsl::updated_at.eq(now_ms()),
-        ))
-        .execute(conn)
-        .await?
-            == 1))
+        let result = with_conn!(self, |conn| {
+            conn.transaction::<_, DieselError, _>(|conn| {
+                async move {
+                    let ended = diesel::update(
+                        dsl::osb_operations
+                            .filter(dsl::id.eq(op))
+                            .filter(dsl::state.eq(OperationState::InProgress.as_str())),
+                    )
+                    .set((
+                        dsl::state.eq(OperationState::Failed.as_str()),
+                        dsl::description.eq(description),
+                        dsl::instance_usable.eq(instance_usable),
+                        dsl::update_repeatable.eq(update_repeatable),
+                        dsl::updated_at.eq(now_ms()),
+                    ))
+                    .execute(conn)
+                    .await?;
+                    let released = match release {
+                        Release::Instance(id, to) => {
+                            diesel::update(
+                                osb_instances::table
+                                    .find(id)
+                                    .filter(osb_instances::operation_id.eq(op)),
+                            )
+                            .set((
+                                osb_instances::state.eq(to.as_str()),
+                                osb_instances::updated_at.eq(now_ms()),
+                            ))
+                            .execute(conn)
+                            .await?
+                        }
+                        Release::Binding(id, to) => {
+                            diesel::update(
+                                osb_bindings::table
+                                    .find(id)
+                                    .filter(osb_bindings::operation_id.eq(op)),
+                            )
+                            .set((
+                                osb_bindings::state.eq(to.as_str()),
+                                osb_bindings::updated_at.eq(now_ms()),
+                            ))
+                            .execute(conn)
+                            .await?
+                        }
+                    };
+                    if ended != 1 || released != 1 {
+                        return Err(DieselError::RollbackTransaction);
+                    }
+                    Ok(())
+                }
+                .scope_boxed()
+            })
+            .await
+        });
+        match result {
+            Ok(()) => Ok(true),
+            Err(DieselError::RollbackTransaction) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Ends operation `op` as succeeded and writes what it changed, in one transaction, so that
@@ -497,40 +553,19 @@ impl Store {
     }
 
     /// Deletes finished operations last changed before `before_ms` that no instance or binding
-    /// points to (the newest operation of every existing row stays, for `last_operation`), up
-    /// to 500 a call.
+    /// points to (the newest operation of every existing row stays, for `last_operation`).
     pub async fn prune_operations(&self, before_ms: i64) -> Result<usize, StoreError> {
-        use osb_operations::dsl;
-        with_conn!(self, |conn| {
-            let old: Vec<String> = dsl::osb_operations
-                .filter(dsl::state.ne(OperationState::InProgress.as_str()))
-                .filter(dsl::updated_at.lt(before_ms))
-                .select(dsl::id)
-                .limit(500)
-                .load(conn)
-                .await?;
-            if old.is_empty() {
-                return Ok(0);
-            }
-            let mut kept: Vec<String> = osb_instances::table
-                .filter(osb_instances::operation_id.eq_any(&old))
-                .select(osb_instances::operation_id)
-                .load(conn)
-                .await?;
-            kept.extend(
-                osb_bindings::table
-                    .filter(osb_bindings::operation_id.eq_any(&old))
-                    .select(osb_bindings::operation_id)
-                    .load::<String>(conn)
-                    .await?,
-            );
-            let doomed: Vec<&String> = old.iter().filter(|id| !kept.contains(id)).collect();
-            Ok(
-                diesel::delete(dsl::osb_operations.filter(dsl::id.eq_any(doomed)))
-                    .execute(conn)
-                    .await?,
-            )
-        })
+        // One statement, so that no row can come to point at an operation between choosing it
+        // and deleting it. `before_ms` is a number this process computed, not input.
+        let sql = format!(
+            "DELETE FROM osb_operations WHERE state <> '{}' AND updated_at < {before_ms} \
+             AND NOT EXISTS (SELECT 1 FROM osb_instances i WHERE i.operation_id = osb_operations.id) \
+             AND NOT EXISTS (SELECT 1 FROM osb_bindings b WHERE b.operation_id = osb_operations.id)",
+            OperationState::InProgress.as_str()
+        );
+        with_conn!(self, |conn| Ok(diesel::sql_query(sql.as_str())
+            .execute(conn)
+            .await?))
     }
 
     /// Takes or renews lease `name` for `owner` until `ttl_ms` from now; `false` while another
@@ -604,7 +639,10 @@ fn private_file(path: &std::path::Path) -> Result<(), StoreError> {
     let failed = |what: &str, e: std::io::Error| {
         StoreError::Unavailable(format!("{what} {}: {e}", path.display()))
     };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+    if let Some(dir) = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+    {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -661,27 +699,6 @@ where
 }
 
 impl Store {
-    /// Sets an instance's state if `op` is still its operation.
-    pub async fn release_instance(
-        &self,
-        id: &str,
-        op: &str,
-        to: InstanceState,
-    ) -> Result<(), StoreError> {
-        use osb_instances::dsl;
-        with_conn!(self, |conn| {
-            diesel::update(
-                dsl::osb_instances
-                    .filter(dsl::id.eq(id))
-                    .filter(dsl::operation_id.eq(op)),
-            )
-            .set((dsl::state.eq(to.as_str()), dsl::updated_at.eq(now_ms())))
-            .execute(conn)
-            .await?;
-            Ok(())
-        })
-    }
-
     /// Undoes a claim that turned out not to be allowed: the instance goes back to `to` and to
     /// its `previous` operation (which `last_operation` keeps reporting), and `op`'s record goes.
     pub async fn unclaim_instance(
@@ -714,27 +731,6 @@ impl Store {
                 }
                 .scope_boxed()
             })
-            .await?;
-            Ok(())
-        })
-    }
-
-    /// Sets a binding's state if `op` is still its operation.
-    pub async fn release_binding(
-        &self,
-        id: &str,
-        op: &str,
-        to: BindingState,
-    ) -> Result<(), StoreError> {
-        use osb_bindings::dsl;
-        with_conn!(self, |conn| {
-            diesel::update(
-                dsl::osb_bindings
-                    .filter(dsl::id.eq(id))
-                    .filter(dsl::operation_id.eq(op)),
-            )
-            .set((dsl::state.eq(to.as_str()), dsl::updated_at.eq(now_ms())))
-            .execute(conn)
             .await?;
             Ok(())
         })

@@ -5,10 +5,10 @@ use diesel::prelude::*;
 use super::schema::{osb_bindings, osb_instances, osb_operations};
 
 macro_rules! states {
-    ($(#[$doc:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-        pub enum $name { $($variant),+ }
+        pub enum $name { $($(#[$vdoc])* $variant),+ }
 
         impl $name {
             pub fn as_str(self) -> &'static str {
@@ -29,7 +29,10 @@ states! {
         Ready => "ready",
         Updating => "updating",
         Deprovisioning => "deprovisioning",
+        /// A provision that failed: a retried provision or a delete may follow.
         Failed => "failed",
+        /// A deprovision that failed half-way: only another delete may follow.
+        DeleteFailed => "delete failed",
     }
 }
 
