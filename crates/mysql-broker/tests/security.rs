@@ -305,7 +305,7 @@ async fn a_deprovision_whose_connection_drops_half_way_leaves_the_instance_unusa
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_provision_killed_mid_flight_can_be_deleted_after_it_is_reaped() {
+async fn a_provision_killed_mid_flight_whose_rerun_fails_can_still_be_deleted() {
     let dir = tempfile::tempdir().unwrap();
     let proxy = Proxy::start(3306).await;
     let lease = [
@@ -340,12 +340,15 @@ async fn a_provision_killed_mid_flight_can_be_deleted_after_it_is_reaped() {
         "the provision had claimed its name"
     );
 
-    // The same replica comes back, its server now reached directly.
-    let config = config_with_servers(dir.path(), &server_entry("mysql-1", 3306));
+    // The same replica comes back and runs the provision again, which fails this time (its
+    // connection drops): the instance is failed and recorded nothing of the backend.
+    proxy.arm("CREATE DATABASE IF NOT EXISTS `op_", Action::Drop);
+    let config = config_with_servers(dir.path(), &server_entry("mysql-1", proxy.port));
     let broker = start_env(dir.path(), port, &config, true, &lease).await;
     let c = Client::new(target(&broker));
     let last = settled(&c, &id).await;
     assert_eq!(last["state"], "failed", "{last}");
+    assert_eq!(proxy.fired(), 2, "the provision was not run again");
     // Before the fix: 422 "lives on server None" for ever.
     let deleted = c.deprovision(&id, PLAN1, false).await.unwrap();
     assert_eq!(deleted.status, 200, "{}", deleted.body);

@@ -141,8 +141,9 @@ pub struct CatalogIndex {
     json: actix_web::web::Bytes,
     /// A strong entity tag of `json`: the same on every replica serving the same catalog.
     etag: String,
-    /// When this replica loaded the catalog, for `Last-Modified`.
-    loaded_at: std::time::SystemTime,
+    /// When the catalog was first served, for `Last-Modified` (whole seconds, as HTTP dates
+    /// carry them; see [`CatalogIndex::first_served`]).
+    modified: std::time::SystemTime,
     plans: HashMap<String, (usize, usize)>,
     validators: HashMap<(String, SchemaUse), jsonschema::Validator>,
 }
@@ -218,13 +219,7 @@ impl CatalogIndex {
             catalog,
             json: json.into(),
             etag,
-            // Whole seconds, as HTTP dates carry them: a client's If-Modified-Since echoes it.
-            loaded_at: std::time::UNIX_EPOCH
-                + std::time::Duration::from_secs(
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs()),
-                ),
+            modified: std::time::UNIX_EPOCH,
             plans,
             validators,
         })
@@ -234,9 +229,20 @@ impl CatalogIndex {
         &self.catalog
     }
 
-    /// The catalog as served: body, entity tag, load time.
+    /// The catalog as served: body, entity tag, time of first service.
     pub fn served(&self) -> (actix_web::web::Bytes, &str, std::time::SystemTime) {
-        (self.json.clone(), &self.etag, self.loaded_at)
+        (self.json.clone(), &self.etag, self.modified)
+    }
+
+    pub fn etag(&self) -> &str {
+        &self.etag
+    }
+
+    /// Sets when this catalog was first served, in Unix milliseconds: taken from the state
+    /// store, so that every replica sends the same `Last-Modified`.
+    pub fn first_served(&mut self, unix_ms: i64) {
+        let secs = u64::try_from(unix_ms / 1000).unwrap_or(0);
+        self.modified = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
     }
 
     pub fn service(&self, service_id: &str) -> Option<&Service> {

@@ -42,7 +42,9 @@ pub struct BrokerConfig {
     /// Largest request body accepted.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
-    /// Names this replica in operation records; a random id when unset.
+    /// Names this replica in operation records, so that after a restart it takes back its own
+    /// unfinished operations at once. Default: the host name and the listen port. Must be
+    /// stable across restarts and different for every replica.
     #[serde(default)]
     pub replica_id: Option<String>,
     /// HTTP worker threads; the number of cores when unset.

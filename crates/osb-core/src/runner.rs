@@ -9,9 +9,8 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
-use crate::broker::Operation;
 use crate::metrics::Metrics;
-use crate::store::{BindingState, InstanceState, OperationRow, Release, Store, now_ms};
+use crate::store::{Store, now_ms};
 
 /// Lease and heartbeat timing of operations.
 #[derive(Debug, Clone, Copy)]
@@ -33,21 +32,21 @@ pub struct Timing {
 pub struct Runner {
     handle: Handle,
     replica: Arc<str>,
+    /// This process: the replica id and a nonce of this start. Only the process that runs an
+    /// operation may write its end, so a replica that stalled and was taken over cannot.
+    token: Arc<str>,
     running: Arc<Mutex<HashSet<String>>>,
     metrics: Metrics,
     /// Set once the broker stops: periodic loops end.
     stopped: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
-/// What the reaper writes on operations whose runner is gone.
-const DIED: &str =
-    "the broker replica running this operation stopped before it finished; retry the request";
-
 impl Runner {
     /// Captures the current Tokio runtime: every operation runs there, not on an HTTP worker.
     pub fn new(replica: String, metrics: Metrics) -> Self {
         Self {
             handle: Handle::current(),
+            token: format!("{replica}/{}", uuid::Uuid::new_v4().simple()).into(),
             replica: replica.into(),
             running: Arc::default(),
             metrics,
@@ -81,6 +80,15 @@ impl Runner {
 
     pub fn replica(&self) -> &str {
         &self.replica
+    }
+
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Whether this process runs operation `op` right now.
+    pub fn is_running(&self, op: &str) -> bool {
+        self.running.lock().unwrap().contains(op)
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -126,7 +134,7 @@ impl Runner {
         }
     }
 
-    /// Heartbeats, reaping and pruning of old operation records, until the broker stops.
+    /// Heartbeats and pruning of old operation records, until the broker stops.
     pub fn start_maintenance(&self, store: Store, timing: Timing) {
         let pruned = store.clone();
         let every = timing.retention.min(Duration::from_secs(300));
@@ -142,57 +150,17 @@ impl Runner {
             }
         });
         let running = self.running.clone();
+        let token = self.token.clone();
         self.every(timing.heartbeat, move || {
             let ids: Vec<String> = running.lock().unwrap().iter().cloned().collect();
-            let store = store.clone();
+            let (store, token) = (store.clone(), token.clone());
             async move {
-                if let Err(e) = store.heartbeat(&ids).await {
+                if let Err(e) = store.heartbeat(&ids, &token).await {
                     tracing::warn!(error = %e, "operation heartbeat failed");
-                }
-                let before = now_ms() - timing.lease.as_millis() as i64;
-                match store.stale_operations(before).await {
-                    Ok(stale) => {
-                        for op in stale {
-                            if let Err(e) = reap(&store, &op).await {
-                                tracing::warn!(error = %e, operation = %op.id, "reaping failed");
-                            }
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "looking for dead operations failed"),
                 }
             }
         });
     }
-}
-
-/// Fails a dead operation and puts its instance or binding where a retry can pick it up.
-async fn reap(store: &Store, op: &OperationRow) -> Result<(), crate::store::StoreError> {
-    let kind = Operation::parse(&op.kind);
-    let (release, usable, repeatable) = match (kind, &op.binding_id) {
-        (_, Some(binding)) => (Release::Binding(binding, BindingState::Failed), None, None),
-        (Some(Operation::Update), None) => (
-            Release::Instance(&op.instance_id, InstanceState::Ready),
-            Some(true),
-            Some(true),
-        ),
-        (Some(Operation::Deprovision), None) => (
-            Release::Instance(&op.instance_id, InstanceState::DeleteFailed),
-            Some(false),
-            None,
-        ),
-        (_, None) => (
-            Release::Instance(&op.instance_id, InstanceState::Failed),
-            None,
-            None,
-        ),
-    };
-    if store
-        .fail(&op.id, release, DIED, usable, repeatable)
-        .await?
-    {
-        tracing::warn!(operation = %op.id, kind = %op.kind, instance_id = %op.instance_id, "failed an operation whose runner died");
-    }
-    Ok(())
 }
 
 /// Keeps an operation in the heartbeat set while its task lives, even if the task panics.

@@ -82,7 +82,7 @@ pub async fn start<B: ServiceBroker>(
 ) -> Result<Running, ServeError> {
     config.validate()?;
     let platforms = config.platforms()?;
-    let catalog = CatalogIndex::new(config.catalog.clone())?;
+    let mut catalog = CatalogIndex::new(config.catalog.clone())?;
     let previous: Vec<_> = config
         .previous_encryption_keys
         .iter()
@@ -95,10 +95,11 @@ pub async fn start<B: ServiceBroker>(
     )
     .await?;
     tracing::info!(store = store.kind(), "state store ready");
+    catalog.first_served(store.catalog_first_served(catalog.etag()).await?);
     let replica = config
         .replica_id
         .clone()
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        .unwrap_or_else(|| default_replica_id(&config.listen));
     let ops = config.operations;
     let timing = Timing {
         lease: Duration::from_secs(ops.lease_secs.max(1)),
@@ -177,6 +178,22 @@ pub async fn serve<B: ServiceBroker>(
     metrics: Metrics,
 ) -> Result<(), ServeError> {
     start(config, broker, metrics).await?.wait().await
+}
+
+/// The host name and the listen port: the same after a restart, so the replica finds its own
+/// unfinished operations. A port chosen by the system (`:0`) is new at every start, so such a
+/// replica gets a random id instead.
+fn default_replica_id(listen: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    match listen.rsplit_once(':').map(|(_, port)| port) {
+        Some(port) if port != "0" && !port.is_empty() => format!("{host}:{port}"),
+        _ => format!("{host}:{}", uuid::Uuid::new_v4().simple()),
+    }
 }
 
 fn tls_config(tls: &TlsConfig) -> Result<rustls::ServerConfig, ServeError> {

@@ -45,7 +45,7 @@ pub struct ProvisionRequest {
 }
 
 /// `PATCH /v2/service_instances/:id`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UpdateRequest {
     pub service_id: String,
     #[serde(default)]
@@ -60,7 +60,7 @@ pub struct UpdateRequest {
     pub maintenance_info: Option<MaintenanceInfo>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PreviousValues {
     #[serde(default)]
     pub service_id: Option<String>,
@@ -75,7 +75,7 @@ pub struct PreviousValues {
 }
 
 /// `PUT /v2/service_instances/:id/service_bindings/:bid`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BindRequest {
     pub service_id: String,
     pub plan_id: String,

@@ -85,6 +85,8 @@ fn operation_row(id: &str, instance: &str) -> OperationRow {
         heartbeat_at: 1,
         created_at: 1,
         updated_at: 1,
+        runner: "replica-a/1".into(),
+        request: None,
     }
 }
 
@@ -106,7 +108,12 @@ async fn late_operations_are_fenced_out(url: &str) {
     );
     // The reaper fails op1 and frees the row; the retry claims it for op2.
     let release = Release::Instance(&id, InstanceState::Failed);
-    assert!(store.fail(&op1, release, "died", None, None).await.unwrap());
+    assert!(
+        store
+            .fail(&op1, "replica-a/1", release, "died", None, None)
+            .await
+            .unwrap()
+    );
     store
         .insert_operation(&operation_row(&op2, &id))
         .await
@@ -127,20 +134,20 @@ async fn late_operations_are_fenced_out(url: &str) {
     late.state = InstanceState::Ready.as_str().into();
     assert!(
         !store
-            .succeed(&op1, Outcome::SaveInstance(&late))
+            .succeed(&op1, "replica-a/1", Outcome::SaveInstance(&late))
             .await
             .unwrap()
     );
     assert!(
         !store
-            .discard(&op1, Outcome::DeleteInstance(&id))
+            .discard(&op1, "replica-a/1", Outcome::DeleteInstance(&id))
             .await
             .unwrap()
     );
     let late_failure = Release::Instance(&id, InstanceState::Ready);
     assert!(
         !store
-            .fail(&op1, late_failure, "late", None, None)
+            .fail(&op1, "replica-a/1", late_failure, "late", None, None)
             .await
             .unwrap()
     );
@@ -152,11 +159,27 @@ async fn late_operations_are_fenced_out(url: &str) {
         Some(OperationState::Failed)
     );
 
+    // op2's process stops too; replica b takes it over. The old process cannot end it any more.
+    let took = store
+        .take_over(&op2, "replica-a/1", "replica-b", "replica-b/2")
+        .await
+        .unwrap();
+    assert!(took);
+    let again = store
+        .take_over(&op2, "replica-a/1", "replica-c", "replica-c/3")
+        .await
+        .unwrap();
+    assert!(!again, "two replicas took over one operation");
     let mut done = instance_row(&id, &op2);
     done.state = InstanceState::Ready.as_str().into();
+    let zombie = store
+        .succeed(&op2, "replica-a/1", Outcome::SaveInstance(&done))
+        .await
+        .unwrap();
+    assert!(!zombie, "the replaced process recorded an end");
     assert!(
         store
-            .succeed(&op2, Outcome::SaveInstance(&done))
+            .succeed(&op2, "replica-b/2", Outcome::SaveInstance(&done))
             .await
             .unwrap()
     );

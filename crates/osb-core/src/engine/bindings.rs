@@ -67,8 +67,10 @@ impl<B: ServiceBroker> Engine<B> {
                     &caller,
                     id.as_str(),
                     Some(binding_id.as_str()),
-                    Operation::Bind,
                     &fp,
+                    &Redo::Bind {
+                        request: req.clone(),
+                    },
                 )
                 .await?;
             let now = now_ms();
@@ -123,7 +125,15 @@ impl<B: ServiceBroker> Engine<B> {
                         to: BindingState::Binding,
                     };
                     if let Some(op) = self
-                        .claim(&caller, &id, Operation::Bind, &fp, claim)
+                        .claim(
+                            &caller,
+                            &id,
+                            &fp,
+                            claim,
+                            &Redo::Bind {
+                                request: req.clone(),
+                            },
+                        )
                         .await?
                     {
                         let mut row = existing;
@@ -156,7 +166,9 @@ impl<B: ServiceBroker> Engine<B> {
         else {
             match previous {
                 None => {
-                    store.discard(&op, Outcome::DeleteBinding(&row.id)).await?;
+                    store
+                        .discard(&op, self.token(), Outcome::DeleteBinding(&row.id))
+                        .await?;
                 }
                 Some(previous) => {
                     store
@@ -178,7 +190,7 @@ impl<B: ServiceBroker> Engine<B> {
     }
 
     /// `fresh` when this request made the binding's row (not a retry of a failed one).
-    async fn run_bind(
+    pub(super) async fn run_bind(
         &self,
         mode: Mode,
         instance: InstanceRow,
@@ -238,7 +250,10 @@ impl<B: ServiceBroker> Engine<B> {
                 row.credentials = Some(self.inner.sealer.seal(to_text(&credentials).as_bytes()));
                 row.broker_state = to_text(&bound.state);
                 row.updated_at = now_ms();
-                if !store.succeed(&op, Outcome::SaveBinding(&row)).await? {
+                if !store
+                    .succeed(&op, self.token(), Outcome::SaveBinding(&row))
+                    .await?
+                {
                     return Err(superseded(&op));
                 }
                 tracing::info!(instance_id = %row.instance_id, binding_id = %row.id, "bound");
@@ -251,7 +266,9 @@ impl<B: ServiceBroker> Engine<B> {
                 // Only a row this request made may go: a retry's row stands for what an
                 // earlier attempt may have left.
                 if mode == Mode::Sync && fresh && left_nothing(&err) {
-                    store.discard(&op, Outcome::DeleteBinding(&row.id)).await?;
+                    store
+                        .discard(&op, self.token(), Outcome::DeleteBinding(&row.id))
+                        .await?;
                 } else {
                     let release = Release::Binding(&row.id, BindingState::Failed);
                     self.failed(&op, release, &err, None, None).await?;
@@ -318,15 +335,15 @@ impl<B: ServiceBroker> Engine<B> {
                 Some(state @ (BindingState::Bound | BindingState::Failed)) => state,
                 _ => return Err(concurrency("service binding")),
             };
+            let redo = Redo::Unbind {
+                from: from.as_str().into(),
+            };
             let claim = Claim::Binding {
                 id: &binding_id,
                 from: &[from],
                 to: BindingState::Unbinding,
             };
-            let Some(op) = self
-                .claim(&caller, &id, Operation::Unbind, "", claim)
-                .await?
-            else {
+            let Some(op) = self.claim(&caller, &id, "", claim, &redo).await? else {
                 continue;
             };
             // As bind does: our row is busy now, so an update or deprovision claimed after this
@@ -358,7 +375,7 @@ impl<B: ServiceBroker> Engine<B> {
         }
     }
 
-    async fn run_unbind(
+    pub(super) async fn run_unbind(
         &self,
         instance: InstanceRow,
         row: BindingRow,
@@ -379,7 +396,10 @@ impl<B: ServiceBroker> Engine<B> {
             .await;
         match result {
             Ok(()) => {
-                if !store.succeed(&op, Outcome::DeleteBinding(&row.id)).await? {
+                if !store
+                    .succeed(&op, self.token(), Outcome::DeleteBinding(&row.id))
+                    .await?
+                {
                     return Err(superseded(&op));
                 }
                 tracing::info!(instance_id = %row.instance_id, binding_id = %row.id, "unbound");

@@ -47,7 +47,7 @@ impl<B: ServiceBroker> Engine<B> {
         let started = Instant::now();
         loop {
             let op = self
-                .new_operation(&caller, id.as_str(), None, Operation::Provision, &fp)
+                .new_operation(&caller, id.as_str(), None, &fp, &Redo::Provision)
                 .await?;
             let now = now_ms();
             let row = InstanceRow {
@@ -100,7 +100,7 @@ impl<B: ServiceBroker> Engine<B> {
                         previous: &existing.operation_id,
                     };
                     if let Some(op) = self
-                        .claim(&caller, &id, Operation::Provision, &fp, claim)
+                        .claim(&caller, &id, &fp, claim, &Redo::Provision)
                         .await?
                     {
                         let mut row = existing;
@@ -132,7 +132,7 @@ impl<B: ServiceBroker> Engine<B> {
         .await
     }
 
-    async fn run_provision(
+    pub(super) async fn run_provision(
         &self,
         mode: Mode,
         mut row: InstanceRow,
@@ -162,7 +162,10 @@ impl<B: ServiceBroker> Engine<B> {
                 row.metadata = done.metadata.filter(|m| !m.is_empty()).map(|m| to_text(&m));
                 row.broker_state = to_text(&done.state);
                 row.updated_at = now_ms();
-                if !store.succeed(&op, Outcome::SaveInstance(&row)).await? {
+                if !store
+                    .succeed(&op, self.token(), Outcome::SaveInstance(&row))
+                    .await?
+                {
                     return Err(superseded(&op));
                 }
                 tracing::info!(instance_id = %row.id, plan = %plan.name, "provisioned");
@@ -173,7 +176,9 @@ impl<B: ServiceBroker> Engine<B> {
                 // Only a row this request made may go: a retry's row stands for what an
                 // earlier attempt may have left.
                 if mode == Mode::Sync && !retry && left_nothing(&err) {
-                    store.discard(&op, Outcome::DeleteInstance(&row.id)).await?;
+                    store
+                        .discard(&op, self.token(), Outcome::DeleteInstance(&row.id))
+                        .await?;
                 } else {
                     let release = Release::Instance(&row.id, InstanceState::Failed);
                     self.failed(&op, release, &err, None, None).await?;
@@ -239,34 +244,43 @@ impl<B: ServiceBroker> Engine<B> {
             "maintenance_info": req.maintenance_info.as_ref().map(|m| &m.version),
             "context": req.context,
         }));
-        let claim = Claim::Instance {
-            from: &[InstanceState::Ready],
-            to: InstanceState::Updating,
-            previous: &row.operation_id,
+        let redo = Redo::Update {
+            target: target.id.clone(),
+            request: req.clone(),
         };
-        let Some(op) = self
-            .claim(&caller, &id, Operation::Update, &fp, claim)
-            .await?
-        else {
-            // Someone else holds the instance: the same update still running is a retry.
-            return match self.inner.store.instance(id.as_str()).await? {
-                Some(current) if current.state() == Some(InstanceState::Failed) => {
-                    Err(failed_provision())
-                }
-                Some(current) if current.state() == Some(InstanceState::DeleteFailed) => {
-                    Err(delete_failed())
-                }
-                Some(current)
-                    if current.state() == Some(InstanceState::Updating)
-                        && caller.accepts_incomplete =>
-                {
-                    match self.inner.store.operation(&current.operation_id).await? {
-                        Some(running) if running.fingerprint == fp => Ok(accepted(&running.id)),
-                        _ => Err(concurrency("service instance")),
-                    }
-                }
-                _ => Err(concurrency("service instance")),
+        let started = Instant::now();
+        let op = loop {
+            let claim = Claim::Instance {
+                from: &[InstanceState::Ready],
+                to: InstanceState::Updating,
+                previous: &row.operation_id,
             };
+            if let Some(op) = self.claim(&caller, &id, &fp, claim, &redo).await? {
+                break op;
+            }
+            // Someone else holds the instance, or it changed since it was read. The same update
+            // is a retry: 202 while it runs (or a wait, synchronously), 200 once it is done.
+            let Some(current) = self.inner.store.instance(id.as_str()).await? else {
+                return Err(OsbError::NotFound("service instance does not exist".into()));
+            };
+            let latest = self.inner.store.operation(&current.operation_id).await?;
+            let same = latest
+                .as_ref()
+                .filter(|op| op.fingerprint == fp && op.kind == Operation::Update.as_str());
+            match (current.state(), same) {
+                (Some(InstanceState::Failed), _) => return Err(failed_provision()),
+                (Some(InstanceState::DeleteFailed), _) => return Err(delete_failed()),
+                (Some(InstanceState::Updating), Some(running)) if caller.accepts_incomplete => {
+                    return Ok(accepted(&running.id));
+                }
+                (Some(InstanceState::Updating), Some(_)) if self.wait_turn(started).await => {}
+                (Some(InstanceState::Ready), Some(done))
+                    if done.state() == Some(OperationState::Succeeded) =>
+                {
+                    return Ok(Reply::new(200, json!({})));
+                }
+                _ => return Err(concurrency("service instance")),
+            }
         };
         // A bind that started before our claim must finish first: it sized its account for the
         // plan it read (it re-checks the instance after writing its row, so one of the two
@@ -287,7 +301,7 @@ impl<B: ServiceBroker> Engine<B> {
         .await
     }
 
-    async fn run_update(
+    pub(super) async fn run_update(
         &self,
         row: InstanceRow,
         op: String,
@@ -340,7 +354,10 @@ impl<B: ServiceBroker> Engine<B> {
                 if let Some(state) = &done.state {
                     row.broker_state = to_text(state);
                 }
-                if !store.succeed(&op, Outcome::SaveInstance(&row)).await? {
+                if !store
+                    .succeed(&op, self.token(), Outcome::SaveInstance(&row))
+                    .await?
+                {
                     return Err(superseded(&op));
                 }
                 tracing::info!(instance_id = %row.id, plan = %target.name, "updated");
@@ -414,15 +431,15 @@ impl<B: ServiceBroker> Engine<B> {
                 ) => state,
                 _ => return Err(concurrency("service instance")),
             };
+            let redo = Redo::Deprovision {
+                from: from.as_str().into(),
+            };
             let claim = Claim::Instance {
                 from: &[from],
                 to: InstanceState::Deprovisioning,
                 previous: &row.operation_id,
             };
-            let Some(op) = self
-                .claim(&caller, &id, Operation::Deprovision, "", claim)
-                .await?
-            else {
+            let Some(op) = self.claim(&caller, &id, "", claim, &redo).await? else {
                 continue;
             };
             // A bind that started before our claim must finish first (it re-checks the instance
@@ -444,7 +461,7 @@ impl<B: ServiceBroker> Engine<B> {
         }
     }
 
-    async fn run_deprovision(
+    pub(super) async fn run_deprovision(
         &self,
         row: InstanceRow,
         op: String,
@@ -470,7 +487,11 @@ impl<B: ServiceBroker> Engine<B> {
         match result {
             Ok(()) => {
                 if !store
-                    .succeed(&op, Outcome::DeleteInstance(loaded.id.as_str()))
+                    .succeed(
+                        &op,
+                        self.token(),
+                        Outcome::DeleteInstance(loaded.id.as_str()),
+                    )
                     .await?
                 {
                     return Err(superseded(&op));

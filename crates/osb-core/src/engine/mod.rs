@@ -7,6 +7,7 @@
 mod bindings;
 mod fetch;
 mod instances;
+mod recovery;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -99,6 +100,39 @@ enum Claim<'a> {
         from: &'a [BindingState],
         to: BindingState,
     },
+}
+
+/// What running an operation again needs beyond its rows, kept in its record
+/// (`osb_operations.request`), so that any replica can finish it after a crash.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum Redo {
+    Provision,
+    Update {
+        target: String,
+        request: UpdateRequest,
+    },
+    Deprovision {
+        from: String,
+    },
+    Bind {
+        request: BindRequest,
+    },
+    Unbind {
+        from: String,
+    },
+}
+
+impl Redo {
+    fn kind(&self) -> Operation {
+        match self {
+            Self::Provision => Operation::Provision,
+            Self::Update { .. } => Operation::Update,
+            Self::Deprovision { .. } => Operation::Deprovision,
+            Self::Bind { .. } => Operation::Bind,
+            Self::Unbind { .. } => Operation::Unbind,
+        }
+    }
 }
 
 /// An instance row with its JSON columns parsed.
@@ -232,6 +266,7 @@ impl<B: ServiceBroker> Engine<B> {
                 upkeep_cursor: Mutex::default(),
             }),
         };
+        engine.start_recovery();
         if let Some(every) = engine.inner.broker.upkeep_interval() {
             let this = engine.clone();
             // One replica does the upkeep: whoever holds the lease, renewed at every pass and
@@ -320,6 +355,11 @@ impl<B: ServiceBroker> Engine<B> {
         &self.inner.runner
     }
 
+    /// This process, as operation records name their runner (see [`Runner::token`]).
+    fn token(&self) -> &str {
+        self.inner.runner.token()
+    }
+
     /// Store and backend reachable.
     pub async fn ready(&self) -> Result<(), OsbError> {
         self.inner.store.ping().await?;
@@ -365,10 +405,11 @@ impl<B: ServiceBroker> Engine<B> {
         caller: &Caller,
         instance: &str,
         binding: Option<&str>,
-        kind: Operation,
         fingerprint: &str,
+        redo: &Redo,
     ) -> Result<OperationRow, OsbError> {
         let now = now_ms();
+        let kind = redo.kind();
         let row = OperationRow {
             id: OperationId::generate().to_string(),
             platform: caller.platform.clone(),
@@ -384,6 +425,8 @@ impl<B: ServiceBroker> Engine<B> {
             heartbeat_at: now,
             created_at: now,
             updated_at: now,
+            runner: self.token().to_owned(),
+            request: Some(to_text(redo)),
         };
         self.inner.store.insert_operation(&row).await?;
         Ok(row)
@@ -395,9 +438,9 @@ impl<B: ServiceBroker> Engine<B> {
         &self,
         caller: &Caller,
         id: &InstanceId,
-        kind: Operation,
         fingerprint: &str,
         claim: Claim<'_>,
+        redo: &Redo,
     ) -> Result<Option<OperationRow>, OsbError> {
         let store = &self.inner.store;
         let binding = match &claim {
@@ -405,7 +448,7 @@ impl<B: ServiceBroker> Engine<B> {
             Claim::Instance { .. } => None,
         };
         let op = self
-            .new_operation(caller, id.as_str(), binding, kind, fingerprint)
+            .new_operation(caller, id.as_str(), binding, fingerprint, redo)
             .await?;
         let won = match claim {
             Claim::Instance { from, to, previous } => {
@@ -455,6 +498,7 @@ impl<B: ServiceBroker> Engine<B> {
             .store
             .fail(
                 op,
+                self.token(),
                 release,
                 &err.to_string(),
                 instance_usable,

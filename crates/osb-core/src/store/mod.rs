@@ -22,7 +22,7 @@ use futures::FutureExt;
 pub use rows::{
     BindingRow, BindingState, InstanceRow, InstanceState, OperationRow, OperationState,
 };
-use schema::{osb_bindings, osb_instances, osb_leases, osb_operations};
+use schema::{osb_bindings, osb_catalogs, osb_instances, osb_leases, osb_operations};
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 /// Run after [`MIGRATIONS`] on MySQL/MariaDB only, for what portable SQL cannot say.
@@ -377,6 +377,7 @@ impl Store {
     pub async fn fail(
         &self,
         op: &str,
+        runner: &str,
         release: Release<'_>,
         description: &str,
         instance_usable: Option<bool>,
@@ -389,6 +390,7 @@ impl Store {
                     let ended = diesel::update(
                         dsl::osb_operations
                             .filter(dsl::id.eq(op))
+                            .filter(dsl::runner.eq(runner))
                             .filter(dsl::state.eq(OperationState::InProgress.as_str())),
                     )
                     .set((
@@ -448,18 +450,34 @@ impl Store {
     /// `last_operation` and the rows never disagree. Fenced: `false`, with nothing written, when
     /// `op` is no longer the row's operation or no longer in progress (it was reaped and another
     /// operation took the row over).
-    pub async fn succeed(&self, op: &str, outcome: Outcome<'_>) -> Result<bool, StoreError> {
-        self.fenced(op, End::Succeeded, outcome).await
+    pub async fn succeed(
+        &self,
+        op: &str,
+        runner: &str,
+        outcome: Outcome<'_>,
+    ) -> Result<bool, StoreError> {
+        self.fenced(op, runner, End::Succeeded, outcome).await
     }
 
     /// Ends operation `op` as failed and removes the row it made (a failure that left nothing
     /// behind), together with the operation record itself: a request that changed nothing
     /// leaves nothing in the store. Fenced like [`Store::succeed`].
-    pub async fn discard(&self, op: &str, outcome: Outcome<'_>) -> Result<bool, StoreError> {
-        self.fenced(op, End::Discarded, outcome).await
+    pub async fn discard(
+        &self,
+        op: &str,
+        runner: &str,
+        outcome: Outcome<'_>,
+    ) -> Result<bool, StoreError> {
+        self.fenced(op, runner, End::Discarded, outcome).await
     }
 
-    async fn fenced(&self, op: &str, end: End, outcome: Outcome<'_>) -> Result<bool, StoreError> {
+    async fn fenced(
+        &self,
+        op: &str,
+        runner: &str,
+        end: End,
+        outcome: Outcome<'_>,
+    ) -> Result<bool, StoreError> {
         use osb_operations::dsl;
         let result = with_conn!(self, |conn| {
             conn.transaction::<_, DieselError, _>(|conn| {
@@ -517,6 +535,7 @@ impl Store {
                             diesel::update(
                                 dsl::osb_operations
                                     .filter(dsl::id.eq(op))
+                                    .filter(dsl::runner.eq(runner))
                                     .filter(dsl::state.eq(OperationState::InProgress.as_str())),
                             )
                             .set((
@@ -530,6 +549,7 @@ impl Store {
                             diesel::delete(
                                 dsl::osb_operations
                                     .filter(dsl::id.eq(op))
+                                    .filter(dsl::runner.eq(runner))
                                     .filter(dsl::state.eq(OperationState::InProgress.as_str())),
                             )
                             .execute(conn)
@@ -604,17 +624,40 @@ impl Store {
         })
     }
 
-    /// Marks operations this replica is still running as alive.
-    pub async fn heartbeat(&self, ids: &[String]) -> Result<(), StoreError> {
+    /// When the catalog with entity tag `etag` was first served by a replica of this store
+    /// (now, if by none): its `Last-Modified`, agreed on by every replica.
+    pub async fn catalog_first_served(&self, etag: &str) -> Result<i64, StoreError> {
+        use osb_catalogs::dsl;
+        with_conn!(self, |conn| {
+            inserted(
+                diesel::insert_into(dsl::osb_catalogs)
+                    .values((dsl::etag.eq(etag), dsl::first_served.eq(now_ms())))
+                    .execute(conn)
+                    .await,
+            )?;
+            Ok(dsl::osb_catalogs
+                .find(etag)
+                .select(dsl::first_served)
+                .first::<i64>(conn)
+                .await?)
+        })
+    }
+
+    /// Marks operations this process (`runner`) is still running as alive.
+    pub async fn heartbeat(&self, ids: &[String], runner: &str) -> Result<(), StoreError> {
         if ids.is_empty() {
             return Ok(());
         }
         use osb_operations::dsl;
         with_conn!(self, |conn| {
-            diesel::update(dsl::osb_operations.filter(dsl::id.eq_any(ids)))
-                .set(dsl::heartbeat_at.eq(now_ms()))
-                .execute(conn)
-                .await?;
+            diesel::update(
+                dsl::osb_operations
+                    .filter(dsl::id.eq_any(ids))
+                    .filter(dsl::runner.eq(runner)),
+            )
+            .set(dsl::heartbeat_at.eq(now_ms()))
+            .execute(conn)
+            .await?;
             Ok(())
         })
     }
@@ -628,6 +671,44 @@ impl Store {
             .limit(100)
             .load::<OperationRow>(conn)
             .await?))
+    }
+
+    /// Operations still "in progress" that replica `owner` started: after a restart, its own
+    /// unfinished work.
+    pub async fn unfinished_of(&self, owner: &str) -> Result<Vec<OperationRow>, StoreError> {
+        use osb_operations::dsl;
+        with_conn!(self, |conn| Ok(dsl::osb_operations
+            .filter(dsl::state.eq(OperationState::InProgress.as_str()))
+            .filter(dsl::owner.eq(owner))
+            .load::<OperationRow>(conn)
+            .await?))
+    }
+
+    /// Makes process `runner` of replica `owner` the runner of `op` if it is still in progress
+    /// under `previous` (the runner that stopped): one taker wins, and the previous runner can
+    /// no longer write its end.
+    pub async fn take_over(
+        &self,
+        op: &str,
+        previous: &str,
+        owner: &str,
+        runner: &str,
+    ) -> Result<bool, StoreError> {
+        use osb_operations::dsl;
+        with_conn!(self, |conn| Ok(diesel::update(
+            dsl::osb_operations
+                .filter(dsl::id.eq(op))
+                .filter(dsl::runner.eq(previous))
+                .filter(dsl::state.eq(OperationState::InProgress.as_str()))
+        )
+        .set((
+            dsl::owner.eq(owner),
+            dsl::runner.eq(runner),
+            dsl::heartbeat_at.eq(now_ms()),
+        ))
+        .execute(conn)
+        .await?
+            == 1))
     }
 }
 

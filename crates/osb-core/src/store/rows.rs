@@ -112,11 +112,16 @@ pub struct OperationRow {
     pub description: Option<String>,
     pub instance_usable: Option<bool>,
     pub update_repeatable: Option<bool>,
-    /// The replica running it; with `heartbeat_at`, how a dead runner is noticed.
+    /// The replica running it; with `heartbeat_at`, how a dead runner is noticed, and how a
+    /// restarted replica knows its own unfinished operations.
     pub owner: String,
     pub heartbeat_at: i64,
     pub created_at: i64,
     pub updated_at: i64,
+    /// The process running it (replica id and a start nonce): only it may write the end.
+    pub runner: String,
+    /// What running it again needs (the engine's `Redo`, as JSON).
+    pub request: Option<String>,
 }
 
 impl InstanceRow {

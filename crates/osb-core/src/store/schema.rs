@@ -55,6 +55,8 @@ diesel::table! {
         heartbeat_at -> BigInt,
         created_at -> BigInt,
         updated_at -> BigInt,
+        runner -> Varchar,
+        request -> Nullable<Text>,
     }
 }
 
@@ -63,5 +65,12 @@ diesel::table! {
         name -> Varchar,
         owner -> Varchar,
         expires_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    osb_catalogs (etag) {
+        etag -> Varchar,
+        first_served -> BigInt,
     }
 }

@@ -1,0 +1,157 @@
+//! Crash recovery that finishes the job. An operation whose process stopped is run again from
+//! its records (the rows and its `Redo`), since every broker call is idempotent by contract: a
+//! restarted replica takes back its own unfinished operations at once; another replica takes
+//! over those of a replica that stays away, once their heartbeat is older than the lease. Taking
+//! over is a compare-and-set on the operation's runner, so one process wins, and the one that
+//! stopped can no longer record an end. Only an operation whose backend call fails again ends
+//! `failed`, with the backend's reason.
+
+use super::*;
+
+/// What an operation that cannot be run again (its rows are gone or its record predates
+/// recovery) ends with.
+const LOST: &str =
+    "the broker replica running this operation stopped before it finished; retry the request";
+
+impl<B: ServiceBroker> Engine<B> {
+    /// Takes back this replica's unfinished operations now, and watches for other replicas'
+    /// operations that outlive their lease.
+    pub(super) fn start_recovery(&self) {
+        let this = self.clone();
+        self.inner.runner.spawn(async move {
+            match this
+                .inner
+                .store
+                .unfinished_of(this.inner.runner.replica())
+                .await
+            {
+                Ok(ops) => {
+                    for op in ops {
+                        this.take_over(op).await;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot look for unfinished operations"),
+            }
+        });
+        let this = self.clone();
+        self.inner
+            .runner
+            .every(self.inner.timing.heartbeat, move || {
+                let this = this.clone();
+                async move {
+                    let before = now_ms() - this.inner.timing.lease.as_millis() as i64;
+                    match this.inner.store.stale_operations(before).await {
+                        Ok(ops) => {
+                            for op in ops {
+                                // Our own, when the store missed our heartbeats: still running here.
+                                if !this.inner.runner.is_running(&op.id) {
+                                    this.take_over(op).await;
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "looking for stopped operations failed")
+                        }
+                    }
+                }
+            });
+    }
+
+    async fn take_over(&self, op: OperationRow) {
+        let runner = &self.inner.runner;
+        match self
+            .inner
+            .store
+            .take_over(&op.id, &op.runner, runner.replica(), runner.token())
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => return, // another replica was quicker, or it ended meanwhile
+            Err(e) => {
+                tracing::warn!(operation = %op.id, error = %e, "cannot take over an operation");
+                return;
+            }
+        }
+        tracing::info!(operation = %op.id, kind = %op.kind, instance_id = %op.instance_id, from = %op.runner, "running a stopped operation again");
+        let this = self.clone();
+        let id = op.id.clone();
+        runner.spawn_operation(&id, async move {
+            if let Err(e) = this.run_again(&op).await {
+                tracing::warn!(operation = %op.id, error = %e, "operation run again failed");
+            }
+        });
+    }
+
+    /// Runs `op` again from its records, or ends it failed when they are gone.
+    async fn run_again(&self, op: &OperationRow) -> Result<(), OsbError> {
+        let store = &self.inner.store;
+        let redo: Option<Redo> = op
+            .request
+            .as_deref()
+            .and_then(|text| serde_json::from_str(text).ok());
+        let instance = store
+            .instance(&op.instance_id)
+            .await?
+            .filter(|row| op.binding_id.is_some() || row.operation_id == op.id);
+        let binding = match &op.binding_id {
+            Some(b) => store
+                .binding(b)
+                .await?
+                .filter(|row| row.operation_id == op.id),
+            None => None,
+        };
+        let id = op.id.clone();
+        let result = match (redo, instance, binding) {
+            (Some(Redo::Provision), Some(row), _) => {
+                self.run_provision(Mode::Async, row, id, true).await
+            }
+            (Some(Redo::Update { target, request }), Some(row), _) => {
+                self.run_update(row, id, target, request).await
+            }
+            (Some(Redo::Deprovision { from }), Some(row), _) => {
+                let from = InstanceState::parse(&from).unwrap_or(InstanceState::Failed);
+                self.run_deprovision(row, id, from).await
+            }
+            (Some(Redo::Bind { request }), Some(instance), Some(row)) => {
+                self.run_bind(Mode::Async, instance, row, id, request, false)
+                    .await
+            }
+            (Some(Redo::Unbind { from }), Some(instance), Some(row)) => {
+                let from = BindingState::parse(&from).unwrap_or(BindingState::Failed);
+                self.run_unbind(instance, row, id, from).await
+            }
+            _ => return self.give_up(op).await,
+        };
+        result.map(|_| ())
+    }
+
+    /// Ends an operation that cannot be run again as failed, its row where a retry or a delete
+    /// can pick it up.
+    async fn give_up(&self, op: &OperationRow) -> Result<(), OsbError> {
+        let kind = Operation::parse(&op.kind);
+        let (release, usable, repeatable) = match (kind, &op.binding_id) {
+            (_, Some(binding)) => (Release::Binding(binding, BindingState::Failed), None, None),
+            (Some(Operation::Update), None) => (
+                Release::Instance(&op.instance_id, InstanceState::Ready),
+                Some(true),
+                Some(true),
+            ),
+            (Some(Operation::Deprovision), None) => (
+                Release::Instance(&op.instance_id, InstanceState::DeleteFailed),
+                Some(false),
+                None,
+            ),
+            (_, None) => (
+                Release::Instance(&op.instance_id, InstanceState::Failed),
+                None,
+                None,
+            ),
+        };
+        tracing::warn!(operation = %op.id, "an operation whose records are gone cannot be run again; failing it");
+        self.inner
+            .store
+            .fail(&op.id, self.token(), release, LOST, usable, repeatable)
+            .await?;
+        Ok(())
+    }
+}
