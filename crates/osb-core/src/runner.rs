@@ -86,11 +86,6 @@ impl Runner {
         &self.token
     }
 
-    /// Whether this process runs operation `op` right now.
-    pub fn is_running(&self, op: &str) -> bool {
-        self.running.lock().unwrap().contains(op)
-    }
-
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }

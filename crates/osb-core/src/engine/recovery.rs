@@ -42,11 +42,10 @@ impl<B: ServiceBroker> Engine<B> {
                     let before = now_ms() - this.inner.timing.lease.as_millis() as i64;
                     match this.inner.store.stale_operations(before).await {
                         Ok(ops) => {
-                            for op in ops {
-                                // Our own, when the store missed our heartbeats: still running here.
-                                if !this.inner.runner.is_running(&op.id) {
-                                    this.take_over(op).await;
-                                }
+                            // This process's own are running here (or about to start), even
+                            // when their heartbeats were late.
+                            for op in ops.into_iter().filter(|op| op.runner != this.token()) {
+                                this.take_over(op).await;
                             }
                         }
                         Err(e) => {
