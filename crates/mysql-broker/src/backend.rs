@@ -13,6 +13,7 @@ use osb_core::broker::*;
 use osb_core::catalog::Plan;
 use osb_core::credentials::{Credentials, PasswordLength, generate_password};
 use osb_core::ids::BindingId;
+use osb_core::orphans::{BackendObject, Claim};
 use osb_core::wire::InstanceMetadata;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use prometheus::{IntGauge, Registry};
@@ -642,6 +643,117 @@ impl ServiceBroker for MysqlBroker {
                 labels: Default::default(),
                 attributes: usage.attributes(),
             }))
+    }
+
+    /// Each server that cannot be reached, or refuses the admin account.
+    async fn check_backends(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for server in &self.servers {
+            let checked = async {
+                let mut conn = server.conn().await?;
+                conn.query_drop("SELECT 1").await.map_err(failed)
+            }
+            .await;
+            if let Err(e) = checked {
+                problems.push(format!("mysql.servers {:?}: {e}", server.name));
+            }
+        }
+        problems
+    }
+
+    /// The marked databases and accounts on every server, and those named like the broker's
+    /// (`op_…`, `b_…`) that carry no marker.
+    async fn objects(&self) -> Result<Vec<BackendObject>, BrokerError> {
+        let mut objects = Vec::new();
+        for server in &self.servers {
+            let mut conn = server.conn().await?;
+            let marked = owners::all(&mut conn).await?;
+            let databases: Vec<String> = conn
+                .query("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE 'op\\_%'")
+                .await
+                .map_err(failed)?;
+            let accounts: Vec<String> = conn
+                .query("SELECT User FROM mysql.user WHERE User LIKE 'b\\_%' AND Host = '%'")
+                .await
+                .map_err(failed)?;
+            let unmarked = |kind: Kind, names: Vec<String>| {
+                names
+                    .into_iter()
+                    .filter(|n| !marked.iter().any(|m| m.kind == kind && &m.name == n))
+                    .map(|name| BackendObject {
+                        kind: kind.as_str().into(),
+                        name,
+                        location: server.name.clone(),
+                        claim: Claim::Unmarked,
+                        created_at_ms: None,
+                    })
+                    .collect::<Vec<_>>()
+            };
+            objects.extend(unmarked(Kind::Database, databases));
+            objects.extend(unmarked(Kind::User, accounts));
+            objects.extend(marked.into_iter().map(|m| BackendObject {
+                kind: m.kind.as_str().into(),
+                claim: match m.kind {
+                    Kind::Database => Claim::Instance {
+                        platform: m.platform,
+                        id: m.owner_id,
+                    },
+                    Kind::User => Claim::Binding {
+                        platform: m.platform,
+                        id: m.owner_id,
+                    },
+                },
+                name: m.name,
+                location: server.name.clone(),
+                created_at_ms: Some(m.created_at_ms),
+            }));
+        }
+        Ok(objects)
+    }
+
+    /// Removes an orphaned database (with the accounts marked under it) or account, and its
+    /// markers.
+    async fn remove_object(&self, object: &BackendObject) -> Result<(), BrokerError> {
+        let (platform, id) = match &object.claim {
+            Claim::Instance { platform, id } | Claim::Binding { platform, id } => (platform, id),
+            Claim::Unmarked => {
+                return Err(BrokerError::Failed(format!(
+                    "{} {:?} carries no marker of this broker",
+                    object.kind, object.name
+                )));
+            }
+        };
+        let server = self
+            .servers
+            .iter()
+            .find(|s| s.name == object.location)
+            .ok_or_else(|| {
+                BrokerError::Failed(format!("server {:?} is not configured", object.location))
+            })?;
+        let mut conn = server.conn().await?;
+        let owner = Owner {
+            platform,
+            id,
+            parent: "",
+        };
+        match &object.claim {
+            Claim::Instance { .. } => {
+                let db = DatabaseName::recorded(&object.name)?;
+                for name in owners::users_under(&mut conn, db.as_str()).await? {
+                    drop_user(&mut conn, &UserName::parse(&name)?).await?;
+                }
+                owners::release_under(&mut conn, db.as_str()).await?;
+                conn.query_drop(format!("DROP DATABASE IF EXISTS {}", db.quoted()))
+                    .await
+                    .map_err(failed)?;
+                owners::release(&mut conn, Kind::Database, db.as_str(), owner).await
+            }
+            _ => {
+                let user = UserName::parse(&object.name)?;
+                drop_user(&mut conn, &user).await?;
+                owners::release(&mut conn, Kind::User, user.as_str(), owner).await
+            }
+        }
     }
 
     /// Ready while at least one server takes new instances; the others are logged.

@@ -8,18 +8,27 @@ mod names;
 mod owners;
 mod quota;
 
-use anyhow::Context;
+use std::process::ExitCode;
+
+use osb_core::config::BrokerConfig;
 use osb_core::metrics::Metrics;
 
+struct MysqlApp;
+
+impl osb_core::cli::App for MysqlApp {
+    type Config = config::Config;
+    type Broker = backend::MysqlBroker;
+
+    fn broker_config(config: &config::Config) -> &BrokerConfig {
+        &config.broker
+    }
+
+    fn build(config: &config::Config, metrics: &Metrics) -> backend::MysqlBroker {
+        backend::MysqlBroker::new(&config.mysql, metrics.registry())
+    }
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let path = osb_core::config::path_from_args();
-    let config: config::Config =
-        osb_core::config::load(path.as_deref()).context("loading config")?;
-    osb_core::telemetry::init(&config.broker.log);
-    let metrics = Metrics::new();
-    let broker = backend::MysqlBroker::new(&config.mysql, metrics.registry());
-    osb_core::server::serve(&config.broker, broker, metrics)
-        .await
-        .context("mysql-broker stopped")
+async fn main() -> ExitCode {
+    osb_core::cli::main::<MysqlApp>().await
 }

@@ -25,14 +25,14 @@ pub const SCHEMA: [&str; 2] = [
 ];
 
 /// What a marker is on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Database,
     User,
 }
 
 impl Kind {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Database => "database",
             Self::User => "user",
@@ -139,4 +139,42 @@ pub async fn release_under(conn: &mut Conn, parent: &str) -> Result<(), BrokerEr
     )
     .await
     .map_err(failed)
+}
+
+/// A marker as stored.
+#[derive(Debug, Clone)]
+pub struct Marker {
+    pub kind: Kind,
+    pub name: String,
+    pub platform: String,
+    pub owner_id: String,
+    pub created_at_ms: i64,
+}
+
+/// Every marker on the server.
+pub async fn all(conn: &mut Conn) -> Result<Vec<Marker>, BrokerError> {
+    let rows: Vec<(String, String, String, String, i64)> = conn
+        .query(
+            "SELECT kind, name, platform, owner_id, CAST(UNIX_TIMESTAMP(created_at) AS SIGNED) * 1000 \
+             FROM kpaas_broker.owners",
+        )
+        .await
+        .map_err(failed)?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(kind, name, platform, owner_id, created_at_ms)| {
+            let kind = match kind.as_str() {
+                "database" => Kind::Database,
+                "user" => Kind::User,
+                _ => return None,
+            };
+            Some(Marker {
+                kind,
+                name,
+                platform,
+                owner_id,
+                created_at_ms,
+            })
+        })
+        .collect())
 }

@@ -6,6 +6,7 @@ use serde_json::{Map, Value};
 use crate::catalog::{Plan, Service};
 use crate::credentials::Credentials;
 use crate::ids::{BindingId, InstanceId};
+use crate::orphans::BackendObject;
 use crate::wire::{BindResource, BindingMetadata, Endpoint, InstanceMetadata, VolumeMount};
 
 /// What a broker can do; also the `kind` of a recorded operation.
@@ -223,5 +224,30 @@ pub trait ServiceBroker: Send + Sync + 'static {
     /// Whether the backend is reachable, for `GET /ready`.
     async fn check_ready(&self) -> Result<(), BrokerError> {
         Ok(())
+    }
+
+    /// What is wrong with each backend server, one line each (empty when all is well), for
+    /// `check-config`. Default: what `check_ready` says.
+    async fn check_backends(&self) -> Vec<String> {
+        self.check_ready()
+            .await
+            .err()
+            .map(|e| e.to_string())
+            .into_iter()
+            .collect()
+    }
+
+    /// Every backend object the broker made (or that is named like its own), for orphan sweeps.
+    async fn objects(&self) -> Result<Vec<BackendObject>, BrokerError> {
+        Ok(Vec::new())
+    }
+
+    /// Removes an orphan [`ServiceBroker::objects`] listed: only ever one marked as the broker's
+    /// whose instance or binding the store no longer has.
+    async fn remove_object(&self, object: &BackendObject) -> Result<(), BrokerError> {
+        Err(BrokerError::Failed(format!(
+            "this broker cannot remove {} {:?}",
+            object.kind, object.name
+        )))
     }
 }

@@ -312,21 +312,6 @@ impl BrokerConfig {
     }
 }
 
-/// The config file a broker binary was given: `--config PATH`, `--config=PATH`, or the
-/// `KPAAS_CONFIG` environment variable.
-pub fn path_from_args() -> Option<PathBuf> {
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        if arg == "--config" {
-            return args.next().map(PathBuf::from);
-        }
-        if let Some(path) = arg.strip_prefix("--config=") {
-            return Some(PathBuf::from(path));
-        }
-    }
-    std::env::var_os("KPAAS_CONFIG").map(PathBuf::from)
-}
-
 /// Loads a binary's whole config (`T` has a `broker: BrokerConfig` field and its backend's
 /// sections) from `path` and `KPAAS_SECTION__KEY` environment variables.
 pub fn load<T: DeserializeOwned>(path: Option<&Path>) -> Result<T, ConfigError> {

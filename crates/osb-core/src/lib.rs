@@ -6,6 +6,7 @@
 
 pub mod broker;
 pub mod catalog;
+pub mod cli;
 pub mod config;
 pub mod credentials;
 pub mod crypto;
@@ -16,6 +17,7 @@ mod guard;
 pub mod ids;
 pub mod metrics;
 pub mod naming;
+pub mod orphans;
 mod routes;
 mod runner;
 pub mod server;

@@ -12,6 +12,7 @@ pub struct Metrics {
     latency: HistogramVec,
     in_flight: IntGauge,
     upkeep_failures: IntCounterVec,
+    orphans: IntGauge,
 }
 
 impl Default for Metrics {
@@ -52,11 +53,17 @@ impl Metrics {
             &["reason"],
         )
         .expect("valid metric");
+        let orphans = IntGauge::new(
+            "osb_orphaned_backend_objects",
+            "Backend objects that no instance or binding claims, as of the last upkeep pass",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
             Box::new(in_flight.clone()),
             Box::new(upkeep_failures.clone()),
+            Box::new(orphans.clone()),
         ] {
             registry
                 .register(collector)
@@ -68,6 +75,7 @@ impl Metrics {
             latency,
             in_flight,
             upkeep_failures,
+            orphans,
         }
     }
 
@@ -91,6 +99,10 @@ impl Metrics {
     /// `reason` is one of "error", "timeout", "out_of_time".
     pub fn upkeep_failed(&self, reason: &'static str) {
         self.upkeep_failures.with_label_values(&[reason]).inc();
+    }
+
+    pub fn set_orphans(&self, count: usize) {
+        self.orphans.set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     pub fn operation_started(&self) {

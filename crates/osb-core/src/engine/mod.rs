@@ -283,6 +283,7 @@ impl<B: ServiceBroker> Engine<B> {
                             if let Err(e) = this.upkeep(budget).await {
                                 tracing::warn!(error = %e, "upkeep failed");
                             }
+                            this.count_orphans().await;
                         }
                         Ok(false) => {}
                         Err(e) => tracing::warn!(error = %e, "upkeep lease unavailable"),
@@ -345,6 +346,14 @@ impl<B: ServiceBroker> Engine<B> {
             *self.inner.upkeep_cursor.lock().unwrap() = Some(id);
         }
         Ok(())
+    }
+
+    /// Counts the backend objects nothing claims, for `/metrics`.
+    async fn count_orphans(&self) {
+        match crate::orphans::find(&self.inner.broker, &self.inner.store, 0).await {
+            Ok(orphans) => self.inner.runner.metrics().set_orphans(orphans.len()),
+            Err(e) => tracing::warn!(error = %e, "counting orphans failed"),
+        }
     }
 
     pub fn catalog(&self) -> &CatalogIndex {

@@ -1,0 +1,90 @@
+//! Orphan sweeps: backend objects a broker made that no instance or binding in the state store
+//! claims any more (a half-made database after a crash, an account whose binding record was
+//! lost), found by comparing what the broker lists ([`ServiceBroker::objects`]) with the store.
+
+use serde::Serialize;
+
+use crate::broker::{BrokerError, ServiceBroker};
+use crate::store::{Store, StoreError, now_ms};
+
+/// Who a backend object was made for, as the broker's own marker on it says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "for", rename_all = "snake_case")]
+pub enum Claim {
+    Instance {
+        platform: String,
+        id: String,
+    },
+    Binding {
+        platform: String,
+        id: String,
+    },
+    /// Named like the broker's objects but without its marker: made by someone else (or by a
+    /// version of the broker before markers). Listed, never removed.
+    Unmarked,
+}
+
+/// One backend object, as a broker lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackendObject {
+    /// What it is ("database", "user", "vhost", ...).
+    pub kind: String,
+    pub name: String,
+    /// Where it is (the server's configured name, ...).
+    pub location: String,
+    #[serde(flatten)]
+    pub claim: Claim,
+    /// When the broker marked it, in Unix milliseconds, where known.
+    pub created_at_ms: Option<i64>,
+}
+
+/// An object no instance or binding claims.
+#[derive(Debug, Clone, Serialize)]
+pub struct Orphan {
+    #[serde(flatten)]
+    pub object: BackendObject,
+    /// Whether `--delete` may remove it: marked as the broker's and older than the limit.
+    pub removable: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OrphanError {
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The broker's objects that nothing in the store claims and that are at least `older_than_ms`
+/// old (or of unknown age). An object is claimed while its instance or binding row exists, in
+/// any state: rows are written before any backend call, so an operation in flight always claims
+/// what it is making.
+pub async fn find<B: ServiceBroker>(
+    broker: &B,
+    store: &Store,
+    older_than_ms: i64,
+) -> Result<Vec<Orphan>, OrphanError> {
+    let cutoff = now_ms() - older_than_ms;
+    let mut orphans = Vec::new();
+    for object in broker.objects().await? {
+        let claimed = match &object.claim {
+            Claim::Instance { platform, id } => store
+                .instance(id)
+                .await?
+                .is_some_and(|row| &row.platform == platform),
+            Claim::Binding { platform, id } => store
+                .binding(id)
+                .await?
+                .is_some_and(|row| &row.platform == platform),
+            Claim::Unmarked => false,
+        };
+        let young = object.created_at_ms.is_some_and(|t| t > cutoff);
+        if !claimed && !young {
+            orphans.push(Orphan {
+                removable: object.created_at_ms.is_some() && object.claim != Claim::Unmarked,
+                object,
+            });
+        }
+    }
+    Ok(orphans)
+}
