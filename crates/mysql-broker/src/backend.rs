@@ -602,14 +602,17 @@ impl ServiceBroker for MysqlBroker {
     }
 
     /// Measures the database and enforces its plan's quota; a plan without one (any more)
-    /// gets every right back.
-    async fn upkeep(&self, instance: InstanceView<'_>) -> Result<(), BrokerError> {
+    /// gets every right back. The usage against the quota is what `GET` shows.
+    async fn upkeep(
+        &self,
+        instance: InstanceView<'_>,
+    ) -> Result<Option<InstanceMetadata>, BrokerError> {
         let (db, _) = database_of(&instance)?;
         let mut conn = self.server_of(&instance)?.conn().await?;
         let Some(quota_mb) = self.limits(instance.plan)?.quota_mb else {
             self.enforce(&mut conn, &db, false).await?;
             self.set_over_quota(instance.id.as_str(), false);
-            return Ok(());
+            return Ok(None);
         };
         let mut usage = Usage::new(quota::database_size(&mut conn, &db).await?, quota_mb);
         if usage.over() {
@@ -626,23 +629,10 @@ impl ServiceBroker for MysqlBroker {
         }
         self.enforce(&mut conn, &db, usage.over()).await?;
         self.set_over_quota(instance.id.as_str(), usage.over());
-        Ok(())
-    }
-
-    /// The storage used against the quota, as instance metadata attributes.
-    async fn describe(
-        &self,
-        instance: InstanceView<'_>,
-    ) -> Result<Option<InstanceMetadata>, BrokerError> {
-        let (db, _) = database_of(&instance)?;
-        let mut conn = self.server_of(&instance)?.conn().await?;
-        Ok(self
-            .usage(&mut conn, &db, instance.plan)
-            .await?
-            .map(|usage| InstanceMetadata {
-                labels: Default::default(),
-                attributes: usage.attributes(),
-            }))
+        Ok(Some(InstanceMetadata {
+            labels: Default::default(),
+            attributes: usage.attributes(),
+        }))
     }
 
     /// Each server that cannot be reached, or refuses the admin account.

@@ -35,6 +35,23 @@ async fn wait_for_insert(dir: &std::path::Path, uri: &str, want_ok: bool) {
     }
 }
 
+/// Polls GET on the instance until its last measurement says `over`; fails after 30 s.
+async fn wait_for_facts(c: &Client, id: &str, over: bool) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let fetched = c.fetch_instance(id).await.unwrap();
+        if fetched.body["metadata"]["attributes"]["storage_over_quota"] == over {
+            return fetched.body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "GET still shows {}",
+            fetched.body
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_stop_over_quota_and_resume_once_data_is_removed() {
     let dir = tempfile::tempdir().unwrap();
@@ -74,11 +91,10 @@ async fn writes_stop_over_quota_and_resume_once_data_is_removed() {
     let mut app = mysql_async::Conn::from_url(&uri).await.unwrap();
     let rows: Vec<u64> = app.query("SELECT COUNT(*) FROM blobs").await.unwrap();
     assert_eq!(rows, vec![30], "SELECT keeps working over quota");
-    let fetched = c.fetch_instance(&id).await.unwrap();
-    assert_eq!(
-        fetched.body["metadata"]["attributes"]["storage_over_quota"], true,
-        "{}",
-        fetched.body
+    let fetched = wait_for_facts(&c, &id, true).await;
+    assert!(
+        fetched["metadata"]["attributes"]["measured_at"].is_string(),
+        "{fetched}"
     );
     let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
         .await
@@ -95,12 +111,7 @@ async fn writes_stop_over_quota_and_resume_once_data_is_removed() {
     app.query_drop("DELETE FROM blobs").await.unwrap();
     drop(app);
     wait_for_insert(dir.path(), &uri, true).await;
-    let fetched = c.fetch_instance(&id).await.unwrap();
-    assert_eq!(
-        fetched.body["metadata"]["attributes"]["storage_over_quota"], false,
-        "{}",
-        fetched.body
-    );
+    wait_for_facts(&c, &id, false).await;
 
     c.unbind_done(&id, &bid, PLAN1).await.unwrap();
     c.deprovision_done(&id, PLAN1).await.unwrap();

@@ -200,25 +200,22 @@ pub trait ServiceBroker: Send + Sync + 'static {
 
     async fn unbind(&self, input: UnbindInput<'_>) -> Result<(), BrokerError>;
 
-    /// Live facts for `GET` on an instance (quota state, ...), merged into its metadata.
-    async fn describe(
-        &self,
-        _instance: InstanceView<'_>,
-    ) -> Result<Option<InstanceMetadata>, BrokerError> {
-        Ok(None)
-    }
-
     /// How often [`ServiceBroker::upkeep`] runs; `None` (the default) never.
     fn upkeep_interval(&self) -> Option<std::time::Duration> {
         None
     }
 
-    /// Periodic work on one ready instance (quota enforcement, ...). The engine calls it for
-    /// every ready instance, each bounded in time, a failure logged and counted without stopping
-    /// the pass; one replica at a time runs passes (a lease in the store). It must be
-    /// idempotent, as the lease can move.
-    async fn upkeep(&self, _instance: InstanceView<'_>) -> Result<(), BrokerError> {
-        Ok(())
+    /// Periodic work on one ready instance (quota enforcement, ...), returning what it measured
+    /// (usage against quota, ...): the store keeps it, and `GET` on the instance shows it in
+    /// its metadata, so that reads never reach the backend. The engine calls it for every ready
+    /// instance, each bounded in time, a failure logged and counted without stopping the pass;
+    /// one replica at a time runs passes (a lease in the store). It must be idempotent, as the
+    /// lease can move.
+    async fn upkeep(
+        &self,
+        _instance: InstanceView<'_>,
+    ) -> Result<Option<InstanceMetadata>, BrokerError> {
+        Ok(None)
     }
 
     /// Whether the backend is reachable, for `GET /ready`.

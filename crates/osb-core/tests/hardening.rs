@@ -368,3 +368,47 @@ async fn the_sqlite_store_is_readable_by_its_owner_only() {
     }
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_shows_the_last_upkeep_measurement_with_its_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = single_platform(&sqlite_url(&dir));
+    let (running, calls) = spawn_with_upkeep(&config, Some(Duration::from_millis(200))).await;
+    let c = Client::new(target(running.addr, ""));
+    let id = fresh_id();
+    c.provision_ready(&id, PLAN).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let attributes = loop {
+        let fetched = c.fetch_instance(&id).await.unwrap();
+        let attributes = fetched.body["metadata"]["attributes"].clone();
+        if attributes["upkeep_pass"].is_number() {
+            break attributes;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no measurement shown: {}",
+            fetched.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let measured = attributes["measured_at"].as_str().unwrap();
+    assert!(
+        measured.ends_with('Z') && measured.contains('T'),
+        "{measured}"
+    );
+    // GET answers from the store: fetching does not call the backend.
+    let before = calls.upkeep.load(std::sync::atomic::Ordering::SeqCst);
+    running.stop().await;
+    let (again, again_calls) = spawn(&config).await;
+    let c = Client::new(target(again.addr, ""));
+    for _ in 0..20 {
+        let fetched = c.fetch_instance(&id).await.unwrap();
+        assert!(fetched.body["metadata"]["attributes"]["upkeep_pass"].is_number());
+    }
+    assert_eq!(
+        again_calls.upkeep.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+    assert!(before > 0);
+    again.stop().await;
+}

@@ -10,3 +10,10 @@ CREATE TABLE osb_catalogs (
     etag VARCHAR(64) NOT NULL PRIMARY KEY,
     first_served BIGINT NOT NULL
 );
+-- What the last upkeep pass measured of each instance (`metadata` of GET), and when: GET answers
+-- from here, never from the backend.
+CREATE TABLE osb_instance_facts (
+    instance_id VARCHAR(128) NOT NULL PRIMARY KEY,
+    facts TEXT NOT NULL,
+    measured_at BIGINT NOT NULL
+);

@@ -2,6 +2,17 @@
 
 use super::*;
 
+/// Unix milliseconds as an RFC 3339 UTC time.
+fn rfc3339(unix_ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
 impl<B: ServiceBroker> Engine<B> {
     // ---- fetch -------------------------------------------------------------------------
 
@@ -20,20 +31,19 @@ impl<B: ServiceBroker> Engine<B> {
             }
         }
         let loaded = Loaded::new(row)?;
-        let (service, plan) = self.plan_of(&loaded.row.plan_id)?;
         let mut metadata: Option<InstanceMetadata> = match &loaded.row.metadata {
             Some(text) => Some(parse_json(text, "instance metadata")?),
             None => None,
         };
-        // Live facts are a bonus: a backend that is down must not hide what the store knows.
-        match self.inner.broker.describe(loaded.view(service, plan)).await {
-            Ok(Some(live)) => {
-                let m = metadata.get_or_insert_with(Default::default);
-                m.labels.extend(live.labels);
-                m.attributes.extend(live.attributes);
-            }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "live instance facts unavailable"),
+        // What upkeep last measured, never a live backend call: a platform polling many
+        // instances must not put that load on the backend.
+        if let Some((facts, measured_at)) = self.inner.store.facts(&loaded.row.id).await? {
+            let facts: InstanceMetadata = parse_json(&facts, "instance facts")?;
+            let m = metadata.get_or_insert_with(Default::default);
+            m.labels.extend(facts.labels);
+            m.attributes.extend(facts.attributes);
+            m.attributes
+                .insert("measured_at".into(), Value::from(rfc3339(measured_at)));
         }
         Ok(Reply::new(
             200,
@@ -174,5 +184,16 @@ impl<B: ServiceBroker> Engine<B> {
             reply.retry_after = Some(1);
         }
         Ok(reply)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn measurement_times_are_rfc3339_utc() {
+        assert_eq!(
+            super::rfc3339(1_764_100_800_123),
+            "2025-11-25T20:00:00.123Z"
+        );
     }
 }

@@ -332,7 +332,17 @@ impl<B: ServiceBroker> Engine<B> {
             if let Some((service, plan)) = self.inner.catalog.plan(&loaded.row.plan_id) {
                 let work = self.inner.broker.upkeep(loaded.view(service, plan));
                 match tokio::time::timeout(self.inner.timing.upkeep_timeout, work).await {
-                    Ok(Ok(())) => {}
+                    Ok(Ok(None)) => {}
+                    Ok(Ok(Some(facts))) => {
+                        let saved = self
+                            .inner
+                            .store
+                            .save_facts(&id, &to_text(&facts), now_ms())
+                            .await;
+                        if let Err(e) = saved {
+                            tracing::warn!(instance_id = %id, error = %e, "keeping upkeep facts failed");
+                        }
+                    }
                     Ok(Err(e)) => {
                         tracing::warn!(instance_id = %id, error = %e, "upkeep of an instance failed");
                         metrics.upkeep_failed("error");

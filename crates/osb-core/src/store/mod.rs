@@ -22,7 +22,9 @@ use futures::FutureExt;
 pub use rows::{
     BindingRow, BindingState, InstanceRow, InstanceState, OperationRow, OperationState,
 };
-use schema::{osb_bindings, osb_catalogs, osb_instances, osb_leases, osb_operations};
+use schema::{
+    osb_bindings, osb_catalogs, osb_instance_facts, osb_instances, osb_leases, osb_operations,
+};
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 /// Run after [`MIGRATIONS`] on MySQL/MariaDB only, for what portable SQL cannot say.
@@ -507,6 +509,9 @@ impl Store {
                                 )
                                 .execute(conn)
                                 .await?;
+                                diesel::delete(osb_instance_facts::table.find(id))
+                                    .execute(conn)
+                                    .await?;
                             }
                             n
                         }
@@ -622,6 +627,47 @@ impl Store {
             .await?
                 == 1)
         })
+    }
+
+    /// Records what upkeep measured of an instance (JSON) at `measured_at` (Unix ms).
+    pub async fn save_facts(
+        &self,
+        instance_id: &str,
+        facts: &str,
+        measured_at: i64,
+    ) -> Result<(), StoreError> {
+        use osb_instance_facts::dsl;
+        with_conn!(self, |conn| {
+            let updated = diesel::update(dsl::osb_instance_facts.find(instance_id))
+                .set((dsl::facts.eq(facts), dsl::measured_at.eq(measured_at)))
+                .execute(conn)
+                .await?;
+            if updated == 0 {
+                // Two passes racing to insert: the loser's figures are as fresh; either will do.
+                inserted(
+                    diesel::insert_into(dsl::osb_instance_facts)
+                        .values((
+                            dsl::instance_id.eq(instance_id),
+                            dsl::facts.eq(facts),
+                            dsl::measured_at.eq(measured_at),
+                        ))
+                        .execute(conn)
+                        .await,
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    /// What upkeep last measured of an instance, and when (Unix ms).
+    pub async fn facts(&self, instance_id: &str) -> Result<Option<(String, i64)>, StoreError> {
+        use osb_instance_facts::dsl;
+        with_conn!(self, |conn| Ok(dsl::osb_instance_facts
+            .find(instance_id)
+            .select((dsl::facts, dsl::measured_at))
+            .first::<(String, i64)>(conn)
+            .await
+            .optional()?))
     }
 
     /// When the catalog with entity tag `etag` was first served by a replica of this store

@@ -74,3 +74,11 @@ diesel::table! {
         first_served -> BigInt,
     }
 }
+
+diesel::table! {
+    osb_instance_facts (instance_id) {
+        instance_id -> Varchar,
+        facts -> Text,
+        measured_at -> BigInt,
+    }
+}

@@ -72,9 +72,14 @@ impl ServiceBroker for FakeBroker {
         self.upkeep_every
     }
 
-    async fn upkeep(&self, _instance: InstanceView<'_>) -> Result<(), BrokerError> {
-        self.calls.upkeep.fetch_add(1, Ordering::SeqCst);
-        Ok(())
+    async fn upkeep(
+        &self,
+        _instance: InstanceView<'_>,
+    ) -> Result<Option<osb_core::wire::InstanceMetadata>, BrokerError> {
+        let n = self.calls.upkeep.fetch_add(1, Ordering::SeqCst);
+        let mut facts = osb_core::wire::InstanceMetadata::default();
+        facts.attributes.insert("upkeep_pass".into(), json!(n));
+        Ok(Some(facts))
     }
 
     async fn provision(&self, input: ProvisionInput<'_>) -> Result<Provisioned, BrokerError> {
