@@ -145,9 +145,9 @@ ensure_postgres() {
     fi
 }
 
-# Tools the scripts and tests call.
-for tool in curl openssl; do
-    command -v "$tool" >/dev/null 2>&1 || apt_install "$tool"
+# Tools the scripts, .ci/run and the tests call (command, then the package that has it).
+for pair in curl:curl openssl:openssl python3:python3 pkill:procps cc:gcc; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || apt_install "${pair#*:}"
 done
 
 ensure_mariadb
