@@ -45,6 +45,14 @@ pub enum OsbError {
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
+    /// An update or deprovision that failed part-way (500): the spec wants 4xx to mean
+    /// "unchanged", so this is a 5xx that says how usable the instance is.
+    #[error("{description}")]
+    PartlyDone {
+        description: String,
+        instance_usable: Option<bool>,
+        update_repeatable: Option<bool>,
+    },
 }
 
 /// The OSB error body.
@@ -77,13 +85,18 @@ impl OsbError {
             Self::MaintenanceInfoConflict(_) => "MaintenanceInfoConflict",
             Self::Unprocessable { .. } => "UnprocessableEntity",
             Self::Unavailable(_) => "ServiceUnavailable",
-            Self::Internal(_) => "InternalError",
+            Self::Internal(_) | Self::PartlyDone { .. } => "InternalError",
         })
     }
 
     pub fn body(&self) -> ErrorBody {
         let (instance_usable, update_repeatable) = match self {
             Self::Unprocessable {
+                instance_usable,
+                update_repeatable,
+                ..
+            }
+            | Self::PartlyDone {
                 instance_usable,
                 update_repeatable,
                 ..
@@ -116,7 +129,7 @@ impl ResponseError for OsbError {
             | Self::MaintenanceInfoConflict(_)
             | Self::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Internal(_) | Self::PartlyDone { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -150,10 +163,11 @@ impl From<BrokerError> for OsbError {
         match err {
             BrokerError::InvalidParameters(d) => Self::BadRequest(d),
             BrokerError::RequiresApp(d) => Self::RequiresApp(d),
+            // The usability flags belong to update and deprovision errors only; those add them.
             BrokerError::Unprocessable(d) => Self::Unprocessable {
                 description: d,
                 instance_usable: None,
-                update_repeatable: Some(false),
+                update_repeatable: None,
             },
             BrokerError::Conflict(d) => Self::Conflict(d),
             BrokerError::Unavailable(d) => Self::Unavailable(d),

@@ -671,9 +671,10 @@ async fn plan_updates_follow_the_catalog(c: &Client) -> anyhow::Result<()> {
         let id = fresh_id();
         c.provision_ready(&id, &fixed).await?;
         let body = json!({"service_id": c.target.service_id, "plan_id": other});
+        // Spec: 422 "MUST be returned if the requested change is not supported".
         expect_error(
             &c.update(&id, &body, true).await?,
-            400,
+            422,
             None,
             "plan change from a non-updateable plan",
         )?;

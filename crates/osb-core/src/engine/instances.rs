@@ -209,10 +209,12 @@ impl<B: ServiceBroker> Engine<B> {
         let target_id = req.plan_id.clone().unwrap_or_else(|| row.plan_id.clone());
         let (_, target) = self.inner.catalog.resolve(&req.service_id, &target_id)?;
         if target.id != current.id && !current.updateable(service) {
-            return Err(OsbError::BadRequest(format!(
-                "plan {:?} does not allow plan changes",
-                current.name
-            )));
+            // "422 ... MUST be returned if the requested change is not supported".
+            return Err(OsbError::Unprocessable {
+                description: format!("plan {:?} does not allow plan changes", current.name),
+                instance_usable: None,
+                update_repeatable: None,
+            });
         }
         if let Some(params) = &req.parameters {
             self.inner
@@ -380,8 +382,12 @@ impl<B: ServiceBroker> Engine<B> {
                 self.failed(&op, release, &err, Some(true), Some(repeatable))
                     .await?;
                 Err(match OsbError::from(err) {
-                    OsbError::Internal(description)
-                    | OsbError::Unprocessable { description, .. } => OsbError::Unprocessable {
+                    OsbError::Internal(description) => OsbError::PartlyDone {
+                        description,
+                        instance_usable: Some(true),
+                        update_repeatable: Some(repeatable),
+                    },
+                    OsbError::Unprocessable { description, .. } => OsbError::Unprocessable {
                         description,
                         instance_usable: Some(true),
                         update_repeatable: Some(repeatable),
@@ -511,7 +517,12 @@ impl<B: ServiceBroker> Engine<B> {
                 let release = Release::Instance(loaded.id.as_str(), back);
                 self.failed(&op, release, &err, Some(usable), None).await?;
                 Err(match OsbError::from(err) {
-                    OsbError::Internal(description) => OsbError::Unprocessable {
+                    OsbError::Internal(description) => OsbError::PartlyDone {
+                        description,
+                        instance_usable: Some(usable),
+                        update_repeatable: None,
+                    },
+                    OsbError::Unprocessable { description, .. } => OsbError::Unprocessable {
                         description,
                         instance_usable: Some(usable),
                         update_repeatable: None,
