@@ -33,7 +33,7 @@ pub struct PlatformName(pub String);
 pub async fn guard(
     platform: Arc<Platform>,
     req: ServiceRequest,
-    next: Next<impl MessageBody>,
+    next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
     let request_id = req
         .headers()
@@ -52,12 +52,18 @@ pub async fn guard(
         binding_id = tracing::field::Empty,
     );
     async move {
-        authenticate(&req, &platform)?;
-        check_version(&req)?;
-        log_originating_identity(&req);
-        req.extensions_mut()
-            .insert(PlatformName(platform.name.clone()));
-        let mut res = next.call(req).await?;
+        // A refusal here is answered here, so that it carries the request identity too.
+        let mut res = match authenticate(&req, &platform).and_then(|()| check_version(&req)) {
+            Err(refused) => req
+                .into_response(actix_web::ResponseError::error_response(&refused))
+                .map_into_boxed_body(),
+            Ok(()) => {
+                log_originating_identity(&req);
+                req.extensions_mut()
+                    .insert(PlatformName(platform.name.clone()));
+                next.call(req).await?.map_into_boxed_body()
+            }
+        };
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             res.headers_mut()
                 .insert(HeaderName::from_static(REQUEST_IDENTITY), value);

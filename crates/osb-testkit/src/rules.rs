@@ -136,28 +136,78 @@ async fn api_version_header_is_enforced(c: &Client) -> anyhow::Result<()> {
     expect(&ok, 200, "catalog with version 2.13")
 }
 
+/// `X-Broker-API-Request-Identity` comes back on every answer: success, refusals of the
+/// guard (credentials, version) and errors of the endpoints.
 async fn request_identity_is_echoed(c: &Client) -> anyhow::Result<()> {
-    let rid = fresh_id();
-    let reply = Client::finish(
-        c.raw(Method::GET, "/v2/catalog")
-            .basic_auth(&c.target.username, Some(&c.target.password))
-            .header("X-Broker-API-Version", "2.17")
+    let id = fresh_id();
+    let instance = format!("/v2/service_instances/{id}");
+    let own = c.target.password.as_str();
+    let cases = [
+        (
+            "catalog",
+            Method::GET,
+            "/v2/catalog",
+            Some("2.17"),
+            own,
+            200,
+        ),
+        (
+            "wrong password",
+            Method::GET,
+            "/v2/catalog",
+            Some("2.17"),
+            "wrong-password",
+            401,
+        ),
+        (
+            "no version header",
+            Method::GET,
+            "/v2/catalog",
+            None,
+            own,
+            400,
+        ),
+        (
+            "unsupported version",
+            Method::GET,
+            "/v2/catalog",
+            Some("1.0"),
+            own,
+            412,
+        ),
+        (
+            "missing instance",
+            Method::GET,
+            &instance,
+            Some("2.17"),
+            own,
+            404,
+        ),
+    ];
+    for (what, method, path, version, password, status) in cases {
+        let rid = fresh_id();
+        let mut req = c
+            .raw(method, path)
+            .basic_auth(&c.target.username, Some(password))
             .header("X-Broker-API-Request-Identity", &rid)
             .header(
                 "X-Broker-API-Originating-Identity",
                 "cloudfoundry eyJ1c2VyX2lkIjogIjEyMyJ9",
-            ),
-    )
-    .await?;
-    expect(&reply, 200, "catalog")?;
-    let echoed = reply
-        .headers
-        .get("X-Broker-API-Request-Identity")
-        .and_then(|v| v.to_str().ok());
-    ensure!(
-        echoed == Some(rid.as_str()),
-        "request identity not echoed: {echoed:?}"
-    );
+            );
+        if let Some(version) = version {
+            req = req.header("X-Broker-API-Version", version);
+        }
+        let reply = Client::finish(req).await?;
+        expect(&reply, status, what)?;
+        let echoed = reply
+            .headers
+            .get("X-Broker-API-Request-Identity")
+            .and_then(|v| v.to_str().ok());
+        ensure!(
+            echoed == Some(rid.as_str()),
+            "{what}: request identity not echoed: {echoed:?}"
+        );
+    }
     Ok(())
 }
 
