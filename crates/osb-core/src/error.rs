@@ -103,9 +103,17 @@ impl OsbError {
             } => (*instance_usable, *update_repeatable),
             _ => (None, None),
         };
+        let description = match self.to_string() {
+            // The spec's error bodies always explain; a backend that said nothing still gets one.
+            empty if empty.trim().is_empty() => format!(
+                "the request failed ({})",
+                self.code().unwrap_or("no error code")
+            ),
+            text => text,
+        };
         ErrorBody {
             error: self.code(),
-            description: self.to_string(),
+            description,
             instance_usable,
             update_repeatable,
         }
@@ -186,6 +194,12 @@ mod tests {
         assert_eq!(err.status_code(), StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(err.body().error, Some("ConcurrencyError"));
         assert_eq!(err.body().description, "busy");
+    }
+
+    #[test]
+    fn an_empty_description_is_replaced() {
+        let body = OsbError::Internal(String::new()).body();
+        assert!(!body.description.is_empty());
     }
 
     #[test]

@@ -305,6 +305,13 @@ async fn full_lifecycle_is_idempotent(c: &Client) -> anyhow::Result<()> {
 
     let last = c.instance_last_operation(&id, None).await?;
     expect(&last, 200, "last_operation after provision")?;
+    let unknown = c.instance_last_operation(&id, Some(&fresh_id())).await?;
+    expect_error(
+        &unknown,
+        400,
+        None,
+        "last_operation of an unknown operation",
+    )?;
     ensure!(
         last.body["state"] == "succeeded",
         "last_operation state {}",
@@ -354,13 +361,15 @@ async fn full_lifecycle_is_idempotent(c: &Client) -> anyhow::Result<()> {
         404,
         "fetch of a deprovisioned instance",
     )?;
-    let last = c.instance_last_operation(&id, None).await?;
-    ensure!(
-        last.status == 404 || last.status == 410,
-        "last_operation of a deleted instance: expected 404 or 410, got {} {}",
-        last.status,
-        last.body
-    );
+    for operation in [None, Some(fresh_id())] {
+        let last = c.instance_last_operation(&id, operation.as_deref()).await?;
+        ensure!(
+            last.status == 404 || last.status == 410,
+            "last_operation ({operation:?}) of a deleted instance: expected 404 or 410, got {} {}",
+            last.status,
+            last.body
+        );
+    }
     Ok(())
 }
 

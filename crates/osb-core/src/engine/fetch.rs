@@ -135,37 +135,47 @@ impl<B: ServiceBroker> Engine<B> {
         let requested = match &query.operation {
             Some(op) => {
                 let op_id = OperationId::parse(op)?;
-                store.operation(op_id.as_str()).await?.filter(belongs)
+                let found = store.operation(op_id.as_str()).await?.filter(belongs);
+                if found.is_none() && current.is_some() {
+                    return Err(OsbError::BadRequest(format!(
+                        "operation {op:?} is not an operation of this resource"
+                    )));
+                }
+                found
             }
             None => None,
         };
-        let exists = current.is_some();
-        let op = match (requested, current) {
-            (Some(op), _) => Some(op),
-            (None, Some(current)) => store.operation(&current).await?,
-            (None, None) => store
-                .latest_operation(id.as_str(), binding.map(|b| b.as_str()))
-                .await?
-                .filter(belongs),
-        };
-        let Some(op) = op else {
-            return Err(OsbError::NotFound(if binding.is_some() {
+        let missing = || {
+            OsbError::NotFound(if binding.is_some() {
                 "service binding does not exist".into()
             } else {
                 "service instance does not exist".into()
-            }));
+            })
         };
-        let kind = Operation::parse(&op.kind);
+        let Some(current) = current else {
+            // Gone, or never there: only a delete that succeeded says 410; an older operation
+            // of what no longer exists is never reported.
+            let last = match requested {
+                Some(op) => Some(op),
+                None => store
+                    .latest_operation(id.as_str(), binding.map(|b| b.as_str()))
+                    .await?
+                    .filter(belongs),
+            };
+            let deleted = last.is_some_and(|op| {
+                op.state() == Some(OperationState::Succeeded)
+                    && matches!(
+                        Operation::parse(&op.kind),
+                        Some(Operation::Deprovision | Operation::Unbind)
+                    )
+            });
+            return Err(if deleted { OsbError::Gone } else { missing() });
+        };
+        let op = match requested {
+            Some(op) => op,
+            None => store.operation(&current).await?.ok_or_else(missing)?,
+        };
         let state = op.state();
-        if !exists
-            && state == Some(OperationState::Succeeded)
-            && matches!(kind, Some(Operation::Deprovision | Operation::Unbind))
-        {
-            return Err(OsbError::Gone);
-        }
-        if !exists && query.operation.is_none() {
-            return Err(OsbError::NotFound("the resource does not exist".into()));
-        }
         let failed = state == Some(OperationState::Failed);
         let mut reply = Reply::new(
             200,
