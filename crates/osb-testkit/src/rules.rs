@@ -710,6 +710,14 @@ async fn plan_updates_follow_the_catalog(c: &Client) -> anyhow::Result<()> {
             "plan after update: {}",
             fetched.body["plan_id"]
         );
+        // The instance now differs from the original request: re-sending it is a conflict.
+        let original = c.provision(&id, &c.provision_body(&plan), true).await?;
+        expect_error(
+            &original,
+            409,
+            None,
+            "the original provision after a plan change",
+        )?;
         let bad = json!({"service_id": c.target.service_id, "plan_id": "no-such-plan"});
         expect_error(
             &c.update(&id, &bad, true).await?,

@@ -74,7 +74,12 @@ impl<B: ServiceBroker> Engine<B> {
             let Some(existing) = self.inner.store.instance(id.as_str()).await? else {
                 continue; // deleted meanwhile: try again
             };
-            if existing.platform != caller.platform || existing.fingerprint != fp {
+            // The instance as it is now, not only as first asked for: an update since may have
+            // changed its plan or parameters, and then the original request differs from it.
+            let changed_since = existing.plan_id != req.plan_id
+                || parse_json::<Map<String, Value>>(&existing.parameters, "instance parameters")?
+                    != parameters;
+            if existing.platform != caller.platform || existing.fingerprint != fp || changed_since {
                 return Err(OsbError::Conflict(
                     "a service instance with this id already exists with different attributes"
                         .into(),
