@@ -9,6 +9,10 @@ fn main() {
         .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
         .unwrap_or_else(|| "unknown commit".into());
     println!("cargo:rustc-env=KPAAS_GIT_COMMIT={commit}");
-    println!("cargo:rerun-if-changed=../../.git/HEAD");
-    println!("cargo:rerun-if-changed=../../.git/refs/heads");
+    // Watched only where they exist: a missing path would rerun this on every build.
+    for path in ["../../.git/HEAD", "../../.git/refs/heads"] {
+        if std::path::Path::new(path).exists() {
+            println!("cargo:rerun-if-changed={path}");
+        }
+    }
 }

@@ -73,6 +73,15 @@ pub async fn claim(
     .map_err(failed)?;
     let inserted = conn.affected_rows() == 1;
     if is_mine(conn, kind, name, owner).await? {
+        if !inserted {
+            // A retry is at work on it: an orphan sweep must judge its age from now.
+            conn.exec_drop(
+                "UPDATE kpaas_broker.owners SET created_at = CURRENT_TIMESTAMP WHERE kind = ? AND name = ?",
+                (kind.as_str(), name),
+            )
+            .await
+            .map_err(failed)?;
+        }
         Ok(if inserted {
             Claimed::New
         } else {

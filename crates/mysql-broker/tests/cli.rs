@@ -195,7 +195,21 @@ async fn orphans_lists_and_removes_what_nothing_claims() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    let deleted = run(dir.path(), &config, &["orphans", "--delete", "--json"]);
+    // A mistyped store is no empty store: nothing is judged, nothing removed.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let wrong = run(elsewhere.path(), &config, &["orphans", "--delete"]);
+    assert!(!wrong.status.success());
+    let said = String::from_utf8_lossy(&wrong.stderr);
+    assert!(said.contains("does not exist"), "{said}");
+    assert!(databases_of(0).await.contains(&lost_db));
+
+    // The servers are shared with other tests' brokers, whose leftovers count here too: the
+    // share-of-orphans guard may trip, so --force.
+    let deleted = run(
+        dir.path(),
+        &config,
+        &["orphans", "--delete", "--force", "--json"],
+    );
     assert!(
         deleted.status.success(),
         "{}{}",

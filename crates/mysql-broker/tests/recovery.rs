@@ -78,6 +78,35 @@ async fn all_settled(c: &Client, pairs: &[(String, String)], limit: Duration) ->
     }
 }
 
+/// The operations (up to 100) that the store shows in progress: what the kill left.
+async fn left_in_progress(store_url: &str) -> Vec<(String, String, Option<String>)> {
+    let store = osb_core::store::Store::open_existing(store_url)
+        .await
+        .unwrap();
+    store
+        .stale_operations(i64::MAX, "")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|op| (op.id, op.instance_id, op.binding_id))
+        .collect()
+}
+
+/// Each of `ops` ended `succeeded`, asked by its operation id.
+async fn each_succeeded(c: &Client, ops: &[(String, String, Option<String>)]) {
+    for (op, id, bid) in ops {
+        let last = match bid {
+            Some(bid) => c.binding_last_operation(id, bid, Some(op)).await.unwrap(),
+            None => c.instance_last_operation(id, Some(op)).await.unwrap(),
+        };
+        assert_eq!(
+            last.body["state"], "succeeded",
+            "operation {op}: {}",
+            last.body
+        );
+    }
+}
+
 /// Every marker (so every database and account the broker made) on either server for these
 /// pairs belongs to an instance or binding that exists and succeeded.
 async fn nothing_unclaimed(c: &Client, pairs: &[(String, String)]) {
@@ -152,11 +181,18 @@ async fn a_killed_broker_finishes_its_operations_as_soon_as_it_restarts() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     drop(broker); // SIGKILL with operations in flight
     join_all(tasks).await;
+    let store = format!("sqlite://{}", dir.path().join("state.db").display());
+    let left = left_in_progress(&store).await;
+    assert!(
+        !left.is_empty(),
+        "the kill left no operation in flight; nothing was tested"
+    );
 
     // The same replica (host name and port) comes back; the lease is the default 60 s.
     let broker = start(dir.path(), port).await;
     let c = Client::new(target(&broker));
     let took = all_settled(&c, &pairs, Duration::from_secs(10)).await;
+    each_succeeded(&c, &left).await;
     let rerun = rerun_count(&dir.path().join("broker.log"));
     assert!(
         rerun > 0,
@@ -206,9 +242,15 @@ async fn a_replica_that_never_comes_back_has_its_operations_finished_by_another(
     tokio::time::sleep(Duration::from_millis(400)).await;
     drop(a); // for good
     join_all(tasks).await;
+    let left = left_in_progress(&store).await;
+    assert!(
+        !left.is_empty(),
+        "the kill left no operation in flight; nothing was tested"
+    );
 
     let c = Client::new(target(&b));
     let took = all_settled(&c, &pairs, Duration::from_secs(30)).await;
+    each_succeeded(&c, &left).await;
     let rerun = rerun_count(&dir_b.path().join("broker.log"));
     assert!(
         rerun > 0,

@@ -15,7 +15,7 @@ use crate::config::{BrokerConfig, LogConfig, LogFormat, load};
 use crate::crypto::Sealer;
 use crate::metrics::Metrics;
 use crate::orphans::{self, Claim, Orphan};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// The crate version and the git commit the binary was built from.
 pub const VERSION: &str = concat!(
@@ -65,6 +65,10 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Delete even when the store holds no instance, or more than half of the broker's
+        /// marked objects look orphaned (signs of a wrong store url).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -127,9 +131,10 @@ pub async fn main<A: App>() -> ExitCode {
             older_than,
             delete,
             json,
+            force,
         } => {
             quiet_logs();
-            match sweep::<A>(&config, older_than, delete, json).await {
+            match sweep::<A>(&config, older_than, delete && !force, delete, json).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("{e}");
@@ -167,33 +172,54 @@ async fn check<A: App>(config: &A::Config) -> Vec<String> {
         problems.push(e.to_string());
     }
     let url = secrecy::ExposeSecret::expose_secret(&broker_config.store.url.0);
-    if let Err(e) = Store::connect(url, 1).await {
-        problems.push(e.to_string());
+    match Store::open_existing(url).await {
+        Ok(_) => {}
+        // A store the broker has not started on yet is no problem: it makes its tables then.
+        Err(StoreError::NotSetUp(_)) => {}
+        Err(e) => problems.push(e.to_string()),
     }
     let broker = A::build(config, &Metrics::new());
     problems.extend(broker.check_backends().await);
     problems
 }
 
+/// Lists (and with `delete` removes) orphans; `careful` refuses to delete when the store looks
+/// like the wrong one.
 async fn sweep<A: App>(
     config: &A::Config,
     older_than: Duration,
+    careful: bool,
     delete: bool,
     json: bool,
 ) -> Result<(), String> {
     let broker_config = A::broker_config(config);
     let url = secrecy::ExposeSecret::expose_secret(&broker_config.store.url.0);
-    let store = Store::connect(url, 2).await.map_err(|e| e.to_string())?;
+    let store = Store::open_existing(url).await.map_err(|e| e.to_string())?;
     let broker = A::build(config, &Metrics::new());
     let age = i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX);
     let found = orphans::find(&broker, &store, age)
         .await
         .map_err(|e| e.to_string())?;
+    if careful {
+        let removable = found.orphans.iter().filter(|o| o.removable).count();
+        let instances = store.count_instances().await.map_err(|e| e.to_string())?;
+        if removable > 0 && (instances == 0 || removable * 2 > found.marked) {
+            return Err(format!(
+                "refusing to delete {removable} of {} marked objects with {instances} instances in the store: is --config the right store? (--force deletes anyway)",
+                found.marked
+            ));
+        }
+    }
     let mut listed: Vec<(Orphan, Option<String>)> = Vec::new();
-    for orphan in found {
+    for orphan in found.orphans {
         let outcome = if delete && orphan.removable {
-            Some(match broker.remove_object(&orphan.object).await {
-                Ok(()) => "removed".to_owned(),
+            // A retried request may have claimed it since it was listed.
+            Some(match orphans::is_claimed(&store, &orphan.object).await {
+                Ok(true) => "claimed again; kept".to_owned(),
+                Ok(false) => match broker.remove_object(&orphan.object).await {
+                    Ok(()) => "removed".to_owned(),
+                    Err(e) => format!("not removed: {e}"),
+                },
                 Err(e) => format!("not removed: {e}"),
             })
         } else {
@@ -232,9 +258,11 @@ async fn sweep<A: App>(
             );
         }
     }
-    let failed = listed
-        .iter()
-        .any(|(_, outcome)| outcome.as_deref().is_some_and(|o| o != "removed"));
+    let failed = listed.iter().any(|(_, outcome)| {
+        outcome
+            .as_deref()
+            .is_some_and(|o| o.starts_with("not removed"))
+    });
     if failed {
         return Err("some orphans could not be removed".into());
     }

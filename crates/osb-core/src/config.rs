@@ -152,7 +152,7 @@ fn default_lease() -> u64 {
     60
 }
 fn default_heartbeat() -> u64 {
-    10
+    5
 }
 fn default_sync_wait() -> u64 {
     50
@@ -218,6 +218,9 @@ impl From<figment::Error> for ConfigError {
     }
 }
 
+/// Longest `broker.replica_id`.
+const MAX_REPLICA_ID: usize = 48;
+
 /// First path segments a platform prefix may not take: a root platform's routes and the
 /// operational endpoints live there.
 const RESERVED_SEGMENTS: [&str; 4] = ["v2", "health", "ready", "metrics"];
@@ -232,6 +235,14 @@ impl BrokerConfig {
             return Err(ConfigError::Invalid(format!(
                 "broker.operations: lease_secs ({}) must be at least twice heartbeat_secs ({})",
                 ops.lease_secs, ops.heartbeat_secs
+            )));
+        }
+        if let Some(id) = &self.replica_id
+            && (id.is_empty() || id.len() > MAX_REPLICA_ID)
+        {
+            // It is stored with a start nonce in columns of 64 characters.
+            return Err(ConfigError::Invalid(format!(
+                "broker.replica_id must be 1 to {MAX_REPLICA_ID} characters"
             )));
         }
         self.platforms().map(|_| ())

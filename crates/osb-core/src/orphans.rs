@@ -63,28 +63,43 @@ pub async fn find<B: ServiceBroker>(
     broker: &B,
     store: &Store,
     older_than_ms: i64,
-) -> Result<Vec<Orphan>, OrphanError> {
+) -> Result<Sweep, OrphanError> {
     let cutoff = now_ms() - older_than_ms;
-    let mut orphans = Vec::new();
+    let mut sweep = Sweep::default();
     for object in broker.objects().await? {
-        let claimed = match &object.claim {
-            Claim::Instance { platform, id } => store
-                .instance(id)
-                .await?
-                .is_some_and(|row| &row.platform == platform),
-            Claim::Binding { platform, id } => store
-                .binding(id)
-                .await?
-                .is_some_and(|row| &row.platform == platform),
-            Claim::Unmarked => false,
-        };
+        if object.claim != Claim::Unmarked {
+            sweep.marked += 1;
+        }
         let young = object.created_at_ms.is_some_and(|t| t > cutoff);
-        if !claimed && !young {
-            orphans.push(Orphan {
+        if !young && !is_claimed(store, &object).await? {
+            sweep.orphans.push(Orphan {
                 removable: object.created_at_ms.is_some() && object.claim != Claim::Unmarked,
                 object,
             });
         }
     }
-    Ok(orphans)
+    Ok(sweep)
+}
+
+/// What [`find`] saw.
+#[derive(Debug, Default)]
+pub struct Sweep {
+    pub orphans: Vec<Orphan>,
+    /// How many objects carry the broker's marker, claimed or not.
+    pub marked: usize,
+}
+
+/// Whether an instance or binding row in the store claims `object` right now.
+pub async fn is_claimed(store: &Store, object: &BackendObject) -> Result<bool, StoreError> {
+    Ok(match &object.claim {
+        Claim::Instance { platform, id } => store
+            .instance(id)
+            .await?
+            .is_some_and(|row| &row.platform == platform),
+        Claim::Binding { platform, id } => store
+            .binding(id)
+            .await?
+            .is_some_and(|row| &row.platform == platform),
+        Claim::Unmarked => false,
+    })
 }

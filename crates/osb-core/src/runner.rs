@@ -46,7 +46,11 @@ impl Runner {
     pub fn new(replica: String, metrics: Metrics) -> Self {
         Self {
             handle: Handle::current(),
-            token: format!("{replica}/{}", uuid::Uuid::new_v4().simple()).into(),
+            token: format!(
+                "{replica}/{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..12]
+            )
+            .into(),
             replica: replica.into(),
             running: Arc::default(),
             metrics,
@@ -84,6 +88,11 @@ impl Runner {
 
     pub fn token(&self) -> &str {
         &self.token
+    }
+
+    /// Whether this process runs operation `op` right now.
+    pub fn is_running(&self, op: &str) -> bool {
+        self.running.lock().unwrap().contains(op)
     }
 
     pub fn metrics(&self) -> &Metrics {

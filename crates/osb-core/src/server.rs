@@ -184,15 +184,23 @@ pub async fn serve<B: ServiceBroker>(
 /// unfinished operations. A port chosen by the system (`:0`) is new at every start, so such a
 /// replica gets a random id instead.
 fn default_replica_id(listen: &str) -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+    let host: String = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .or_else(|_| std::fs::read_to_string("/etc/hostname"))
         .map(|h| h.trim().to_owned())
         .ok()
         .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into());
+        .unwrap_or_else(|| "localhost".into())
+        .chars()
+        .take(32)
+        .collect();
     match listen.rsplit_once(':').map(|(_, port)| port) {
-        Some(port) if port != "0" && !port.is_empty() => format!("{host}:{port}"),
-        _ => format!("{host}:{}", uuid::Uuid::new_v4().simple()),
+        Some(port) if port != "0" && !port.is_empty() && port.len() <= 5 => {
+            format!("{host}:{port}")
+        }
+        _ => format!(
+            "{host}:{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        ),
     }
 }
 

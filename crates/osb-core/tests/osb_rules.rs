@@ -141,7 +141,7 @@ async fn dead_replicas_operation_is_finished_by_another(url: String) {
         .await
         .unwrap();
 
-    let (b, _) = spawn(&single_platform(&url)).await;
+    let (b, b_calls) = spawn(&single_platform(&url)).await;
     let client = Client::new(target(b.addr, ""));
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let last = loop {
@@ -156,6 +156,10 @@ async fn dead_replicas_operation_is_finished_by_another(url: String) {
     };
     assert_eq!(last.body["state"], "succeeded", "{}", last.body);
     assert_eq!(client.fetch_instance(&id).await.unwrap().status, 200);
+    assert!(
+        b_calls.provision.load(Ordering::SeqCst) >= 1,
+        "replica b never ran the provision: a finished before it was killed"
+    );
     client.deprovision_done(&id, PLAN_ASYNC).await.unwrap();
     b.stop().await;
 }

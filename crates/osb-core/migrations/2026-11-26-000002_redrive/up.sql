@@ -3,7 +3,6 @@
 -- `request` is what the operation needs to run again (JSON; NULL for rows made before this).
 ALTER TABLE osb_operations ADD COLUMN runner VARCHAR(128) NOT NULL DEFAULT '';
 ALTER TABLE osb_operations ADD COLUMN request TEXT;
-CREATE INDEX osb_operations_owner ON osb_operations (owner, state);
 -- When each catalog (by its entity tag) was first served by any replica: its Last-Modified,
 -- the same on every replica of one store.
 CREATE TABLE osb_catalogs (

@@ -277,8 +277,10 @@ impl<B: ServiceBroker> Engine<B> {
             engine.inner.runner.every(every, move || {
                 let this = this.clone();
                 async move {
-                    let replica = this.inner.runner.replica();
-                    match this.inner.store.acquire_lease("upkeep", replica, ttl).await {
+                    // Held by this process, not its replica id: two processes that share an id
+                    // by mistake still never run upkeep at once.
+                    let holder = this.inner.runner.token();
+                    match this.inner.store.acquire_lease("upkeep", holder, ttl).await {
                         Ok(true) => {
                             if let Err(e) = this.upkeep(budget).await {
                                 tracing::warn!(error = %e, "upkeep failed");
@@ -332,7 +334,11 @@ impl<B: ServiceBroker> Engine<B> {
             if let Some((service, plan)) = self.inner.catalog.plan(&loaded.row.plan_id) {
                 let work = self.inner.broker.upkeep(loaded.view(service, plan));
                 match tokio::time::timeout(self.inner.timing.upkeep_timeout, work).await {
-                    Ok(Ok(None)) => {}
+                    Ok(Ok(None)) => {
+                        if let Err(e) = self.inner.store.delete_facts(&id).await {
+                            tracing::warn!(instance_id = %id, error = %e, "forgetting upkeep facts failed");
+                        }
+                    }
                     Ok(Ok(Some(facts))) => {
                         let saved = self
                             .inner
@@ -361,7 +367,7 @@ impl<B: ServiceBroker> Engine<B> {
     /// Counts the backend objects nothing claims, for `/metrics`.
     async fn count_orphans(&self) {
         match crate::orphans::find(&self.inner.broker, &self.inner.store, 0).await {
-            Ok(orphans) => self.inner.runner.metrics().set_orphans(orphans.len()),
+            Ok(sweep) => self.inner.runner.metrics().set_orphans(sweep.orphans.len()),
             Err(e) => tracing::warn!(error = %e, "counting orphans failed"),
         }
     }

@@ -8,29 +8,37 @@
 
 use super::*;
 
-/// What an operation that cannot be run again (its rows are gone or its record predates
-/// recovery) ends with.
+/// What an operation that cannot be run again (its rows are gone, its record predates
+/// recovery, or what it needs is no longer so) ends with.
 const LOST: &str =
     "the broker replica running this operation stopped before it finished; retry the request";
 
 impl<B: ServiceBroker> Engine<B> {
-    /// Takes back this replica's unfinished operations now, and watches for other replicas'
-    /// operations that outlive their lease.
+    /// Takes back this replica's unfinished operations (after one heartbeat: if they are still
+    /// silent, no other live process shares this replica id), and watches for operations that
+    /// outlive their lease.
     pub(super) fn start_recovery(&self) {
         let this = self.clone();
         self.inner.runner.spawn(async move {
-            match this
-                .inner
-                .store
-                .unfinished_of(this.inner.runner.replica())
-                .await
-            {
-                Ok(ops) => {
-                    for op in ops {
-                        this.take_over(op).await;
-                    }
+            let runner = &this.inner.runner;
+            let own = match this.inner.store.unfinished_of(runner.replica()).await {
+                Ok(ops) => ops,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot look for unfinished operations");
+                    return;
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot look for unfinished operations"),
+            };
+            // Operations this process has just started are not to be taken back.
+            let own: Vec<OperationRow> = own
+                .into_iter()
+                .filter(|op| op.runner != runner.token())
+                .collect();
+            if own.is_empty() {
+                return;
+            }
+            tokio::time::sleep(this.inner.timing.heartbeat + Duration::from_secs(1)).await;
+            for op in own {
+                this.take_over(op).await;
             }
         });
         let this = self.clone();
@@ -38,22 +46,38 @@ impl<B: ServiceBroker> Engine<B> {
             .runner
             .every(self.inner.timing.heartbeat, move || {
                 let this = this.clone();
-                async move {
-                    let before = now_ms() - this.inner.timing.lease.as_millis() as i64;
-                    match this.inner.store.stale_operations(before).await {
-                        Ok(ops) => {
-                            // This process's own are running here (or about to start), even
-                            // when their heartbeats were late.
-                            for op in ops.into_iter().filter(|op| op.runner != this.token()) {
-                                this.take_over(op).await;
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "looking for stopped operations failed")
-                        }
-                    }
-                }
+                async move { this.take_over_stale().await }
             });
+    }
+
+    /// Takes over the operations whose heartbeat is older than the lease: other processes',
+    /// and this process's own that ended without recording an end (a store failure, a panic).
+    async fn take_over_stale(&self) {
+        let store = &self.inner.store;
+        let runner = &self.inner.runner;
+        let before = now_ms() - self.inner.timing.lease.as_millis() as i64;
+        match store.stale_operations(before, runner.token()).await {
+            Ok(ops) => {
+                for op in ops {
+                    self.take_over(op).await;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "looking for stopped operations failed"),
+        }
+        match store.unfinished_of(runner.replica()).await {
+            Ok(ops) => {
+                // Not running here, and too old to be one whose task is about to start.
+                for op in ops.into_iter().filter(|op| {
+                    op.runner == runner.token()
+                        && op.created_at < before
+                        && op.heartbeat_at < before
+                        && !runner.is_running(&op.id)
+                }) {
+                    self.take_over(op).await;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "looking for stuck operations failed"),
+        }
     }
 
     async fn take_over(&self, op: OperationRow) {
@@ -61,11 +85,21 @@ impl<B: ServiceBroker> Engine<B> {
         match self
             .inner
             .store
-            .take_over(&op.id, &op.runner, runner.replica(), runner.token())
+            .take_over(
+                &op.id,
+                &op.runner,
+                op.heartbeat_at,
+                runner.replica(),
+                runner.token(),
+            )
             .await
         {
             Ok(true) => {}
-            Ok(false) => return, // another replica was quicker, or it ended meanwhile
+            Ok(false) => {
+                // Another replica was quicker, it ended, or its runner is alive after all.
+                tracing::debug!(operation = %op.id, "not taken over");
+                return;
+            }
             Err(e) => {
                 tracing::warn!(operation = %op.id, error = %e, "cannot take over an operation");
                 return;
@@ -111,7 +145,10 @@ impl<B: ServiceBroker> Engine<B> {
                 let from = InstanceState::parse(&from).unwrap_or(InstanceState::Failed);
                 self.run_deprovision(row, id, from).await
             }
-            (Some(Redo::Bind { request }), Some(instance), Some(row)) => {
+            // As the request path checks after its claim: a bind needs a ready instance.
+            (Some(Redo::Bind { request }), Some(instance), Some(row))
+                if instance.state() == Some(InstanceState::Ready) =>
+            {
                 self.run_bind(Mode::Async, instance, row, id, request, false)
                     .await
             }
@@ -147,10 +184,14 @@ impl<B: ServiceBroker> Engine<B> {
             ),
         };
         tracing::warn!(operation = %op.id, "an operation whose records are gone cannot be run again; failing it");
-        self.inner
-            .store
+        let store = &self.inner.store;
+        if !store
             .fail(&op.id, self.token(), release, LOST, usable, repeatable)
-            .await?;
+            .await?
+        {
+            // Its row is gone or moved on: end the record alone.
+            store.fail_record(&op.id, self.token(), LOST).await?;
+        }
         Ok(())
     }
 }

@@ -81,6 +81,9 @@ pub enum StoreError {
     Migration(String),
     #[error("stored record is corrupt: {0}")]
     Corrupt(String),
+    /// No broker has started on this store yet (it makes its tables then).
+    #[error("{0}")]
+    NotSetUp(String),
 }
 
 impl From<PoolError> for StoreError {
@@ -132,6 +135,35 @@ fn inserted(result: Result<usize, DieselError>) -> Result<bool, StoreError> {
 impl Store {
     /// Connects (`sqlite://PATH`, `mysql://…`, `postgres://…`) and applies pending migrations.
     pub async fn connect(url: &str, pool_size: usize) -> Result<Self, StoreError> {
+        let store = Self::pools(url, pool_size, true)?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Opens a store that a broker has already set up, changing nothing: no file is made, no
+    /// migration runs, and a store without the broker's tables is refused. For commands that
+    /// judge the backend by the store (a wrong path must not look like an empty store).
+    pub async fn open_existing(url: &str) -> Result<Self, StoreError> {
+        let store = Self::pools(url, 2, false)?;
+        store.count_instances().await.map_err(|e| match e {
+            // Reached, but the query failed: the tables are not there.
+            StoreError::Query(e) => StoreError::NotSetUp(format!(
+                "the state store has no broker tables (is the store url right?): {e}"
+            )),
+            other => other,
+        })?;
+        Ok(store)
+    }
+
+    /// How many instances the store holds.
+    pub async fn count_instances(&self) -> Result<i64, StoreError> {
+        with_conn!(self, |conn| Ok(osb_instances::table
+            .count()
+            .get_result::<i64>(conn)
+            .await?))
+    }
+
+    fn pools(url: &str, pool_size: usize, create: bool) -> Result<Self, StoreError> {
         let pools = if let Some(path) = url.strip_prefix("sqlite://") {
             if path.is_empty() || path.contains(":memory:") {
                 return Err(StoreError::BadUrl(
@@ -139,7 +171,13 @@ impl Store {
                         .into(),
                 ));
             }
-            private_file(std::path::Path::new(path))?;
+            if create {
+                private_file(std::path::Path::new(path))?;
+            } else if !std::path::Path::new(path).exists() {
+                return Err(StoreError::NotSetUp(format!(
+                    "the SQLite state store {path} does not exist"
+                )));
+            }
             let mut config = ManagerConfig::<SqliteConn>::default();
             config.custom_setup = Box::new(|url| {
                 async move {
@@ -175,11 +213,9 @@ impl Store {
                 _ => "a value that is not a url".into(),
             }));
         };
-        let store = Self {
+        Ok(Self {
             pools: std::sync::Arc::new(pools),
-        };
-        store.migrate().await?;
-        Ok(store)
+        })
     }
 
     /// Which database this store runs on, for logs.
@@ -642,7 +678,14 @@ impl Store {
                 .set((dsl::facts.eq(facts), dsl::measured_at.eq(measured_at)))
                 .execute(conn)
                 .await?;
-            if updated == 0 {
+            let exists = osb_instances::table
+                .find(instance_id)
+                .count()
+                .get_result::<i64>(conn)
+                .await?
+                > 0;
+            // Never for an instance deleted meanwhile: a reused id would show its figures.
+            if updated == 0 && exists {
                 // Two passes racing to insert: the loser's figures are as fresh; either will do.
                 inserted(
                     diesel::insert_into(dsl::osb_instance_facts)
@@ -659,6 +702,16 @@ impl Store {
         })
     }
 
+    /// Forgets what upkeep measured of an instance (it measures nothing any more).
+    pub async fn delete_facts(&self, instance_id: &str) -> Result<(), StoreError> {
+        with_conn!(self, |conn| {
+            diesel::delete(osb_instance_facts::table.find(instance_id))
+                .execute(conn)
+                .await?;
+            Ok(())
+        })
+    }
+
     /// What upkeep last measured of an instance, and when (Unix ms).
     pub async fn facts(&self, instance_id: &str) -> Result<Option<(String, i64)>, StoreError> {
         use osb_instance_facts::dsl;
@@ -670,22 +723,37 @@ impl Store {
             .optional()?))
     }
 
-    /// When the catalog with entity tag `etag` was first served by a replica of this store
-    /// (now, if by none): its `Last-Modified`, agreed on by every replica.
+    /// Since when the catalog with entity tag `etag` has been served (Unix ms): its
+    /// `Last-Modified`, agreed on by every replica of this store. It only moves forward: a
+    /// catalog served again after another one counts from now.
     pub async fn catalog_first_served(&self, etag: &str) -> Result<i64, StoreError> {
         use osb_catalogs::dsl;
         with_conn!(self, |conn| {
-            inserted(
-                diesel::insert_into(dsl::osb_catalogs)
-                    .values((dsl::etag.eq(etag), dsl::first_served.eq(now_ms())))
-                    .execute(conn)
-                    .await,
-            )?;
-            Ok(dsl::osb_catalogs
-                .find(etag)
-                .select(dsl::first_served)
-                .first::<i64>(conn)
-                .await?)
+            let latest: Option<(String, i64)> = dsl::osb_catalogs
+                .select((dsl::etag, dsl::first_served))
+                .order(dsl::first_served.desc())
+                .first(conn)
+                .await
+                .optional()?;
+            if let Some((current, since)) = latest
+                && current == etag
+            {
+                return Ok(since);
+            }
+            let now = now_ms();
+            let updated = diesel::update(dsl::osb_catalogs.find(etag))
+                .set(dsl::first_served.eq(now))
+                .execute(conn)
+                .await?;
+            if updated == 0 {
+                inserted(
+                    diesel::insert_into(dsl::osb_catalogs)
+                        .values((dsl::etag.eq(etag), dsl::first_served.eq(now)))
+                        .execute(conn)
+                        .await,
+                )?;
+            }
+            Ok(now)
         })
     }
 
@@ -709,14 +777,47 @@ impl Store {
     }
 
     /// Operations still "in progress" whose runner has not sent a heartbeat since `before_ms`.
-    pub async fn stale_operations(&self, before_ms: i64) -> Result<Vec<OperationRow>, StoreError> {
+    /// Operations still "in progress" whose runner has not sent a heartbeat since `before_ms`,
+    /// the longest silent first, leaving out `except`'s (a runner's own).
+    pub async fn stale_operations(
+        &self,
+        before_ms: i64,
+        except: &str,
+    ) -> Result<Vec<OperationRow>, StoreError> {
         use osb_operations::dsl;
         with_conn!(self, |conn| Ok(dsl::osb_operations
             .filter(dsl::state.eq(OperationState::InProgress.as_str()))
             .filter(dsl::heartbeat_at.lt(before_ms))
+            .filter(dsl::runner.ne(except))
+            .order(dsl::heartbeat_at.asc())
             .limit(100)
             .load::<OperationRow>(conn)
             .await?))
+    }
+
+    /// Ends operation `op` as failed without touching any row: for an operation whose rows
+    /// are gone. Fenced on its runner.
+    pub async fn fail_record(
+        &self,
+        op: &str,
+        runner: &str,
+        description: &str,
+    ) -> Result<bool, StoreError> {
+        use osb_operations::dsl;
+        with_conn!(self, |conn| Ok(diesel::update(
+            dsl::osb_operations
+                .filter(dsl::id.eq(op))
+                .filter(dsl::runner.eq(runner))
+                .filter(dsl::state.eq(OperationState::InProgress.as_str()))
+        )
+        .set((
+            dsl::state.eq(OperationState::Failed.as_str()),
+            dsl::description.eq(description),
+            dsl::updated_at.eq(now_ms()),
+        ))
+        .execute(conn)
+        .await?
+            == 1))
     }
 
     /// Operations still "in progress" that replica `owner` started: after a restart, its own
@@ -731,12 +832,14 @@ impl Store {
     }
 
     /// Makes process `runner` of replica `owner` the runner of `op` if it is still in progress
-    /// under `previous` (the runner that stopped): one taker wins, and the previous runner can
+    /// under `previous` (the runner that stopped) with the heartbeat `seen` when it was judged
+    /// stopped (a heartbeat since means it lives): one taker wins, and the previous runner can
     /// no longer write its end.
     pub async fn take_over(
         &self,
         op: &str,
         previous: &str,
+        seen: i64,
         owner: &str,
         runner: &str,
     ) -> Result<bool, StoreError> {
@@ -745,6 +848,7 @@ impl Store {
             dsl::osb_operations
                 .filter(dsl::id.eq(op))
                 .filter(dsl::runner.eq(previous))
+                .filter(dsl::heartbeat_at.eq(seen))
                 .filter(dsl::state.eq(OperationState::InProgress.as_str()))
         )
         .set((
