@@ -92,13 +92,25 @@ async fn left_in_progress(store_url: &str) -> Vec<(String, String, Option<String
         .collect()
 }
 
-/// Each of `ops` ended `succeeded`, asked by its operation id.
+/// Each of `ops` ended `succeeded`, asked by its operation id; or it had made nothing yet
+/// (killed between its record and its row), and its instance or binding does not exist.
 async fn each_succeeded(c: &Client, ops: &[(String, String, Option<String>)]) {
     for (op, id, bid) in ops {
         let last = match bid {
             Some(bid) => c.binding_last_operation(id, bid, Some(op)).await.unwrap(),
             None => c.instance_last_operation(id, Some(op)).await.unwrap(),
         };
+        if last.status == 404 {
+            let exists = match bid {
+                Some(bid) => c.fetch_binding(id, bid).await.unwrap().status,
+                None => c.fetch_instance(id).await.unwrap().status,
+            };
+            assert_eq!(
+                exists, 404,
+                "operation {op} is gone but its resource is there"
+            );
+            continue;
+        }
         assert_eq!(
             last.body["state"], "succeeded",
             "operation {op}: {}",

@@ -286,6 +286,8 @@ async fn a_deprovision_whose_connection_drops_half_way_leaves_the_instance_unusa
     // Part-way: a 5xx (a 4xx would say nothing changed), saying the instance is not usable.
     assert_eq!(failed.status, 500, "{}", failed.body);
     assert_eq!(failed.body["instance_usable"], false, "{}", failed.body);
+    // It still exists, half-deleted: GET shows it (a 404 would say it is gone).
+    assert_eq!(c.fetch_instance(&id).await.unwrap().status, 200);
     // Its accounts are gone: it must not be taken for a ready instance.
     let bind = c
         .bind(&id, &fresh_id(), &c.bind_body(PLAN1), false)

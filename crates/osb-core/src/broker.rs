@@ -189,6 +189,12 @@ pub trait ServiceBroker: Send + Sync + 'static {
         Mode::Sync
     }
 
+    /// The instance's dashboard, known before the backend work: the spec wants it in the first
+    /// answer to a provision, a 202 included. `Provisioned.dashboard_url` may still change it.
+    fn dashboard_url(&self, _instance_id: &InstanceId, _plan: &Plan) -> Option<String> {
+        None
+    }
+
     async fn provision(&self, input: ProvisionInput<'_>) -> Result<Provisioned, BrokerError>;
 
     async fn update(&self, input: UpdateInput<'_>) -> Result<Updated, BrokerError>;

@@ -408,3 +408,42 @@ async fn get_shows_the_last_upkeep_measurement_with_its_time() {
     assert!(before > 0);
     again.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_url_is_in_the_first_answer_even_a_202() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, _) = spawn(&single_platform(&sqlite_url(&dir))).await;
+    let c = Client::new(target(running.addr, ""));
+    for (plan, status) in [(PLAN, 201), (PLAN_ASYNC, 202)] {
+        let id = fresh_id();
+        let reply = c
+            .provision(&id, &c.provision_body(plan), true)
+            .await
+            .unwrap();
+        assert_eq!(reply.status, status, "{}", reply.body);
+        assert_eq!(
+            reply.body["dashboard_url"],
+            format!("https://dash.example/{id}"),
+            "{plan}: {}",
+            reply.body
+        );
+        if status == 202 {
+            let again = c
+                .provision(&id, &c.provision_body(plan), true)
+                .await
+                .unwrap();
+            assert_eq!(
+                again.body["dashboard_url"], reply.body["dashboard_url"],
+                "{}",
+                again.body
+            );
+        }
+        c.provision_ready(&id, plan).await.unwrap();
+        let change = json!({"service_id": SERVICE, "parameters": {"x": 1}});
+        let updated = c.update(&id, &change, true).await.unwrap();
+        if updated.status == 202 {
+            assert_eq!(updated.body["dashboard_url"], reply.body["dashboard_url"]);
+        }
+    }
+    running.stop().await;
+}

@@ -181,7 +181,7 @@ impl<B: ServiceBroker> Engine<B> {
         let engine = self.clone();
         let op_id = op.clone();
         let fresh = previous.is_none();
-        self.launch(mode, &op, async move {
+        self.launch(mode, &op, None, async move {
             engine
                 .run_bind(mode, instance, row, op_id, req, fresh)
                 .await
@@ -368,7 +368,7 @@ impl<B: ServiceBroker> Engine<B> {
             let engine = self.clone();
             let op_id = op.id.clone();
             return self
-                .launch(mode, &op.id, async move {
+                .launch(mode, &op.id, None, async move {
                     engine.run_unbind(instance, row, op_id, from).await
                 })
                 .await;

@@ -22,7 +22,10 @@ impl<B: ServiceBroker> Engine<B> {
             .await?
             .ok_or_else(|| OsbError::NotFound("service instance does not exist".into()))?;
         match row.state() {
-            Some(InstanceState::Ready | InstanceState::Deprovisioning) => {}
+            // A half-deleted instance is there (only a delete may follow): it is shown.
+            Some(
+                InstanceState::Ready | InstanceState::Deprovisioning | InstanceState::DeleteFailed,
+            ) => {}
             Some(InstanceState::Updating) => return Err(concurrency("service instance")),
             _ => {
                 return Err(OsbError::NotFound(

@@ -61,7 +61,7 @@ impl<B: ServiceBroker> Engine<B> {
                 parameters: to_text(&parameters),
                 context: to_text(&context),
                 maintenance_version: plan.maintenance_info.as_ref().map(|m| m.version.clone()),
-                dashboard_url: None,
+                dashboard_url: self.inner.broker.dashboard_url(&id, plan),
                 metadata: None,
                 broker_state: "null".into(),
                 created_at: now,
@@ -90,7 +90,10 @@ impl<B: ServiceBroker> Engine<B> {
                     return Ok(Reply::new(200, instance_body(&existing)?));
                 }
                 Some(InstanceState::Provisioning) if caller.accepts_incomplete => {
-                    return Ok(accepted(&existing.operation_id));
+                    return Ok(accepted_with(
+                        &existing.operation_id,
+                        existing.dashboard_url.as_deref(),
+                    ));
                 }
                 Some(InstanceState::Provisioning) => {
                     if !self.wait_turn(started).await {
@@ -131,7 +134,8 @@ impl<B: ServiceBroker> Engine<B> {
     ) -> Result<Reply, OsbError> {
         let engine = self.clone();
         let op_id = op.clone();
-        self.launch(mode, &op, async move {
+        let dashboard_url = row.dashboard_url.clone();
+        self.launch(mode, &op, dashboard_url.as_deref(), async move {
             engine.run_provision(mode, row, op_id, retry).await
         })
         .await
@@ -163,7 +167,7 @@ impl<B: ServiceBroker> Engine<B> {
         match result {
             Ok(done) => {
                 row.state = InstanceState::Ready.as_str().into();
-                row.dashboard_url = done.dashboard_url;
+                row.dashboard_url = done.dashboard_url.or(row.dashboard_url.take());
                 row.metadata = done.metadata.filter(|m| !m.is_empty()).map(|m| to_text(&m));
                 row.broker_state = to_text(&done.state);
                 row.updated_at = now_ms();
@@ -278,7 +282,7 @@ impl<B: ServiceBroker> Engine<B> {
                 (Some(InstanceState::Failed), _) => return Err(failed_provision()),
                 (Some(InstanceState::DeleteFailed), _) => return Err(delete_failed()),
                 (Some(InstanceState::Updating), Some(running)) if caller.accepts_incomplete => {
-                    return Ok(accepted(&running.id));
+                    return Ok(accepted_with(&running.id, current.dashboard_url.as_deref()));
                 }
                 (Some(InstanceState::Updating), Some(_)) if self.wait_turn(started).await => {}
                 (Some(InstanceState::Ready), Some(done))
@@ -302,7 +306,8 @@ impl<B: ServiceBroker> Engine<B> {
         let engine = self.clone();
         let op_id = op.id.clone();
         let target_id = target.id.clone();
-        self.launch(mode, &op.id, async move {
+        let dashboard_url = row.dashboard_url.clone();
+        self.launch(mode, &op.id, dashboard_url.as_deref(), async move {
             engine.run_update(row, op_id, target_id, req).await
         })
         .await
@@ -465,7 +470,7 @@ impl<B: ServiceBroker> Engine<B> {
             let engine = self.clone();
             let op_id = op.id.clone();
             return self
-                .launch(mode, &op.id, async move {
+                .launch(mode, &op.id, None, async move {
                     engine.run_deprovision(row, op_id, from).await
                 })
                 .await;

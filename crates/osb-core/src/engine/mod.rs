@@ -33,7 +33,7 @@ use crate::store::{
 use crate::wire::{
     BindRequest, BindingResponse, DeleteQuery, FetchQuery, InstanceMetadata,
     InstanceOperationResponse, InstanceResponse, LastOperationResponse, LastOperationState,
-    OperationResponse, ProvisionRequest, UpdateRequest,
+    ProvisionRequest, UpdateRequest,
 };
 
 /// A successful answer: status code and JSON body.
@@ -190,10 +190,18 @@ fn concurrency(what: &str) -> OsbError {
 }
 
 fn accepted(op: &str) -> Reply {
+    accepted_with(op, None)
+}
+
+/// A 202 for an instance operation: the spec wants the dashboard URL in it, when there is one,
+/// "even if the service is provisioned asynchronously".
+fn accepted_with(op: &str, dashboard_url: Option<&str>) -> Reply {
     let mut reply = Reply::new(
         202,
-        OperationResponse {
+        InstanceOperationResponse {
+            dashboard_url: dashboard_url.map(str::to_owned),
             operation: Some(op.to_owned()),
+            metadata: None,
         },
     );
     reply.retry_after = Some(1);
@@ -494,13 +502,19 @@ impl<B: ServiceBroker> Engine<B> {
     }
 
     /// Runs `work` as operation `op`; a sync caller waits for its reply, an async one gets 202.
-    async fn launch<F>(&self, mode: Mode, op: &str, work: F) -> Result<Reply, OsbError>
+    async fn launch<F>(
+        &self,
+        mode: Mode,
+        op: &str,
+        dashboard_url: Option<&str>,
+        work: F,
+    ) -> Result<Reply, OsbError>
     where
         F: Future<Output = Result<Reply, OsbError>> + Send + 'static,
     {
         let task = self.inner.runner.spawn_operation(op, work);
         match mode {
-            Mode::Async => Ok(accepted(op)),
+            Mode::Async => Ok(accepted_with(op, dashboard_url)),
             Mode::Sync => task
                 .await
                 .map_err(|e| OsbError::Internal(format!("operation task failed: {e}")))?,

@@ -68,6 +68,14 @@ impl ServiceBroker for FakeBroker {
         }
     }
 
+    fn dashboard_url(
+        &self,
+        instance_id: &osb_core::ids::InstanceId,
+        _plan: &Plan,
+    ) -> Option<String> {
+        Some(format!("https://dash.example/{instance_id}"))
+    }
+
     fn upkeep_interval(&self) -> Option<Duration> {
         self.upkeep_every
     }
