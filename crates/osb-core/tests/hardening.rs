@@ -447,3 +447,37 @@ async fn the_dashboard_url_is_in_the_first_answer_even_a_202() {
     }
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operation_past_the_maximum_polling_duration_ends_failed_and_can_be_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, _) = spawn(&single_platform(&sqlite_url(&dir))).await;
+    let c = Client::new(target(running.addr, ""));
+    let id = fresh_id();
+    let started = c
+        .provision(&id, &c.provision_body(PLAN_HANG), true)
+        .await
+        .unwrap();
+    assert_eq!(started.status, 202, "{}", started.body);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let last = loop {
+        let last = c
+            .instance_last_operation(&id, started.operation().as_deref())
+            .await
+            .unwrap();
+        if last.body["state"] != "in progress" {
+            break last;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still in progress past the maximum"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(last.body["state"], "failed", "{}", last.body);
+    let why = last.body["description"].as_str().unwrap_or("");
+    assert!(why.contains("maximum_polling_duration"), "{why}");
+    // The platform's orphan mitigation runs instead of meeting ConcurrencyError for ever.
+    c.deprovision_done(&id, PLAN_HANG).await.unwrap();
+    running.stop().await;
+}

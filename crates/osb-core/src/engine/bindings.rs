@@ -222,16 +222,17 @@ impl<B: ServiceBroker> Engine<B> {
         }
         let context = req.context.clone().unwrap_or_default();
         let result = self
-            .inner
-            .broker
-            .bind(BindInput {
-                instance: loaded.view(service, plan),
-                binding_id: &binding_id,
-                parameters: &parameters,
-                bind_resource: bind_resource.as_ref(),
-                context: &context,
-                predecessor: predecessor.as_ref(),
-            })
+            .bounded(
+                plan,
+                self.inner.broker.bind(BindInput {
+                    instance: loaded.view(service, plan),
+                    binding_id: &binding_id,
+                    parameters: &parameters,
+                    bind_resource: bind_resource.as_ref(),
+                    context: &context,
+                    predecessor: predecessor.as_ref(),
+                }),
+            )
             .await;
         match result {
             Ok(bound) => {
@@ -387,12 +388,13 @@ impl<B: ServiceBroker> Engine<B> {
         let (service, plan) = self.plan_of(&loaded.row.plan_id)?;
         let binding = binding_view(&row)?;
         let result = self
-            .inner
-            .broker
-            .unbind(UnbindInput {
-                instance: loaded.view(service, plan),
-                binding: &binding,
-            })
+            .bounded(
+                plan,
+                self.inner.broker.unbind(UnbindInput {
+                    instance: loaded.view(service, plan),
+                    binding: &binding,
+                }),
+            )
             .await;
         match result {
             Ok(()) => {

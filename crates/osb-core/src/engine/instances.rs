@@ -152,17 +152,18 @@ impl<B: ServiceBroker> Engine<B> {
         let loaded = Loaded::new(row.clone())?;
         let (service, plan) = self.plan_of(&row.plan_id)?;
         let result = self
-            .inner
-            .broker
-            .provision(ProvisionInput {
-                platform: &loaded.row.platform,
-                instance_id: &loaded.id,
-                service,
+            .bounded(
                 plan,
-                parameters: &loaded.parameters,
-                context: &loaded.context,
-                retry,
-            })
+                self.inner.broker.provision(ProvisionInput {
+                    platform: &loaded.row.platform,
+                    instance_id: &loaded.id,
+                    service,
+                    plan,
+                    parameters: &loaded.parameters,
+                    context: &loaded.context,
+                    retry,
+                }),
+            )
             .await;
         match result {
             Ok(done) => {
@@ -329,14 +330,15 @@ impl<B: ServiceBroker> Engine<B> {
             .clone()
             .unwrap_or_else(|| loaded.context.clone());
         let result = self
-            .inner
-            .broker
-            .update(UpdateInput {
-                instance: loaded.view(service, current),
-                plan: target,
-                parameters: req.parameters.as_ref(),
-                context: &context,
-            })
+            .bounded(
+                target,
+                self.inner.broker.update(UpdateInput {
+                    instance: loaded.view(service, current),
+                    plan: target,
+                    parameters: req.parameters.as_ref(),
+                    context: &context,
+                }),
+            )
             .await;
         match result {
             Ok(done) => {
@@ -493,12 +495,13 @@ impl<B: ServiceBroker> Engine<B> {
             .map(binding_view)
             .collect::<Result<Vec<_>, _>>()?;
         let result = self
-            .inner
-            .broker
-            .deprovision(DeprovisionInput {
-                instance: loaded.view(service, plan),
-                bindings: &bindings,
-            })
+            .bounded(
+                plan,
+                self.inner.broker.deprovision(DeprovisionInput {
+                    instance: loaded.view(service, plan),
+                    bindings: &bindings,
+                }),
+            )
             .await;
         match result {
             Ok(()) => {

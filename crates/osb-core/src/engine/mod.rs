@@ -550,6 +550,27 @@ impl<B: ServiceBroker> Engine<B> {
         Ok(())
     }
 
+    /// Runs a backend call within its plan's `maximum_polling_duration`, if it has one: past it
+    /// the platform has stopped polling (and will clean up), so the call is abandoned and the
+    /// operation ends failed, letting the platform's delete run.
+    async fn bounded<T>(
+        &self,
+        plan: &Plan,
+        work: impl Future<Output = Result<T, BrokerError>>,
+    ) -> Result<T, BrokerError> {
+        let Some(max) = plan.maximum_polling_duration else {
+            return work.await;
+        };
+        tokio::time::timeout(Duration::from_secs(max), work)
+            .await
+            .unwrap_or_else(|_| {
+                Err(BrokerError::Failed(format!(
+                    "the operation ran past plan {:?}'s maximum_polling_duration of {max} s and was abandoned",
+                    plan.name
+                )))
+            })
+    }
+
     /// Sleeps a little while an identical request finishes; `false` once the wait is over.
     async fn wait_turn(&self, started: Instant) -> bool {
         if started.elapsed() >= self.inner.timing.sync_wait {

@@ -153,7 +153,8 @@ pub fn catalog() -> Catalog {
             {"id": PLAN_LARGE, "name": "large", "description": "large"},
             {"id": PLAN_FIXED, "name": "fixed", "description": "no plan changes", "plan_updateable": false},
             {"id": PLAN_ASYNC, "name": "async", "description": "asynchronous"},
-            {"id": PLAN_HANG, "name": "hang", "description": "never finishes"},
+            {"id": PLAN_HANG, "name": "hang", "description": "never finishes",
+             "maximum_polling_duration": 2},
             {"id": PLAN_BROKEN, "name": "broken", "description": "provisioning fails"},
             {"id": PLAN_BROKEN_ASYNC, "name": "broken-async", "description": "provisioning fails later"},
             {"id": PLAN_DOWN, "name": "down", "description": "the backend is unreachable"}
