@@ -25,22 +25,43 @@ pub fn broker_binary(name: &str) -> PathBuf {
     path
 }
 
+/// A round-robin balancer and how many connections it gave each upstream.
+pub struct Balancer {
+    pub addr: SocketAddr,
+    served: Arc<Vec<AtomicUsize>>,
+}
+
+impl Balancer {
+    /// Connections handed to each upstream so far, in the order they were given.
+    pub fn served(&self) -> Vec<usize> {
+        self.served
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .collect()
+    }
+}
+
 /// Accepts on 127.0.0.1:0 and hands each connection to the next upstream in turn, skipping
 /// upstreams that refuse, like a load balancer with health checks by connection attempt.
-pub async fn round_robin(upstreams: Vec<SocketAddr>) -> SocketAddr {
+pub async fn round_robin(upstreams: Vec<SocketAddr>) -> Balancer {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind balancer");
     let addr = listener.local_addr().expect("balancer address");
     let next = Arc::new(AtomicUsize::new(0));
+    let served: Arc<Vec<AtomicUsize>> =
+        Arc::new(upstreams.iter().map(|_| AtomicUsize::new(0)).collect());
+    let counts = served.clone();
     tokio::spawn(async move {
         while let Ok((mut client, _)) = listener.accept().await {
             let upstreams = upstreams.clone();
+            let counts = counts.clone();
             let first = next.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
                 for i in 0..upstreams.len() {
-                    let target = upstreams[(first + i) % upstreams.len()];
-                    if let Ok(mut server) = TcpStream::connect(target).await {
+                    let pick = (first + i) % upstreams.len();
+                    if let Ok(mut server) = TcpStream::connect(upstreams[pick]).await {
+                        counts[pick].fetch_add(1, Ordering::Relaxed);
                         let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
                         return;
                     }
@@ -48,7 +69,7 @@ pub async fn round_robin(upstreams: Vec<SocketAddr>) -> SocketAddr {
             });
         }
     });
-    addr
+    Balancer { addr, served }
 }
 
 /// A fresh database on the local MariaDB, for a shared state store; fails loudly without one.

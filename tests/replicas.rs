@@ -50,6 +50,9 @@ fn target(balancer: SocketAddr) -> Target {
     );
     t.update_plan_id = Some(PLAN2.into());
     t.race_width = 8;
+    // A connection per request: the balancer then sends consecutive requests to different
+    // replicas, so a check that needs one replica to see another's work gets it.
+    t.fresh_connections = true;
     t
 }
 
@@ -61,17 +64,26 @@ async fn two_replicas_on_one_store_behave_as_one_broker() {
     let (_b, addr_b) = replica("replica-b", &store, dir.path()).await;
     let balancer = round_robin(vec![addr_a, addr_b]).await;
 
-    check_all(&target(balancer)).await.unwrap();
+    check_all(&target(balancer.addr)).await.unwrap();
+    let served = balancer.served();
+    assert!(
+        served.iter().all(|n| *n > 0),
+        "a replica served nothing: {served:?}"
+    );
 
     // What one replica made, the other serves; and losing a replica loses nothing.
-    let c = Client::new(target(balancer));
+    let c = Client::new(target(balancer.addr));
     let (id, bid) = (fresh_id(), fresh_id());
+    let before = balancer.served();
     c.provision_ready(&id, PLAN1).await.unwrap();
     let credentials = c.bind_ready(&id, &bid, PLAN1).await.unwrap()["credentials"].clone();
+    let after = balancer.served();
+    assert!(
+        before.iter().zip(&after).all(|(b, a)| a > b),
+        "provision and bind did not reach both replicas: {before:?} -> {after:?}"
+    );
     drop(a);
-    // Connections open to the dead replica die with it, as behind any balancer; new ones go
-    // to the survivor.
-    let c = Client::new(target(balancer));
+    // New connections go to the survivor, which serves what both made.
     for _ in 0..4 {
         let got = c.fetch_binding(&id, &bid).await.unwrap();
         assert_eq!(got.status, 200);

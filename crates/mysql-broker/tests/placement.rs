@@ -103,6 +103,14 @@ async fn a_server_that_is_down_answers_503_and_loses_nothing() {
         .await
         .unwrap();
     assert_eq!(refused.status, 503, "{}", refused.body);
+    assert!(
+        refused.body["description"]
+            .as_str()
+            .unwrap_or("")
+            .contains("mysql-1"),
+        "{}",
+        refused.body
+    );
     assert_eq!(c.fetch_instance(&fresh).await.unwrap().status, 404);
     assert_eq!(c.fetch_instance(&id).await.unwrap().status, 200);
     drop(broker);

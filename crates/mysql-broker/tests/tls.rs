@@ -43,15 +43,26 @@ async fn broker_administers_a_server_over_verified_tls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_tls_or_with_an_untrusted_certificate_the_server_is_not_used() {
-    let dir = tempfile::tempdir().unwrap();
-    for tls in ["", "[mysql.servers.tls]\n"] {
-        // Plain TCP: the account refuses. TLS without our CA: the certificate is not trusted.
-        let config = config_with_servers(dir.path(), &tls_server(tls));
+    // Plain TCP: the account refuses. TLS without our CA: the certificate is not trusted.
+    for (tls, why) in [
+        ("", "Access denied"),
+        ("[mysql.servers.tls]\n", "certificate"),
+    ] {
+        let run = tempfile::tempdir().unwrap();
+        let config = config_with_servers(run.path(), &tls_server(tls));
         let port = free_port();
-        let _broker = start_with(dir.path(), port, &config, false).await;
+        let broker = start_with(run.path(), port, &config, false).await;
         let ready = reqwest::get(format!("http://127.0.0.1:{port}/ready"))
             .await
             .unwrap();
         assert_eq!(ready.status(), 503, "config {tls:?}");
+        drop(broker);
+        // /ready says only "unavailable"; the reason is in the log.
+        let log = std::fs::read_to_string(run.path().join("broker.log")).unwrap();
+        assert!(
+            log.lines()
+                .any(|l| l.contains("not ready") && l.contains(why)),
+            "config {tls:?}: no 'not ready' line saying {why:?}:\n{log}"
+        );
     }
 }

@@ -41,11 +41,12 @@ pub struct Client {
 
 impl Client {
     pub fn new(target: Target) -> Self {
+        let mut http = reqwest::Client::builder().timeout(Duration::from_secs(120));
+        if target.fresh_connections {
+            http = http.pool_max_idle_per_host(0);
+        }
         Self {
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(120))
-                .build()
-                .expect("http client"),
+            http: http.build().expect("http client"),
             target,
         }
     }

@@ -38,6 +38,9 @@ pub struct Target {
     pub race_width: usize,
     /// How long to poll `last_operation` before giving up.
     pub poll_timeout: std::time::Duration,
+    /// Open a new connection for every request (behind a balancer that picks a replica per
+    /// connection, so that each request may reach another replica).
+    pub fresh_connections: bool,
 }
 
 impl Target {
@@ -61,6 +64,7 @@ impl Target {
             async_plan_id: None,
             race_width: 16,
             poll_timeout: std::time::Duration::from_secs(60),
+            fresh_connections: false,
         }
     }
 }
