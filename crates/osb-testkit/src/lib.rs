@@ -38,6 +38,10 @@ pub struct Target {
     pub race_width: usize,
     /// How long to poll `last_operation` before giving up.
     pub poll_timeout: std::time::Duration,
+    /// Rules this target opts out of because it lacks what they need (a schema, an async plan,
+    /// a plan that cannot change); `check_all` reports them as skipped, and fails on a rule
+    /// that cannot run and is not listed here.
+    pub skip: Vec<&'static str>,
     /// Open a new connection for every request (behind a balancer that picks a replica per
     /// connection, so that each request may reach another replica).
     pub fresh_connections: bool,
@@ -64,6 +68,7 @@ impl Target {
             async_plan_id: None,
             race_width: 16,
             poll_timeout: std::time::Duration::from_secs(60),
+            skip: Vec::new(),
             fresh_connections: false,
         }
     }

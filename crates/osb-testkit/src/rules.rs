@@ -11,6 +11,18 @@ use serde_json::{Value, json};
 use crate::Target;
 use crate::client::{Client, Reply, fresh_id};
 
+/// Why a rule could not run against a target (it lacks what the rule needs).
+#[derive(Debug)]
+struct CannotRun(&'static str);
+
+impl std::fmt::Display for CannotRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for CannotRun {}
+
 fn expect(reply: &Reply, status: u16, what: &str) -> anyhow::Result<()> {
     ensure!(
         reply.status == status,
@@ -48,10 +60,22 @@ fn expect_error(reply: &Reply, status: u16, code: Option<&str>, what: &str) -> a
 pub async fn check_all(target: &Target) -> anyhow::Result<()> {
     let c = Client::new(target.clone());
     let mut failures = Vec::new();
+    let mut skipped = Vec::new();
     macro_rules! run {
         ($($check:ident),+ $(,)?) => {$(
-            if let Err(e) = $check(&c).await {
-                failures.push(format!("{}: {e:#}", stringify!($check)));
+            match $check(&c).await {
+                Ok(()) => {}
+                // A rule that cannot run fails the run, unless the target opted out of it.
+                Err(e) => match e.downcast_ref::<CannotRun>() {
+                    Some(why) if target.skip.contains(&stringify!($check)) => {
+                        skipped.push(format!("{}: {why}", stringify!($check)));
+                    }
+                    Some(why) => failures.push(format!(
+                        "{}: cannot run: {why}; set it in the Target or list the rule in Target::skip",
+                        stringify!($check)
+                    )),
+                    None => failures.push(format!("{}: {e:#}", stringify!($check))),
+                },
             }
         )+};
     }
@@ -68,9 +92,25 @@ pub async fn check_all(target: &Target) -> anyhow::Result<()> {
         missing_resources_return_404_or_410,
         identical_concurrent_requests_act_once,
         plan_updates_follow_the_catalog,
+        plan_changes_from_a_fixed_plan_are_refused,
         parameters_are_validated_against_the_schema,
         async_operations_follow_the_polling_rules,
     );
+    for rule in &target.skip {
+        if !skipped.iter().any(|s| s.starts_with(&format!("{rule}:"))) {
+            failures.push(format!(
+                "{rule}: listed in Target::skip but it ran (or is no rule)"
+            ));
+        }
+    }
+    if !skipped.is_empty() {
+        // The report names what was not checked; the test output shows it.
+        eprintln!(
+            "osb-testkit skipped {} rule(s):\n  {}",
+            skipped.len(),
+            skipped.join("\n  ")
+        );
+    }
     if failures.is_empty() {
         Ok(())
     } else {
@@ -734,19 +774,6 @@ async fn plan_updates_follow_the_catalog(c: &Client) -> anyhow::Result<()> {
         )?;
         c.deprovision_done(&id, &to).await?;
     }
-    if let Some((fixed, other)) = c.target.fixed_plan.clone() {
-        let id = fresh_id();
-        c.provision_ready(&id, &fixed).await?;
-        let body = json!({"service_id": c.target.service_id, "plan_id": other});
-        // Spec: 422 "MUST be returned if the requested change is not supported".
-        expect_error(
-            &c.update(&id, &body, true).await?,
-            422,
-            None,
-            "plan change from a non-updateable plan",
-        )?;
-        c.deprovision_done(&id, &fixed).await?;
-    }
     let missing = json!({"service_id": c.target.service_id, "plan_id": plan});
     expect_error(
         &c.update(&fresh_id(), &missing, true).await?,
@@ -757,9 +784,26 @@ async fn plan_updates_follow_the_catalog(c: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Spec: 422 "MUST be returned if the requested change is not supported".
+async fn plan_changes_from_a_fixed_plan_are_refused(c: &Client) -> anyhow::Result<()> {
+    let Some((fixed, other)) = c.target.fixed_plan.clone() else {
+        return Err(CannotRun("the target names no plan that cannot change (fixed_plan)").into());
+    };
+    let id = fresh_id();
+    c.provision_ready(&id, &fixed).await?;
+    let body = json!({"service_id": c.target.service_id, "plan_id": other});
+    expect_error(
+        &c.update(&id, &body, true).await?,
+        422,
+        None,
+        "plan change from a non-updateable plan",
+    )?;
+    c.deprovision_done(&id, &fixed).await
+}
+
 async fn parameters_are_validated_against_the_schema(c: &Client) -> anyhow::Result<()> {
     let Some(invalid) = c.target.invalid_parameters.clone() else {
-        return Ok(());
+        return Err(CannotRun("the target names no parameters a schema refuses").into());
     };
     let id = fresh_id();
     let mut body = c.provision_body(&c.target.plan_id);
@@ -788,7 +832,7 @@ async fn parameters_are_validated_against_the_schema(c: &Client) -> anyhow::Resu
 
 async fn async_operations_follow_the_polling_rules(c: &Client) -> anyhow::Result<()> {
     let Some(plan) = c.target.async_plan_id.clone() else {
-        return Ok(());
+        return Err(CannotRun("the target names no asynchronous plan (async_plan_id)").into());
     };
     let (id, bid) = (fresh_id(), fresh_id());
     let body = c.provision_body(&plan);
