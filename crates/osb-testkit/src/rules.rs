@@ -122,20 +122,27 @@ pub async fn check_all(target: &Target) -> anyhow::Result<()> {
     }
 }
 
-async fn auth_is_required_on_every_route(c: &Client) -> anyhow::Result<()> {
-    let id = fresh_id();
-    for (method, path) in [
+/// Every route of the API, as (method, path) for fresh ids.
+fn every_route() -> Vec<(Method, String)> {
+    let (id, bid) = (fresh_id(), fresh_id());
+    let instance = format!("/v2/service_instances/{id}");
+    let binding = format!("{instance}/service_bindings/{bid}");
+    vec![
         (Method::GET, "/v2/catalog".to_owned()),
-        (Method::PUT, format!("/v2/service_instances/{id}")),
-        (
-            Method::GET,
-            format!("/v2/service_instances/{id}/last_operation"),
-        ),
-        (
-            Method::DELETE,
-            format!("/v2/service_instances/{id}/service_bindings/{id}"),
-        ),
-    ] {
+        (Method::PUT, instance.clone()),
+        (Method::PATCH, instance.clone()),
+        (Method::DELETE, instance.clone()),
+        (Method::GET, instance.clone()),
+        (Method::GET, format!("{instance}/last_operation")),
+        (Method::PUT, binding.clone()),
+        (Method::DELETE, binding.clone()),
+        (Method::GET, binding.clone()),
+        (Method::GET, format!("{binding}/last_operation")),
+    ]
+}
+
+async fn auth_is_required_on_every_route(c: &Client) -> anyhow::Result<()> {
+    for (method, path) in every_route() {
         let none = Client::finish(
             c.raw(method.clone(), &path)
                 .header("X-Broker-API-Version", "2.17"),
@@ -173,7 +180,28 @@ async fn api_version_header_is_enforced(c: &Client) -> anyhow::Result<()> {
         auth(c.raw(Method::GET, "/v2/catalog")).header("X-Broker-API-Version", "2.13"),
     )
     .await?;
-    expect(&ok, 200, "catalog with version 2.13")
+    expect(&ok, 200, "catalog with version 2.13")?;
+    // Every route, not the catalog only.
+    for (method, path) in every_route() {
+        let missing = Client::finish(auth(c.raw(method.clone(), &path))).await?;
+        expect_error(
+            &missing,
+            400,
+            None,
+            &format!("{method} {path} without a version"),
+        )?;
+        let old = Client::finish(
+            auth(c.raw(method.clone(), &path)).header("X-Broker-API-Version", "2.12"),
+        )
+        .await?;
+        expect_error(
+            &old,
+            412,
+            None,
+            &format!("{method} {path} with version 2.12"),
+        )?;
+    }
+    Ok(())
 }
 
 /// `X-Broker-API-Request-Identity` comes back on every answer: success, refusals of the
@@ -684,6 +712,11 @@ async fn identical_concurrent_requests_act_once(c: &Client) -> anyhow::Result<()
         "statuses {:?}",
         replies.iter().map(|r| r.status).collect::<Vec<_>>()
     );
+    ensure!(
+        replies.iter().all(|r| r.body == replies[0].body),
+        "identical provisions answered different bodies: {:?}",
+        replies.iter().map(|r| &r.body).collect::<Vec<_>>()
+    );
 
     let bind_body = c.bind_body(&plan);
     let replies = join_all((0..n).map(|_| c.bind(&id, &bid, &bind_body, false))).await;
@@ -694,12 +727,18 @@ async fn identical_concurrent_requests_act_once(c: &Client) -> anyhow::Result<()
         "{created} of {n} identical binds answered 201: {:?}",
         replies.iter().map(|r| r.status).collect::<Vec<_>>()
     );
+    ensure!(
+        replies.iter().all(|r| r.status == 201 || r.status == 200),
+        "bind statuses {:?}",
+        replies.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
     let credentials = &replies[0].body["credentials"];
     ensure!(
-        replies
-            .iter()
-            .all(|r| &r.body["credentials"] == credentials),
-        "identical binds returned different credentials"
+        credentials.is_object()
+            && replies
+                .iter()
+                .all(|r| &r.body["credentials"] == credentials),
+        "identical binds returned different (or no) credentials"
     );
 
     let replies = join_all((0..n).map(|_| c.unbind(&id, &bid, &plan, false))).await;
