@@ -38,8 +38,11 @@ ensure_mariadb() {
         log "starting MariaDB"
         install -d -o mysql -g mysql /run/mysqld
         # A fresh install refuses to run as root: run it as the mysql user, on loopback only.
-        start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd -- \
-            --user=mysql --bind-address=127.0.0.1 --port=3306
+        # A pidfile of its own: matched by executable alone, the second MariaDB (same binary)
+        # would pass for this one.
+        start-stop-daemon --start --oknodo --background --pidfile /run/mysqld/kpaas1.pid \
+            --exec /usr/sbin/mariadbd -- \
+            --user=mysql --bind-address=127.0.0.1 --port=3306 --pid-file=/run/mysqld/kpaas1.pid
         wait_for MariaDB 60 mariadb_up
     fi
     if ! mariadb_root_tcp >/dev/null 2>&1; then

@@ -52,7 +52,18 @@ async fn identical_concurrent_provisions_call_the_backend_once() {
     assert_eq!(calls.provision.load(Ordering::SeqCst), 1);
     let bid = osb_testkit::fresh_id();
     let bind = client.bind_body(PLAN);
-    join_all((0..24).map(|_| client.bind(&id, &bid, &bind, false))).await;
+    let replies = join_all((0..24).map(|_| client.bind(&id, &bid, &bind, false))).await;
+    let replies: Vec<_> = replies.into_iter().map(|r| r.unwrap()).collect();
+    assert_eq!(replies.iter().filter(|r| r.status == 201).count(), 1);
+    assert!(replies.iter().all(|r| r.status == 200 || r.status == 201));
+    let credentials = &replies[0].body["credentials"];
+    assert!(credentials.is_object(), "{}", replies[0].body);
+    assert!(
+        replies
+            .iter()
+            .all(|r| &r.body["credentials"] == credentials),
+        "identical binds answered different credentials"
+    );
     assert_eq!(calls.bind.load(Ordering::SeqCst), 1);
     running.stop().await;
 }
