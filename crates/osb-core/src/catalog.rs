@@ -153,6 +153,29 @@ pub struct CatalogIndex {
 #[error("catalog: {0}")]
 pub struct CatalogError(String);
 
+/// What a service may `require` of the platform.
+const REQUIRES: [&str; 3] = ["syslog_drain", "route_forwarding", "volume_mount"];
+
+/// Whether `v` is a Semantic Versioning 2.0.0 version: `MAJOR.MINOR.PATCH`, numbers without
+/// leading zeros, then an optional `-pre.release` and `+build`.
+fn is_semver(v: &str) -> bool {
+    let (v, build) = v.split_once('+').map_or((v, None), |(a, b)| (a, Some(b)));
+    let (core, pre) = v.split_once('-').map_or((v, None), |(a, b)| (a, Some(b)));
+    let number = |n: &str| {
+        !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && (n == "0" || !n.starts_with('0'))
+    };
+    let ident =
+        |i: &str| !i.is_empty() && i.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    let parts: Vec<&str> = core.split('.').collect();
+    parts.len() == 3
+        && parts.iter().all(|p| number(p))
+        && pre.is_none_or(|p| {
+            p.split('.')
+                .all(|i| ident(i) && (!i.bytes().all(|b| b.is_ascii_digit()) || number(i)))
+        })
+        && build.is_none_or(|b| b.split('.').all(ident))
+}
+
 /// Schemas over this size are refused, as the spec requires.
 const MAX_SCHEMA_BYTES: usize = 64 * 1024;
 
@@ -185,6 +208,22 @@ impl CatalogIndex {
             if service.plans.is_empty() {
                 return Err(CatalogError(format!("{at}: needs at least one plan")));
             }
+            if let Some(bad) = service
+                .requires
+                .iter()
+                .find(|r| !REQUIRES.contains(&r.as_str()))
+            {
+                return Err(CatalogError(format!(
+                    "{at}: requires {bad:?} is none of {REQUIRES:?}"
+                )));
+            }
+            if let Some(client) = &service.dashboard_client
+                && (client.id.is_empty() || client.secret.is_empty())
+            {
+                return Err(CatalogError(format!(
+                    "{at}: dashboard_client needs a non-empty id and secret"
+                )));
+            }
             let mut plan_names = HashSet::new();
             for (pi, plan) in service.plans.iter().enumerate() {
                 let at = format!("{at}, plan {:?}", plan.name);
@@ -201,7 +240,20 @@ impl CatalogIndex {
                 {
                     return Err(CatalogError(format!("{at}: id {} is used twice", plan.id)));
                 }
+                if let Some(m) = &plan.maintenance_info
+                    && !is_semver(&m.version)
+                {
+                    return Err(CatalogError(format!(
+                        "{at}: maintenance_info.version {:?} is not a semantic version (2.0.0)",
+                        m.version
+                    )));
+                }
                 for (use_, schema) in plan_schemas(plan) {
+                    if schema.get("$schema").is_none() {
+                        return Err(CatalogError(format!(
+                            "{at}: the {use_:?} schema needs a \"$schema\" key"
+                        )));
+                    }
                     let size = serde_json::to_vec(schema).map(|v| v.len()).unwrap_or(0);
                     if size > MAX_SCHEMA_BYTES {
                         return Err(CatalogError(format!("{at}: a schema exceeds 64 kB")));
@@ -387,6 +439,61 @@ mod tests {
         let index = CatalogIndex::new(catalog()).unwrap();
         let (service, plan) = index.plan("p2").unwrap();
         assert!(!plan.bindable(service));
+    }
+
+    #[test]
+    fn semantic_versions_are_told_apart() {
+        for ok in [
+            "1.0.0",
+            "0.0.1",
+            "10.20.30",
+            "1.0.0-alpha.1",
+            "1.0.0+build.5",
+            "1.0.0-rc.1+b",
+        ] {
+            assert!(is_semver(ok), "{ok}");
+        }
+        for bad in [
+            "1.0", "1", "01.0.0", "1.0.0-", "1.0.0-01", "v1.0.0", "1.0.0+", "",
+        ] {
+            assert!(!is_semver(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn catalog_mistakes_the_spec_forbids_stop_the_start() {
+        let refused = |edit: fn(&mut Catalog)| {
+            let mut c = catalog();
+            edit(&mut c);
+            CatalogIndex::new(c).is_err()
+        };
+        assert!(refused(|c| c.services[0].requires = vec!["coffee".into()]));
+        assert!(refused(|c| {
+            c.services[0].dashboard_client = Some(DashboardClient {
+                id: "".into(),
+                secret: "s".into(),
+                redirect_uri: None,
+            })
+        }));
+        assert!(refused(|c| {
+            c.services[0].plans[0].maintenance_info = Some(MaintenanceInfo {
+                version: "1.0".into(),
+                description: None,
+            })
+        }));
+        let mut c = catalog();
+        let schemas = serde_json::to_value(&c.services[0].plans[0].schemas).unwrap();
+        let mut schemas = schemas.to_string();
+        schemas = schemas.replace(
+            "\"$schema\":\"http://json-schema.org/draft-04/schema#\",",
+            "",
+        );
+        c.services[0].plans[0].schemas = serde_json::from_str(&schemas).unwrap();
+        assert!(
+            CatalogIndex::new(c).is_err(),
+            "a schema without $schema was taken"
+        );
+        assert!(CatalogIndex::new(catalog()).is_ok());
     }
 
     #[test]

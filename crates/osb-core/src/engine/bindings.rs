@@ -2,6 +2,62 @@
 
 use super::*;
 
+/// What the spec allows a binding to carry: the fields of a `requires` only when the service
+/// requires it, and RFC 3339 expiry times with `renew_before` not after `expires_at`. A broker
+/// that answers otherwise has failed (its binding is then cleaned up like any failed one).
+fn check_bound(service: &Service, bound: &crate::broker::Bound) -> Result<(), BrokerError> {
+    let requires = |what: &str| service.requires.iter().any(|r| r == what);
+    for (present, field, need) in [
+        (
+            bound.syslog_drain_url.is_some(),
+            "syslog_drain_url",
+            "syslog_drain",
+        ),
+        (
+            bound.route_service_url.is_some(),
+            "route_service_url",
+            "route_forwarding",
+        ),
+        (
+            !bound.volume_mounts.is_empty(),
+            "volume_mounts",
+            "volume_mount",
+        ),
+    ] {
+        if present && !requires(need) {
+            return Err(BrokerError::Failed(format!(
+                "the binding has {field}, but the service does not require {need}"
+            )));
+        }
+    }
+    let Some(metadata) = &bound.metadata else {
+        return Ok(());
+    };
+    let parse = |field: &str, value: &Option<String>| {
+        value
+            .as_deref()
+            .map(|v| {
+                time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
+                    .map_err(|_| {
+                        BrokerError::Failed(format!(
+                            "binding {field} {v:?} is not an RFC 3339 time"
+                        ))
+                    })
+            })
+            .transpose()
+    };
+    let expires = parse("expires_at", &metadata.expires_at)?;
+    let renew = parse("renew_before", &metadata.renew_before)?;
+    if let (Some(expires), Some(renew)) = (expires, renew)
+        && renew > expires
+    {
+        return Err(BrokerError::Failed(
+            "binding renew_before is after its expires_at".into(),
+        ));
+    }
+    Ok(())
+}
+
 impl<B: ServiceBroker> Engine<B> {
     // ---- bind --------------------------------------------------------------------------
 
@@ -233,7 +289,8 @@ impl<B: ServiceBroker> Engine<B> {
                     predecessor: predecessor.as_ref(),
                 }),
             )
-            .await;
+            .await
+            .and_then(|bound| check_bound(service, &bound).map(|()| bound));
         match result {
             Ok(bound) => {
                 let response = BindingResponse {
@@ -420,5 +477,45 @@ impl<B: ServiceBroker> Engine<B> {
                 Err(err.into())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::Bound;
+    use crate::wire::BindingMetadata;
+
+    fn service(requires: &[&str]) -> Service {
+        serde_json::from_value(json!({
+            "id": "s", "name": "s", "description": "d", "bindable": true, "requires": requires,
+            "plans": [{"id": "p", "name": "p", "description": "d"}]
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn fields_of_a_requires_need_the_service_to_require_it() {
+        let bound = Bound {
+            syslog_drain_url: Some("syslog://drain".into()),
+            ..Bound::default()
+        };
+        assert!(check_bound(&service(&[]), &bound).is_err());
+        assert!(check_bound(&service(&["syslog_drain"]), &bound).is_ok());
+    }
+
+    #[test]
+    fn expiry_times_are_rfc3339_and_in_order() {
+        let with = |expires: &str, renew: &str| Bound {
+            metadata: Some(BindingMetadata {
+                expires_at: Some(expires.into()),
+                renew_before: Some(renew.into()),
+            }),
+            ..Bound::default()
+        };
+        let s = service(&[]);
+        assert!(check_bound(&s, &with("2030-01-02T00:00:00Z", "2030-01-01T00:00:00Z")).is_ok());
+        assert!(check_bound(&s, &with("2030-01-01T00:00:00Z", "2030-01-02T00:00:00Z")).is_err());
+        assert!(check_bound(&s, &with("next tuesday", "2030-01-01T00:00:00Z")).is_err());
     }
 }
