@@ -228,7 +228,11 @@ impl<B: ServiceBroker> Engine<B> {
                 }
                 Some(previous) => {
                     store
-                        .unclaim_binding(&row.id, &op, BindingState::Failed, &previous)
+                        .unclaim(
+                            &op,
+                            Release::Binding(&row.id, BindingState::Failed),
+                            &previous,
+                        )
                         .await?
                 }
             }
@@ -418,7 +422,11 @@ impl<B: ServiceBroker> Engine<B> {
                 _ => {
                     self.inner
                         .store
-                        .unclaim_binding(binding_id.as_str(), &op.id, from, &row.operation_id)
+                        .unclaim(
+                            &op.id,
+                            Release::Binding(binding_id.as_str(), from),
+                            &row.operation_id,
+                        )
                         .await?;
                     return Err(concurrency("service instance"));
                 }

@@ -300,7 +300,11 @@ impl<B: ServiceBroker> Engine<B> {
         if self.inner.store.has_busy_bindings(id.as_str()).await? {
             self.inner
                 .store
-                .unclaim_instance(id.as_str(), &op.id, InstanceState::Ready, &row.operation_id)
+                .unclaim(
+                    &op.id,
+                    Release::Instance(id.as_str(), InstanceState::Ready),
+                    &row.operation_id,
+                )
                 .await?;
             return Err(concurrency("service instance"));
         }
@@ -465,7 +469,11 @@ impl<B: ServiceBroker> Engine<B> {
             if self.inner.store.has_busy_bindings(id.as_str()).await? {
                 self.inner
                     .store
-                    .unclaim_instance(id.as_str(), &op.id, from, &row.operation_id)
+                    .unclaim(
+                        &op.id,
+                        Release::Instance(id.as_str(), from),
+                        &row.operation_id,
+                    )
                     .await?;
                 return Err(concurrency("service instance"));
             }

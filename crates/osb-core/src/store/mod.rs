@@ -930,67 +930,50 @@ where
 }
 
 impl Store {
-    /// Undoes a claim that turned out not to be allowed: the instance goes back to `to` and to
-    /// its `previous` operation (which `last_operation` keeps reporting), and `op`'s record goes.
-    pub async fn unclaim_instance(
+    /// Undoes a claim that turned out not to be allowed: the row goes back to the state
+    /// `release` names and to its `previous` operation (which `last_operation` keeps reporting),
+    /// and `op`'s record goes.
+    pub async fn unclaim(
         &self,
-        id: &str,
         op: &str,
-        to: InstanceState,
+        release: Release<'_>,
         previous: &str,
     ) -> Result<(), StoreError> {
-        use osb_instances::dsl;
         with_conn!(self, |conn| {
             conn.transaction::<_, DieselError, _>(|conn| {
                 async move {
-                    diesel::update(
-                        dsl::osb_instances
-                            .filter(dsl::id.eq(id))
-                            .filter(dsl::operation_id.eq(op)),
-                    )
-                    .set((
-                        dsl::state.eq(to.as_str()),
-                        dsl::operation_id.eq(previous),
-                        dsl::updated_at.eq(now_ms()),
-                    ))
-                    .execute(conn)
-                    .await?;
-                    diesel::delete(osb_operations::table.find(op))
-                        .execute(conn)
-                        .await?;
-                    Ok(())
-                }
-                .scope_boxed()
-            })
-            .await?;
-            Ok(())
-        })
-    }
-
-    /// Undoes a binding claim that was not allowed, like [`Store::unclaim_instance`].
-    pub async fn unclaim_binding(
-        &self,
-        id: &str,
-        op: &str,
-        to: BindingState,
-        previous: &str,
-    ) -> Result<(), StoreError> {
-        use osb_bindings::dsl;
-        with_conn!(self, |conn| {
-            conn.transaction::<_, DieselError, _>(|conn| {
-                async move {
-                    diesel::update(
-                        dsl::osb_bindings
-                            .filter(dsl::id.eq(id))
-                            .filter(dsl::operation_id.eq(op)),
-                    )
-                    .set((
-                        dsl::state.eq(to.as_str()),
-                        dsl::operation_id.eq(previous),
-                        dsl::updated_at.eq(now_ms()),
-                    ))
-                    .execute(conn)
-                    .await?;
+                    match release {
+                        Release::Instance(id, to) => {
+                            use osb_instances::dsl;
+                            diesel::update(
+                                dsl::osb_instances
+                                    .filter(dsl::id.eq(id))
+                                    .filter(dsl::operation_id.eq(op)),
+                            )
+                            .set((
+                                dsl::state.eq(to.as_str()),
+                                dsl::operation_id.eq(previous),
+                                dsl::updated_at.eq(now_ms()),
+                            ))
+                            .execute(conn)
+                            .await?
+                        }
+                        Release::Binding(id, to) => {
+                            use osb_bindings::dsl;
+                            diesel::update(
+                                dsl::osb_bindings
+                                    .filter(dsl::id.eq(id))
+                                    .filter(dsl::operation_id.eq(op)),
+                            )
+                            .set((
+                                dsl::state.eq(to.as_str()),
+                                dsl::operation_id.eq(previous),
+                                dsl::updated_at.eq(now_ms()),
+                            ))
+                            .execute(conn)
+                            .await?
+                        }
+                    };
                     diesel::delete(osb_operations::table.find(op))
                         .execute(conn)
                         .await?;
