@@ -924,6 +924,12 @@ async fn async_operations_follow_the_polling_rules(c: &Client) -> anyhow::Result
 
     // An empty `parameters` is no change; this is one (for a plan without an update schema).
     let change = json!({"service_id": c.target.service_id, "parameters": {"testkit_change": 1}});
+    expect_error(
+        &c.update(&id, &change, false).await?,
+        422,
+        Some("AsyncRequired"),
+        "async update without accepts_incomplete",
+    )?;
     let updating = c.update(&id, &change, true).await?;
     expect(&updating, 202, "async update")?;
     let uop = updating
@@ -952,6 +958,12 @@ async fn async_operations_follow_the_polling_rules(c: &Client) -> anyhow::Result
         Some("ConcurrencyError"),
         "fetch while updating",
     )?;
+    expect_error(
+        &c.bind(&id, &bid, &c.bind_body(&plan), true).await?,
+        422,
+        Some("ConcurrencyError"),
+        "bind while the instance updates",
+    )?;
     let done = c.poll(&id, None, Some(&uop)).await?;
     ensure!(
         done.body["state"] == "succeeded",
@@ -959,6 +971,12 @@ async fn async_operations_follow_the_polling_rules(c: &Client) -> anyhow::Result
         done.body
     );
 
+    expect_error(
+        &c.bind(&id, &bid, &c.bind_body(&plan), false).await?,
+        422,
+        Some("AsyncRequired"),
+        "async bind without accepts_incomplete",
+    )?;
     let bound = c.bind(&id, &bid, &c.bind_body(&plan), true).await?;
     expect(&bound, 202, "async bind")?;
     ensure!(
@@ -966,6 +984,24 @@ async fn async_operations_follow_the_polling_rules(c: &Client) -> anyhow::Result
         "202 bind must not carry credentials"
     );
     let bop = bound.operation().context("202 bind without operation")?;
+    let rebound = c.bind(&id, &bid, &c.bind_body(&plan), true).await?;
+    expect(&rebound, 202, "async bind repeated while in progress")?;
+    ensure!(
+        rebound.operation().as_deref() == Some(bop.as_str()),
+        "repeated bind returned another operation"
+    );
+    expect_error(
+        &c.unbind(&id, &bid, &plan, true).await?,
+        422,
+        Some("ConcurrencyError"),
+        "unbind while binding",
+    )?;
+    expect_error(
+        &c.deprovision(&id, &plan, true).await?,
+        422,
+        Some("ConcurrencyError"),
+        "deprovision while a binding is busy",
+    )?;
     expect(
         &c.fetch_binding(&id, &bid).await?,
         404,
@@ -984,27 +1020,46 @@ async fn async_operations_follow_the_polling_rules(c: &Client) -> anyhow::Result
         "fetched binding has no credentials"
     );
 
+    expect_error(
+        &c.unbind(&id, &bid, &plan, false).await?,
+        422,
+        Some("AsyncRequired"),
+        "async unbind without accepts_incomplete",
+    )?;
     let unbound = c.unbind(&id, &bid, &plan, true).await?;
     expect(&unbound, 202, "async unbind")?;
     let uop = unbound
         .operation()
         .context("202 unbind without operation")?;
+    let again = c.unbind(&id, &bid, &plan, true).await?;
+    expect(&again, 202, "async unbind repeated while in progress")?;
+    ensure!(
+        again.operation().as_deref() == Some(uop.as_str()),
+        "repeated unbind returned another operation"
+    );
     expect(
         &c.poll(&id, Some(&bid), Some(&uop)).await?,
         410,
         "binding last_operation after async unbind",
     )?;
 
+    expect_error(
+        &c.deprovision(&id, &plan, false).await?,
+        422,
+        Some("AsyncRequired"),
+        "async deprovision without accepts_incomplete",
+    )?;
     let gone = c.deprovision(&id, &plan, true).await?;
     expect(&gone, 202, "async deprovision")?;
     let dop = gone
         .operation()
         .context("202 deprovision without operation")?;
-    expect(
-        &c.deprovision(&id, &plan, true).await?,
-        202,
-        "async deprovision repeated",
-    )?;
+    let again = c.deprovision(&id, &plan, true).await?;
+    expect(&again, 202, "async deprovision repeated")?;
+    ensure!(
+        again.operation().as_deref() == Some(dop.as_str()),
+        "repeated deprovision returned another operation"
+    );
     expect(
         &c.poll(&id, None, Some(&dop)).await?,
         410,

@@ -50,7 +50,8 @@ pub struct FakeBroker {
 impl FakeBroker {
     async fn pause(plan: &Plan, op: Operation) {
         let ms = match (plan.id.as_str(), op) {
-            (PLAN_ASYNC, _) => 600,
+            // Long enough for the testkit to send its requests while it runs, even on a busy CI.
+            (PLAN_ASYNC, _) => 1200,
             (PLAN_HANG, Operation::Provision) => 3_600_000,
             _ => 50,
         };
