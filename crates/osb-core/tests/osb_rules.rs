@@ -411,7 +411,7 @@ async fn stopping_lets_running_operations_finish() {
         .await
         .unwrap();
     assert_eq!(started.status, 202);
-    // Stop at once: the 600 ms provision must still complete before the broker is gone.
+    // Stop at once: the 1.2 s provision must still complete before the broker is gone.
     running.stop().await;
     let (again, _) = spawn(&config).await;
     let client = Client::new(target(again.addr, ""));
