@@ -53,7 +53,9 @@ fn help_and_version_answer_without_a_config() {
     assert!(version.status.success());
     let text = stdout(&version);
     assert!(
-        text.contains(env!("CARGO_PKG_VERSION")) && text.contains('('),
+        text.starts_with("mysql-broker ")
+            && text.contains(env!("CARGO_PKG_VERSION"))
+            && text.contains('('),
         "{text}"
     );
 }

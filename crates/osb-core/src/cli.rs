@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde::de::DeserializeOwned;
 
 use crate::broker::ServiceBroker;
@@ -92,7 +92,20 @@ fn parse_age(text: &str) -> Result<Duration, String> {
 
 /// Parses the command line, loads the config and runs the command.
 pub async fn main<A: App>() -> ExitCode {
-    let cli = Cli::parse();
+    // Named after the binary (`mysql-broker --help`), not this crate.
+    let name = std::env::args()
+        .next()
+        .and_then(|arg0| {
+            std::path::Path::new(&arg0)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "broker".into());
+    let matches = Cli::command().name(name).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let config: A::Config = match load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(e) => {
