@@ -124,6 +124,15 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// The outcome of a fenced write: `false` when its fence rolled the transaction back.
+fn landed(result: Result<(), DieselError>) -> Result<bool, StoreError> {
+    match result {
+        Ok(()) => Ok(true),
+        Err(DieselError::RollbackTransaction) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn inserted(result: Result<usize, DieselError>) -> Result<bool, StoreError> {
     match result {
         Ok(_) => Ok(true),
@@ -477,11 +486,7 @@ impl Store {
             })
             .await
         });
-        match result {
-            Ok(()) => Ok(true),
-            Err(DieselError::RollbackTransaction) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
+        landed(result)
     }
 
     /// Ends operation `op` as succeeded and writes what it changed, in one transaction, so that
@@ -606,11 +611,7 @@ impl Store {
             })
             .await
         });
-        match result {
-            Ok(()) => Ok(true),
-            Err(DieselError::RollbackTransaction) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
+        landed(result)
     }
 
     /// Deletes finished operations last changed before `before_ms` that no instance or binding
