@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt};
 use mysql_async::prelude::Queryable;
-use osb_testkit::{BrokerProcess, Client, Target, free_port, fresh_id};
+use osb_testkit::{BrokerProcess, Client, Target, fresh_id};
 
 const CYCLES: usize = 200;
 const CONCURRENCY: usize = 8;
@@ -111,7 +111,6 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let port = free_port();
     // BENCH_STORE_URL picks the broker's state store (e.g. a MariaDB database, as replicas
     // share); SQLite in a temporary directory by default.
     let store = std::env::var("BENCH_STORE_URL")
@@ -121,16 +120,18 @@ async fn main() -> anyhow::Result<()> {
     command
         .arg("--config")
         .arg(deploy)
-        .env("KPAAS_BROKER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("KPAAS_BROKER__LISTEN", "127.0.0.1:0")
         .env("KPAAS_BROKER__STORE__URL", &store)
         .env("MYSQL_BROKER_PASSWORD", "broker-secret")
         .env(
             "MYSQL_BROKER_ENCRYPTION_KEY",
             "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
         )
-        .env("RUST_LOG", "warn");
-    let mut broker = BrokerProcess::spawn(command, port, &dir.path().join("broker.log"))?;
+        // The listening line tells the port the system chose.
+        .env("RUST_LOG", "warn,osb_core::server=info");
+    let mut broker = BrokerProcess::spawn(command, 0, &dir.path().join("broker.log"))?;
     broker.wait_for("/ready", Duration::from_secs(30)).await?;
+    let port = broker.port;
     let client = Client::new(Target::new(
         format!("http://127.0.0.1:{port}"),
         "broker",

@@ -101,8 +101,7 @@ async fn orphans_lists_and_removes_what_nothing_claims() {
         .unwrap()
         .replace("quota_check_secs = 30", "quota_check_secs = 1");
     std::fs::write(&config, text).unwrap();
-    let port = free_port();
-    let broker = start_with(dir.path(), port, &config, true).await;
+    let broker = start_with(dir.path(), 0, &config, true).await;
     let c = Client::new(target(&broker));
     let (id, bid) = (fresh_id(), fresh_id());
     c.provision_ready(&id, PLAN1).await.unwrap();
@@ -179,7 +178,7 @@ async fn orphans_lists_and_removes_what_nothing_claims() {
     // The gauge counts them after an upkeep pass.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", broker.port))
             .await
             .unwrap()
             .text()

@@ -26,7 +26,7 @@ async fn instance_counts() -> [usize; 2] {
 async fn each_new_instance_goes_to_the_least_loaded_server() {
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let broker = start(dir.path(), free_port()).await;
+    let broker = start(dir.path(), 0).await;
     let c = Client::new(target(&broker));
     let mut placed = Vec::new();
     for _ in 0..6 {
@@ -74,16 +74,15 @@ async fn a_server_that_is_down_answers_503_and_loses_nothing() {
     };
     let up = config_with_servers(dir.path(), &server(3306));
     let down = config_with_servers(dir.path(), &server(free_port()));
-    let port = free_port();
-
-    let broker = start_with(dir.path(), port, &up, true).await;
+    let broker = start_with(dir.path(), 0, &up, true).await;
     let c = Client::new(target(&broker));
     let (id, bid) = (fresh_id(), fresh_id());
     c.provision_ready(&id, PLAN1).await.unwrap();
     drop(broker);
 
-    let broker = start_with(dir.path(), port, &down, false).await;
-    let ready = reqwest::get(format!("http://127.0.0.1:{port}/ready"))
+    let broker = start_with(dir.path(), 0, &down, false).await;
+    let c = Client::new(target(&broker));
+    let ready = reqwest::get(format!("http://127.0.0.1:{}/ready", broker.port))
         .await
         .unwrap();
     assert_eq!(ready.status(), 503);
@@ -115,7 +114,7 @@ async fn a_server_that_is_down_answers_503_and_loses_nothing() {
     assert_eq!(c.fetch_instance(&id).await.unwrap().status, 200);
     drop(broker);
 
-    let broker = start_with(dir.path(), port, &up, true).await;
+    let broker = start_with(dir.path(), 0, &up, true).await;
     let c = Client::new(target(&broker));
     c.bind_ready(&id, &bid, PLAN1).await.unwrap();
     c.unbind_done(&id, &bid, PLAN1).await.unwrap();

@@ -63,8 +63,7 @@ async fn writes_stop_over_quota_and_resume_once_data_is_removed() {
             ("quota_check_secs = 30", "quota_check_secs = 1"),
         ],
     );
-    let port = free_port();
-    let broker = start_with(dir.path(), port, &config, true).await;
+    let broker = start_with(dir.path(), 0, &config, true).await;
     let c = Client::new(target(&broker));
     let (id, bid) = (fresh_id(), fresh_id());
     c.provision_ready(&id, PLAN1).await.unwrap();
@@ -96,7 +95,7 @@ async fn writes_stop_over_quota_and_resume_once_data_is_removed() {
         fetched["metadata"]["attributes"]["measured_at"].is_string(),
         "{fetched}"
     );
-    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", broker.port))
         .await
         .unwrap()
         .text()
@@ -141,8 +140,7 @@ async fn a_table_lock_neither_stalls_enforcement_nor_escapes_it_and_frozen_right
         ("quota_check_secs = 30", "quota_check_secs = 1"),
     ];
     let config = config_edited(dir.path(), &quota);
-    let port = free_port();
-    let broker = start_with(dir.path(), port, &config, true).await;
+    let broker = start_with(dir.path(), 0, &config, true).await;
     let c = Client::new(target(&broker));
     let mut uris = Vec::new();
     let mut ids = Vec::new();
@@ -225,7 +223,7 @@ async fn a_table_lock_neither_stalls_enforcement_nor_escapes_it_and_frozen_right
             ("quota_check_secs = 30", "quota_check_secs = 1"),
         ],
     );
-    let broker = start_with(dir.path(), port, &unlimited, true).await;
+    let broker = start_with(dir.path(), 0, &unlimited, true).await;
     for uri in &uris {
         wait_for_insert(dir.path(), uri, true).await;
     }

@@ -186,8 +186,9 @@ async fn retry_then_clean_up(c: &Client, pairs: &[(String, String)]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_broker_finishes_its_operations_as_soon_as_it_restarts() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let broker = start(dir.path(), port).await;
+    // A fixed replica id: the restarted process is the same replica on another port.
+    let same = [("KPAAS_BROKER__REPLICA_ID", "replica-1")];
+    let broker = start_env(dir.path(), 0, &deploy_config(), true, &same).await;
     let c = Client::new(target(&broker));
     let (pairs, tasks) = start_pairs(&c);
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -200,8 +201,8 @@ async fn a_killed_broker_finishes_its_operations_as_soon_as_it_restarts() {
         "the kill left no operation in flight; nothing was tested"
     );
 
-    // The same replica (host name and port) comes back; the lease is the default 60 s.
-    let broker = start(dir.path(), port).await;
+    // The same replica comes back; the lease is the default 60 s.
+    let broker = start_env(dir.path(), 0, &deploy_config(), true, &same).await;
     let c = Client::new(target(&broker));
     let took = all_settled(&c, &pairs, Duration::from_secs(10)).await;
     each_succeeded(&c, &left).await;
@@ -234,22 +235,8 @@ async fn a_replica_that_never_comes_back_has_its_operations_finished_by_another(
         ]
     };
     let (env_a, env_b) = (env_of("replica-a"), env_of("replica-b"));
-    let a = start_env(
-        dir_a.path(),
-        free_port(),
-        &deploy_config(),
-        true,
-        &as_pairs(&env_a),
-    )
-    .await;
-    let b = start_env(
-        dir_b.path(),
-        free_port(),
-        &deploy_config(),
-        true,
-        &as_pairs(&env_b),
-    )
-    .await;
+    let a = start_env(dir_a.path(), 0, &deploy_config(), true, &as_pairs(&env_a)).await;
+    let b = start_env(dir_b.path(), 0, &deploy_config(), true, &as_pairs(&env_b)).await;
     let (pairs, tasks) = start_pairs(&Client::new(target(&a)));
     tokio::time::sleep(Duration::from_millis(400)).await;
     drop(a); // for good

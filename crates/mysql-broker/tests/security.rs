@@ -41,7 +41,7 @@ async fn settled(c: &Client, id: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ids_that_differ_only_in_separators_never_share_a_database() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = start(dir.path(), free_port()).await;
+    let broker = start(dir.path(), 0).await;
     let c = Client::new(target(&broker));
     let base = format!("tenantA{}", short());
     let (a, b) = (format!("{base}-20518"), format!("{base}_20518"));
@@ -98,7 +98,7 @@ async fn ids_that_differ_in_case_are_two_instances_on_a_mariadb_store() {
     let store = format!("mysql://root@127.0.0.1:3306/{store_db}");
     let broker = start_env(
         dir.path(),
-        free_port(),
+        0,
         &deploy_config(),
         true,
         &[("KPAAS_BROKER__STORE__URL", &store)],
@@ -136,7 +136,7 @@ async fn ids_that_differ_in_case_are_two_instances_on_a_mariadb_store() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_the_broker_did_not_make_is_never_adopted_or_dropped() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = start(dir.path(), free_port()).await;
+    let broker = start(dir.path(), 0).await;
     let c = Client::new(target(&broker));
     let id = fresh_id();
     let name = format!("op_{}", id.replace('-', "_"));
@@ -188,7 +188,7 @@ async fn a_database_the_broker_did_not_make_is_never_adopted_or_dropped() {
 /// A broker whose only server, "mysql-1", is 3306 behind `proxy`.
 async fn behind_proxy(dir: &std::path::Path, proxy: &Proxy, env: &[(&str, &str)]) -> Broker {
     let config = config_with_servers(dir, &server_entry("mysql-1", proxy.port));
-    start_env(dir, free_port(), &config, true, env).await
+    start_env(dir, 0, &config, true, env).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -371,7 +371,7 @@ async fn generated_passwords_pass_a_server_password_policy_and_stay_valid_in_url
         .unwrap();
     assert_eq!(policy, [("simple_password_check".into(), "ACTIVE".into())]);
     let config = config_with_servers(dir.path(), &server_entry("mysql-2", 3307));
-    let broker = start_with(dir.path(), free_port(), &config, true).await;
+    let broker = start_with(dir.path(), 0, &config, true).await;
     let c = Client::new(target(&broker));
     let id = fresh_id();
     c.provision_ready(&id, PLAN1).await.unwrap();
@@ -403,9 +403,8 @@ async fn ready_and_startup_errors_reveal_no_server_names_or_passwords() {
     let dir = tempfile::tempdir().unwrap();
     let dead = free_port();
     let config = config_with_servers(dir.path(), &server_entry("secret-db-7", dead));
-    let port = free_port();
-    let broker = start_with(dir.path(), port, &config, false).await;
-    let ready = reqwest::get(format!("http://127.0.0.1:{port}/ready"))
+    let broker = start_with(dir.path(), 0, &config, false).await;
+    let ready = reqwest::get(format!("http://127.0.0.1:{}/ready", broker.port))
         .await
         .unwrap();
     assert_eq!(ready.status(), 503);

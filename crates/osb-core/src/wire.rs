@@ -77,7 +77,11 @@ pub struct PreviousValues {
 /// `PUT /v2/service_instances/:id/service_bindings/:bid`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BindRequest {
+    /// Empty when absent: a rotation (`predecessor_binding_id`) may leave out the ids, which
+    /// are then those of the instance; any other bind must send them.
+    #[serde(default)]
     pub service_id: String,
+    #[serde(default)]
     pub plan_id: String,
     #[serde(default, deserialize_with = "non_empty")]
     pub context: Option<Map<String, Value>>,

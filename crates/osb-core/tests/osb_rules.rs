@@ -470,3 +470,68 @@ async fn one_replica_at_a_time_does_the_upkeep() {
     }
     other.stop().await;
 }
+
+/// Spec: the predecessor "MUST be the ID of non-expired Service Binding of the same Service
+/// Instance"; a rotation that leaves out its parameters keeps the predecessor's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotations_need_an_unexpired_predecessor_and_keep_its_parameters() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, _) = spawn(&single_platform(&sqlite_url(&dir))).await;
+    let client = Client::new(target(running.addr, ""));
+    let id = osb_testkit::fresh_id();
+    client.provision_ready(&id, PLAN_ROTATE).await.unwrap();
+    let bind_with = |expires: &str| {
+        let mut body = client.bind_body(PLAN_ROTATE);
+        body["parameters"] = serde_json::json!({"expires_at": expires});
+        body
+    };
+    let (old, live) = (osb_testkit::fresh_id(), osb_testkit::fresh_id());
+    for (bid, expires) in [
+        (&old, "2001-01-01T00:00:00.0Z"),
+        (&live, "2999-01-01T00:00:00.0Z"),
+    ] {
+        let reply = client
+            .bind(&id, bid, &bind_with(expires), false)
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 201, "{}", reply.body);
+    }
+    let rotated = osb_testkit::fresh_id();
+    let from_old = serde_json::json!({"predecessor_binding_id": old});
+    let reply = client.bind(&id, &rotated, &from_old, false).await.unwrap();
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert!(
+        reply.body["description"]
+            .as_str()
+            .unwrap()
+            .contains("expired at 2001-01-01"),
+        "{}",
+        reply.body
+    );
+    let from_live = serde_json::json!({"predecessor_binding_id": live});
+    let reply = client.bind(&id, &rotated, &from_live, false).await.unwrap();
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    assert_eq!(
+        reply.body["metadata"]["expires_at"],
+        "2999-01-01T00:00:00.0Z"
+    );
+    let fetched = client.fetch_binding(&id, &rotated).await.unwrap();
+    assert_eq!(
+        fetched.body["parameters"],
+        serde_json::json!({"expires_at": "2999-01-01T00:00:00.0Z"})
+    );
+    let mut no_ids = client.bind_body(PLAN_ROTATE);
+    no_ids.as_object_mut().unwrap().remove("plan_id");
+    let reply = client
+        .bind(&id, &osb_testkit::fresh_id(), &no_ids, false)
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert!(
+        reply.body["description"]
+            .as_str()
+            .unwrap()
+            .contains("plan_id")
+    );
+    running.stop().await;
+}

@@ -1,5 +1,7 @@
 //! A thin OSB client: one method per endpoint, answers kept raw for the checks to judge.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -33,10 +35,20 @@ impl Reply {
     }
 }
 
+/// The operations a 202 started, by operation value: `last_operation` may carry
+/// `instance_usable` only for updates and deprovisions, `update_repeatable` only for updates.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Started {
+    Provision,
+    Update,
+    Deprovision,
+}
+
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     pub target: Target,
+    started: Arc<Mutex<HashMap<String, Started>>>,
 }
 
 impl Client {
@@ -48,6 +60,7 @@ impl Client {
         Self {
             http: http.build().expect("http client"),
             target,
+            started: Arc::default(),
         }
     }
 
@@ -64,14 +77,77 @@ impl Client {
     ) -> anyhow::Result<Reply> {
         let mut req = self
             .http
-            .request(method, self.url(path))
+            .request(method.clone(), self.url(path))
             .basic_auth(&self.target.username, Some(&self.target.password))
             .header("X-Broker-API-Version", "2.17")
             .header("X-Broker-API-Originating-Identity", ORIGINATING_IDENTITY);
         if let Some(body) = body {
             req = req.json(body);
         }
-        Self::finish(req).await
+        let reply = Self::finish(req).await?;
+        self.judge(&method, path, &reply).with_context(|| {
+            format!("{method} {path} answered {}: {}", reply.status, reply.body)
+        })?;
+        Ok(reply)
+    }
+
+    /// What every answer must respect, whichever check sent the request: error bodies say
+    /// why, and `instance_usable` / `update_repeatable` appear only where the spec allows
+    /// them ("MUST NOT be present for errors of other operations").
+    fn judge(&self, method: &reqwest::Method, path: &str, reply: &Reply) -> anyhow::Result<()> {
+        use reqwest::Method;
+        let (route, query) = path.split_once('?').unwrap_or((path, ""));
+        let binding = route.contains("/service_bindings/");
+        let polled = route.ends_with("/last_operation");
+        let instance = route.starts_with("/v2/service_instances/") && !binding;
+        if reply.status >= 400 && reply.status != 410 {
+            let described = reply.body["description"]
+                .as_str()
+                .is_some_and(|d| !d.trim().is_empty());
+            if !described {
+                bail!("an error body without a description");
+            }
+        }
+        let mut started = self.started.lock().expect("operations");
+        if reply.status == 202
+            && instance
+            && let Some(op) = reply.operation()
+        {
+            let kind = match *method {
+                Method::PUT => Started::Provision,
+                Method::PATCH => Started::Update,
+                _ => Started::Deprovision,
+            };
+            started.insert(op, kind);
+        }
+        let kind = query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("operation="))
+            .and_then(|op| started.get(op).copied());
+        let failed_error = reply.status >= 400 && !polled;
+        let failed_poll = polled && reply.body["state"] == "failed";
+        let usable = instance
+            && ((failed_error && [Method::PATCH, Method::DELETE].contains(method))
+                || (failed_poll && kind != Some(Started::Provision)));
+        let repeatable = instance
+            && ((failed_error && *method == Method::PATCH)
+                || (failed_poll && kind.is_none_or(|k| k == Started::Update)));
+        for (field, allowed) in [
+            ("instance_usable", usable),
+            ("update_repeatable", repeatable),
+        ] {
+            if reply.body.get(field).is_some() && !allowed {
+                bail!(
+                    "`{field}` where the spec forbids it (only failed updates{})",
+                    if field == "instance_usable" {
+                        " and deprovisions"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Sends a prepared request and reads the answer.

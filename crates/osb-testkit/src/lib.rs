@@ -34,6 +34,8 @@ pub struct Target {
     pub fixed_plan: Option<(String, String)>,
     /// A plan whose operations are asynchronous and take a moment (to observe "in progress").
     pub async_plan_id: Option<String>,
+    /// A plan whose bindings need an app: a bind without one is 422 `RequiresApp`.
+    pub app_required_plan_id: Option<String>,
     /// How many identical requests the race checks send at once.
     pub race_width: usize,
     /// How long to poll `last_operation` before giving up.
@@ -66,6 +68,7 @@ impl Target {
             update_plan_id: None,
             fixed_plan: None,
             async_plan_id: None,
+            app_required_plan_id: None,
             race_width: 16,
             poll_timeout: std::time::Duration::from_secs(60),
             skip: Vec::new(),

@@ -2,14 +2,17 @@
 //! wait for its readiness endpoint. Every broker's black-box tests start binaries this way.
 
 use std::fs::OpenOptions;
+use std::io::{Read, Seek, SeekFrom};
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-/// A free TCP port on 127.0.0.1 (free when asked; bind it soon).
+/// A TCP port that was free on 127.0.0.1 when asked: for an address where nothing listens.
+/// A broker under test binds port 0 instead (see [`BrokerProcess::spawn`]), so that no other
+/// process can take its port between the asking and the binding.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -19,29 +22,47 @@ pub fn free_port() -> u16 {
 
 pub struct BrokerProcess {
     child: Child,
+    /// The port it listens on; known once [`BrokerProcess::wait_for`] returned.
     pub port: u16,
+    log: PathBuf,
+    /// Where this process's output begins in the log (earlier runs may share the file).
+    log_start: u64,
 }
 
 impl BrokerProcess {
-    /// Spawns `command`, which must make the broker listen on 127.0.0.1:`port`; its stdout and
-    /// stderr are appended to `log`.
+    /// Spawns `command`, which must make the broker listen on 127.0.0.1:`port`; port 0 lets
+    /// the broker choose, and [`BrokerProcess::wait_for`] reads the port from the broker's
+    /// "broker listening" log line. Its stdout and stderr are appended to `log`.
     pub fn spawn(mut command: Command, port: u16, log: &Path) -> anyhow::Result<Self> {
         let open = || OpenOptions::new().create(true).append(true).open(log);
+        let log_start = open()
+            .and_then(|f| f.metadata())
+            .context("opening the broker log")?
+            .len();
         let child = command
             .stdin(Stdio::null())
             .stdout(open().context("opening the broker log")?)
             .stderr(open().context("opening the broker log")?)
             .spawn()
             .context("starting the broker binary")?;
-        Ok(Self { child, port })
+        Ok(Self {
+            child,
+            port,
+            log: log.to_owned(),
+            log_start,
+        })
     }
 
     /// Polls `http://127.0.0.1:PORT{path}` until it answers 200.
     pub async fn wait_for(&mut self, path: &str, timeout: Duration) -> anyhow::Result<()> {
-        let url = format!("http://127.0.0.1:{}{path}", self.port);
         let deadline = Instant::now() + timeout;
         loop {
-            if let Ok(r) = reqwest::get(&url).await
+            if self.port == 0 {
+                self.port = self.announced_port()?.unwrap_or(0);
+            }
+            let url = format!("http://127.0.0.1:{}{path}", self.port);
+            if self.port != 0
+                && let Ok(r) = reqwest::get(&url).await
                 && r.status() == 200
             {
                 return Ok(());
@@ -54,6 +75,30 @@ impl BrokerProcess {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// The port of this process's "broker listening" line (JSON or plain text), if written.
+    fn announced_port(&self) -> anyhow::Result<Option<u16>> {
+        let mut text = String::new();
+        let mut file = std::fs::File::open(&self.log).context("reading the broker log")?;
+        file.seek(SeekFrom::Start(self.log_start))?;
+        file.read_to_string(&mut text)?;
+        let line = text.lines().find(|l| l.contains("broker listening"));
+        let Some(line) = line else { return Ok(None) };
+        let addr = match serde_json::from_str::<serde_json::Value>(line) {
+            Ok(json) => json["addr"].as_str().map(str::to_owned),
+            // A terminal-style line: `... broker listening addr=127.0.0.1:PORT tls=false`,
+            // perhaps with colour codes around the field names.
+            Err(_) => strip_escapes(line)
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("addr=").map(str::to_owned)),
+        };
+        let port = addr
+            .as_deref()
+            .and_then(|a| a.rsplit_once(':'))
+            .and_then(|(_, p)| p.parse().ok())
+            .with_context(|| format!("no port in the broker's line {line:?}"))?;
+        Ok(Some(port))
     }
 
     pub fn pid(&self) -> u32 {
@@ -70,5 +115,33 @@ impl Drop for BrokerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A line without its ANSI colour codes (`ESC [ ... m`).
+fn strip_escapes(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_escapes;
+
+    #[test]
+    fn colour_codes_are_removed() {
+        let line = "INFO broker listening \x1b[3maddr\x1b[0m\x1b[2m=\x1b[0m127.0.0.1:4242";
+        assert_eq!(
+            strip_escapes(line),
+            "INFO broker listening addr=127.0.0.1:4242"
+        );
     }
 }

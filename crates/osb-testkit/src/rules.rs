@@ -11,6 +11,9 @@ use serde_json::{Value, json};
 use crate::Target;
 use crate::client::{Client, Reply, fresh_id};
 
+mod bindings;
+use bindings::*;
+
 /// Why a rule could not run against a target (it lacks what the rule needs).
 #[derive(Debug)]
 struct CannotRun(&'static str);
@@ -95,6 +98,9 @@ pub async fn check_all(target: &Target) -> anyhow::Result<()> {
         plan_changes_from_a_fixed_plan_are_refused,
         parameters_are_validated_against_the_schema,
         async_operations_follow_the_polling_rules,
+        updates_leave_what_they_do_not_name,
+        binding_rotation_follows_the_plan,
+        bindings_that_need_an_app_are_refused_without_one,
     );
     for rule in &target.skip {
         if !skipped.iter().any(|s| s.starts_with(&format!("{rule}:"))) {
@@ -612,6 +618,16 @@ async fn malformed_requests_return_400_with_error_body(c: &Client) -> anyhow::Re
     )
     .await?;
     expect_error(&raw, 400, None, "malformed JSON")?;
+    // Spec, "Content Type": a request refused for a mismatched Content-Type is a 400.
+    let text = Client::finish(
+        c.raw(Method::PUT, &format!("/v2/service_instances/{id}"))
+            .basic_auth(&c.target.username, Some(&c.target.password))
+            .header("X-Broker-API-Version", "2.17")
+            .header("Content-Type", "text/plain")
+            .body(c.provision_body(&plan).to_string()),
+    )
+    .await?;
+    expect_error(&text, 400, None, "a JSON body sent as text/plain")?;
     let huge = json!({"service_id": c.target.service_id, "plan_id": plan, "organization_guid": "o",
         "space_guid": "s", "parameters": {"blob": "x".repeat(2 * 1024 * 1024)}});
     expect_error(
@@ -835,6 +851,52 @@ async fn plan_updates_follow_the_catalog(c: &Client) -> anyhow::Result<()> {
         "update of an unknown instance",
     )?;
     Ok(())
+}
+
+/// Spec: an update's `plan_id` and `parameters` are optional; what it leaves out stays as it
+/// was (an update with only a context changes neither, a plan change keeps the parameters).
+async fn updates_leave_what_they_do_not_name(c: &Client) -> anyhow::Result<()> {
+    let plan = c.target.plan_id.clone();
+    let id = fresh_id();
+    c.provision_ready(&id, &plan).await?;
+    let before = c.fetch_instance(&id).await?;
+    if before.status == 400 {
+        c.deprovision_done(&id, &plan).await?;
+        return Err(CannotRun("instances are not retrievable").into());
+    }
+    expect(&before, 200, "fetch after provision")?;
+    let given = &c.target.provision_parameters;
+    if given.as_object().is_some_and(|p| !p.is_empty()) {
+        ensure!(
+            before.body["parameters"] == *given,
+            "fetch shows parameters {} after provisioning with {given}",
+            before.body["parameters"]
+        );
+    }
+    let renamed = json!({"service_id": c.target.service_id,
+        "context": {"platform": "cloudfoundry", "instance_name": "renamed"}});
+    let mut steps = vec![(renamed, plan.clone(), "an update with only a context")];
+    if let Some(to) = c.target.update_plan_id.clone() {
+        let body = json!({"service_id": c.target.service_id, "plan_id": to});
+        steps.push((body, to, "a plan change without parameters"));
+    }
+    let mut last = plan;
+    for (body, plan, after) in steps {
+        let reply = c.update(&id, &body, true).await?;
+        settle(c, &reply, &id, None, 200, after).await?;
+        let fetched = c.fetch_instance(&id).await?;
+        expect(&fetched, 200, &format!("fetch after {after}"))?;
+        ensure!(
+            fetched.body["plan_id"] == plan.as_str()
+                && fetched.body.get("parameters") == before.body.get("parameters"),
+            "after {after}: plan {} parameters {:?}, expected plan {plan} parameters {:?}",
+            fetched.body["plan_id"],
+            fetched.body.get("parameters"),
+            before.body.get("parameters")
+        );
+        last = plan;
+    }
+    c.deprovision_done(&id, &last).await
 }
 
 /// Spec: 422 "MUST be returned if the requested change is not supported".
@@ -1112,48 +1174,14 @@ where
     after.deprovision_done(&id, &plan).await
 }
 
-/// What one platform made is invisible to another served by the same broker.
+/// What one platform made is invisible to another served by the same broker, both ways.
 pub async fn check_isolation(a: &Target, b: &Target) -> anyhow::Result<()> {
-    let (ca, cb) = (Client::new(a.clone()), Client::new(b.clone()));
-    let (id, bid, plan) = (fresh_id(), fresh_id(), a.plan_id.clone());
-    ca.provision_ready(&id, &plan).await?;
-    ca.bind_ready(&id, &bid, &plan).await?;
-    expect(
-        &cb.fetch_instance(&id).await?,
-        404,
-        "other platform fetches the instance",
-    )?;
-    expect(
-        &cb.fetch_binding(&id, &bid).await?,
-        404,
-        "other platform fetches the binding",
-    )?;
-    expect(
-        &cb.instance_last_operation(&id, None).await?,
-        404,
-        "other platform polls the instance",
-    )?;
-    expect(
-        &cb.unbind(&id, &bid, &plan, false).await?,
-        410,
-        "other platform unbinds",
-    )?;
-    expect(
-        &cb.deprovision(&id, &plan, false).await?,
-        410,
-        "other platform deprovisions",
-    )?;
-    expect(
-        &cb.bind(&id, &fresh_id(), &cb.bind_body(&plan), false)
-            .await?,
-        404,
-        "other platform binds",
-    )?;
-    expect(
-        &cb.provision(&id, &cb.provision_body(&plan), false).await?,
-        409,
-        "other platform provisions the same id",
-    )?;
+    hidden(a, b)
+        .await
+        .context("made on the first, seen from the second")?;
+    hidden(b, a)
+        .await
+        .context("made on the second, seen from the first")?;
     let theirs = Client::new(Target {
         password: "wrong".into(),
         ..b.clone()
@@ -1172,6 +1200,65 @@ pub async fn check_isolation(a: &Target, b: &Target) -> anyhow::Result<()> {
         &crossed.send(Method::GET, "/v2/catalog", None).await?,
         401,
         "one platform's credentials on another's prefix",
+    )?;
+    Ok(())
+}
+
+/// Every route of the other platform answers as if `a`'s instance and binding did not exist.
+async fn hidden(a: &Target, b: &Target) -> anyhow::Result<()> {
+    let (ca, cb) = (Client::new(a.clone()), Client::new(b.clone()));
+    let (id, bid, plan) = (fresh_id(), fresh_id(), a.plan_id.clone());
+    ca.provision_ready(&id, &plan).await?;
+    ca.bind_ready(&id, &bid, &plan).await?;
+    let update = json!({"service_id": b.service_id, "plan_id": plan,
+        "parameters": b.provision_parameters});
+    for (reply, status, what) in [
+        (cb.fetch_instance(&id).await?, 404, "fetches the instance"),
+        (
+            cb.fetch_binding(&id, &bid).await?,
+            404,
+            "fetches the binding",
+        ),
+        (
+            cb.instance_last_operation(&id, None).await?,
+            404,
+            "polls the instance",
+        ),
+        (
+            cb.binding_last_operation(&id, &bid, None).await?,
+            404,
+            "polls the binding",
+        ),
+        (
+            cb.update(&id, &update, true).await?,
+            404,
+            "updates the instance",
+        ),
+        (cb.unbind(&id, &bid, &plan, false).await?, 410, "unbinds"),
+        (
+            cb.deprovision(&id, &plan, false).await?,
+            410,
+            "deprovisions",
+        ),
+        (
+            cb.bind(&id, &fresh_id(), &cb.bind_body(&plan), false)
+                .await?,
+            404,
+            "binds",
+        ),
+        (
+            cb.provision(&id, &cb.provision_body(&plan), false).await?,
+            409,
+            "provisions the same id",
+        ),
+    ] {
+        expect(&reply, status, &format!("the other platform {what}"))?;
+    }
+    let fetched = ca.fetch_binding(&id, &bid).await?;
+    expect(
+        &fetched,
+        200,
+        "the binding, after the other platform's attempts",
     )?;
     ca.unbind_done(&id, &bid, &plan).await?;
     ca.deprovision_done(&id, &plan).await

@@ -148,8 +148,10 @@ pub fn target(broker: &Broker) -> Target {
 }
 
 /// The K-PaaS catalog's plans have no parameter schema, no asynchronous operation and both may
-/// change into each other: these rules have nothing to check on mysql-broker.
-pub const MYSQL_SKIPS: [&str; 3] = [
+/// change into each other, and no binding needs an app: these rules have nothing to check on
+/// mysql-broker.
+pub const MYSQL_SKIPS: [&str; 4] = [
+    "bindings_that_need_an_app_are_refused_without_one",
     "parameters_are_validated_against_the_schema",
     "async_operations_follow_the_polling_rules",
     "plan_changes_from_a_fixed_plan_are_refused",

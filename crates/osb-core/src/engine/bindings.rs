@@ -58,6 +58,14 @@ fn check_bound(service: &Service, bound: &crate::broker::Bound) -> Result<(), Br
     Ok(())
 }
 
+/// When a binding expires, from the `metadata.expires_at` its broker answered (checked as
+/// RFC 3339 when it was made).
+fn expiry(row: &BindingRow) -> Option<time::OffsetDateTime> {
+    let response: Value = serde_json::from_str(row.response.as_deref()?).ok()?;
+    let at = response.pointer("/metadata/expires_at")?.as_str()?;
+    time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).ok()
+}
+
 impl<B: ServiceBroker> Engine<B> {
     // ---- bind --------------------------------------------------------------------------
 
@@ -71,6 +79,7 @@ impl<B: ServiceBroker> Engine<B> {
         let Some(instance) = self.visible_instance(&id, &caller).await? else {
             return Err(OsbError::NotFound("service instance does not exist".into()));
         };
+        let req = self.rotation(&id, &instance, req).await?;
         let (service, plan) = self.inner.catalog.resolve(&req.service_id, &req.plan_id)?;
         if service.id != instance.service_id || plan.id != instance.plan_id {
             return Err(OsbError::BadRequest(
@@ -89,22 +98,6 @@ impl<B: ServiceBroker> Engine<B> {
             .validate(plan, SchemaUse::Bind, &parameters)?;
         if let Some(app) = &req.app_guid {
             require_non_empty(app, "app_guid")?;
-        }
-        if let Some(pred) = &req.predecessor_binding_id {
-            if !plan.rotatable() {
-                return Err(OsbError::BadRequest(format!(
-                    "plan {:?} does not support binding rotation",
-                    plan.name
-                )));
-            }
-            let ok = self.inner.store.binding(pred).await?.is_some_and(|b| {
-                b.instance_id == id.as_str() && b.state() == Some(BindingState::Bound)
-            });
-            if !ok {
-                return Err(OsbError::BadRequest(
-                    "predecessor_binding_id must name a live binding of this instance".into(),
-                ));
-            }
         }
         let mode = self.check_mode(Operation::Bind, plan, &caller)?;
         let fp = fingerprint(&json!({
@@ -200,6 +193,62 @@ impl<B: ServiceBroker> Engine<B> {
                 _ => return Err(concurrency("service binding")),
             }
         }
+    }
+
+    /// Checks a rotation and completes it: the predecessor must be a live, unexpired binding
+    /// of this instance on a plan that rotates. What a rotation leaves out comes from the
+    /// instance (its ids) and the predecessor (its parameters): the spec's reason for rotation
+    /// is that platforms need not keep them. Any other bind must name its ids.
+    async fn rotation(
+        &self,
+        id: &InstanceId,
+        instance: &InstanceRow,
+        mut req: BindRequest,
+    ) -> Result<BindRequest, OsbError> {
+        let Some(pred) = req.predecessor_binding_id.clone() else {
+            for (value, field) in [(&req.service_id, "service_id"), (&req.plan_id, "plan_id")] {
+                if value.is_empty() {
+                    return Err(OsbError::BadRequest(format!(
+                        "invalid request body: missing field `{field}`"
+                    )));
+                }
+            }
+            return Ok(req);
+        };
+        if req.service_id.is_empty() {
+            req.service_id.clone_from(&instance.service_id);
+        }
+        if req.plan_id.is_empty() {
+            req.plan_id.clone_from(&instance.plan_id);
+        }
+        let (_, plan) = self.inner.catalog.resolve(&req.service_id, &req.plan_id)?;
+        if !plan.rotatable() {
+            return Err(OsbError::BadRequest(format!(
+                "plan {:?} does not support binding rotation",
+                plan.name
+            )));
+        }
+        let Some(row) = self
+            .inner
+            .store
+            .binding(&pred)
+            .await?
+            .filter(|b| b.instance_id == id.as_str() && b.state() == Some(BindingState::Bound))
+        else {
+            return Err(OsbError::BadRequest(
+                "predecessor_binding_id must name a live binding of this instance".into(),
+            ));
+        };
+        if let Some(expired) = expiry(&row).filter(|at| *at <= time::OffsetDateTime::now_utc()) {
+            return Err(OsbError::BadRequest(format!(
+                "the predecessor binding expired at {expired}; rotate a binding that has not"
+            )));
+        }
+        if req.parameters.is_none() {
+            let parameters: Map<String, Value> = parse_json(&row.parameters, "binding parameters")?;
+            req.parameters = (!parameters.is_empty()).then_some(parameters);
+        }
+        Ok(req)
     }
 
     /// Runs a bind whose row is now in the `binding` state: `previous` is the operation of a

@@ -29,6 +29,10 @@ pub const PLAN_BROKEN: &str = "fake-broken-id";
 pub const PLAN_BROKEN_ASYNC: &str = "fake-broken-async-id";
 /// Its backend is unreachable: every call fails before changing anything.
 pub const PLAN_DOWN: &str = "fake-down-id";
+/// Its bindings rotate; a bind parameter `expires_at` comes back as the binding's expiry.
+pub const PLAN_ROTATE: &str = "fake-rotate-id";
+/// Its bindings need an app (422 RequiresApp without one).
+pub const PLAN_APP: &str = "fake-app-id";
 /// What the broken plans' backend says when it fails.
 pub const BROKEN: &str = "the fake backend's disk is full";
 
@@ -121,7 +125,22 @@ impl ServiceBroker for FakeBroker {
     async fn bind(&self, input: BindInput<'_>) -> Result<Bound, BrokerError> {
         self.calls.bind.fetch_add(1, Ordering::SeqCst);
         Self::pause(input.instance.plan, Operation::Bind).await;
+        let app = input.bind_resource.and_then(|r| r.app_guid.as_ref());
+        if input.instance.plan.id == PLAN_APP && app.is_none() {
+            return Err(BrokerError::RequiresApp(
+                "this plan binds applications only".into(),
+            ));
+        }
+        let metadata = input
+            .parameters
+            .get("expires_at")
+            .and_then(|v| v.as_str())
+            .map(|at| osb_core::wire::BindingMetadata {
+                expires_at: Some(at.into()),
+                renew_before: None,
+            });
         Ok(Bound {
+            metadata,
             credentials: Credentials::new()
                 .with("username", input.binding_id.as_str())
                 .with_secret("password", &generate_password(Default::default())),
@@ -158,7 +177,10 @@ pub fn catalog() -> Catalog {
              "maximum_polling_duration": 2},
             {"id": PLAN_BROKEN, "name": "broken", "description": "provisioning fails"},
             {"id": PLAN_BROKEN_ASYNC, "name": "broken-async", "description": "provisioning fails later"},
-            {"id": PLAN_DOWN, "name": "down", "description": "the backend is unreachable"}
+            {"id": PLAN_DOWN, "name": "down", "description": "the backend is unreachable"},
+            {"id": PLAN_ROTATE, "name": "rotate", "description": "bindings rotate",
+             "binding_rotatable": true},
+            {"id": PLAN_APP, "name": "app", "description": "bindings need an app"}
         ]
     }]}))
     .unwrap()
@@ -233,6 +255,7 @@ pub fn target(addr: std::net::SocketAddr, prefix: &str) -> osb_testkit::Target {
     t.update_plan_id = Some(PLAN_LARGE.into());
     t.fixed_plan = Some((PLAN_FIXED.into(), PLAN_LARGE.into()));
     t.async_plan_id = Some(PLAN_ASYNC.into());
+    t.app_required_plan_id = Some(PLAN_APP.into());
     t
 }
 
