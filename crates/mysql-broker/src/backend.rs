@@ -26,6 +26,7 @@ use crate::errors::{failed, unreachable};
 use crate::names::{DatabaseName, UserName};
 use crate::owners::{self, Claimed, Kind, Owner};
 use crate::quota::{self, Usage};
+use osb_core::quota::QuotaPolicy;
 
 /// Seconds an admin statement waits for a lock an app holds (`LOCK TABLES`, a long
 /// transaction) before it fails: an app must not be able to stall the broker.
@@ -57,6 +58,7 @@ pub struct MysqlBroker {
     quota_every: Duration,
     password_length: PasswordLength,
     /// Instances found over quota at their last check; its size is the gauge.
+    quota_policy: QuotaPolicy,
     over_quota: Mutex<HashSet<String>>,
     over_quota_gauge: IntGauge,
 }
@@ -299,6 +301,7 @@ impl MysqlBroker {
             plans: config.plans.clone(),
             quota_every: Duration::from_secs(config.quota_check_secs.max(1)),
             password_length: config.password_length,
+            quota_policy: config.quota_policy,
             over_quota: Mutex::default(),
             over_quota_gauge,
         }
@@ -327,8 +330,17 @@ impl MysqlBroker {
         db: &DatabaseName,
         plan: &Plan,
     ) -> Result<(), BrokerError> {
-        let over = self.usage(conn, db, plan).await?.is_some_and(|u| u.over());
+        let over = match self.usage(conn, db, plan).await? {
+            Some(usage) => usage.frozen(&self.quota_policy, self.is_frozen(conn, db).await?),
+            None => false,
+        };
         self.enforce(conn, db, over).await
+    }
+
+    /// Whether the broker's accounts on `db` are frozen now.
+    async fn is_frozen(&self, conn: &mut Conn, db: &DatabaseName) -> Result<bool, BrokerError> {
+        let accounts = our_accounts(conn, db).await?;
+        quota::is_frozen(conn, db, &accounts).await
     }
 
     /// Brings the broker's accounts on `db` in line with `over`.
@@ -512,7 +524,7 @@ impl ServiceBroker for MysqlBroker {
             input.plan,
         )?;
         if let Some(usage) = self.usage(&mut conn, &db, input.plan).await?
-            && usage.over()
+            && usage.frozen(&self.quota_policy, false)
         {
             return Err(BrokerError::Unprocessable(format!(
                 "the database uses {} MiB, more than plan {:?}'s quota of {} MiB; remove data first",
@@ -614,8 +626,9 @@ impl ServiceBroker for MysqlBroker {
             self.set_over_quota(instance.id.as_str(), false);
             return Ok(None);
         };
+        let frozen_now = self.is_frozen(&mut conn, &db).await?;
         let mut usage = Usage::new(quota::database_size(&mut conn, &db).await?, quota_mb);
-        if usage.over() {
+        if usage.frozen(&self.quota_policy, frozen_now) {
             // Statistics lag behind deletions, so a database that looks over quota is measured
             // again on fresh ones. It is frozen first: that ends its sessions and so any table
             // lock they hold, which would otherwise keep the statistics (and the freeze) off.
@@ -627,11 +640,12 @@ impl ServiceBroker for MysqlBroker {
                 }
             }
         }
-        self.enforce(&mut conn, &db, usage.over()).await?;
-        self.set_over_quota(instance.id.as_str(), usage.over());
+        let frozen = usage.frozen(&self.quota_policy, frozen_now);
+        self.enforce(&mut conn, &db, frozen).await?;
+        self.set_over_quota(instance.id.as_str(), frozen);
         Ok(Some(InstanceMetadata {
             labels: Default::default(),
-            attributes: usage.attributes(),
+            attributes: usage.attributes(frozen),
         }))
     }
 

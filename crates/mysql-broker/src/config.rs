@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use osb_core::config::{BrokerConfig, Secret};
 use osb_core::credentials::PasswordLength;
+use osb_core::quota::QuotaPolicy;
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -24,6 +25,9 @@ pub struct MysqlConfig {
     /// Seconds between two measurements of every database against its plan's quota.
     #[serde(default = "default_quota_check")]
     pub quota_check_secs: u64,
+    /// When a database over its quota is frozen and when it thaws.
+    #[serde(default)]
+    pub quota_policy: QuotaPolicy,
     /// Length of generated account passwords (16 to 128).
     #[serde(default)]
     pub password_length: PasswordLength,

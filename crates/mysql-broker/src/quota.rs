@@ -5,6 +5,7 @@
 use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
 use osb_core::BrokerError;
+use osb_core::quota::QuotaPolicy;
 use serde_json::{Map, Value, json};
 
 use crate::accounts::{Writes, freeze, grant_all, write_rights};
@@ -28,16 +29,17 @@ impl Usage {
         }
     }
 
-    pub fn over(&self) -> bool {
-        self.used_bytes > self.quota_bytes
+    /// Whether the database is to be frozen, given whether it is now (see [`QuotaPolicy`]).
+    pub fn frozen(&self, policy: &QuotaPolicy, frozen_now: bool) -> bool {
+        policy.frozen(self.used_bytes, self.quota_bytes, frozen_now)
     }
 
-    /// How GET on the instance shows it (`metadata.attributes`).
-    pub fn attributes(&self) -> Map<String, Value> {
+    /// How GET on the instance shows it (`metadata.attributes`), `frozen` as decided.
+    pub fn attributes(&self, frozen: bool) -> Map<String, Value> {
         let Value::Object(map) = json!({
             "storage_used_bytes": self.used_bytes,
             "storage_quota_bytes": self.quota_bytes,
-            "storage_over_quota": self.over(),
+            "storage_over_quota": frozen,
         }) else {
             unreachable!("a JSON object literal")
         };
@@ -81,6 +83,18 @@ pub async fn remeasure(conn: &mut Conn, db: &DatabaseName) -> Result<u64, Broker
     database_size(conn, db).await
 }
 
+/// Whether `db` is frozen now: one of the broker's `accounts` on it lacks a write right.
+pub async fn is_frozen(
+    conn: &mut Conn,
+    db: &DatabaseName,
+    accounts: &[UserName],
+) -> Result<bool, BrokerError> {
+    Ok(write_rights(conn, db)
+        .await?
+        .into_iter()
+        .any(|(user, writes)| accounts.contains(&user) && writes != Writes::All))
+}
+
 /// Brings `accounts` on `db` in line with `over`; returns whether anything changed.
 pub async fn enforce(
     conn: &mut Conn,
@@ -116,12 +130,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn usage_is_over_only_past_the_quota() {
-        assert!(!Usage::new(MIB, 1).over());
-        assert!(Usage::new(MIB + 1, 1).over());
-        assert_eq!(
-            Usage::new(5, 2).attributes()["storage_quota_bytes"],
-            2 * MIB
-        );
+    fn usage_freezes_at_the_quota_and_thaws_below_the_lower_mark() {
+        let policy = QuotaPolicy::default();
+        assert!(!Usage::new(MIB - 1, 1).frozen(&policy, false));
+        assert!(Usage::new(MIB, 1).frozen(&policy, false));
+        assert!(Usage::new(MIB - 1, 1).frozen(&policy, true));
+        assert!(!Usage::new(MIB / 2, 1).frozen(&policy, true));
+        let shown = Usage::new(5, 2).attributes(true);
+        assert_eq!(shown["storage_quota_bytes"], 2 * MIB);
+        assert_eq!(shown["storage_over_quota"], true);
     }
 }

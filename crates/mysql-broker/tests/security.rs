@@ -311,12 +311,13 @@ async fn a_deprovision_whose_connection_drops_half_way_leaves_the_instance_unusa
 async fn a_provision_killed_mid_flight_whose_rerun_fails_can_still_be_deleted() {
     let dir = tempfile::tempdir().unwrap();
     let proxy = Proxy::start(3306).await;
+    // A fixed replica id: the restarted process is the same replica, on another port.
     let lease = [
         ("KPAAS_BROKER__OPERATIONS__LEASE_SECS", "2"),
         ("KPAAS_BROKER__OPERATIONS__HEARTBEAT_SECS", "1"),
+        ("KPAAS_BROKER__REPLICA_ID", "replica-1"),
     ];
     let broker = behind_proxy(dir.path(), &proxy, &lease).await;
-    let port = broker.port;
     let c = Client::new(target(&broker));
     let id = fresh_id();
     proxy.arm("CREATE DATABASE IF NOT EXISTS `op_", Action::Hold);
@@ -347,7 +348,7 @@ async fn a_provision_killed_mid_flight_whose_rerun_fails_can_still_be_deleted() 
     // connection drops): the instance is failed and recorded nothing of the backend.
     proxy.arm("CREATE DATABASE IF NOT EXISTS `op_", Action::Drop);
     let config = config_with_servers(dir.path(), &server_entry("mysql-1", proxy.port));
-    let broker = start_env(dir.path(), port, &config, true, &lease).await;
+    let broker = start_env(dir.path(), 0, &config, true, &lease).await;
     let c = Client::new(target(&broker));
     let last = settled(&c, &id).await;
     assert_eq!(last["state"], "failed", "{last}");

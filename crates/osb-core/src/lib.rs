@@ -18,6 +18,7 @@ pub mod ids;
 pub mod metrics;
 pub mod naming;
 pub mod orphans;
+pub mod quota;
 mod routes;
 mod runner;
 pub mod server;

@@ -108,6 +108,15 @@ impl Client {
                 bail!("an error body without a description");
             }
         }
+        // "If present, MUST be a non-empty string" (last_operation's description).
+        if polled
+            && reply
+                .body
+                .get("description")
+                .is_some_and(|d| d.as_str().is_none_or(|d| d.trim().is_empty()))
+        {
+            bail!("a last_operation description that is not a non-empty string");
+        }
         let mut started = self.started.lock().expect("operations");
         if reply.status == 202
             && instance

@@ -98,7 +98,8 @@ pub async fn check_all(target: &Target) -> anyhow::Result<()> {
         plan_changes_from_a_fixed_plan_are_refused,
         parameters_are_validated_against_the_schema,
         async_operations_follow_the_polling_rules,
-        updates_leave_what_they_do_not_name,
+        updates_keep_the_plan_they_do_not_name,
+        plan_changes_keep_the_parameters,
         binding_rotation_follows_the_plan,
         bindings_that_need_an_app_are_refused_without_one,
     );
@@ -853,15 +854,44 @@ async fn plan_updates_follow_the_catalog(c: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Spec: an update's `plan_id` and `parameters` are optional; what it leaves out stays as it
-/// was (an update with only a context changes neither, a plan change keeps the parameters).
-async fn updates_leave_what_they_do_not_name(c: &Client) -> anyhow::Result<()> {
-    let plan = c.target.plan_id.clone();
+/// Spec: an update's `plan_id` is optional; an update with only a context keeps the plan
+/// (and the parameters).
+async fn updates_keep_the_plan_they_do_not_name(c: &Client) -> anyhow::Result<()> {
+    let context = json!({"service_id": c.target.service_id,
+        "context": {"platform": "cloudfoundry", "instance_name": "renamed"}});
+    unnamed_stays(
+        c,
+        &context,
+        &c.target.plan_id.clone(),
+        "an update with only a context",
+    )
+    .await
+}
+
+/// Spec: an update's `parameters` are optional; a plan change without them keeps them.
+async fn plan_changes_keep_the_parameters(c: &Client) -> anyhow::Result<()> {
+    if c.target
+        .provision_parameters
+        .as_object()
+        .is_none_or(|p| p.is_empty())
+    {
+        return Err(CannotRun("the target names no provision parameters to keep").into());
+    }
+    let Some(to) = c.target.update_plan_id.clone() else {
+        return Err(CannotRun("the target names no plan to change to (update_plan_id)").into());
+    };
+    let body = json!({"service_id": c.target.service_id, "plan_id": to});
+    unnamed_stays(c, &body, &to, "a plan change without parameters").await
+}
+
+/// Provisions with the target's parameters, sends `update`, and checks that the instance is
+/// then on `plan` with the parameters it was provisioned with.
+async fn unnamed_stays(c: &Client, update: &Value, plan: &str, what: &str) -> anyhow::Result<()> {
     let id = fresh_id();
-    c.provision_ready(&id, &plan).await?;
+    c.provision_ready(&id, &c.target.plan_id).await?;
     let before = c.fetch_instance(&id).await?;
     if before.status == 400 {
-        c.deprovision_done(&id, &plan).await?;
+        c.deprovision_done(&id, &c.target.plan_id).await?;
         return Err(CannotRun("instances are not retrievable").into());
     }
     expect(&before, 200, "fetch after provision")?;
@@ -873,30 +903,19 @@ async fn updates_leave_what_they_do_not_name(c: &Client) -> anyhow::Result<()> {
             before.body["parameters"]
         );
     }
-    let renamed = json!({"service_id": c.target.service_id,
-        "context": {"platform": "cloudfoundry", "instance_name": "renamed"}});
-    let mut steps = vec![(renamed, plan.clone(), "an update with only a context")];
-    if let Some(to) = c.target.update_plan_id.clone() {
-        let body = json!({"service_id": c.target.service_id, "plan_id": to});
-        steps.push((body, to, "a plan change without parameters"));
-    }
-    let mut last = plan;
-    for (body, plan, after) in steps {
-        let reply = c.update(&id, &body, true).await?;
-        settle(c, &reply, &id, None, 200, after).await?;
-        let fetched = c.fetch_instance(&id).await?;
-        expect(&fetched, 200, &format!("fetch after {after}"))?;
-        ensure!(
-            fetched.body["plan_id"] == plan.as_str()
-                && fetched.body.get("parameters") == before.body.get("parameters"),
-            "after {after}: plan {} parameters {:?}, expected plan {plan} parameters {:?}",
-            fetched.body["plan_id"],
-            fetched.body.get("parameters"),
-            before.body.get("parameters")
-        );
-        last = plan;
-    }
-    c.deprovision_done(&id, &last).await
+    let reply = c.update(&id, update, true).await?;
+    settle(c, &reply, &id, None, 200, what).await?;
+    let after = c.fetch_instance(&id).await?;
+    expect(&after, 200, &format!("fetch after {what}"))?;
+    ensure!(
+        after.body["plan_id"] == plan
+            && after.body.get("parameters") == before.body.get("parameters"),
+        "after {what}: plan {} parameters {:?}, expected plan {plan} parameters {:?}",
+        after.body["plan_id"],
+        after.body.get("parameters"),
+        before.body.get("parameters")
+    );
+    c.deprovision_done(&id, plan).await
 }
 
 /// Spec: 422 "MUST be returned if the requested change is not supported".

@@ -66,6 +66,26 @@ fn expiry(row: &BindingRow) -> Option<time::OffsetDateTime> {
     time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).ok()
 }
 
+/// A rotation may leave out the ids (the spec requires only `predecessor_binding_id` of it):
+/// they are then the instance's. Any other bind must name them.
+fn with_ids(instance: &InstanceRow, mut req: BindRequest) -> Result<BindRequest, OsbError> {
+    let rotation = req.predecessor_binding_id.is_some();
+    for (value, field, of_instance) in [
+        (&mut req.service_id, "service_id", &instance.service_id),
+        (&mut req.plan_id, "plan_id", &instance.plan_id),
+    ] {
+        if value.is_empty() {
+            if !rotation {
+                return Err(OsbError::BadRequest(format!(
+                    "invalid request body: missing field `{field}`"
+                )));
+            }
+            value.clone_from(of_instance);
+        }
+    }
+    Ok(req)
+}
+
 impl<B: ServiceBroker> Engine<B> {
     // ---- bind --------------------------------------------------------------------------
 
@@ -79,7 +99,18 @@ impl<B: ServiceBroker> Engine<B> {
         let Some(instance) = self.visible_instance(&id, &caller).await? else {
             return Err(OsbError::NotFound("service instance does not exist".into()));
         };
-        let req = self.rotation(&id, &instance, req).await?;
+        // The request as sent: a re-sent rotation matches it whatever became of the instance's
+        // plan or of the predecessor since.
+        let fp = fingerprint(&json!({
+            "instance_id": id.as_str(),
+            "service_id": req.service_id,
+            "plan_id": req.plan_id,
+            "parameters": req.parameters.clone().unwrap_or_default(),
+            "app_guid": req.app_guid,
+            "bind_resource": req.bind_resource,
+            "predecessor_binding_id": req.predecessor_binding_id,
+        }));
+        let req = with_ids(&instance, req)?;
         let (service, plan) = self.inner.catalog.resolve(&req.service_id, &req.plan_id)?;
         if service.id != instance.service_id || plan.id != instance.plan_id {
             return Err(OsbError::BadRequest(
@@ -92,25 +123,70 @@ impl<B: ServiceBroker> Engine<B> {
                 plan.name
             )));
         }
-        let parameters = req.parameters.clone().unwrap_or_default();
-        self.inner
-            .catalog
-            .validate(plan, SchemaUse::Bind, &parameters)?;
+        self.inner.catalog.validate(
+            plan,
+            SchemaUse::Bind,
+            &req.parameters.clone().unwrap_or_default(),
+        )?;
         if let Some(app) = &req.app_guid {
             require_non_empty(app, "app_guid")?;
         }
+        if let Some(pred) = &req.predecessor_binding_id {
+            BindingId::parse(pred)?;
+            if !plan.rotatable() {
+                return Err(OsbError::BadRequest(format!(
+                    "plan {:?} does not support binding rotation",
+                    plan.name
+                )));
+            }
+        }
         let mode = self.check_mode(Operation::Bind, plan, &caller)?;
-        let fp = fingerprint(&json!({
-            "instance_id": id.as_str(),
-            "service_id": req.service_id,
-            "plan_id": req.plan_id,
-            "parameters": parameters,
-            "app_guid": req.app_guid,
-            "bind_resource": req.bind_resource,
-            "predecessor_binding_id": req.predecessor_binding_id,
-        }));
         let started = Instant::now();
         loop {
+            if let Some(existing) = self.inner.store.binding(binding_id.as_str()).await? {
+                if existing.platform != caller.platform
+                    || existing.instance_id != id.as_str()
+                    || existing.fingerprint != fp
+                {
+                    return Err(OsbError::Conflict(
+                        "a service binding with this id already exists with different attributes"
+                            .into(),
+                    ));
+                }
+                match existing.state() {
+                    Some(BindingState::Bound) => {
+                        return Ok(Reply::new(200, self.binding_body(&existing)?));
+                    }
+                    Some(BindingState::Binding) if caller.accepts_incomplete => {
+                        return Ok(accepted(&existing.operation_id));
+                    }
+                    Some(BindingState::Binding) => {
+                        if !self.wait_turn(started).await {
+                            return Err(concurrency("service binding"));
+                        }
+                    }
+                    Some(BindingState::Failed) => {
+                        let req = self.predecessor(&id, req.clone()).await?;
+                        let claim = Claim::Binding {
+                            id: &binding_id,
+                            from: &[BindingState::Failed],
+                            to: BindingState::Binding,
+                        };
+                        let redo = Redo::Bind {
+                            request: req.clone(),
+                        };
+                        if let Some(op) = self.claim(&caller, &id, &fp, claim, &redo).await? {
+                            let mut row = existing;
+                            let previous = std::mem::replace(&mut row.operation_id, op.id.clone());
+                            return self.start_bind(mode, row, op.id, req, Some(previous)).await;
+                        }
+                    }
+                    _ => return Err(concurrency("service binding")),
+                }
+                continue;
+            }
+            // Only a binding about to be made needs its predecessor as the spec says.
+            let req = self.predecessor(&id, req.clone()).await?;
             let op = self
                 .new_operation(
                     &caller,
@@ -132,7 +208,7 @@ impl<B: ServiceBroker> Engine<B> {
                 fingerprint: fp.clone(),
                 state: BindingState::Binding.as_str().into(),
                 operation_id: op.id.clone(),
-                parameters: to_text(&parameters),
+                parameters: to_text(&req.parameters.clone().unwrap_or_default()),
                 response: None,
                 credentials: None,
                 broker_state: "null".into(),
@@ -142,103 +218,28 @@ impl<B: ServiceBroker> Engine<B> {
             if self.inner.store.insert_binding(&row).await? {
                 return self.start_bind(mode, row, op.id, req, None).await;
             }
+            // Another request made the row first: answer as its repeat.
             self.inner.store.delete_operation(&op.id).await?;
-            let Some(existing) = self.inner.store.binding(binding_id.as_str()).await? else {
-                continue;
-            };
-            if existing.platform != caller.platform
-                || existing.instance_id != id.as_str()
-                || existing.fingerprint != fp
-            {
-                return Err(OsbError::Conflict(
-                    "a service binding with this id already exists with different attributes"
-                        .into(),
-                ));
-            }
-            match existing.state() {
-                Some(BindingState::Bound) => {
-                    return Ok(Reply::new(200, self.binding_body(&existing)?));
-                }
-                Some(BindingState::Binding) if caller.accepts_incomplete => {
-                    return Ok(accepted(&existing.operation_id));
-                }
-                Some(BindingState::Binding) => {
-                    if !self.wait_turn(started).await {
-                        return Err(concurrency("service binding"));
-                    }
-                }
-                Some(BindingState::Failed) => {
-                    let claim = Claim::Binding {
-                        id: &binding_id,
-                        from: &[BindingState::Failed],
-                        to: BindingState::Binding,
-                    };
-                    if let Some(op) = self
-                        .claim(
-                            &caller,
-                            &id,
-                            &fp,
-                            claim,
-                            &Redo::Bind {
-                                request: req.clone(),
-                            },
-                        )
-                        .await?
-                    {
-                        let mut row = existing;
-                        let previous = std::mem::replace(&mut row.operation_id, op.id.clone());
-                        return self.start_bind(mode, row, op.id, req, Some(previous)).await;
-                    }
-                }
-                _ => return Err(concurrency("service binding")),
-            }
         }
     }
 
-    /// Checks a rotation and completes it: the predecessor must be a live, unexpired binding
-    /// of this instance on a plan that rotates. What a rotation leaves out comes from the
-    /// instance (its ids) and the predecessor (its parameters): the spec's reason for rotation
-    /// is that platforms need not keep them. Any other bind must name its ids.
-    async fn rotation(
+    /// A rotation's predecessor must be a live, unexpired binding of this instance (the spec's
+    /// "non-expired Service Binding of the same Service Instance"). A rotation that leaves out
+    /// its parameters takes the predecessor's: the spec's reason for rotation is that
+    /// platforms need not keep them.
+    async fn predecessor(
         &self,
         id: &InstanceId,
-        instance: &InstanceRow,
         mut req: BindRequest,
     ) -> Result<BindRequest, OsbError> {
-        let Some(pred) = req.predecessor_binding_id.clone() else {
-            for (value, field) in [(&req.service_id, "service_id"), (&req.plan_id, "plan_id")] {
-                if value.is_empty() {
-                    return Err(OsbError::BadRequest(format!(
-                        "invalid request body: missing field `{field}`"
-                    )));
-                }
-            }
+        let Some(pred) = &req.predecessor_binding_id else {
             return Ok(req);
         };
-        if req.service_id.is_empty() {
-            req.service_id.clone_from(&instance.service_id);
-        }
-        if req.plan_id.is_empty() {
-            req.plan_id.clone_from(&instance.plan_id);
-        }
-        let (_, plan) = self.inner.catalog.resolve(&req.service_id, &req.plan_id)?;
-        if !plan.rotatable() {
-            return Err(OsbError::BadRequest(format!(
-                "plan {:?} does not support binding rotation",
-                plan.name
-            )));
-        }
-        let Some(row) = self
-            .inner
-            .store
-            .binding(&pred)
-            .await?
-            .filter(|b| b.instance_id == id.as_str() && b.state() == Some(BindingState::Bound))
-        else {
-            return Err(OsbError::BadRequest(
+        let row = self.live_predecessor(id, pred).await?.ok_or_else(|| {
+            OsbError::BadRequest(
                 "predecessor_binding_id must name a live binding of this instance".into(),
-            ));
-        };
+            )
+        })?;
         if let Some(expired) = expiry(&row).filter(|at| *at <= time::OffsetDateTime::now_utc()) {
             return Err(OsbError::BadRequest(format!(
                 "the predecessor binding expired at {expired}; rotate a binding that has not"
@@ -249,6 +250,21 @@ impl<B: ServiceBroker> Engine<B> {
             req.parameters = (!parameters.is_empty()).then_some(parameters);
         }
         Ok(req)
+    }
+
+    /// The binding `pred` when it is bound and belongs to instance `id` (and so to its
+    /// platform).
+    async fn live_predecessor(
+        &self,
+        id: &InstanceId,
+        pred: &str,
+    ) -> Result<Option<BindingRow>, OsbError> {
+        Ok(self
+            .inner
+            .store
+            .binding(pred)
+            .await?
+            .filter(|b| b.instance_id == id.as_str() && b.state() == Some(BindingState::Bound)))
     }
 
     /// Runs a bind whose row is now in the `binding` state: `previous` is the operation of a
@@ -312,14 +328,17 @@ impl<B: ServiceBroker> Engine<B> {
         let loaded = Loaded::new(instance)?;
         let (service, plan) = self.plan_of(&loaded.row.plan_id)?;
         let binding_id = BindingId::parse(&row.id)?;
+        // Checked again here: the predecessor may have been unbound since the request was
+        // accepted (a recovery re-runs it much later), and a rotation without its predecessor
+        // would silently become a plain bind.
         let predecessor = match &req.predecessor_binding_id {
-            Some(p) => store
-                .binding(p)
-                .await?
-                .as_ref()
-                .map(binding_view)
-                .transpose()?,
-            None => None,
+            Some(p) => match self.live_predecessor(&loaded.id, p).await? {
+                Some(row) => Ok(Some(binding_view(&row)?)),
+                None => Err(BrokerError::Failed(format!(
+                    "the predecessor binding {p} was unbound before its rotation ran"
+                ))),
+            },
+            None => Ok(None),
         };
         let parameters = req.parameters.clone().unwrap_or_default();
         let mut bind_resource = req.bind_resource.clone();
@@ -330,20 +349,23 @@ impl<B: ServiceBroker> Engine<B> {
             bind_resource.get_or_insert_with(Default::default).app_guid = Some(app.clone());
         }
         let context = req.context.clone().unwrap_or_default();
-        let result = self
-            .bounded(
-                plan,
-                self.inner.broker.bind(BindInput {
-                    instance: loaded.view(service, plan),
-                    binding_id: &binding_id,
-                    parameters: &parameters,
-                    bind_resource: bind_resource.as_ref(),
-                    context: &context,
-                    predecessor: predecessor.as_ref(),
-                }),
-            )
-            .await
-            .and_then(|bound| check_bound(service, &bound).map(|()| bound));
+        let result = match predecessor {
+            Ok(predecessor) => self
+                .bounded(
+                    plan,
+                    self.inner.broker.bind(BindInput {
+                        instance: loaded.view(service, plan),
+                        binding_id: &binding_id,
+                        parameters: &parameters,
+                        bind_resource: bind_resource.as_ref(),
+                        context: &context,
+                        predecessor: predecessor.as_ref(),
+                    }),
+                )
+                .await
+                .and_then(|bound| check_bound(service, &bound).map(|()| bound)),
+            Err(e) => Err(e),
+        };
         match result {
             Ok(bound) => {
                 let response = BindingResponse {
