@@ -148,6 +148,56 @@ ensure_postgres() {
     fi
 }
 
+# MongoDB for mongodb-broker: no mongod comes from the registries this machine reaches, so
+# SecantusDB (a MongoDB-wire-protocol server, crates.io `secantus-mdb`) stands in, built once
+# into a cache that outlives checkouts, with auth on and the admin user of the tests.
+KPAAS_CACHE=${KPAAS_CACHE:-/var/cache/kpaas-brokers}
+SECANTUS_VERSION=0.5.3-beta.196
+SECANTUS=$KPAAS_CACHE/secantus-$SECANTUS_VERSION/bin/secantusd-rs
+MONGO_DIR=/var/lib/kpaas-mongodb
+MONGO_ADMIN_URI='mongodb://kpaas_admin:Kpaas-mongo-admin-1@127.0.0.1:27017/?authSource=admin&directConnection=true'
+PYMONGO=$KPAAS_CACHE/pyenv/bin/python
+
+mongo_port_open() { (exec 3<>/dev/tcp/127.0.0.1/27017) 2>/dev/null; }
+
+# mongo_py SCRIPT: runs Python with pymongo (in a venv of the cache) against the server.
+mongo_py() {
+    if ! [ -x "$PYMONGO" ] || ! "$PYMONGO" -c 'import pymongo' 2>/dev/null; then
+        python3 -m venv "$KPAAS_CACHE/pyenv" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$KPAAS_CACHE/pyenv"; }
+        "$KPAAS_CACHE/pyenv/bin/pip" install -q 'pymongo>=4.6,<5'
+    fi
+    "$PYMONGO" -c "$1"
+}
+
+mongo_admin_login() {
+    mongo_py "import pymongo; pymongo.MongoClient('$MONGO_ADMIN_URI', serverSelectionTimeoutMS=3000).admin.command('listDatabases', nameOnly=True)" >/dev/null 2>&1
+}
+
+ensure_mongodb() {
+    mkdir -p "$KPAAS_CACHE"
+    if ! [ -x "$SECANTUS" ]; then
+        command -v cmake >/dev/null 2>&1 || apt_install cmake
+        log "building SecantusDB $SECANTUS_VERSION once (a few minutes)"
+        cargo install secantus-mdb --version "$SECANTUS_VERSION" --locked --ignore-rust-version \
+            --root "$KPAAS_CACHE/secantus-$SECANTUS_VERSION" --quiet
+    fi
+    if ! mongo_port_open; then
+        log "starting SecantusDB on 127.0.0.1:27017"
+        mkdir -p "$MONGO_DIR"
+        start-stop-daemon --start --oknodo --background --make-pidfile --pidfile "$MONGO_DIR/server.pid" \
+            --chdir "$MONGO_DIR" --exec "$SECANTUS" -- \
+            --host 127.0.0.1 --port 27017 --storage-path "$MONGO_DIR/data" --auth \
+            --cache-size 256M --log-file-max 16MB
+        wait_for SecantusDB 60 mongo_port_open
+    fi
+    if ! mongo_admin_login; then
+        # The localhost exception lets the first admin user be created without logging in.
+        log "creating the MongoDB admin user"
+        mongo_py "import pymongo; pymongo.MongoClient('mongodb://127.0.0.1:27017/?directConnection=true').admin.command('createUser', 'kpaas_admin', pwd='Kpaas-mongo-admin-1', roles=['root'], mechanisms=['SCRAM-SHA-256'])"
+        wait_for "MongoDB admin login" 10 mongo_admin_login
+    fi
+}
+
 # Tools the scripts, .ci/run and the tests call (command, then the package that has it).
 for pair in curl:curl openssl:openssl python3:python3 pkill:procps cc:gcc; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || apt_install "${pair#*:}"
@@ -156,4 +206,5 @@ done
 ensure_mariadb
 ensure_second_mariadb
 ensure_postgres
-log "ready: MariaDB 127.0.0.1:3306 and 127.0.0.1:3307, PostgreSQL 127.0.0.1:5432"
+ensure_mongodb
+log "ready: MariaDB 127.0.0.1:3306 and 127.0.0.1:3307, PostgreSQL 127.0.0.1:5432, MongoDB 127.0.0.1:27017"

@@ -1,0 +1,679 @@
+//! The MongoDB backend: a database per instance, a user per binding with `readWrite` on that
+//! database only, storage quotas measured by `dbStats` and enforced by switching the instance's
+//! users to `read`. Standard admin commands only, so it runs unchanged against a `mongos`, a
+//! replica set or one server.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use mongodb::bson::{Bson, Document, doc};
+use mongodb::options::{ClientOptions, ConnectionString, HostInfo};
+use mongodb::{Client, Database};
+use osb_core::broker::*;
+use osb_core::catalog::Plan;
+use osb_core::credentials::{Credentials, PasswordLength, generate_password};
+use osb_core::ids::BindingId;
+use osb_core::orphans::{BackendObject, Claim};
+use osb_core::quota::QuotaPolicy;
+use osb_core::wire::InstanceMetadata;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use prometheus::{IntGauge, Registry};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Map, Value, json};
+use tokio::sync::OnceCell;
+
+use crate::config::{MongoConfig, PlanLimits};
+use crate::errors::{USER_EXISTS, USER_NOT_FOUND, code, failed, unreachable};
+use crate::names::{DatabaseName, UserName};
+use crate::owners::{self, Claimed, Kind, Owner};
+
+/// RFC 3986 unreserved characters stay as they are in URIs; everything else is encoded.
+const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Options of the admin URI that apps need as well (topology and transport, not identity).
+const CARRIED: [&str; 8] = [
+    "replicaset",
+    "tls",
+    "ssl",
+    "directconnection",
+    "readpreference",
+    "w",
+    "retrywrites",
+    "compressors",
+];
+
+const MIB: u64 = 1024 * 1024;
+
+pub struct MongoBroker {
+    name: String,
+    uri: SecretString,
+    client: OnceCell<Client>,
+    /// `host:port` of each server, as apps get them.
+    hosts: Vec<String>,
+    replica_set: Option<String>,
+    /// `&key=value` options carried from the admin URI into apps' URIs.
+    carried: String,
+    plans: HashMap<String, PlanLimits>,
+    quota_every: Duration,
+    quota_policy: QuotaPolicy,
+    password_length: PasswordLength,
+    over_quota: Mutex<HashSet<String>>,
+    over_quota_gauge: IntGauge,
+}
+
+impl MongoBroker {
+    /// Panics on a URI the driver cannot parse: the config check refuses those first.
+    pub fn new(config: &MongoConfig, registry: &Registry) -> Self {
+        let uri = config.uri.0.clone();
+        let parsed = ConnectionString::parse(uri.expose_secret()).unwrap_or_else(|e| {
+            panic!("mongodb.uri is not a MongoDB connection string: {}", e.kind)
+        });
+        let hosts = if config.public_hosts.is_empty() {
+            match &parsed.host_info {
+                HostInfo::HostIdentifiers(hosts) => hosts.iter().map(|h| h.to_string()).collect(),
+                other => panic!("mongodb.uri: list the hosts (no SRV lookups): {other:?}"),
+            }
+        } else {
+            config.public_hosts.clone()
+        };
+        let over_quota_gauge = IntGauge::new(
+            "mongodb_broker_instances_over_quota",
+            "Instances whose users may only read, being over their plan's storage quota",
+        )
+        .expect("a valid gauge");
+        registry
+            .register(Box::new(over_quota_gauge.clone()))
+            .expect("the gauge registered once");
+        Self {
+            name: config.name.clone(),
+            carried: carried_options(uri.expose_secret()),
+            replica_set: parsed.replica_set.clone(),
+            uri,
+            client: OnceCell::new(),
+            hosts,
+            plans: config.plans.clone(),
+            quota_every: Duration::from_secs(config.quota_check_secs.max(1)),
+            quota_policy: config.quota_policy,
+            password_length: config.password_length,
+            over_quota: Mutex::default(),
+            over_quota_gauge,
+        }
+    }
+
+    /// The admin client, checked with a `ping`: failing here means nothing was sent.
+    async fn admin(&self) -> Result<&Client, BrokerError> {
+        let client = self
+            .client
+            .get_or_try_init(|| async {
+                let mut options = ClientOptions::parse(self.uri.expose_secret())
+                    .await
+                    .map_err(|e| unreachable(&self.name, e))?;
+                options
+                    .server_selection_timeout
+                    .get_or_insert(Duration::from_secs(10));
+                options
+                    .connect_timeout
+                    .get_or_insert(Duration::from_secs(10));
+                options
+                    .app_name
+                    .get_or_insert("kpaas-mongodb-broker".into());
+                Client::with_options(options).map_err(|e| unreachable(&self.name, e))
+            })
+            .await?;
+        client
+            .database("admin")
+            .run_command(doc! {"ping": 1})
+            .await
+            .map_err(|e| unreachable(&self.name, e))?;
+        Ok(client)
+    }
+
+    fn limits(&self, plan: &Plan) -> Result<&PlanLimits, BrokerError> {
+        self.plans.get(&plan.id).ok_or_else(|| {
+            BrokerError::Failed(format!("plan {:?} has no [mongodb.plans] entry", plan.name))
+        })
+    }
+
+    /// What apps get: a URI that logs in to the instance's database, and its parts.
+    fn credentials(
+        &self,
+        db: &DatabaseName,
+        user: &UserName,
+        password: &SecretString,
+    ) -> Credentials {
+        let encode = |s: &str| utf8_percent_encode(s, COMPONENT).to_string();
+        let uri = format!(
+            // The users have SCRAM-SHA-256 only: naming it saves drivers a negotiation that
+            // some servers answer poorly (and SCRAM-SHA-1 would fail).
+            "mongodb://{}:{}@{}/{db}?authSource={db}&authMechanism=SCRAM-SHA-256{}",
+            encode(user.as_str()),
+            encode(password.expose_secret()),
+            self.hosts.join(","),
+            self.carried
+        );
+        let (host, port) = split_host(&self.hosts[0]);
+        let mut credentials = Credentials::new()
+            .with_secret("uri", &SecretString::from(uri))
+            .with("hosts", json!(self.hosts))
+            .with("host", host)
+            .with("port", port)
+            .with("database", db.as_str())
+            .with("name", db.as_str())
+            .with("username", user.as_str())
+            .with_secret("password", password);
+        if let Some(set) = &self.replica_set {
+            credentials = credentials.with("replica_set", set.as_str());
+        }
+        credentials
+    }
+
+    fn set_over_quota(&self, instance: &str, over: bool) {
+        let mut set = self.over_quota.lock().expect("over-quota set");
+        if over {
+            set.insert(instance.to_owned());
+        } else {
+            set.remove(instance);
+        }
+        self.over_quota_gauge.set(set.len() as i64);
+    }
+
+    /// The instance's database: as recorded at provision, or derived from its id.
+    fn database_of(instance: &InstanceView<'_>) -> Result<DatabaseName, BrokerError> {
+        match instance.state.get("database").and_then(Value::as_str) {
+            Some(recorded) => DatabaseName::recorded(recorded),
+            None => Ok(DatabaseName::for_instance(instance.platform, instance.id)),
+        }
+    }
+
+    /// Measures the database against `plan`'s quota and gives its users the rights that
+    /// follow; returns the usage (and whether it is frozen) when the plan has a quota.
+    async fn apply_quota(
+        &self,
+        client: &Client,
+        db: &DatabaseName,
+        plan: &Plan,
+    ) -> Result<Option<(u64, u64, bool)>, BrokerError> {
+        let users = our_users(client, db).await?;
+        let Some(quota_mb) = self.limits(plan)?.quota_mb else {
+            set_role(client, db, &users, Role::ReadWrite).await?;
+            return Ok(None);
+        };
+        let quota = quota_mb.saturating_mul(MIB);
+        let frozen_now = role_of(client, db).await? == Some(Role::Read);
+        let used = database_size(&client.database(db.as_str())).await?;
+        let frozen = self.quota_policy.frozen(used, quota, frozen_now);
+        let role = if frozen { Role::Read } else { Role::ReadWrite };
+        set_role(client, db, &users, role).await?;
+        Ok(Some((used, quota, frozen)))
+    }
+}
+
+/// The options of `uri` that apps need too, as `&key=value...`.
+fn carried_options(uri: &str) -> String {
+    let query = uri.split_once('?').map(|(_, q)| q).unwrap_or("");
+    query
+        .split('&')
+        .filter(|kv| {
+            kv.split_once('=')
+                .is_some_and(|(k, _)| CARRIED.contains(&k.to_ascii_lowercase().as_str()))
+        })
+        .map(|kv| format!("&{kv}"))
+        .collect()
+}
+
+/// `host:port` → host and port (27017 when absent).
+fn split_host(host: &str) -> (&str, u16) {
+    match host.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (h, p.parse().unwrap_or(27017)),
+        _ => (host, 27017),
+    }
+}
+
+/// The two rights a binding's user can hold on its database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    ReadWrite,
+    Read,
+}
+
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Self::ReadWrite => "readWrite",
+            Self::Read => "read",
+        }
+    }
+
+    fn on(self, db: &DatabaseName) -> Bson {
+        Bson::Array(vec![Bson::Document(
+            doc! {"role": self.name(), "db": db.as_str()},
+        )])
+    }
+}
+
+/// Documents and indexes of `db`, as `dbStats` counts them. `dataSize` shrinks as soon as
+/// documents are deleted, so an app that cleans up gets its writes back at the next check.
+async fn database_size(db: &Database) -> Result<u64, BrokerError> {
+    let stats = db
+        .run_command(doc! {"dbStats": 1, "scale": 1})
+        .await
+        .map_err(failed)?;
+    let number = |k: &str| match stats.get(k) {
+        Some(Bson::Double(v)) => *v as u64,
+        Some(Bson::Int32(v)) => u64::try_from(*v).unwrap_or(0),
+        Some(Bson::Int64(v)) => u64::try_from(*v).unwrap_or(0),
+        _ => 0,
+    };
+    Ok(number("dataSize") + number("indexSize"))
+}
+
+/// The users of `db` that carry this broker's marker as its bindings'.
+async fn our_users(client: &Client, db: &DatabaseName) -> Result<Vec<UserName>, BrokerError> {
+    Ok(owners::all(client, Some(db.as_str()))
+        .await?
+        .iter()
+        .filter_map(|m| UserName::recorded(&m.name))
+        .collect())
+}
+
+/// The users `db` holds, by name, with their roles.
+async fn users_of(client: &Client, db: &DatabaseName) -> Result<Vec<Document>, BrokerError> {
+    let info = client
+        .database(db.as_str())
+        .run_command(doc! {"usersInfo": 1})
+        .await
+        .map_err(failed)?;
+    Ok(info
+        .get_array("users")
+        .map(|users| {
+            users
+                .iter()
+                .filter_map(|u| u.as_document().cloned())
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// `Read` when one of the broker's users on `db` holds only `read` (the database is frozen).
+async fn role_of(client: &Client, db: &DatabaseName) -> Result<Option<Role>, BrokerError> {
+    let ours = our_users(client, db).await?;
+    let mut seen = None;
+    for user in users_of(client, db).await? {
+        let name = user.get_str("user").unwrap_or_default();
+        if !ours.iter().any(|u| u.as_str() == name) {
+            continue;
+        }
+        let roles = user.get_array("roles").cloned().unwrap_or_default();
+        let writes = roles.iter().any(|r| {
+            r.as_document()
+                .is_some_and(|r| r.get_str("role") == Ok("readWrite"))
+        });
+        if !writes {
+            return Ok(Some(Role::Read));
+        }
+        seen = Some(Role::ReadWrite);
+    }
+    Ok(seen)
+}
+
+async fn set_role(
+    client: &Client,
+    db: &DatabaseName,
+    users: &[UserName],
+    role: Role,
+) -> Result<(), BrokerError> {
+    let database = client.database(db.as_str());
+    for user in users {
+        match database
+            .run_command(doc! {"updateUser": user.as_str(), "roles": role.on(db)})
+            .await
+        {
+            Ok(_) => {}
+            // Marked but never made (a bind that died in between): nothing to change.
+            Err(e) if code(&e) == Some(USER_NOT_FOUND) => {}
+            Err(e) => return Err(failed(e)),
+        }
+    }
+    Ok(())
+}
+
+async fn drop_user(client: &Client, db: &DatabaseName, user: &UserName) -> Result<(), BrokerError> {
+    match client
+        .database(db.as_str())
+        .run_command(doc! {"dropUser": user.as_str()})
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if code(&e) == Some(USER_NOT_FOUND) => Ok(()),
+        Err(e) => Err(failed(e)),
+    }
+}
+
+async fn database_exists(client: &Client, db: &DatabaseName) -> Result<bool, BrokerError> {
+    let names = client
+        .list_database_names()
+        .filter(doc! {"name": db.as_str()})
+        .await
+        .map_err(failed)?;
+    Ok(!names.is_empty())
+}
+
+fn binding_owner<'a>(platform: &'a str, binding: &'a BindingId, db: &'a DatabaseName) -> Owner<'a> {
+    Owner {
+        platform,
+        id: binding.as_str(),
+        parent: db.as_str(),
+    }
+}
+
+/// Drops the users of `db` this broker marked, and their markers.
+async fn drop_our_users(client: &Client, db: &DatabaseName) -> Result<(), BrokerError> {
+    for marker in owners::all(client, Some(db.as_str())).await? {
+        let Some(user) = UserName::recorded(&marker.name) else {
+            continue;
+        };
+        drop_user(client, db, &user).await?;
+        let owner = Owner {
+            platform: &marker.platform,
+            id: &marker.owner_id,
+            parent: &marker.parent,
+        };
+        owners::release(client, Kind::User, user.as_str(), owner).await?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl ServiceBroker for MongoBroker {
+    async fn provision(&self, input: ProvisionInput<'_>) -> Result<Provisioned, BrokerError> {
+        self.limits(input.plan)?;
+        let db = DatabaseName::for_instance(input.platform, input.instance_id);
+        let client = self.admin().await?;
+        let owner = Owner {
+            platform: input.platform,
+            id: input.instance_id.as_str(),
+            parent: "",
+        };
+        let claimed = owners::claim(client, Kind::Database, db.as_str(), owner).await?;
+        if claimed == Claimed::New && database_exists(client, &db).await? {
+            owners::release(client, Kind::Database, db.as_str(), owner).await?;
+            return Err(BrokerError::Conflict(format!(
+                "a database named {db:?} already exists on {} and was not made by this broker for this instance",
+                self.name
+            )));
+        }
+        // MongoDB makes the database with its first collection; the app writes it.
+        Ok(Provisioned {
+            state: json!({"database": db.as_str()}),
+            ..Provisioned::default()
+        })
+    }
+
+    async fn update(&self, input: UpdateInput<'_>) -> Result<Updated, BrokerError> {
+        let db = Self::database_of(&input.instance)?;
+        let client = self.admin().await?;
+        if let Some(quota_mb) = self.limits(input.plan)?.quota_mb {
+            let used = database_size(&client.database(db.as_str())).await?;
+            if self
+                .quota_policy
+                .frozen(used, quota_mb.saturating_mul(MIB), false)
+            {
+                return Err(BrokerError::Unprocessable(format!(
+                    "the database uses {} MiB, more than plan {:?}'s quota of {quota_mb} MiB; remove data first",
+                    used.div_ceil(MIB),
+                    input.plan.name
+                )));
+            }
+        }
+        self.apply_quota(client, &db, input.plan).await?;
+        Ok(Updated::default())
+    }
+
+    async fn deprovision(&self, input: DeprovisionInput<'_>) -> Result<(), BrokerError> {
+        let instance = &input.instance;
+        let db = Self::database_of(instance)?;
+        let client = self.admin().await?;
+        let owner = Owner {
+            platform: instance.platform,
+            id: instance.id.as_str(),
+            parent: "",
+        };
+        // Every binding's user, the recorded ones and any a dying bind marked; then the
+        // database, only when it is this instance's.
+        for binding in input.bindings {
+            let user = UserName::for_binding(instance.platform, &binding.id);
+            let owner = binding_owner(instance.platform, &binding.id, &db);
+            if owners::is_mine(client, Kind::User, user.as_str(), owner).await? {
+                drop_user(client, &db, &user).await?;
+                owners::release(client, Kind::User, user.as_str(), owner).await?;
+            }
+        }
+        if owners::is_mine(client, Kind::Database, db.as_str(), owner).await? {
+            drop_our_users(client, &db).await?;
+            client.database(db.as_str()).drop().await.map_err(failed)?;
+            owners::release(client, Kind::Database, db.as_str(), owner).await?;
+        }
+        self.set_over_quota(instance.id.as_str(), false);
+        Ok(())
+    }
+
+    async fn bind(&self, input: BindInput<'_>) -> Result<Bound, BrokerError> {
+        let instance = &input.instance;
+        let db = Self::database_of(instance)?;
+        let user = UserName::for_binding(instance.platform, input.binding_id);
+        let owner = binding_owner(instance.platform, input.binding_id, &db);
+        let client = self.admin().await?;
+        let claimed = owners::claim(client, Kind::User, user.as_str(), owner).await?;
+        let database = client.database(db.as_str());
+        let exists = users_of(client, &db)
+            .await?
+            .iter()
+            .any(|u| u.get_str("user") == Ok(user.as_str()));
+        if claimed == Claimed::New && exists {
+            owners::release(client, Kind::User, user.as_str(), owner).await?;
+            return Err(BrokerError::Conflict(format!(
+                "a user named {user:?} already exists in {db:?} and was not made by this broker for this binding"
+            )));
+        }
+        let role = match role_of(client, &db).await? {
+            Some(Role::Read) => Role::Read,
+            _ => Role::ReadWrite,
+        };
+        let password = generate_password(self.password_length);
+        let create = doc! {
+            "createUser": user.as_str(), "pwd": password.expose_secret(), "roles": role.on(&db),
+            "mechanisms": ["SCRAM-SHA-256"],
+        };
+        let made = match database.run_command(create).await {
+            Ok(_) => Ok(()),
+            // A retry of a bind that made the user: its password is lost, so it gets a new one.
+            Err(e) if code(&e) == Some(USER_EXISTS) => database
+                .run_command(doc! {
+                    "updateUser": user.as_str(), "pwd": password.expose_secret(),
+                    "roles": role.on(&db), "mechanisms": ["SCRAM-SHA-256"],
+                })
+                .await
+                .map(|_| ())
+                .map_err(failed),
+            Err(e) => Err(failed(e)),
+        };
+        if let Err(err) = made {
+            // Leave nothing half-made; if this fails too, unbind finds the user by its name.
+            let cleaned = async {
+                drop_user(client, &db, &user).await?;
+                owners::release(client, Kind::User, user.as_str(), owner).await
+            }
+            .await;
+            if let Err(e) = cleaned {
+                tracing::warn!(error = %e, "cleaning up after a failed bind failed; unbind will retry");
+            }
+            return Err(err);
+        }
+        Ok(Bound {
+            credentials: self.credentials(&db, &user, &password),
+            state: json!({"user": user.as_str()}),
+            ..Bound::default()
+        })
+    }
+
+    async fn unbind(&self, input: UnbindInput<'_>) -> Result<(), BrokerError> {
+        let instance = &input.instance;
+        let db = Self::database_of(instance)?;
+        let user = UserName::for_binding(instance.platform, &input.binding.id);
+        let owner = binding_owner(instance.platform, &input.binding.id, &db);
+        let client = self.admin().await?;
+        if owners::is_mine(client, Kind::User, user.as_str(), owner).await? {
+            drop_user(client, &db, &user).await?;
+            owners::release(client, Kind::User, user.as_str(), owner).await?;
+        }
+        Ok(())
+    }
+
+    fn upkeep_interval(&self) -> Option<Duration> {
+        Some(self.quota_every)
+    }
+
+    /// Measures the database and applies its plan's quota; the usage is what `GET` shows.
+    async fn upkeep(
+        &self,
+        instance: InstanceView<'_>,
+    ) -> Result<Option<InstanceMetadata>, BrokerError> {
+        let db = Self::database_of(&instance)?;
+        let client = self.admin().await?;
+        let usage = self.apply_quota(client, &db, instance.plan).await?;
+        self.set_over_quota(
+            instance.id.as_str(),
+            usage.is_some_and(|(_, _, frozen)| frozen),
+        );
+        Ok(usage.map(|(used, quota, frozen)| {
+            let Value::Object(attributes) = json!({
+                "storage_used_bytes": used,
+                "storage_quota_bytes": quota,
+                "storage_over_quota": frozen,
+            }) else {
+                unreachable!("a JSON object literal")
+            };
+            InstanceMetadata {
+                labels: Map::new(),
+                attributes,
+            }
+        }))
+    }
+
+    async fn check_ready(&self) -> Result<(), BrokerError> {
+        self.admin().await.map(|_| ())
+    }
+
+    /// Marked databases and users, and databases or users named like the broker's without a
+    /// marker (listed, never removed).
+    async fn objects(&self) -> Result<Vec<BackendObject>, BrokerError> {
+        let client = self.admin().await?;
+        let markers = owners::all(client, None).await?;
+        let mut objects: Vec<BackendObject> = markers
+            .iter()
+            .map(|m| {
+                let (platform, id) = (m.platform.clone(), m.owner_id.clone());
+                BackendObject {
+                    kind: m.kind.clone(),
+                    name: m.name.clone(),
+                    location: self.name.clone(),
+                    claim: if m.kind == Kind::Database.as_str() {
+                        Claim::Instance { platform, id }
+                    } else {
+                        Claim::Binding { platform, id }
+                    },
+                    created_at_ms: Some(m.created_at_ms),
+                }
+            })
+            .collect();
+        let marked = |kind: Kind, name: &str| {
+            markers
+                .iter()
+                .any(|m| m.kind == kind.as_str() && m.name == name)
+        };
+        let unmarked = |kind: Kind, name: String| BackendObject {
+            kind: kind.as_str().into(),
+            name,
+            location: self.name.clone(),
+            claim: Claim::Unmarked,
+            created_at_ms: None,
+        };
+        for name in client.list_database_names().await.map_err(failed)? {
+            if DatabaseName::recorded(&name).is_ok() && !marked(Kind::Database, &name) {
+                objects.push(unmarked(Kind::Database, name));
+            }
+        }
+        let all = client
+            .database("admin")
+            .run_command(doc! {"usersInfo": {"forAllDBs": true}})
+            .await
+            .map_err(failed)?;
+        for user in all.get_array("users").cloned().unwrap_or_default() {
+            let name = user
+                .as_document()
+                .and_then(|u| u.get_str("user").ok())
+                .unwrap_or_default();
+            if UserName::recorded(name).is_some() && !marked(Kind::User, name) {
+                objects.push(unmarked(Kind::User, name.to_owned()));
+            }
+        }
+        Ok(objects)
+    }
+
+    async fn remove_object(&self, object: &BackendObject) -> Result<(), BrokerError> {
+        let client = self.admin().await?;
+        let markers = owners::all(client, None).await?;
+        let Some(marker) = markers
+            .iter()
+            .find(|m| m.kind == object.kind && m.name == object.name)
+        else {
+            return Err(BrokerError::Conflict(format!(
+                "{} {:?} carries no marker of this broker",
+                object.kind, object.name
+            )));
+        };
+        let owner = Owner {
+            platform: &marker.platform,
+            id: &marker.owner_id,
+            parent: &marker.parent,
+        };
+        if marker.kind == Kind::Database.as_str() {
+            let db = DatabaseName::recorded(&marker.name)?;
+            drop_our_users(client, &db).await?;
+            client.database(db.as_str()).drop().await.map_err(failed)?;
+            owners::release(client, Kind::Database, db.as_str(), owner).await
+        } else {
+            let db = DatabaseName::recorded(&marker.parent)?;
+            let user = UserName::recorded(&marker.name).ok_or_else(|| {
+                BrokerError::Failed(format!(
+                    "marked user {:?} is not one this broker makes",
+                    marker.name
+                ))
+            })?;
+            drop_user(client, &db, &user).await?;
+            owners::release(client, Kind::User, user.as_str(), owner).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apps_get_the_topology_options_of_the_admin_uri_and_not_its_identity() {
+        let carried = carried_options(
+            "mongodb://root:pw@a:1,b:2/?authSource=admin&replicaSet=rs0&tls=true&authMechanism=SCRAM-SHA-256&w=majority",
+        );
+        assert_eq!(carried, "&replicaSet=rs0&tls=true&w=majority");
+        assert_eq!(carried_options("mongodb://a"), "");
+        assert_eq!(split_host("db.example:27018"), ("db.example", 27018));
+        assert_eq!(split_host("db.example"), ("db.example", 27017));
+    }
+}

@@ -1,0 +1,170 @@
+//! Ownership markers: before it makes a database or a user, the broker records in its own
+//! `kpaas_broker.owners` collection (apps' users have rights on their database only) which
+//! platform's instance or binding the name is for. A name that exists without this broker's
+//! marker for the same owner was made by someone else, and is never adopted, changed or dropped.
+
+use futures::TryStreamExt;
+use mongodb::bson::{DateTime, Document, doc};
+use mongodb::{Client, Collection};
+use osb_core::BrokerError;
+
+use crate::errors::{DUPLICATE_KEY, code, failed};
+
+/// What a marker is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Database,
+    User,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Database => "database",
+            Self::User => "user",
+        }
+    }
+}
+
+/// Who a name is for: a platform's instance (a database) or binding (a user, whose parent is
+/// its instance's database).
+#[derive(Debug, Clone, Copy)]
+pub struct Owner<'a> {
+    pub platform: &'a str,
+    pub id: &'a str,
+    pub parent: &'a str,
+}
+
+/// What [`claim`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claimed {
+    /// The marker was written now: nothing under this name can be ours yet.
+    New,
+    /// The marker was there already: an earlier attempt for the same owner (a retry).
+    Again,
+}
+
+/// One marker as stored.
+#[derive(Debug, Clone)]
+pub struct Marker {
+    pub kind: String,
+    pub name: String,
+    pub platform: String,
+    pub owner_id: String,
+    pub parent: String,
+    pub created_at_ms: i64,
+}
+
+fn owners(client: &Client) -> Collection<Document> {
+    client.database("kpaas_broker").collection("owners")
+}
+
+fn key(kind: Kind, name: &str) -> String {
+    format!("{}:{name}", kind.as_str())
+}
+
+/// Marks `name` as `owner`'s; a name marked for anyone else is a [`BrokerError::Conflict`].
+pub async fn claim(
+    client: &Client,
+    kind: Kind,
+    name: &str,
+    owner: Owner<'_>,
+) -> Result<Claimed, BrokerError> {
+    let marker = doc! {
+        "_id": key(kind, name), "kind": kind.as_str(), "name": name,
+        "platform": owner.platform, "owner_id": owner.id, "parent": owner.parent,
+        "created_at": DateTime::now(),
+    };
+    match owners(client).insert_one(marker).await {
+        Ok(_) => Ok(Claimed::New),
+        Err(e) if code(&e) == Some(DUPLICATE_KEY) => {
+            if !is_mine(client, kind, name, owner).await? {
+                return Err(BrokerError::Conflict(format!(
+                    "the {} {name:?} exists and was not made by this broker for this {}",
+                    kind.as_str(),
+                    if kind == Kind::Database {
+                        "instance"
+                    } else {
+                        "binding"
+                    }
+                )));
+            }
+            // A retry is at work on it: an orphan sweep must judge its age from now.
+            owners(client)
+                .update_one(
+                    doc! {"_id": key(kind, name)},
+                    doc! {"$set": {"created_at": DateTime::now()}},
+                )
+                .await
+                .map_err(failed)?;
+            Ok(Claimed::Again)
+        }
+        Err(e) => Err(failed(e)),
+    }
+}
+
+/// Whether `name` carries `owner`'s marker.
+pub async fn is_mine(
+    client: &Client,
+    kind: Kind,
+    name: &str,
+    owner: Owner<'_>,
+) -> Result<bool, BrokerError> {
+    let found = owners(client)
+        .find_one(doc! {
+            "_id": key(kind, name), "platform": owner.platform, "owner_id": owner.id,
+            "parent": owner.parent,
+        })
+        .await
+        .map_err(failed)?;
+    Ok(found.is_some())
+}
+
+/// Removes `owner`'s marker on `name` (nothing when it is someone else's).
+pub async fn release(
+    client: &Client,
+    kind: Kind,
+    name: &str,
+    owner: Owner<'_>,
+) -> Result<(), BrokerError> {
+    owners(client)
+        .delete_one(doc! {
+            "_id": key(kind, name), "platform": owner.platform, "owner_id": owner.id,
+            "parent": owner.parent,
+        })
+        .await
+        .map_err(failed)?;
+    Ok(())
+}
+
+/// Every marker; with `parent`, only the users under that database.
+pub async fn all(client: &Client, parent: Option<&str>) -> Result<Vec<Marker>, BrokerError> {
+    let filter = match parent {
+        Some(p) => doc! {"kind": Kind::User.as_str(), "parent": p},
+        None => doc! {},
+    };
+    let docs: Vec<Document> = owners(client)
+        .find(filter)
+        .await
+        .map_err(failed)?
+        .try_collect()
+        .await
+        .map_err(failed)?;
+    Ok(docs
+        .into_iter()
+        .map(|d| {
+            let text = |k: &str| d.get_str(k).unwrap_or_default().to_owned();
+            Marker {
+                kind: text("kind"),
+                name: text("name"),
+                platform: text("platform"),
+                owner_id: text("owner_id"),
+                parent: text("parent"),
+                created_at_ms: d
+                    .get_datetime("created_at")
+                    .map(|t| t.timestamp_millis())
+                    .unwrap_or(0),
+            }
+        })
+        .collect())
+}

@@ -1,0 +1,265 @@
+//! mongodb-broker, black box: the real binary against the MongoDB server of
+//! `scripts/backends.sh`, driven over HTTP; what it made is checked with the official driver.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use mongodb::Client;
+use mongodb::bson::{Document, doc};
+use osb_testkit::{BrokerProcess, Client as Osb, Target, check_all, check_restart, fresh_id};
+
+const SERVICE: &str = "9565d8fe-9175-41a1-9b12-993370ae1c20";
+const PLAN: &str = "7bb43d96-c522-45de-b30f-38f611268498";
+const LARGE: &str = "3b177f18-eed0-484b-968d-4bd106d558cc";
+const ADMIN_URI: &str = "mongodb://kpaas_admin:Kpaas-mongo-admin-1@127.0.0.1:27017/?authSource=admin&directConnection=true";
+
+fn deploy_config() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/mongodb-broker.toml")
+}
+
+/// The shipped config with each `(from, to)` replaced, in `dir`.
+fn config_edited(dir: &Path, edits: &[(&str, &str)]) -> std::path::PathBuf {
+    let mut text = std::fs::read_to_string(deploy_config()).unwrap();
+    for (from, to) in edits {
+        assert!(text.contains(from), "deploy config lacks {from:?}");
+        text = text.replace(from, to);
+    }
+    let path = dir.join("mongodb-broker.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn start(dir: &Path, config: &Path) -> BrokerProcess {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mongodb-broker"));
+    command
+        .arg("--config")
+        .arg(config)
+        .env("KPAAS_BROKER__LISTEN", "127.0.0.1:0")
+        .env(
+            "KPAAS_BROKER__STORE__URL",
+            format!("sqlite://{}", dir.join("state.db").display()),
+        )
+        .env("MONGODB_BROKER_ADMIN_URI", ADMIN_URI)
+        .env("MONGODB_BROKER_PASSWORD", "broker-secret")
+        .env(
+            "MONGODB_BROKER_ENCRYPTION_KEY",
+            "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+        )
+        .env("RUST_LOG", "info");
+    let mut broker = BrokerProcess::spawn(command, 0, &dir.join("broker.log")).unwrap();
+    broker
+        .wait_for("/ready", Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| {
+            panic!("mongodb-broker not up ({e}); is MongoDB up? run scripts/backends.sh")
+        });
+    broker
+}
+
+fn target(broker: &BrokerProcess) -> Target {
+    let mut t = Target::new(
+        format!("http://127.0.0.1:{}", broker.port),
+        "broker",
+        "broker-secret",
+        SERVICE,
+        PLAN,
+    );
+    t.update_plan_id = Some(LARGE.into());
+    t.race_width = 8;
+    // The K-PaaS catalog has no schema, no asynchronous plan, no fixed plan, no binding that
+    // needs an app and no parameters: these rules have nothing to check here.
+    t.skip = vec![
+        "parameters_are_validated_against_the_schema",
+        "async_operations_follow_the_polling_rules",
+        "plan_changes_from_a_fixed_plan_are_refused",
+        "bindings_that_need_an_app_are_refused_without_one",
+        "plan_changes_keep_the_parameters",
+    ];
+    t
+}
+
+async fn admin() -> Client {
+    Client::with_uri_str(ADMIN_URI).await.unwrap()
+}
+
+fn database_of(id: &str) -> String {
+    format!("op_{}", id.replace('-', "_"))
+}
+
+/// The users the server holds in `db`.
+async fn users_in(db: &str) -> Vec<String> {
+    let info = admin()
+        .await
+        .database(db)
+        .run_command(doc! {"usersInfo": 1})
+        .await
+        .unwrap();
+    info.get_array("users")
+        .unwrap()
+        .iter()
+        .map(|u| u.as_document().unwrap().get_str("user").unwrap().to_owned())
+        .collect()
+}
+
+fn code(err: &mongodb::error::Error) -> Option<i32> {
+    match err.kind.as_ref() {
+        mongodb::error::ErrorKind::Command(e) => Some(e.code),
+        mongodb::error::ErrorKind::Write(mongodb::error::WriteFailure::WriteError(e)) => {
+            Some(e.code)
+        }
+        mongodb::error::ErrorKind::Authentication { .. } => Some(18),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn testkit_rules_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), &deploy_config()).await;
+    check_all(&target(&broker)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_between_provision_and_bind_carries_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), &deploy_config()).await;
+    let t = target(&broker);
+    let restarted = std::sync::Mutex::new(None);
+    check_restart(&t, || async {
+        drop(broker);
+        let again = start(dir.path(), &deploy_config()).await;
+        let t = target(&again);
+        *restarted.lock().unwrap() = Some(again);
+        Ok(t)
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_work_on_their_database_only_and_nothing_is_left_after_teardown() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), &deploy_config()).await;
+    let c = Osb::new(target(&broker));
+    let (id, bid) = (fresh_id(), fresh_id());
+    c.provision_ready(&id, PLAN).await.unwrap();
+    let creds = c.bind_ready(&id, &bid, PLAN).await.unwrap()["credentials"].clone();
+    let db = database_of(&id);
+    assert_eq!(creds["database"], db.as_str());
+    assert_eq!(creds["name"], db.as_str());
+    assert_eq!(creds["hosts"], serde_json::json!(["127.0.0.1:27017"]));
+    assert_eq!(
+        (creds["host"].as_str(), creds["port"].as_u64()),
+        (Some("127.0.0.1"), Some(27017))
+    );
+    let uri = creds["uri"].as_str().unwrap();
+    assert!(uri.contains(&format!("/{db}?authSource={db}")), "{uri}");
+    assert!(uri.contains("directConnection=true"), "{uri}");
+
+    let app = Client::with_uri_str(uri).await.unwrap();
+    let docs = app.database(&db).collection::<Document>("things");
+    docs.insert_one(doc! {"n": 1}).await.unwrap();
+    assert_eq!(
+        docs.find_one(doc! {"n": 1})
+            .await
+            .unwrap()
+            .unwrap()
+            .get_i32("n"),
+        Ok(1)
+    );
+    let elsewhere = app
+        .database("someone_else")
+        .collection::<Document>("x")
+        .insert_one(doc! {"n": 1})
+        .await
+        .unwrap_err();
+    assert_eq!(code(&elsewhere), Some(13), "{elsewhere}");
+    assert_eq!(users_in(&db).await.len(), 1);
+
+    c.unbind_done(&id, &bid, PLAN).await.unwrap();
+    let fresh = Client::with_uri_str(uri).await.unwrap();
+    let refused = fresh
+        .database(&db)
+        .collection::<Document>("things")
+        .find_one(doc! {})
+        .await
+        .unwrap_err();
+    assert_eq!(code(&refused), Some(18), "{refused}");
+    assert!(users_in(&db).await.is_empty());
+
+    c.bind_ready(&id, &fresh_id(), PLAN).await.unwrap();
+    c.deprovision_done(&id, PLAN).await.unwrap();
+    let names = admin().await.list_database_names().await.unwrap();
+    assert!(!names.contains(&db), "{names:?}");
+    assert!(
+        users_in(&db).await.is_empty(),
+        "a binding's user outlived deprovision"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_over_quota_only_reads_until_data_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_edited(
+        dir.path(),
+        &[
+            ("quota_mb = 100", "quota_mb = 1"),
+            ("quota_check_secs = 30", "quota_check_secs = 1"),
+        ],
+    );
+    let broker = start(dir.path(), &config).await;
+    let c = Osb::new(target(&broker));
+    let (id, bid) = (fresh_id(), fresh_id());
+    c.provision_ready(&id, PLAN).await.unwrap();
+    let uri = c.bind_ready(&id, &bid, PLAN).await.unwrap()["credentials"]["uri"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let app = Client::with_uri_str(&uri).await.unwrap();
+    let docs = app
+        .database(&database_of(&id))
+        .collection::<Document>("blobs");
+    let blob = "x".repeat(64 * 1024);
+    for i in 0..24 {
+        docs.insert_one(doc! {"i": i, "blob": &blob}).await.unwrap();
+    }
+    let writes = |ok: bool| {
+        let docs = docs.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let result = docs.insert_one(doc! {"probe": 1}).await;
+                if result.is_ok() == ok {
+                    return result.err();
+                }
+                assert!(Instant::now() < deadline, "writes never became {ok}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let refused = writes(false).await.unwrap();
+    assert_eq!(code(&refused), Some(13), "{refused}");
+    assert!(
+        docs.find_one(doc! {"i": 3}).await.unwrap().is_some(),
+        "reads still work"
+    );
+    let shown = c.fetch_instance(&id).await.unwrap();
+    assert_eq!(
+        shown.body["metadata"]["attributes"]["storage_over_quota"], true,
+        "{}",
+        shown.body
+    );
+    // Deleting is a read-and-remove the `read` role does not allow: the app asks its operator,
+    // who removes data as admin (or the app drops what it can). Here the admin removes it.
+    admin()
+        .await
+        .database(&database_of(&id))
+        .collection::<Document>("blobs")
+        .delete_many(doc! {})
+        .await
+        .unwrap();
+    writes(true).await;
+    c.unbind_done(&id, &bid, PLAN).await.unwrap();
+    c.deprovision_done(&id, PLAN).await.unwrap();
+}
