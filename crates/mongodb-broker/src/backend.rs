@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use mongodb::bson::{Bson, Document, doc};
-use mongodb::options::{ClientOptions, ConnectionString, HostInfo};
+use mongodb::options::ClientOptions;
 use mongodb::{Client, Database};
 use osb_core::broker::*;
 use osb_core::catalog::Plan;
@@ -68,17 +68,10 @@ pub struct MongoBroker {
 }
 
 impl MongoBroker {
-    /// Panics on a URI the driver cannot parse: the config check refuses those first.
     pub fn new(config: &MongoConfig, registry: &Registry) -> Self {
-        let uri = config.uri.0.clone();
-        let parsed = ConnectionString::parse(uri.expose_secret()).unwrap_or_else(|e| {
-            panic!("mongodb.uri is not a MongoDB connection string: {}", e.kind)
-        });
+        let uri = &config.uri;
         let hosts = if config.public_hosts.is_empty() {
-            match &parsed.host_info {
-                HostInfo::HostIdentifiers(hosts) => hosts.iter().map(|h| h.to_string()).collect(),
-                other => panic!("mongodb.uri: list the hosts (no SRV lookups): {other:?}"),
-            }
+            uri.hosts.clone()
         } else {
             config.public_hosts.clone()
         };
@@ -92,9 +85,9 @@ impl MongoBroker {
             .expect("the gauge registered once");
         Self {
             name: config.name.clone(),
-            carried: carried_options(uri.expose_secret()),
-            replica_set: parsed.replica_set.clone(),
-            uri,
+            carried: carried_options(uri.secret.expose_secret()),
+            replica_set: uri.replica_set.clone(),
+            uri: uri.secret.clone(),
             client: OnceCell::new(),
             hosts,
             plans: config.plans.clone(),

@@ -2,9 +2,11 @@
 
 use std::collections::HashMap;
 
+use mongodb::options::{ConnectionString, HostInfo};
 use osb_core::config::{BrokerConfig, Secret};
 use osb_core::credentials::PasswordLength;
 use osb_core::quota::QuotaPolicy;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -24,7 +26,7 @@ pub struct MongoConfig {
     /// (a `mongos`, a replica set or one server). Its replica set and TLS options are handed on
     /// to apps. The account needs `userAdminAnyDatabase`, `readWriteAnyDatabase` and
     /// `dbAdminAnyDatabase` (or `root`).
-    pub uri: Secret,
+    pub uri: AdminUri,
     /// `host:port` handed to apps, when they differ from the URI's hosts.
     #[serde(default)]
     pub public_hosts: Vec<String>,
@@ -56,4 +58,69 @@ fn default_name() -> String {
 
 fn default_quota_check() -> u64 {
     30
+}
+
+/// The admin URI, checked when the config is read (without ever echoing it: it holds a
+/// password): a MongoDB connection string that lists its hosts.
+#[derive(Debug, Deserialize)]
+#[serde(try_from = "Secret")]
+pub struct AdminUri {
+    pub secret: SecretString,
+    /// `host:port` of each server it names.
+    pub hosts: Vec<String>,
+    pub replica_set: Option<String>,
+}
+
+impl TryFrom<Secret> for AdminUri {
+    type Error = String;
+
+    fn try_from(secret: Secret) -> Result<Self, String> {
+        let text = secret.0.expose_secret();
+        let parsed = ConnectionString::parse(text).map_err(|e| {
+            // The driver's reason, unless it quotes the URI's user information.
+            let userinfo = text
+                .split_once("://")
+                .and_then(|(_, rest)| rest.split_once('@'))
+                .map(|(info, _)| info)
+                .unwrap_or("");
+            let reason = e.to_string();
+            if userinfo.is_empty() || !reason.contains(userinfo.split(':').last().unwrap_or("")) {
+                format!("not a MongoDB connection string: {reason}")
+            } else {
+                "not a MongoDB connection string".into()
+            }
+        })?;
+        let HostInfo::HostIdentifiers(hosts) = &parsed.host_info else {
+            return Err("mongodb+srv is not supported: list the hosts".into());
+        };
+        Ok(Self {
+            hosts: hosts.iter().map(ToString::to_string).collect(),
+            replica_set: parsed.replica_set.clone(),
+            secret: secret.0,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uri(text: &str) -> Result<AdminUri, String> {
+        AdminUri::try_from(Secret(SecretString::from(text)))
+    }
+
+    #[test]
+    fn the_admin_uri_is_checked_without_echoing_its_password() {
+        let ok = uri("mongodb://root:pw@a:1,b/?replicaSet=rs0").unwrap();
+        assert_eq!(ok.hosts, ["a:1", "b:27017"]);
+        assert_eq!(ok.replica_set.as_deref(), Some("rs0"));
+        assert!(
+            uri("mongodb+srv://root:pw@cluster.example/")
+                .unwrap_err()
+                .contains("srv")
+        );
+        let bad = uri("mongodb://root:s3cret-pw@a:notaport/").unwrap_err();
+        assert!(!bad.contains("s3cret-pw"), "{bad}");
+        assert!(uri("http://a").is_err());
+    }
 }

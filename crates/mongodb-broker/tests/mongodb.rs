@@ -5,8 +5,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use futures::future::join_all;
 use mongodb::Client;
 use mongodb::bson::{Document, doc};
+use osb_testkit::proxy::Proxy;
 use osb_testkit::{BrokerProcess, Client as Osb, Target, check_all, check_restart, fresh_id};
 
 const SERVICE: &str = "9565d8fe-9175-41a1-9b12-993370ae1c20";
@@ -31,6 +33,11 @@ fn config_edited(dir: &Path, edits: &[(&str, &str)]) -> std::path::PathBuf {
 }
 
 async fn start(dir: &Path, config: &Path) -> BrokerProcess {
+    start_with(dir, config, ADMIN_URI, "/ready").await
+}
+
+/// Starts the broker with `admin_uri`, waiting until `path` answers 200.
+async fn start_with(dir: &Path, config: &Path, admin_uri: &str, path: &str) -> BrokerProcess {
     let mut command = Command::new(env!("CARGO_BIN_EXE_mongodb-broker"));
     command
         .arg("--config")
@@ -40,7 +47,7 @@ async fn start(dir: &Path, config: &Path) -> BrokerProcess {
             "KPAAS_BROKER__STORE__URL",
             format!("sqlite://{}", dir.join("state.db").display()),
         )
-        .env("MONGODB_BROKER_ADMIN_URI", ADMIN_URI)
+        .env("MONGODB_BROKER_ADMIN_URI", admin_uri)
         .env("MONGODB_BROKER_PASSWORD", "broker-secret")
         .env(
             "MONGODB_BROKER_ENCRYPTION_KEY",
@@ -49,7 +56,7 @@ async fn start(dir: &Path, config: &Path) -> BrokerProcess {
         .env("RUST_LOG", "info");
     let mut broker = BrokerProcess::spawn(command, 0, &dir.join("broker.log")).unwrap();
     broker
-        .wait_for("/ready", Duration::from_secs(30))
+        .wait_for(path, Duration::from_secs(30))
         .await
         .unwrap_or_else(|e| {
             panic!("mongodb-broker not up ({e}); is MongoDB up? run scripts/backends.sh")
@@ -262,4 +269,134 @@ async fn a_database_over_quota_only_reads_until_data_is_removed() {
     writes(true).await;
     c.unbind_done(&id, &bid, PLAN).await.unwrap();
     c.deprovision_done(&id, PLAN).await.unwrap();
+}
+
+/// The server stops: the broker says which one and records nothing; it starts again: all
+/// that was made is there and the broker works on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_server_is_a_503_naming_it_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(27017).await;
+    let uri = format!(
+        "mongodb://kpaas_admin:Kpaas-mongo-admin-1@127.0.0.1:{}/?authSource=admin&directConnection=true&serverSelectionTimeoutMS=1500",
+        proxy.port
+    );
+    let broker = start_with(dir.path(), &deploy_config(), &uri, "/ready").await;
+    let c = Osb::new(target(&broker));
+    let (id, bid) = (fresh_id(), fresh_id());
+    c.provision_ready(&id, PLAN).await.unwrap();
+    let creds = c.bind_ready(&id, &bid, PLAN).await.unwrap()["credentials"].clone();
+    let app_uri = creds["uri"].as_str().unwrap().to_owned();
+    let app = Client::with_uri_str(&app_uri).await.unwrap();
+    let db = database_of(&id);
+    let docs = app.database(&db).collection::<Document>("kept");
+    docs.insert_one(doc! {"n": 7}).await.unwrap();
+
+    proxy.set_down(true);
+    let ready = reqwest::get(format!("http://127.0.0.1:{}/ready", broker.port))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    let (other, other_bid) = (fresh_id(), fresh_id());
+    for reply in [
+        c.bind(&id, &other_bid, &c.bind_body(PLAN), false)
+            .await
+            .unwrap(),
+        c.provision(&other, &c.provision_body(PLAN), false)
+            .await
+            .unwrap(),
+    ] {
+        assert_eq!(reply.status, 503, "{}", reply.body);
+        let said = reply.body["description"].as_str().unwrap();
+        assert!(
+            said.contains("mongodb-1") && !said.contains("Kpaas-mongo-admin-1"),
+            "{said}"
+        );
+    }
+    assert_eq!(c.fetch_binding(&id, &other_bid).await.unwrap().status, 404);
+    assert_eq!(c.fetch_instance(&other).await.unwrap().status, 404);
+    assert_eq!(
+        c.fetch_instance(&id).await.unwrap().status,
+        200,
+        "reads need no server"
+    );
+
+    proxy.set_down(false);
+    c.bind_ready(&id, &other_bid, PLAN).await.unwrap();
+    let app = Client::with_uri_str(&app_uri).await.unwrap();
+    let kept = app.database(&db).collection::<Document>("kept");
+    assert!(
+        kept.find_one(doc! {"n": 7}).await.unwrap().is_some(),
+        "data lost"
+    );
+    c.unbind_done(&id, &bid, PLAN).await.unwrap();
+    c.unbind_done(&id, &other_bid, PLAN).await.unwrap();
+    c.deprovision_done(&id, PLAN).await.unwrap();
+}
+
+/// Ids that are not plain are refused before anything reaches the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_ids_never_reach_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), &deploy_config()).await;
+    let c = Osb::new(target(&broker));
+    let before = admin().await.list_database_names().await.unwrap();
+    for bad in [
+        "a%2Fb",
+        "a%24b",
+        "a.%22b",
+        "%00",
+        "a%20b",
+        "admin%3Fx",
+        "a%2Ab",
+    ] {
+        let reply = c
+            .provision(bad, &c.provision_body(PLAN), false)
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 400, "{bad}: {}", reply.body);
+    }
+    let id = fresh_id();
+    c.provision_ready(&id, PLAN).await.unwrap();
+    for bad in ["u%2Fv", "u%24v", "%00"] {
+        let reply = c.bind(&id, bad, &c.bind_body(PLAN), false).await.unwrap();
+        assert_eq!(reply.status, 400, "{bad}: {}", reply.body);
+    }
+    assert!(users_in(&database_of(&id)).await.is_empty());
+    c.deprovision_done(&id, PLAN).await.unwrap();
+    assert_eq!(admin().await.list_database_names().await.unwrap(), before);
+}
+
+/// 50 provision+bind pairs at once: every one works, each user on its own database only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_provision_and_bind_pairs_all_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), &deploy_config()).await;
+    let c = Osb::new(target(&broker));
+    let pairs: Vec<(String, String)> = (0..50).map(|_| (fresh_id(), fresh_id())).collect();
+    let made = join_all(pairs.iter().map(|(id, bid)| {
+        let c = c.clone();
+        async move {
+            c.provision_ready(id, PLAN).await?;
+            c.bind_ready(id, bid, PLAN).await
+        }
+    }))
+    .await;
+    for ((id, _), body) in pairs.iter().zip(made) {
+        let body = body.unwrap();
+        assert_eq!(body["credentials"]["database"], database_of(id).as_str());
+        assert_eq!(users_in(&database_of(id)).await.len(), 1);
+    }
+    let done = join_all(pairs.iter().map(|(id, bid)| {
+        let c = c.clone();
+        async move {
+            c.unbind_done(id, bid, PLAN).await?;
+            c.deprovision_done(id, PLAN).await
+        }
+    }))
+    .await;
+    assert!(done.iter().all(Result::is_ok), "{done:?}");
+    for (id, _) in &pairs {
+        assert!(users_in(&database_of(id)).await.is_empty());
+    }
 }

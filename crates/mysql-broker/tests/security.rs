@@ -5,10 +5,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::proxy::{Action, Proxy};
 use common::*;
 use mysql_async::prelude::Queryable;
 use osb_core::naming::NameRule;
+use osb_testkit::proxy::{Action, Proxy};
 use osb_testkit::{Client, fresh_id};
 use serde_json::Value;
 

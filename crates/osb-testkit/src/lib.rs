@@ -6,6 +6,7 @@
 
 mod client;
 mod process;
+pub mod proxy;
 mod rules;
 
 pub use client::{Client, ORIGINATING_IDENTITY, Reply, fresh_id};

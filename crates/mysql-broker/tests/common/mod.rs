@@ -2,8 +2,6 @@
 
 #![allow(dead_code)]
 
-pub mod proxy;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;

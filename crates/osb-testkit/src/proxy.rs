@@ -1,5 +1,6 @@
-//! A TCP proxy in front of a MariaDB server that breaks one connection the moment a chosen
-//! statement passes: the way to make "the connection dropped mid-operation" happen on cue.
+//! A TCP proxy in front of a backend server that breaks one connection the moment a chosen
+//! statement passes (the way to make "the connection dropped mid-operation" happen on cue), or
+//! plays the server being down: every broker's tests put their backend behind one.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,6 +31,8 @@ pub struct Proxy {
     armed: Armed,
     fired: Arc<Mutex<usize>>,
     accept: JoinHandle<()>,
+    down: Arc<AtomicBool>,
+    relays: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
 impl Proxy {
@@ -39,10 +42,19 @@ impl Proxy {
         let port = listener.local_addr().unwrap().port();
         let armed: Armed = Arc::default();
         let fired: Arc<Mutex<usize>> = Arc::default();
-        let (a, f) = (armed.clone(), fired.clone());
+        let down = Arc::new(AtomicBool::new(false));
+        let relays: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let (a, f, d, r) = (armed.clone(), fired.clone(), down.clone(), relays.clone());
         let accept = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                tokio::spawn(relay(client, upstream, a.clone(), f.clone()));
+                if d.load(Ordering::SeqCst) {
+                    // Down: the connection is closed at once, as by a stopped server's host.
+                    continue;
+                }
+                let handle = tokio::spawn(relay(client, upstream, a.clone(), f.clone()));
+                let mut relays = r.lock().unwrap();
+                relays.retain(|h| !h.is_finished());
+                relays.push(handle);
             }
         });
         Self {
@@ -50,6 +62,19 @@ impl Proxy {
             armed,
             fired,
             accept,
+            down,
+            relays,
+        }
+    }
+
+    /// Down: every open connection is cut and new ones are closed at once, as if the server
+    /// had stopped; up again: connections pass as before.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+        if down {
+            for relay in self.relays.lock().unwrap().drain(..) {
+                relay.abort();
+            }
         }
     }
 
@@ -83,7 +108,7 @@ async fn relay(client: TcpStream, upstream: u16, armed: Armed, fired: Arc<Mutex<
     // Set when the armed statement passes: the server's answer to it must not reach the client.
     let mute = Arc::new(AtomicBool::new(false));
     let muted = mute.clone();
-    let back = tokio::spawn(async move {
+    let back = AbortOnDrop(tokio::spawn(async move {
         let mut buf = vec![0u8; 64 * 1024];
         while let Ok(n) = from_server.read(&mut buf).await {
             if n == 0
@@ -95,7 +120,7 @@ async fn relay(client: TcpStream, upstream: u16, armed: Armed, fired: Arc<Mutex<
         }
         // Holds the client's write half open until the relay ends.
         std::future::pending::<()>().await;
-    });
+    }));
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = match from_client.read(&mut buf).await {
@@ -127,13 +152,13 @@ async fn relay(client: TcpStream, upstream: u16, armed: Armed, fired: Arc<Mutex<
                 // Long enough for the server to run it; then both ends close.
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 *fired.lock().unwrap() += 1;
-                back.abort();
+                drop(back);
                 return;
             }
             Some(Action::Drop) => {
                 mute.store(true, Ordering::SeqCst);
                 *fired.lock().unwrap() += 1;
-                back.abort();
+                drop(back);
                 return;
             }
             Some(Action::Hold) => {
@@ -142,5 +167,15 @@ async fn relay(client: TcpStream, upstream: u16, armed: Armed, fired: Arc<Mutex<
             }
         }
     }
-    back.abort();
+    drop(back);
+}
+
+/// The server-to-client half of a relay: it ends with the relay, however that ends (an abort
+/// included).
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
