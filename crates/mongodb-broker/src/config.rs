@@ -84,7 +84,9 @@ impl TryFrom<Secret> for AdminUri {
                 .map(|(info, _)| info)
                 .unwrap_or("");
             let reason = e.to_string();
-            if userinfo.is_empty() || !reason.contains(userinfo.split(':').next_back().unwrap_or("")) {
+            if userinfo.is_empty()
+                || !reason.contains(userinfo.split(':').next_back().unwrap_or(""))
+            {
                 format!("not a MongoDB connection string: {reason}")
             } else {
                 "not a MongoDB connection string".into()
