@@ -22,3 +22,4 @@ run: backends build
 # Prints throughput and memory figures (docs/benchmarks.md); asserts nothing about speed.
 bench: backends
 	cargo bench -p mysql-broker --bench cycles
+	cargo bench -p mongodb-broker --bench cycles

@@ -8,14 +8,12 @@
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use futures::stream::{self, StreamExt};
 use mysql_async::prelude::Queryable;
+use osb_testkit::bench::{Figures, broker_cycle, peak_rss_kib, rate};
 use osb_testkit::{BrokerProcess, Client, Target, fresh_id};
 
-const CYCLES: usize = 200;
-const CONCURRENCY: usize = 8;
 const SERVICE: &str = "96b9e707-0e2b-47e3-a21a-fd01a8eb0452";
 const PLAN1: &str = "411d0c3e-b086-4a24-b041-0aeef1a819d1";
 
@@ -70,44 +68,6 @@ async fn direct_cycle(pool: &mysql_async::Pool) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn broker_cycle(c: &Client) -> anyhow::Result<()> {
-    let (id, bid) = (fresh_id(), fresh_id());
-    c.provision_ready(&id, PLAN1).await?;
-    c.bind_ready(&id, &bid, PLAN1).await?;
-    c.unbind_done(&id, &bid, PLAN1).await?;
-    c.deprovision_done(&id, PLAN1).await
-}
-
-/// Runs `CYCLES` cycles, `CONCURRENCY` at a time; returns cycles per second.
-async fn rate<F, Fut>(cycle: F) -> f64
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = anyhow::Result<()>>,
-{
-    let started = Instant::now();
-    let results: Vec<anyhow::Result<()>> = stream::iter((0..CYCLES).map(|_| cycle()))
-        .buffer_unordered(CONCURRENCY)
-        .collect()
-        .await;
-    let elapsed = started.elapsed();
-    let failed = results.iter().filter(|r| r.is_err()).count();
-    assert_eq!(
-        failed,
-        0,
-        "{failed} cycles failed: {:?}",
-        results.into_iter().find_map(Result::err)
-    );
-    CYCLES as f64 / elapsed.as_secs_f64()
-}
-
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -145,28 +105,22 @@ async fn main() -> anyhow::Result<()> {
         let pool = pool.clone();
         async move { direct_cycle(&pool).await }
     })
-    .await;
+    .await?;
     let through = rate(|| {
         let client = client.clone();
-        async move { broker_cycle(&client).await }
+        async move { broker_cycle(&client, PLAN1).await }
     })
-    .await;
-    let rss = peak_rss_kib(broker.pid());
+    .await?;
+    let peak_rss_kib = peak_rss_kib(broker.pid());
     drop(broker);
-
-    println!(
-        "mysql-broker cycles (provision + bind + unbind + deprovision), {CYCLES} cycles, concurrency {CONCURRENCY}"
-    );
-    println!("  state store: {}", store.split(':').next().unwrap_or("?"));
-    println!("  straight to MariaDB (same SQL): {direct:8.1} cycles/s");
-    println!("  through mysql-broker:           {through:8.1} cycles/s");
-    println!("  broker / direct:                {:8.2}", through / direct);
-    match rss {
-        Some(kib) => println!(
-            "  broker peak RSS:                {:8.1} MiB",
-            kib as f64 / 1024.0
-        ),
-        None => println!("  broker peak RSS:                unavailable"),
+    Figures {
+        broker: "mysql-broker",
+        backend: "MariaDB",
+        store: store.split(':').next().unwrap_or("?"),
+        direct,
+        through,
+        peak_rss_kib,
     }
+    .print();
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! A broker's tests describe the broker in a [`Target`] and call [`check_all`] (and the
 //! checks that need more than one broker process: [`check_restart`], [`check_isolation`]).
 
+pub mod bench;
 mod client;
 mod process;
 pub mod proxy;

@@ -1,0 +1,132 @@
+//! Provision + bind + unbind + deprovision cycles per second through mongodb-broker, against
+//! the same commands sent straight to the MongoDB server (the limit), and the broker's peak RSS.
+//!
+//! `cargo bench -p mongodb-broker` (or `make bench`); needs the local MongoDB
+//! (scripts/backends.sh). `BENCH_STORE_URL=mysql://...` runs the broker on that state store.
+//! Prints figures; asserts nothing about speed.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use mongodb::Client as Mongo;
+use mongodb::bson::{DateTime, Document, doc};
+use osb_testkit::bench::{Figures, broker_cycle, peak_rss_kib, rate};
+use osb_testkit::{BrokerProcess, Client, Target, fresh_id};
+
+const SERVICE: &str = "9565d8fe-9175-41a1-9b12-993370ae1c20";
+const PLAN: &str = "7bb43d96-c522-45de-b30f-38f611268498";
+const ADMIN_URI: &str = "mongodb://kpaas_admin:Kpaas-mongo-admin-1@127.0.0.1:27017/?authSource=admin&directConnection=true";
+
+/// The commands mongodb-broker sends for one cycle on an instance with one binding.
+async fn direct_cycle(client: &Mongo) -> anyhow::Result<()> {
+    let id = fresh_id().replace('-', "_");
+    let (db, user) = (format!("op_{id}"), format!("b_{id}"));
+    let admin = client.database("admin");
+    let owners = client
+        .database("kpaas_broker")
+        .collection::<Document>("owners");
+    let database = client.database(&db);
+    let ping = || admin.run_command(doc! {"ping": 1});
+    let marker = |kind: &str, name: &str, parent: &str| {
+        doc! {"_id": format!("{kind}:{name}"), "kind": kind, "name": name, "platform": "default",
+        "owner_id": &id, "parent": parent, "created_at": DateTime::now()}
+    };
+    // provision
+    ping().await?;
+    owners.insert_one(marker("database", &db, "")).await?;
+    client
+        .list_database_names()
+        .filter(doc! {"name": &db})
+        .await?;
+    // bind
+    ping().await?;
+    owners.insert_one(marker("user", &user, &db)).await?;
+    database.run_command(doc! {"usersInfo": 1}).await?;
+    owners
+        .find_one(doc! {"kind": "user", "parent": &db})
+        .await?;
+    database.run_command(doc! {"usersInfo": 1}).await?;
+    database
+        .run_command(
+            doc! {"createUser": &user, "pwd": "Abcdefghijklmnopqrstuvwxyz0123456789ABCD",
+            "roles": [{"role": "readWrite", "db": &db}], "mechanisms": ["SCRAM-SHA-256"]},
+        )
+        .await?;
+    // unbind
+    ping().await?;
+    owners
+        .find_one(doc! {"_id": format!("user:{user}")})
+        .await?;
+    database.run_command(doc! {"dropUser": &user}).await?;
+    owners
+        .delete_one(doc! {"_id": format!("user:{user}")})
+        .await?;
+    // deprovision
+    ping().await?;
+    owners
+        .find_one(doc! {"_id": format!("database:{db}")})
+        .await?;
+    owners
+        .find_one(doc! {"kind": "user", "parent": &db})
+        .await?;
+    database.drop().await?;
+    owners
+        .delete_one(doc! {"_id": format!("database:{db}")})
+        .await?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = std::env::var("BENCH_STORE_URL")
+        .unwrap_or_else(|_| format!("sqlite://{}", dir.path().join("state.db").display()));
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/mongodb-broker.toml");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mongodb-broker"));
+    command
+        .arg("--config")
+        .arg(deploy)
+        .env("KPAAS_BROKER__LISTEN", "127.0.0.1:0")
+        .env("KPAAS_BROKER__STORE__URL", &store)
+        .env("MONGODB_BROKER_ADMIN_URI", ADMIN_URI)
+        .env("MONGODB_BROKER_PASSWORD", "broker-secret")
+        .env(
+            "MONGODB_BROKER_ENCRYPTION_KEY",
+            "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+        )
+        // The listening line tells the port the system chose.
+        .env("RUST_LOG", "warn,osb_core::server=info");
+    let mut broker = BrokerProcess::spawn(command, 0, &dir.path().join("broker.log"))?;
+    broker.wait_for("/ready", Duration::from_secs(30)).await?;
+    let client = Client::new(Target::new(
+        format!("http://127.0.0.1:{}", broker.port),
+        "broker",
+        "broker-secret",
+        SERVICE,
+        PLAN,
+    ));
+    let mongo = Mongo::with_uri_str(ADMIN_URI).await?;
+    let direct = rate(|| {
+        let mongo = mongo.clone();
+        async move { direct_cycle(&mongo).await }
+    })
+    .await?;
+    let through = rate(|| {
+        let client = client.clone();
+        async move { broker_cycle(&client, PLAN).await }
+    })
+    .await?;
+    let peak_rss_kib = peak_rss_kib(broker.pid());
+    drop(broker);
+    Figures {
+        broker: "mongodb-broker",
+        backend: "MongoDB",
+        store: store.split(':').next().unwrap_or("?"),
+        direct,
+        through,
+        peak_rss_kib,
+    }
+    .print();
+    Ok(())
+}

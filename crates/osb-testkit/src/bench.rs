@@ -1,0 +1,86 @@
+//! The lifecycle benchmark every broker runs (`make bench`): provision + bind + unbind +
+//! deprovision cycles through the broker, against the same backend commands sent straight to
+//! the server (the limit), and the broker's peak RSS. Prints figures; asserts nothing about
+//! speed.
+
+use std::time::Instant;
+
+use futures::stream::{self, StreamExt};
+
+use crate::{Client, fresh_id};
+
+/// Cycles per run and how many run at once.
+pub const CYCLES: usize = 200;
+pub const CONCURRENCY: usize = 8;
+
+/// One cycle through the broker on `plan`.
+pub async fn broker_cycle(c: &Client, plan: &str) -> anyhow::Result<()> {
+    let (id, bid) = (fresh_id(), fresh_id());
+    c.provision_ready(&id, plan).await?;
+    c.bind_ready(&id, &bid, plan).await?;
+    c.unbind_done(&id, &bid, plan).await?;
+    c.deprovision_done(&id, plan).await
+}
+
+/// Runs [`CYCLES`] cycles, [`CONCURRENCY`] at a time; returns cycles per second. Fails when a
+/// cycle fails: a rate of failures means nothing.
+pub async fn rate<F, Fut>(cycle: F) -> anyhow::Result<f64>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let started = Instant::now();
+    let results: Vec<anyhow::Result<()>> = stream::iter((0..CYCLES).map(|_| cycle()))
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
+    let elapsed = started.elapsed();
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    if let Some(first) = results.into_iter().find_map(Result::err) {
+        anyhow::bail!("{failed} cycles failed, the first: {first:#}");
+    }
+    Ok(CYCLES as f64 / elapsed.as_secs_f64())
+}
+
+/// The peak resident set of process `pid` (Linux), in KiB.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+}
+
+/// What one run measured.
+pub struct Figures<'a> {
+    pub broker: &'a str,
+    pub backend: &'a str,
+    /// The state store's scheme (`sqlite`, `mysql`, `postgres`).
+    pub store: &'a str,
+    pub direct: f64,
+    pub through: f64,
+    pub peak_rss_kib: Option<u64>,
+}
+
+impl Figures<'_> {
+    pub fn print(&self) {
+        let Figures {
+            broker, backend, ..
+        } = self;
+        println!(
+            "{broker} cycles (provision + bind + unbind + deprovision), {CYCLES} cycles, concurrency {CONCURRENCY}, {} cores",
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        );
+        println!("  state store: {}", self.store);
+        println!(
+            "  straight to {backend} (same commands): {:8.1} cycles/s",
+            self.direct
+        );
+        println!("  through {broker}: {:8.1} cycles/s", self.through);
+        println!("  broker / direct: {:8.2}", self.through / self.direct);
+        match self.peak_rss_kib {
+            Some(kib) => println!("  broker peak RSS: {:8.1} MiB", kib as f64 / 1024.0),
+            None => println!("  broker peak RSS: unavailable"),
+        }
+    }
+}
