@@ -14,8 +14,8 @@ use mongodb::bson::{DateTime, Document, doc};
 use osb_testkit::bench::{Figures, broker_cycle, peak_rss_kib, rate};
 use osb_testkit::{BrokerProcess, Client, Target, fresh_id};
 
-const SERVICE: &str = "9565d8fe-9175-41a1-9b12-993370ae1c20";
-const PLAN: &str = "7bb43d96-c522-45de-b30f-38f611268498";
+const SERVICE: &str = "Mongo-DB";
+const PLAN: &str = "default-plan";
 const ADMIN_URI: &str = "mongodb://kpaas_admin:Kpaas-mongo-admin-1@127.0.0.1:27017/?authSource=admin&directConnection=true";
 
 /// The commands mongodb-broker sends for one cycle on an instance with one binding.

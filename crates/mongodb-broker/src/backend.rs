@@ -176,6 +176,25 @@ impl MongoBroker {
         self.over_quota_gauge.set(set.len() as i64);
     }
 
+    /// Whether a listed object is still on the server.
+    async fn exists(&self, client: &Client, object: &BackendObject) -> Result<bool, BrokerError> {
+        if object.kind == Kind::Database.as_str() {
+            let names = client.list_database_names().await.map_err(failed)?;
+            return Ok(names.contains(&object.name));
+        }
+        let all = client
+            .database("admin")
+            .run_command(doc! {"usersInfo": {"forAllDBs": true}})
+            .await
+            .map_err(failed)?;
+        Ok(all.get_array("users").is_ok_and(|users| {
+            users.iter().any(|u| {
+                u.as_document()
+                    .is_some_and(|u| u.get_str("user") == Ok(object.name.as_str()))
+            })
+        }))
+    }
+
     /// The instance's database: as recorded at provision, or derived from its id.
     fn database_of(instance: &InstanceView<'_>) -> Result<DatabaseName, BrokerError> {
         match instance.state.get("database").and_then(Value::as_str) {
@@ -626,6 +645,10 @@ impl ServiceBroker for MongoBroker {
             .iter()
             .find(|m| m.kind == object.kind && m.name == object.name)
         else {
+            // A user goes with its database's removal, marker and all: gone is done.
+            if !self.exists(client, object).await? {
+                return Ok(());
+            }
             return Err(BrokerError::Conflict(format!(
                 "{} {:?} carries no marker of this broker",
                 object.kind, object.name

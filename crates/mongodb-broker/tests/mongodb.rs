@@ -11,8 +11,8 @@ use mongodb::bson::{Document, doc};
 use osb_testkit::proxy::Proxy;
 use osb_testkit::{BrokerProcess, Client as Osb, Target, check_all, check_restart, fresh_id};
 
-const SERVICE: &str = "9565d8fe-9175-41a1-9b12-993370ae1c20";
-const PLAN: &str = "7bb43d96-c522-45de-b30f-38f611268498";
+const SERVICE: &str = "Mongo-DB";
+const PLAN: &str = "default-plan";
 const LARGE: &str = "3b177f18-eed0-484b-968d-4bd106d558cc";
 const ADMIN_URI: &str = "mongodb://kpaas_admin:Kpaas-mongo-admin-1@127.0.0.1:27017/?authSource=admin&directConnection=true";
 
@@ -257,6 +257,18 @@ async fn a_database_over_quota_only_reads_until_data_is_removed() {
         "{}",
         shown.body
     );
+    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", broker.port))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let frozen: i64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("mongodb_broker_instances_over_quota "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no over-quota gauge: {metrics}"));
+    assert!(frozen >= 1, "{metrics}");
     // Deleting is a read-and-remove the `read` role does not allow: the app asks its operator,
     // who removes data as admin (or the app drops what it can). Here the admin removes it.
     admin()
@@ -399,4 +411,145 @@ async fn fifty_concurrent_provision_and_bind_pairs_all_work() {
     for (id, _) in &pairs {
         assert!(users_in(&database_of(id)).await.is_empty());
     }
+}
+
+/// Runs the broker's command line against the state store in `dir`.
+fn run(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_mongodb-broker"))
+        .arg("--config")
+        .arg(deploy_config())
+        .args(args)
+        .env(
+            "KPAAS_BROKER__STORE__URL",
+            format!("sqlite://{}", dir.join("state.db").display()),
+        )
+        .env("MONGODB_BROKER_ADMIN_URI", ADMIN_URI)
+        .env("MONGODB_BROKER_PASSWORD", "broker-secret")
+        .env(
+            "MONGODB_BROKER_ENCRYPTION_KEY",
+            "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+        )
+        .output()
+        .unwrap()
+}
+
+/// Leftovers of a crash (a marked database and user no record claims) are listed and removed;
+/// a database named like the broker's without a marker is listed and kept; what the store
+/// claims is neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphans_are_listed_and_only_marked_ones_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), &deploy_config()).await;
+    let c = Osb::new(target(&broker));
+    let (id, bid) = (fresh_id(), fresh_id());
+    c.provision_ready(&id, PLAN).await.unwrap();
+    let creds = c.bind_ready(&id, &bid, PLAN).await.unwrap()["credentials"].clone();
+    drop(broker);
+
+    let suffix = fresh_id().replace('-', "");
+    let (lost_db, lost_user, foreign_db) = (
+        format!("op_lost{}", &suffix[..12]),
+        format!("b_lost{}", &suffix[..12]),
+        format!("op_foreign{}", &suffix[..12]),
+    );
+    let (lost_instance, lost_binding) = (fresh_id(), fresh_id());
+    let admin = admin().await;
+    let two_hours_ago = mongodb::bson::DateTime::from_millis(
+        mongodb::bson::DateTime::now().timestamp_millis() - 7_200_000,
+    );
+    let owners = admin
+        .database("kpaas_broker")
+        .collection::<Document>("owners");
+    owners
+        .insert_many([
+            doc! {"_id": format!("database:{lost_db}"), "kind": "database", "name": &lost_db,
+                "platform": "default", "owner_id": &lost_instance, "parent": "", "created_at": two_hours_ago},
+            doc! {"_id": format!("user:{lost_user}"), "kind": "user", "name": &lost_user,
+                "platform": "default", "owner_id": &lost_binding, "parent": &lost_db, "created_at": two_hours_ago},
+        ])
+        .await
+        .unwrap();
+    for db in [&lost_db, &foreign_db] {
+        admin
+            .database(db)
+            .collection::<Document>("x")
+            .insert_one(doc! {"n": 1})
+            .await
+            .unwrap();
+    }
+    admin
+        .database(&lost_db)
+        .run_command(
+            doc! {"createUser": &lost_user, "pwd": "Lost-pass-1-Lost-pass-1",
+            "roles": [{"role": "readWrite", "db": &lost_db}], "mechanisms": ["SCRAM-SHA-256"]},
+        )
+        .await
+        .unwrap();
+
+    let listed = run(dir.path(), &["orphans", "--json"]);
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&listed.stdout).unwrap();
+    let row = |name: &str| rows.iter().find(|r| r["name"] == name).cloned();
+    let db_row = row(&lost_db).expect("the lost database is listed");
+    assert_eq!(
+        (db_row["for"].as_str(), db_row["id"].as_str()),
+        (Some("instance"), Some(lost_instance.as_str()))
+    );
+    assert_eq!(db_row["removable"], true);
+    assert_eq!(
+        row(&lost_user).expect("the lost user is listed")["removable"],
+        true
+    );
+    assert_eq!(
+        row(&foreign_db).expect("the unmarked database is listed")["removable"],
+        false
+    );
+    assert!(
+        row(creds["name"].as_str().unwrap()).is_none()
+            && row(creds["username"].as_str().unwrap()).is_none(),
+        "a claimed object is listed"
+    );
+
+    // Other tests' leftovers on the shared server count too: --force past the share guard.
+    let deleted = run(dir.path(), &["orphans", "--delete", "--force", "--json"]);
+    assert!(
+        deleted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&deleted.stderr)
+    );
+    let names = admin.list_database_names().await.unwrap();
+    assert!(
+        !names.contains(&lost_db),
+        "the lost database survived --delete"
+    );
+    assert!(
+        names.contains(&foreign_db),
+        "an unmarked database was removed"
+    );
+    assert!(
+        users_in(&lost_db).await.is_empty(),
+        "the lost user survived --delete"
+    );
+    assert!(
+        owners
+            .find_one(doc! {"owner_id": &lost_instance})
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        users_in(&database_of(&id)).await.len(),
+        1,
+        "a claimed user was removed"
+    );
+    admin.database(&foreign_db).drop().await.unwrap();
+
+    let broker = start(dir.path(), &deploy_config()).await;
+    let c = Osb::new(target(&broker));
+    c.unbind_done(&id, &bid, PLAN).await.unwrap();
+    c.deprovision_done(&id, PLAN).await.unwrap();
 }
