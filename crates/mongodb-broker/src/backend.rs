@@ -1,6 +1,6 @@
 //! The MongoDB backend: a database per instance, a user per binding with `readWrite` on that
 //! database only, storage quotas measured by `dbStats` and enforced by switching the instance's
-//! users to `read`. Standard admin commands only, so it runs unchanged against a `mongos`, a
+//! users to a role that reads and removes but does not write. Standard admin commands only, so it runs unchanged against a `mongos`, a
 //! replica set or one server.
 
 use std::collections::{HashMap, HashSet};
@@ -25,7 +25,9 @@ use serde_json::{Map, Value, json};
 use tokio::sync::OnceCell;
 
 use crate::config::{MongoConfig, PlanLimits};
-use crate::errors::{USER_EXISTS, USER_NOT_FOUND, code, failed, unreachable};
+use crate::errors::{
+    ROLE_EXISTS, ROLE_NOT_FOUND, USER_EXISTS, USER_NOT_FOUND, code, failed, unreachable,
+};
 use crate::names::{DatabaseName, UserName};
 use crate::owners::{self, Claimed, Kind, Owner};
 
@@ -106,7 +108,7 @@ impl MongoBroker {
             .get_or_try_init(|| async {
                 let mut options = ClientOptions::parse(self.uri.expose_secret())
                     .await
-                    .map_err(|e| unreachable(&self.name, e))?;
+                    .map_err(|e| unreachable(&self.name, &e))?;
                 options
                     .server_selection_timeout
                     .get_or_insert(Duration::from_secs(10));
@@ -116,14 +118,15 @@ impl MongoBroker {
                 options
                     .app_name
                     .get_or_insert("kpaas-mongodb-broker".into());
-                Client::with_options(options).map_err(|e| unreachable(&self.name, e))
+                Client::with_options(options).map_err(|e| unreachable(&self.name, &e))
             })
             .await?;
+        // A ping changes nothing: however it fails, nothing was done.
         client
             .database("admin")
             .run_command(doc! {"ping": 1})
             .await
-            .map_err(|e| unreachable(&self.name, e))?;
+            .map_err(|e| unreachable(&self.name, &e))?;
         Ok(client)
     }
 
@@ -204,25 +207,33 @@ impl MongoBroker {
     }
 
     /// Measures the database against `plan`'s quota and gives its users the rights that
-    /// follow; returns the usage (and whether it is frozen) when the plan has a quota.
+    /// follow; returns the usage (and whether it is frozen) when the plan has a quota. Whether
+    /// the database is frozen now is kept on its marker, not read off its users' roles: an
+    /// instance whose bindings were all unbound while frozen is still frozen for the next one.
     async fn apply_quota(
         &self,
         client: &Client,
         db: &DatabaseName,
         plan: &Plan,
     ) -> Result<Option<(u64, u64, bool)>, BrokerError> {
-        let users = our_users(client, db).await?;
-        let Some(quota_mb) = self.limits(plan)?.quota_mb else {
-            set_role(client, db, &users, Role::ReadWrite).await?;
-            return Ok(None);
+        let (usage, frozen) = match self.limits(plan)?.quota_mb {
+            None => (None, false),
+            Some(quota_mb) => {
+                let quota = quota_mb.saturating_mul(MIB);
+                let frozen_now = owners::frozen(client, db.as_str()).await?;
+                let used = database_size(&client.database(db.as_str())).await?;
+                let frozen = self.quota_policy.frozen(used, quota, frozen_now);
+                (Some((used, quota)), frozen)
+            }
         };
-        let quota = quota_mb.saturating_mul(MIB);
-        let frozen_now = role_of(client, db).await? == Some(Role::Read);
-        let used = database_size(&client.database(db.as_str())).await?;
-        let frozen = self.quota_policy.frozen(used, quota, frozen_now);
-        let role = if frozen { Role::Read } else { Role::ReadWrite };
-        set_role(client, db, &users, role).await?;
-        Ok(Some((used, quota, frozen)))
+        owners::set_frozen(client, db.as_str(), frozen).await?;
+        let role = if frozen {
+            Role::Frozen
+        } else {
+            Role::ReadWrite
+        };
+        set_role(client, db, role).await?;
+        Ok(usage.map(|(used, quota)| (used, quota, frozen)))
     }
 }
 
@@ -242,7 +253,8 @@ fn carried_options(uri: &str) -> String {
 /// `host:port` → host and port (27017 when absent).
 fn split_host(host: &str) -> (&str, u16) {
     match host.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (h, p.parse().unwrap_or(27017)),
+        // `[::1]` alone has colons but no port; `[::1]:27018` has one after the bracket.
+        Some((h, p)) if !host.ends_with(']') => (h, p.parse().unwrap_or(27017)),
         _ => (host, 27017),
     }
 }
@@ -251,14 +263,20 @@ fn split_host(host: &str) -> (&str, u16) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
     ReadWrite,
-    Read,
+    /// Over quota: read, and remove data (documents, collections, indexes) to get back under,
+    /// but write nothing. A role of the database's own (`kpaas_frozen`), as no built-in role
+    /// reads and removes without writing.
+    Frozen,
 }
+
+/// The frozen role's name, in each instance's database.
+const FROZEN_ROLE: &str = "kpaas_frozen";
 
 impl Role {
     fn name(self) -> &'static str {
         match self {
             Self::ReadWrite => "readWrite",
-            Self::Read => "read",
+            Self::Frozen => FROZEN_ROLE,
         }
     }
 
@@ -266,6 +284,44 @@ impl Role {
         Bson::Array(vec![Bson::Document(
             doc! {"role": self.name(), "db": db.as_str()},
         )])
+    }
+}
+
+/// Makes `db`'s frozen role (idempotent).
+async fn ensure_frozen_role(client: &Client, db: &DatabaseName) -> Result<(), BrokerError> {
+    let actions = [
+        "find",
+        "remove",
+        "dropCollection",
+        "dropIndex",
+        "listCollections",
+        "listIndexes",
+        "collStats",
+        "dbStats",
+        "killCursors",
+    ];
+    let create = doc! {
+        "createRole": FROZEN_ROLE,
+        "privileges": [{"resource": {"db": db.as_str(), "collection": ""}, "actions": actions.to_vec()}],
+        "roles": [],
+    };
+    match client.database(db.as_str()).run_command(create).await {
+        Ok(_) => Ok(()),
+        Err(e) if code(&e) == Some(ROLE_EXISTS) => Ok(()),
+        Err(e) => Err(failed(e)),
+    }
+}
+
+/// Removes `db`'s frozen role, if any: roles outlive their database.
+async fn drop_frozen_role(client: &Client, db: &DatabaseName) -> Result<(), BrokerError> {
+    match client
+        .database(db.as_str())
+        .run_command(doc! {"dropRole": FROZEN_ROLE})
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if code(&e) == Some(ROLE_NOT_FOUND) => Ok(()),
+        Err(e) => Err(failed(e)),
     }
 }
 
@@ -312,42 +368,32 @@ async fn users_of(client: &Client, db: &DatabaseName) -> Result<Vec<Document>, B
         .unwrap_or_default())
 }
 
-/// `Read` when one of the broker's users on `db` holds only `read` (the database is frozen).
-async fn role_of(client: &Client, db: &DatabaseName) -> Result<Option<Role>, BrokerError> {
+/// Gives each of the broker's users on `db` `role`, touching only those that hold another:
+/// every role change makes the servers reload their user caches.
+async fn set_role(client: &Client, db: &DatabaseName, role: Role) -> Result<(), BrokerError> {
     let ours = our_users(client, db).await?;
-    let mut seen = None;
+    let wanted = doc! {"role": role.name(), "db": db.as_str()};
+    let mut prepared = false;
     for user in users_of(client, db).await? {
         let name = user.get_str("user").unwrap_or_default();
         if !ours.iter().any(|u| u.as_str() == name) {
             continue;
         }
         let roles = user.get_array("roles").cloned().unwrap_or_default();
-        let writes = roles.iter().any(|r| {
-            r.as_document()
-                .is_some_and(|r| r.get_str("role") == Ok("readWrite"))
-        });
-        if !writes {
-            return Ok(Some(Role::Read));
+        if roles.len() == 1 && roles[0].as_document() == Some(&wanted) {
+            continue;
         }
-        seen = Some(Role::ReadWrite);
-    }
-    Ok(seen)
-}
-
-async fn set_role(
-    client: &Client,
-    db: &DatabaseName,
-    users: &[UserName],
-    role: Role,
-) -> Result<(), BrokerError> {
-    let database = client.database(db.as_str());
-    for user in users {
-        match database
-            .run_command(doc! {"updateUser": user.as_str(), "roles": role.on(db)})
+        if role == Role::Frozen && !prepared {
+            ensure_frozen_role(client, db).await?;
+            prepared = true;
+        }
+        match client
+            .database(db.as_str())
+            .run_command(doc! {"updateUser": name, "roles": role.on(db)})
             .await
         {
             Ok(_) => {}
-            // Marked but never made (a bind that died in between): nothing to change.
+            // Dropped since it was listed (an unbind at the same time): nothing to change.
             Err(e) if code(&e) == Some(USER_NOT_FOUND) => {}
             Err(e) => return Err(failed(e)),
         }
@@ -368,12 +414,9 @@ async fn drop_user(client: &Client, db: &DatabaseName, user: &UserName) -> Resul
 }
 
 async fn database_exists(client: &Client, db: &DatabaseName) -> Result<bool, BrokerError> {
-    let names = client
-        .list_database_names()
-        .filter(doc! {"name": db.as_str()})
-        .await
-        .map_err(failed)?;
-    Ok(!names.is_empty())
+    // MongoDB refuses two databases whose names differ only in case: `OP_x` blocks `op_x`.
+    let names = client.list_database_names().await.map_err(failed)?;
+    Ok(names.iter().any(|n| n.eq_ignore_ascii_case(db.as_str())))
 }
 
 fn binding_owner<'a>(platform: &'a str, binding: &'a BindingId, db: &'a DatabaseName) -> Owner<'a> {
@@ -468,6 +511,7 @@ impl ServiceBroker for MongoBroker {
         }
         if owners::is_mine(client, Kind::Database, db.as_str(), owner).await? {
             drop_our_users(client, &db).await?;
+            drop_frozen_role(client, &db).await?;
             client.database(db.as_str()).drop().await.map_err(failed)?;
             owners::release(client, Kind::Database, db.as_str(), owner).await?;
         }
@@ -493,9 +537,13 @@ impl ServiceBroker for MongoBroker {
                 "a user named {user:?} already exists in {db:?} and was not made by this broker for this binding"
             )));
         }
-        let role = match role_of(client, &db).await? {
-            Some(Role::Read) => Role::Read,
-            _ => Role::ReadWrite,
+        // The user starts as the instance is (frozen or not); apply_quota below measures
+        // again and settles every user of the instance, this one included.
+        let role = if owners::frozen(client, db.as_str()).await? {
+            ensure_frozen_role(client, &db).await?;
+            Role::Frozen
+        } else {
+            Role::ReadWrite
         };
         let password = generate_password(self.password_length);
         let create = doc! {
@@ -514,6 +562,13 @@ impl ServiceBroker for MongoBroker {
                 .map(|_| ())
                 .map_err(failed),
             Err(e) => Err(failed(e)),
+        };
+        let made = match made {
+            Ok(()) => self
+                .apply_quota(client, &db, instance.plan)
+                .await
+                .map(|_| ()),
+            Err(e) => Err(e),
         };
         if let Err(err) = made {
             // Leave nothing half-made; if this fails too, unbind finds the user by its name.
@@ -662,6 +717,7 @@ impl ServiceBroker for MongoBroker {
         if marker.kind == Kind::Database.as_str() {
             let db = DatabaseName::recorded(&marker.name)?;
             drop_our_users(client, &db).await?;
+            drop_frozen_role(client, &db).await?;
             client.database(db.as_str()).drop().await.map_err(failed)?;
             owners::release(client, Kind::Database, db.as_str(), owner).await
         } else {
@@ -691,5 +747,7 @@ mod tests {
         assert_eq!(carried_options("mongodb://a"), "");
         assert_eq!(split_host("db.example:27018"), ("db.example", 27018));
         assert_eq!(split_host("db.example"), ("db.example", 27017));
+        assert_eq!(split_host("[::1]"), ("[::1]", 27017));
+        assert_eq!(split_host("[::1]:27018"), ("[::1]", 27018));
     }
 }

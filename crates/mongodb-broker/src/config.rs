@@ -35,7 +35,8 @@ pub struct MongoConfig {
     /// Seconds between two measurements of every database against its plan's quota.
     #[serde(default = "default_quota_check")]
     pub quota_check_secs: u64,
-    /// When a database over its quota is frozen (users switched to `read`) and when it thaws.
+    /// When a database over its quota is frozen (its users may read and remove, not write)
+    /// and when it thaws.
     #[serde(default)]
     pub quota_policy: QuotaPolicy,
     /// Length of generated user passwords (16 to 128).
@@ -47,7 +48,8 @@ pub struct MongoConfig {
 #[serde(deny_unknown_fields)]
 pub struct PlanLimits {
     /// Storage an instance may use, in MiB (documents and indexes, as `dbStats` counts them);
-    /// over it, its users can only read until it is back under. No quota when unset.
+    /// over it, its users can only read and remove data until it is back under. No quota when
+    /// unset.
     #[serde(default)]
     pub quota_mb: Option<u64>,
 }
@@ -75,23 +77,12 @@ impl TryFrom<Secret> for AdminUri {
     type Error = String;
 
     fn try_from(secret: Secret) -> Result<Self, String> {
-        let text = secret.0.expose_secret();
-        let parsed = ConnectionString::parse(text).map_err(|e| {
-            // The driver's reason, unless it quotes the URI's user information.
-            let userinfo = text
-                .split_once("://")
-                .and_then(|(_, rest)| rest.split_once('@'))
-                .map(|(info, _)| info)
-                .unwrap_or("");
-            let reason = e.to_string();
-            if userinfo.is_empty()
-                || !reason.contains(userinfo.split(':').next_back().unwrap_or(""))
-            {
-                format!("not a MongoDB connection string: {reason}")
-            } else {
-                "not a MongoDB connection string".into()
-            }
-        })?;
+        if secret.0.expose_secret().starts_with("mongodb+srv://") {
+            return Err("mongodb+srv is not supported: list the hosts".into());
+        }
+        // The driver's reason may quote parts of the URI, the password among them.
+        let parsed = ConnectionString::parse(secret.0.expose_secret())
+            .map_err(|_| "not a MongoDB connection string".to_owned())?;
         let HostInfo::HostIdentifiers(hosts) = &parsed.host_info else {
             return Err("mongodb+srv is not supported: list the hosts".into());
         };

@@ -9,6 +9,8 @@ use osb_core::BrokerError;
 pub const USER_NOT_FOUND: i32 = 11;
 pub const USER_EXISTS: i32 = 51003;
 pub const DUPLICATE_KEY: i32 = 11000;
+pub const ROLE_NOT_FOUND: i32 = 31;
+pub const ROLE_EXISTS: i32 = 51002;
 
 /// The server's error code, for a command error.
 pub fn code(err: &Error) -> Option<i32> {
@@ -30,16 +32,13 @@ pub fn failed(err: Error) -> BrokerError {
     }
 }
 
-/// The first command of an operation failed: nothing was sent when the server could not be
-/// selected or refused the admin login.
-pub fn unreachable(server: &str, err: Error) -> BrokerError {
+/// The server could not be reached or refused the admin login before anything was done (the
+/// client's set-up or the `ping` each operation starts with): nothing changed.
+pub fn unreachable(server: &str, err: &Error) -> BrokerError {
     match err.kind.as_ref() {
-        ErrorKind::ServerSelection { .. } | ErrorKind::Io(_) => {
-            BrokerError::Unavailable(format!("MongoDB {server} unreachable"))
-        }
         ErrorKind::Authentication { .. } => {
             BrokerError::Unavailable(format!("MongoDB {server} refused the broker's admin login"))
         }
-        _ => failed(err),
+        _ => BrokerError::Unavailable(format!("MongoDB {server} unreachable")),
     }
 }

@@ -120,6 +120,27 @@ pub async fn is_mine(
     Ok(found.is_some())
 }
 
+/// Whether database `name` is frozen over its quota, as its marker says.
+pub async fn frozen(client: &Client, name: &str) -> Result<bool, BrokerError> {
+    let marker = owners(client)
+        .find_one(doc! {"_id": key(Kind::Database, name)})
+        .await
+        .map_err(failed)?;
+    Ok(marker.is_some_and(|m| m.get_bool("frozen").unwrap_or(false)))
+}
+
+/// Records on database `name`'s marker whether it is frozen.
+pub async fn set_frozen(client: &Client, name: &str, frozen: bool) -> Result<(), BrokerError> {
+    owners(client)
+        .update_one(
+            doc! {"_id": key(Kind::Database, name), "frozen": {"$ne": frozen}},
+            doc! {"$set": {"frozen": frozen}},
+        )
+        .await
+        .map_err(failed)?;
+    Ok(())
+}
+
 /// Removes `owner`'s marker on `name` (nothing when it is someone else's).
 pub async fn release(
     client: &Client,

@@ -110,12 +110,22 @@ async fn users_in(db: &str) -> Vec<String> {
 }
 
 fn code(err: &mongodb::error::Error) -> Option<i32> {
+    use mongodb::error::{ErrorKind, WriteFailure};
     match err.kind.as_ref() {
-        mongodb::error::ErrorKind::Command(e) => Some(e.code),
-        mongodb::error::ErrorKind::Write(mongodb::error::WriteFailure::WriteError(e)) => {
-            Some(e.code)
+        ErrorKind::Command(e) => Some(e.code),
+        ErrorKind::Write(WriteFailure::WriteError(e)) => Some(e.code),
+        // A refused login: the server's own code is on the error the driver wraps.
+        ErrorKind::Authentication { .. } => {
+            let source = std::error::Error::source(err)?;
+            source
+                .downcast_ref::<mongodb::error::Error>()
+                .or_else(|| {
+                    source
+                        .downcast_ref::<Box<mongodb::error::Error>>()
+                        .map(|b| &**b)
+                })
+                .and_then(code)
         }
-        mongodb::error::ErrorKind::Authentication { .. } => Some(18),
         _ => None,
     }
 }
@@ -182,6 +192,46 @@ async fn credentials_work_on_their_database_only_and_nothing_is_left_after_teard
         .await
         .unwrap_err();
     assert_eq!(code(&elsewhere), Some(13), "{elsewhere}");
+    // Another instance's database and the broker's own markers are out of reach too.
+    let other = fresh_id();
+    c.provision_ready(&other, PLAN).await.unwrap();
+    let (other_db, other_bid) = (database_of(&other), fresh_id());
+    let other_creds = c.bind_ready(&other, &other_bid, PLAN).await.unwrap()["credentials"].clone();
+    let neighbour = Client::with_uri_str(other_creds["uri"].as_str().unwrap())
+        .await
+        .unwrap();
+    neighbour
+        .database(&other_db)
+        .collection::<Document>("theirs")
+        .insert_one(doc! {"secret": 1})
+        .await
+        .unwrap();
+    for (database, collection) in [(other_db.as_str(), "theirs"), ("kpaas_broker", "owners")] {
+        let refused = app
+            .database(database)
+            .collection::<Document>(collection)
+            .find_one(doc! {})
+            .await
+            .unwrap_err();
+        assert_eq!(code(&refused), Some(13), "{database}: {refused}");
+    }
+    let visible = app
+        .database("admin")
+        .run_command(doc! {"listDatabases": 1, "nameOnly": true, "authorizedDatabases": true})
+        .await
+        .unwrap();
+    let names: Vec<&str> = visible
+        .get_array("databases")
+        .unwrap()
+        .iter()
+        .filter_map(|d| d.as_document()?.get_str("name").ok())
+        .collect();
+    assert!(
+        !names.contains(&other_db.as_str()) && !names.contains(&"kpaas_broker"),
+        "{names:?}"
+    );
+    c.unbind_done(&other, &other_bid, PLAN).await.unwrap();
+    c.deprovision_done(&other, PLAN).await.unwrap();
     assert_eq!(users_in(&db).await.len(), 1);
 
     c.unbind_done(&id, &bid, PLAN).await.unwrap();
@@ -206,7 +256,7 @@ async fn credentials_work_on_their_database_only_and_nothing_is_left_after_teard
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_database_over_quota_only_reads_until_data_is_removed() {
+async fn a_database_over_quota_reads_and_deletes_until_under_the_thaw_mark() {
     let dir = tempfile::tempdir().unwrap();
     let config = config_edited(
         dir.path(),
@@ -269,15 +319,46 @@ async fn a_database_over_quota_only_reads_until_data_is_removed() {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no over-quota gauge: {metrics}"));
     assert!(frozen >= 1, "{metrics}");
-    // Deleting is a read-and-remove the `read` role does not allow: the app asks its operator,
-    // who removes data as admin (or the app drops what it can). Here the admin removes it.
-    admin()
-        .await
+    // All bindings gone and a new one made: the instance is still frozen for it at once
+    // (the state is the instance's, kept on its marker, not its users').
+    c.unbind_done(&id, &bid, PLAN).await.unwrap();
+    let bid = fresh_id();
+    let uri = c.bind_ready(&id, &bid, PLAN).await.unwrap()["credentials"]["uri"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let app = Client::with_uri_str(&uri).await.unwrap();
+    let docs = app
         .database(&database_of(&id))
-        .collection::<Document>("blobs")
-        .delete_many(doc! {})
-        .await
-        .unwrap();
+        .collection::<Document>("blobs");
+    let refused = docs.insert_one(doc! {"probe": 1}).await.unwrap_err();
+    assert_eq!(
+        code(&refused),
+        Some(13),
+        "a new binding of a frozen instance wrote: {refused}"
+    );
+    // The app removes data itself. Down to 15 of 24 blobs (about 94% of the quota): between the
+    // marks, it stays frozen over several checks (one a second).
+    docs.delete_many(doc! {"i": {"$gte": 15}}).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let still = docs.insert_one(doc! {"probe": 1}).await.unwrap_err();
+    assert_eq!(
+        code(&still),
+        Some(13),
+        "thawed above the thaw mark: {still}"
+    );
+    // 14 blobs (about 88%): under the thaw mark, writes come back.
+    docs.delete_many(doc! {"i": 14}).await.unwrap();
+    let writes = |ok: bool| {
+        let docs = docs.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while docs.insert_one(doc! {"probe": 1}).await.is_ok() != ok {
+                assert!(Instant::now() < deadline, "writes never became {ok}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
     writes(true).await;
     c.unbind_done(&id, &bid, PLAN).await.unwrap();
     c.deprovision_done(&id, PLAN).await.unwrap();
@@ -352,7 +433,6 @@ async fn hostile_ids_never_reach_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let broker = start(dir.path(), &deploy_config()).await;
     let c = Osb::new(target(&broker));
-    let before = admin().await.list_database_names().await.unwrap();
     for bad in [
         "a%2Fb",
         "a%24b",
@@ -376,10 +456,22 @@ async fn hostile_ids_never_reach_the_server() {
     }
     assert!(users_in(&database_of(&id)).await.is_empty());
     c.deprovision_done(&id, PLAN).await.unwrap();
-    assert_eq!(admin().await.list_database_names().await.unwrap(), before);
+    // Nothing was marked for the refused ids (a name is marked before anything is made).
+    let owners = admin()
+        .await
+        .database("kpaas_broker")
+        .collection::<Document>("owners");
+    for refused in ["a/b", "a$b", "a.\"b", "a b", "admin?x", "a*b", "u/v", "u$v"] {
+        let marked = owners.find_one(doc! {"owner_id": refused}).await.unwrap();
+        assert!(
+            marked.is_none(),
+            "{refused:?} reached the server: {marked:?}"
+        );
+    }
 }
 
-/// 50 provision+bind pairs at once: every one works, each user on its own database only.
+/// 50 provision+bind pairs at once: every one works, each user holding `readWrite` on its own
+/// database and nothing else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_provision_and_bind_pairs_all_work() {
     let dir = tempfile::tempdir().unwrap();
@@ -396,8 +488,25 @@ async fn fifty_concurrent_provision_and_bind_pairs_all_work() {
     .await;
     for ((id, _), body) in pairs.iter().zip(made) {
         let body = body.unwrap();
-        assert_eq!(body["credentials"]["database"], database_of(id).as_str());
-        assert_eq!(users_in(&database_of(id)).await.len(), 1);
+        let db = database_of(id);
+        assert_eq!(body["credentials"]["database"], db.as_str());
+        let info = admin()
+            .await
+            .database(&db)
+            .run_command(doc! {"usersInfo": body["credentials"]["username"].as_str().unwrap()})
+            .await
+            .unwrap();
+        let user = info.get_array("users").unwrap()[0]
+            .as_document()
+            .unwrap()
+            .clone();
+        assert_eq!(
+            user.get_array("roles").unwrap(),
+            &vec![mongodb::bson::Bson::Document(
+                doc! {"role": "readWrite", "db": &db}
+            )],
+            "{db}"
+        );
     }
     let done = join_all(pairs.iter().map(|(id, bid)| {
         let c = c.clone();
