@@ -198,6 +198,37 @@ ensure_mongodb() {
     fi
 }
 
+# RabbitMQ for rabbitmq-broker: the server (Debian's) with its management plugin, every
+# listener on loopback.
+rabbit_up() { rabbitmqctl -q ping >/dev/null 2>&1; }
+rabbit_api() { curl -fsS -o /dev/null -u guest:guest http://127.0.0.1:15672/api/overview; }
+
+ensure_rabbitmq() {
+    command -v rabbitmq-server >/dev/null 2>&1 || apt_install rabbitmq-server
+    local conf=/etc/rabbitmq/rabbitmq.conf env=/etc/rabbitmq/rabbitmq-env.conf restart=""
+    mkdir -p /etc/rabbitmq
+    grep -qs '^NODENAME=' "$env" || echo 'NODENAME=rabbit@localhost' >> "$env"
+    grep -qs '^ERL_EPMD_ADDRESS=' "$env" || echo 'ERL_EPMD_ADDRESS=127.0.0.1' >> "$env"
+    grep -qs '^listeners\.tcp\.' "$conf" || { echo 'listeners.tcp.local = 127.0.0.1:5672' >> "$conf"; restart=1; }
+    # The management plugin listens on every address unless told otherwise.
+    grep -qs '^management\.tcp\.ip' "$conf" || { echo 'management.tcp.ip = 127.0.0.1' >> "$conf"; restart=1; }
+    if ! grep -qs rabbitmq_management /etc/rabbitmq/enabled_plugins; then
+        rabbitmq-plugins enable --offline rabbitmq_management >/dev/null
+        restart=1
+    fi
+    if [ -n "$restart" ] && rabbit_up; then
+        log "restarting RabbitMQ (management API on 127.0.0.1:15672)"
+        rabbitmqctl -q stop
+    fi
+    if ! rabbit_up; then
+        # The first boot after an install takes about 30 s.
+        log "starting RabbitMQ"
+        rabbitmq-server -detached
+        wait_for RabbitMQ 120 rabbit_up
+    fi
+    wait_for "RabbitMQ management API" 60 rabbit_api
+}
+
 # Tools the scripts, .ci/run and the tests call (command, then the package that has it).
 for pair in curl:curl openssl:openssl python3:python3 pkill:procps cc:gcc; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || apt_install "${pair#*:}"
@@ -207,4 +238,5 @@ ensure_mariadb
 ensure_second_mariadb
 ensure_postgres
 ensure_mongodb
-log "ready: MariaDB 127.0.0.1:3306 and 127.0.0.1:3307, PostgreSQL 127.0.0.1:5432, MongoDB 127.0.0.1:27017"
+ensure_rabbitmq
+log "ready: MariaDB 127.0.0.1:3306 and 127.0.0.1:3307, PostgreSQL 127.0.0.1:5432, MongoDB 127.0.0.1:27017, RabbitMQ 127.0.0.1:5672 (management :15672)"

@@ -41,6 +41,9 @@ start mysql-broker 8081
 # The local MongoDB's admin account (scripts/backends.sh makes it).
 export MONGODB_BROKER_ADMIN_URI='mongodb://kpaas_admin:Kpaas-mongo-admin-1@127.0.0.1:27017/?authSource=admin&directConnection=true'
 start mongodb-broker 8082
+# The local RabbitMQ's administrator (Debian's default guest, loopback only).
+export RABBITMQ_BROKER_ADMIN_PASSWORD=guest
+start rabbitmq-broker 8083
 echo "Try: curl -u broker:\$(cat .run/broker.password) -H 'X-Broker-API-Version: 2.17' http://127.0.0.1:8081/v2/catalog"
 echo "Ctrl-C stops the brokers."
 wait

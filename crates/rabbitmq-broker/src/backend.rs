@@ -1,0 +1,514 @@
+//! The RabbitMQ backend: a vhost per instance (with the plan's limits), a user per binding
+//! with full permissions on that vhost only, through the management HTTP API; an AMQP
+//! connection (lapin) proves a new vhost works.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use osb_core::broker::*;
+use osb_core::catalog::Plan;
+use osb_core::credentials::{Credentials, PasswordLength, generate_password};
+use osb_core::ids::BindingId;
+use osb_core::orphans::{BackendObject, Claim};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use rabbitmq_http_client::api::ClientBuilder;
+use rabbitmq_http_client::commons::VirtualHostLimitTarget;
+use rabbitmq_http_client::password_hashing;
+use rabbitmq_http_client::requests::{
+    EnforcedLimitParams, Permissions, UserParams, VirtualHostParams,
+};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
+
+use crate::config::{Node, PlanLimits, RabbitConfig};
+use crate::errors::{failed, not_found};
+use crate::markers::{self, Api, Claimed, Kind, Owner};
+use crate::names::{UserName, VhostName};
+
+/// RFC 3986 unreserved characters stay as they are in URIs; everything else is encoded.
+const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+fn encode(s: &str) -> String {
+    utf8_percent_encode(s, COMPONENT).to_string()
+}
+
+pub struct RabbitBroker {
+    nodes: Vec<Node>,
+    admin_user: String,
+    admin_password: SecretString,
+    plans: HashMap<String, PlanLimits>,
+    password_length: PasswordLength,
+}
+
+impl RabbitBroker {
+    pub fn new(config: &RabbitConfig) -> Self {
+        Self {
+            nodes: config.nodes.clone(),
+            admin_user: config.admin_user.clone(),
+            admin_password: config.admin_password.0.clone(),
+            plans: config.plans.clone(),
+            password_length: config.password_length,
+        }
+    }
+
+    fn names(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("{}:{}", n.host, n.management_port))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// A management client on the first node that answers; none answering is a 503 naming
+    /// them all (nothing was asked of any).
+    async fn api(&self) -> Result<Api, BrokerError> {
+        for node in &self.nodes {
+            let api = ClientBuilder::new()
+                .with_endpoint(format!("http://{}:{}/api", node.host, node.management_port))
+                .with_basic_auth_credentials(
+                    self.admin_user.clone(),
+                    self.admin_password.expose_secret().to_owned(),
+                )
+                .build();
+            let Ok(api) = api else { continue };
+            match tokio::time::timeout(Duration::from_secs(10), api.current_user()).await {
+                Ok(Ok(_)) => return Ok(api),
+                Ok(Err(e)) => {
+                    tracing::warn!(node = %node.host, error = %e, "RabbitMQ management API did not answer")
+                }
+                Err(_) => tracing::warn!(node = %node.host, "RabbitMQ management API timed out"),
+            }
+        }
+        Err(BrokerError::Unavailable(format!(
+            "no RabbitMQ management API answers ({})",
+            self.names()
+        )))
+    }
+
+    fn limits(&self, plan: &Plan) -> Result<&PlanLimits, BrokerError> {
+        self.plans.get(&plan.id).ok_or_else(|| {
+            BrokerError::Failed(format!(
+                "plan {:?} has no [rabbitmq.plans] entry",
+                plan.name
+            ))
+        })
+    }
+
+    /// Sets (or lifts) the plan's vhost limits.
+    async fn apply_limits(
+        &self,
+        api: &Api,
+        vhost: &VhostName,
+        plan: &Plan,
+    ) -> Result<(), BrokerError> {
+        let limits = self.limits(plan)?;
+        for (target, value) in [
+            (
+                VirtualHostLimitTarget::MaxConnections,
+                limits.max_connections,
+            ),
+            (VirtualHostLimitTarget::MaxQueues, limits.max_queues),
+        ] {
+            // -1 is RabbitMQ's "no limit".
+            let value = value.map_or(-1, i64::from);
+            api.set_vhost_limit(vhost.as_str(), EnforcedLimitParams::new(target, value))
+                .await
+                .map_err(failed)?;
+        }
+        Ok(())
+    }
+
+    /// Opens an AMQP connection to `vhost` with the admin account: proof that the vhost serves.
+    async fn amqp_check(&self, vhost: &str) -> Result<(), BrokerError> {
+        let mut last = String::new();
+        for node in &self.nodes {
+            let uri = format!(
+                "amqp://{}:{}@{}:{}/{}",
+                encode(&self.admin_user),
+                encode(self.admin_password.expose_secret()),
+                node.host,
+                node.amqp_port,
+                encode(vhost)
+            );
+            let connect = lapin::Connection::connect(&uri, lapin::ConnectionProperties::default());
+            match tokio::time::timeout(Duration::from_secs(10), connect).await {
+                Ok(Ok(conn)) => {
+                    let _ = conn.close(200, "kpaas-broker check".into()).await;
+                    return Ok(());
+                }
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => last = "timed out".into(),
+            }
+        }
+        Err(BrokerError::Failed(format!(
+            "no RabbitMQ node takes AMQP connections to vhost {vhost:?} ({last})"
+        )))
+    }
+
+    /// The credentials of Cloud Foundry's RabbitMQ service, which apps and Spring Cloud
+    /// Connectors read.
+    fn credentials(
+        &self,
+        vhost: &VhostName,
+        user: &UserName,
+        password: &SecretString,
+    ) -> Credentials {
+        let (u, p, v) = (
+            encode(user.as_str()),
+            encode(password.expose_secret()),
+            encode(vhost.as_str()),
+        );
+        let hosts: Vec<&str> = self.nodes.iter().map(|n| n.host.as_str()).collect();
+        let amqp_uris: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("amqp://{u}:{p}@{}:{}/{v}", n.host, n.amqp_port))
+            .collect();
+        let api_uris: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("http://{u}:{p}@{}:{}/api/", n.host, n.management_port))
+            .collect();
+        let protocol = |port: u16, uris: &[String]| {
+            json!({
+                "host": hosts[0], "hosts": hosts, "port": port, "uri": uris[0], "uris": uris,
+                "vhost": vhost.as_str(), "username": user.as_str(),
+                "password": password.expose_secret(), "ssl": false,
+            })
+        };
+        let protocols = json!({
+            "amqp": protocol(self.nodes[0].amqp_port, &amqp_uris),
+            "management": protocol(self.nodes[0].management_port, &api_uris),
+        });
+        Credentials::new()
+            .with_secret("uri", &SecretString::from(amqp_uris[0].clone()))
+            .with("uris", json!(amqp_uris))
+            .with("vhost", vhost.as_str())
+            .with("username", user.as_str())
+            .with_secret("password", password)
+            .with("hostname", hosts[0])
+            .with("hostnames", json!(hosts))
+            .with("http_api_uri", api_uris[0].as_str())
+            .with("http_api_uris", json!(api_uris))
+            .with("ssl", false)
+            .with("protocols", protocols)
+    }
+
+    fn vhost_of(instance: &InstanceView<'_>) -> Result<VhostName, BrokerError> {
+        match instance.state.get("vhost").and_then(Value::as_str) {
+            Some(recorded) => VhostName::recorded(recorded).ok_or_else(|| {
+                BrokerError::Failed(format!(
+                    "recorded vhost {recorded:?} is not one this broker makes"
+                ))
+            }),
+            None => Ok(VhostName::for_instance(instance.platform, instance.id)),
+        }
+    }
+}
+
+fn binding_owner<'a>(platform: &'a str, binding: &'a BindingId, vhost: &'a VhostName) -> Owner<'a> {
+    Owner {
+        platform,
+        id: binding.as_str(),
+        parent: vhost.as_str(),
+    }
+}
+
+/// Ends `user`'s connections, then deletes it.
+async fn remove_user(api: &Api, user: &str) -> Result<(), BrokerError> {
+    api.close_user_connections(user, Some("the binding was removed"), true)
+        .await
+        .map_err(failed)?;
+    api.delete_user(user, true).await.map_err(failed)
+}
+
+/// Removes every user this broker marked under `vhost`, with their markers.
+async fn remove_users_under(api: &Api, vhost: &VhostName) -> Result<(), BrokerError> {
+    for marker in markers::all(api).await? {
+        if marker.kind != Kind::User.as_str() || marker.parent != vhost.as_str() {
+            continue;
+        }
+        let Some(user) = UserName::recorded(&marker.name) else {
+            continue;
+        };
+        remove_user(api, user.as_str()).await?;
+        let owner = Owner {
+            platform: &marker.platform,
+            id: &marker.owner_id,
+            parent: &marker.parent,
+        };
+        markers::release(api, Kind::User, user.as_str(), owner).await?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl ServiceBroker for RabbitBroker {
+    async fn provision(&self, input: ProvisionInput<'_>) -> Result<Provisioned, BrokerError> {
+        self.limits(input.plan)?;
+        let vhost = VhostName::for_instance(input.platform, input.instance_id);
+        let api = self.api().await?;
+        let owner = Owner {
+            platform: input.platform,
+            id: input.instance_id.as_str(),
+            parent: "",
+        };
+        let claimed = markers::claim(&api, Kind::Vhost, vhost.as_str(), owner).await?;
+        if claimed == Claimed::New {
+            match api.get_vhost(vhost.as_str()).await {
+                Ok(_) => {
+                    markers::release(&api, Kind::Vhost, vhost.as_str(), owner).await?;
+                    return Err(BrokerError::Conflict(format!(
+                        "a vhost named {vhost:?} exists and was not made by this broker for this instance"
+                    )));
+                }
+                Err(e) if not_found(&e) => {}
+                Err(e) => return Err(failed(e)),
+            }
+        }
+        let description = format!("K-PaaS service instance {}", input.instance_id);
+        let params = VirtualHostParams {
+            name: vhost.as_str(),
+            description: Some(&description),
+            tags: None,
+            default_queue_type: None,
+            tracing: false,
+        };
+        api.create_vhost(&params).await.map_err(failed)?;
+        self.apply_limits(&api, &vhost, input.plan).await?;
+        self.amqp_check(vhost.as_str()).await?;
+        Ok(Provisioned {
+            state: json!({"vhost": vhost.as_str()}),
+            ..Provisioned::default()
+        })
+    }
+
+    async fn update(&self, input: UpdateInput<'_>) -> Result<Updated, BrokerError> {
+        let vhost = Self::vhost_of(&input.instance)?;
+        let api = self.api().await?;
+        let limits = self.limits(input.plan)?;
+        let connections = api
+            .list_connections_in(vhost.as_str())
+            .await
+            .map_err(failed)?
+            .len();
+        let queues = api
+            .list_queues_in(vhost.as_str())
+            .await
+            .map_err(failed)?
+            .len();
+        for (what, used, max) in [
+            ("connections", connections, limits.max_connections),
+            ("queues", queues, limits.max_queues),
+        ] {
+            if let Some(max) = max.filter(|m| used > *m as usize) {
+                return Err(BrokerError::Unprocessable(format!(
+                    "the vhost has {used} {what}, more than plan {:?} allows ({max}); close or delete some first",
+                    input.plan.name
+                )));
+            }
+        }
+        self.apply_limits(&api, &vhost, input.plan).await?;
+        Ok(Updated::default())
+    }
+
+    async fn deprovision(&self, input: DeprovisionInput<'_>) -> Result<(), BrokerError> {
+        let instance = &input.instance;
+        let vhost = Self::vhost_of(instance)?;
+        let api = self.api().await?;
+        for binding in input.bindings {
+            let user = UserName::for_binding(instance.platform, &binding.id);
+            let owner = binding_owner(instance.platform, &binding.id, &vhost);
+            if markers::is_mine(&api, Kind::User, user.as_str(), owner).await? {
+                remove_user(&api, user.as_str()).await?;
+                markers::release(&api, Kind::User, user.as_str(), owner).await?;
+            }
+        }
+        let owner = Owner {
+            platform: instance.platform,
+            id: instance.id.as_str(),
+            parent: "",
+        };
+        if markers::is_mine(&api, Kind::Vhost, vhost.as_str(), owner).await? {
+            remove_users_under(&api, &vhost).await?;
+            // Its queues, exchanges and connections go with it.
+            api.delete_vhost(vhost.as_str(), true)
+                .await
+                .map_err(failed)?;
+            markers::release(&api, Kind::Vhost, vhost.as_str(), owner).await?;
+        }
+        Ok(())
+    }
+
+    async fn bind(&self, input: BindInput<'_>) -> Result<Bound, BrokerError> {
+        let instance = &input.instance;
+        let vhost = Self::vhost_of(instance)?;
+        let user = UserName::for_binding(instance.platform, input.binding_id);
+        let owner = binding_owner(instance.platform, input.binding_id, &vhost);
+        let limits = self.limits(instance.plan)?;
+        let api = self.api().await?;
+        let claimed = markers::claim(&api, Kind::User, user.as_str(), owner).await?;
+        if claimed == Claimed::New {
+            match api.get_user(user.as_str()).await {
+                Ok(_) => {
+                    markers::release(&api, Kind::User, user.as_str(), owner).await?;
+                    return Err(BrokerError::Conflict(format!(
+                        "a user named {user:?} exists and was not made by this broker for this binding"
+                    )));
+                }
+                Err(e) if not_found(&e) => {}
+                Err(e) => return Err(failed(e)),
+            }
+        }
+        let password = generate_password(self.password_length);
+        let salt = password_hashing::salt();
+        let hash = password_hashing::base64_encoded_salted_password_hash_sha256(
+            &salt,
+            password.expose_secret(),
+        );
+        let tags: Vec<&str> = limits.tags.iter().map(|t| t.as_str()).collect();
+        let tags = tags.join(",");
+        let made = async {
+            // A retry of a bind that made the user replaces it: its password was never handed out.
+            api.create_user(&UserParams {
+                name: user.as_str(),
+                password_hash: &hash,
+                tags: &tags,
+            })
+            .await
+            .map_err(failed)?;
+            let everything = Permissions {
+                user: user.as_str(),
+                vhost: vhost.as_str(),
+                configure: ".*",
+                read: ".*",
+                write: ".*",
+            };
+            api.declare_permissions(&everything).await.map_err(failed)
+        }
+        .await;
+        if let Err(err) = made {
+            let cleaned = async {
+                remove_user(&api, user.as_str()).await?;
+                markers::release(&api, Kind::User, user.as_str(), owner).await
+            }
+            .await;
+            if let Err(e) = cleaned {
+                tracing::warn!(error = %e, "cleaning up after a failed bind failed; unbind will retry");
+            }
+            return Err(err);
+        }
+        Ok(Bound {
+            credentials: self.credentials(&vhost, &user, &password),
+            state: json!({"user": user.as_str()}),
+            ..Bound::default()
+        })
+    }
+
+    async fn unbind(&self, input: UnbindInput<'_>) -> Result<(), BrokerError> {
+        let instance = &input.instance;
+        let vhost = Self::vhost_of(instance)?;
+        let user = UserName::for_binding(instance.platform, &input.binding.id);
+        let owner = binding_owner(instance.platform, &input.binding.id, &vhost);
+        let api = self.api().await?;
+        if markers::is_mine(&api, Kind::User, user.as_str(), owner).await? {
+            remove_user(&api, user.as_str()).await?;
+            markers::release(&api, Kind::User, user.as_str(), owner).await?;
+        }
+        Ok(())
+    }
+
+    /// The management API of some node, and AMQP on some node.
+    async fn check_ready(&self) -> Result<(), BrokerError> {
+        self.api().await?;
+        self.amqp_check("/")
+            .await
+            .map_err(|e| BrokerError::Unavailable(e.to_string()))
+    }
+
+    async fn objects(&self) -> Result<Vec<BackendObject>, BrokerError> {
+        let api = self.api().await?;
+        let markers = markers::all(&api).await?;
+        let location = self.names();
+        let mut objects: Vec<BackendObject> = markers
+            .iter()
+            .map(|m| {
+                let (platform, id) = (m.platform.clone(), m.owner_id.clone());
+                BackendObject {
+                    kind: m.kind.clone(),
+                    name: m.name.clone(),
+                    location: location.clone(),
+                    claim: if m.kind == Kind::Vhost.as_str() {
+                        Claim::Instance { platform, id }
+                    } else {
+                        Claim::Binding { platform, id }
+                    },
+                    created_at_ms: Some(m.created_at_ms),
+                }
+            })
+            .collect();
+        let marked = |kind: Kind, name: &str| {
+            markers
+                .iter()
+                .any(|m| m.kind == kind.as_str() && m.name == name)
+        };
+        let unmarked = |kind: Kind, name: String| BackendObject {
+            kind: kind.as_str().into(),
+            name,
+            location: location.clone(),
+            claim: Claim::Unmarked,
+            created_at_ms: None,
+        };
+        for vhost in api.list_vhosts().await.map_err(failed)? {
+            if VhostName::recorded(&vhost.name).is_some() && !marked(Kind::Vhost, &vhost.name) {
+                objects.push(unmarked(Kind::Vhost, vhost.name));
+            }
+        }
+        for user in api.list_users().await.map_err(failed)? {
+            if UserName::recorded(&user.name).is_some() && !marked(Kind::User, &user.name) {
+                objects.push(unmarked(Kind::User, user.name));
+            }
+        }
+        Ok(objects)
+    }
+
+    async fn remove_object(&self, object: &BackendObject) -> Result<(), BrokerError> {
+        let api = self.api().await?;
+        let markers = markers::all(&api).await?;
+        let Some(marker) = markers
+            .iter()
+            .find(|m| m.kind == object.kind && m.name == object.name)
+        else {
+            return Err(BrokerError::Conflict(format!(
+                "{} {:?} carries no marker of this broker",
+                object.kind, object.name
+            )));
+        };
+        let owner = Owner {
+            platform: &marker.platform,
+            id: &marker.owner_id,
+            parent: &marker.parent,
+        };
+        if marker.kind == Kind::Vhost.as_str() {
+            let vhost = VhostName::recorded(&marker.name).ok_or_else(|| {
+                BrokerError::Failed(format!(
+                    "marked vhost {:?} is not one this broker makes",
+                    marker.name
+                ))
+            })?;
+            remove_users_under(&api, &vhost).await?;
+            api.delete_vhost(vhost.as_str(), true)
+                .await
+                .map_err(failed)?;
+            markers::release(&api, Kind::Vhost, vhost.as_str(), owner).await
+        } else {
+            remove_user(&api, &marker.name).await?;
+            markers::release(&api, Kind::User, &marker.name, owner).await
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! rabbitmq-broker's config file: the shared `[broker]` section and `[rabbitmq]`.
+
+use std::collections::HashMap;
+
+use osb_core::config::{BrokerConfig, Secret};
+use osb_core::credentials::PasswordLength;
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub broker: BrokerConfig,
+    pub rabbitmq: RabbitConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RabbitConfig {
+    /// The cluster's nodes: apps get all of them; management calls go to the first that answers.
+    pub nodes: Vec<Node>,
+    /// An `administrator` account of the management API (it also opens the AMQP check).
+    pub admin_user: String,
+    pub admin_password: Secret,
+    /// Limits and user tags per plan id.
+    pub plans: HashMap<String, PlanLimits>,
+    /// Length of generated user passwords (16 to 128).
+    #[serde(default)]
+    pub password_length: PasswordLength,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    pub host: String,
+    #[serde(default = "default_amqp")]
+    pub amqp_port: u16,
+    #[serde(default = "default_management")]
+    pub management_port: u16,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanLimits {
+    /// The vhost's `max-connections` limit; none when unset.
+    #[serde(default)]
+    pub max_connections: Option<u32>,
+    /// The vhost's `max-queues` limit; none when unset.
+    #[serde(default)]
+    pub max_queues: Option<u32>,
+    /// Management tags the plan's users get: only `management` and `policymaker`.
+    #[serde(default)]
+    pub tags: Vec<UserTag>,
+}
+
+/// The management tags a plan may hand out; `administrator` and `monitoring` never.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UserTag {
+    Management,
+    Policymaker,
+}
+
+impl UserTag {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Management => "management",
+            Self::Policymaker => "policymaker",
+        }
+    }
+}
+
+fn default_amqp() -> u16 {
+    5672
+}
+
+fn default_management() -> u16 {
+    15672
+}

@@ -1,0 +1,387 @@
+//! rabbitmq-broker, black box: the real binary against the local RabbitMQ
+//! (`scripts/backends.sh`), driven over HTTP; what it made is checked over AMQP (lapin) and the
+//! management API.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use osb_testkit::proxy::Proxy;
+use osb_testkit::{BrokerProcess, Client as Osb, Target, check_all, check_restart, fresh_id};
+
+const SERVICE: &str = "14a9fad1-cf61-45dd-b486-f33609a80561";
+const PLAN: &str = "6244693b-e046-4622-9be2-73315a186bfb";
+const LARGE: &str = "1e5c8579-a08c-4f81-923c-794fcf747627";
+
+fn deploy_config() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/rabbitmq-broker.toml")
+}
+
+async fn start(dir: &Path) -> BrokerProcess {
+    start_with(dir, &deploy_config(), "/ready").await
+}
+
+/// Starts the broker with `config`, waiting until `path` answers 200.
+async fn start_with(dir: &Path, config: &Path, path: &str) -> BrokerProcess {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_rabbitmq-broker"));
+    command
+        .arg("--config")
+        .arg(config)
+        .env("KPAAS_BROKER__LISTEN", "127.0.0.1:0")
+        .env(
+            "KPAAS_BROKER__STORE__URL",
+            format!("sqlite://{}", dir.join("state.db").display()),
+        )
+        .env("RABBITMQ_BROKER_ADMIN_PASSWORD", "guest")
+        .env("RABBITMQ_BROKER_PASSWORD", "broker-secret")
+        .env(
+            "RABBITMQ_BROKER_ENCRYPTION_KEY",
+            "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+        )
+        .env("RUST_LOG", "info");
+    let mut broker = BrokerProcess::spawn(command, 0, &dir.join("broker.log")).unwrap();
+    broker
+        .wait_for(path, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| {
+            panic!("rabbitmq-broker not up ({e}); is RabbitMQ up? run scripts/backends.sh")
+        });
+    broker
+}
+
+fn target(broker: &BrokerProcess) -> Target {
+    let mut t = Target::new(
+        format!("http://127.0.0.1:{}", broker.port),
+        "broker",
+        "broker-secret",
+        SERVICE,
+        PLAN,
+    );
+    t.update_plan_id = Some(LARGE.into());
+    t.race_width = 8;
+    // The K-PaaS catalog has no schema, no asynchronous plan, no fixed plan, no binding that
+    // needs an app and no parameters: these rules have nothing to check here.
+    t.skip = vec![
+        "parameters_are_validated_against_the_schema",
+        "async_operations_follow_the_polling_rules",
+        "plan_changes_from_a_fixed_plan_are_refused",
+        "bindings_that_need_an_app_are_refused_without_one",
+        "plan_changes_keep_the_parameters",
+    ];
+    t
+}
+
+/// GET on the management API as the admin; the status and the body.
+async fn management(path: &str) -> (u16, serde_json::Value) {
+    let reply = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:15672/api{path}"))
+        .basic_auth("guest", Some("guest"))
+        .send()
+        .await
+        .unwrap();
+    let status = reply.status().as_u16();
+    (status, reply.json().await.unwrap_or_default())
+}
+
+fn vhost_of(id: &str) -> String {
+    format!("op_{}", id.replace('-', "_"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn testkit_rules_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path()).await;
+    check_all(&target(&broker)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_between_provision_and_bind_carries_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path()).await;
+    let t = target(&broker);
+    let restarted = std::sync::Mutex::new(None);
+    check_restart(&t, || async {
+        drop(broker);
+        let again = start(dir.path()).await;
+        let t = target(&again);
+        *restarted.lock().unwrap() = Some(again);
+        Ok(t)
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_work_in_their_vhost_only_and_nothing_is_left_after_teardown() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path()).await;
+    let c = Osb::new(target(&broker));
+    let (id, bid, other) = (fresh_id(), fresh_id(), fresh_id());
+    c.provision_ready(&id, PLAN).await.unwrap();
+    c.provision_ready(&other, PLAN).await.unwrap();
+    let creds = c.bind_ready(&id, &bid, PLAN).await.unwrap()["credentials"].clone();
+    let vhost = vhost_of(&id);
+    assert_eq!(creds["vhost"], vhost.as_str());
+    assert_eq!(creds["hostname"], "127.0.0.1");
+    assert_eq!(creds["hostnames"], serde_json::json!(["127.0.0.1"]));
+    assert_eq!(creds["ssl"], false);
+    assert_eq!(creds["protocols"]["amqp"]["port"], 5672);
+    assert_eq!(creds["protocols"]["management"]["port"], 15672);
+    for field in [
+        "host", "hosts", "port", "uri", "uris", "vhost", "username", "password", "ssl",
+    ] {
+        assert!(
+            creds["protocols"]["amqp"].get(field).is_some(),
+            "amqp lacks {field}"
+        );
+        assert!(
+            creds["protocols"]["management"].get(field).is_some(),
+            "management lacks {field}"
+        );
+    }
+    let (status, user) =
+        management(&format!("/users/{}", creds["username"].as_str().unwrap())).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        user["tags"],
+        serde_json::json!([]),
+        "the standard plan gives no management tag"
+    );
+
+    // Publish and consume in its own vhost.
+    let uri = creds["uri"].as_str().unwrap();
+    let conn = Connection::connect(uri, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    channel
+        .queue_declare(
+            "work".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .basic_publish(
+            "".into(),
+            "work".into(),
+            BasicPublishOptions::default(),
+            b"hello",
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let got = channel
+        .basic_get(
+            "work".into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await
+        .unwrap()
+        .expect("the message is there");
+    assert_eq!(got.delivery.data, b"hello");
+
+    // Another instance's vhost refuses it.
+    let elsewhere = uri.replace(&format!("/{vhost}"), &format!("/{}", vhost_of(&other)));
+    assert!(
+        Connection::connect(&elsewhere, ConnectionProperties::default())
+            .await
+            .is_err(),
+        "the binding's user opened another instance's vhost"
+    );
+
+    // Unbind closes the open connection and the login stops working.
+    c.unbind_done(&id, &bid, PLAN).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while conn.status().connected() {
+        assert!(Instant::now() < deadline, "the connection outlived unbind");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        Connection::connect(uri, ConnectionProperties::default())
+            .await
+            .is_err()
+    );
+
+    c.bind_ready(&id, &fresh_id(), PLAN).await.unwrap();
+    c.deprovision_done(&id, PLAN).await.unwrap();
+    c.deprovision_done(&other, PLAN).await.unwrap();
+    assert_eq!(
+        management(&format!("/vhosts/{vhost}")).await.0,
+        404,
+        "vhost left"
+    );
+    let (_, users) = management("/users").await;
+    let left: Vec<&str> = users
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|u| u["name"].as_str())
+        .filter(|n| n.starts_with("b_"))
+        .collect();
+    let (_, markers) = management("/global-parameters").await;
+    let ours: Vec<&str> = markers
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["value"]["parent"] == vhost.as_str() || p["value"]["owner_id"] == id.as_str())
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert!(ours.is_empty(), "markers left: {ours:?}");
+    assert!(
+        !left.iter().any(|n| creds["username"] == *n),
+        "the binding's user outlived deprovision"
+    );
+}
+
+/// The plan's `max-connections` holds: the connection past it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plans_connection_limit_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path()).await;
+    let c = Osb::new(target(&broker));
+    let (id, bid) = (fresh_id(), fresh_id());
+    c.provision_ready(&id, PLAN).await.unwrap();
+    let creds = c.bind_ready(&id, &bid, PLAN).await.unwrap()["credentials"].clone();
+    let uri = creds["uri"].as_str().unwrap();
+    let mut open = Vec::new();
+    for _ in 0..20 {
+        open.push(
+            Connection::connect(uri, ConnectionProperties::default())
+                .await
+                .unwrap(),
+        );
+    }
+    let past = Connection::connect(uri, ConnectionProperties::default()).await;
+    assert!(
+        past.is_err(),
+        "a 21st connection was let in on a plan of 20"
+    );
+    drop(open);
+    c.unbind_done(&id, &bid, PLAN).await.unwrap();
+    c.deprovision_done(&id, PLAN).await.unwrap();
+}
+
+/// The management API stops answering: 503 naming the node, nothing recorded; back: works,
+/// nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_management_api_is_a_503_naming_it_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(15672).await;
+    let text = std::fs::read_to_string(deploy_config()).unwrap().replace(
+        "management_port = 15672",
+        &format!("management_port = {}", proxy.port),
+    );
+    let config = dir.path().join("rabbitmq-broker.toml");
+    std::fs::write(&config, text).unwrap();
+    let broker = start_with(dir.path(), &config, "/ready").await;
+    let c = Osb::new(target(&broker));
+    let (id, bid) = (fresh_id(), fresh_id());
+    c.provision_ready(&id, PLAN).await.unwrap();
+    let creds = c.bind_ready(&id, &bid, PLAN).await.unwrap()["credentials"].clone();
+
+    proxy.set_down(true);
+    let ready = reqwest::get(format!("http://127.0.0.1:{}/ready", broker.port))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    let (other, other_bid) = (fresh_id(), fresh_id());
+    for reply in [
+        c.bind(&id, &other_bid, &c.bind_body(PLAN), false)
+            .await
+            .unwrap(),
+        c.provision(&other, &c.provision_body(PLAN), false)
+            .await
+            .unwrap(),
+    ] {
+        assert_eq!(reply.status, 503, "{}", reply.body);
+        let said = reply.body["description"].as_str().unwrap();
+        assert!(
+            said.contains(&format!("127.0.0.1:{}", proxy.port)),
+            "{said}"
+        );
+    }
+    assert_eq!(c.fetch_binding(&id, &other_bid).await.unwrap().status, 404);
+    assert_eq!(c.fetch_instance(&other).await.unwrap().status, 404);
+    // AMQP does not go through the management API: the app keeps working.
+    let conn = Connection::connect(
+        creds["uri"].as_str().unwrap(),
+        ConnectionProperties::default(),
+    )
+    .await
+    .unwrap();
+    drop(conn);
+
+    proxy.set_down(false);
+    c.bind_ready(&id, &other_bid, PLAN).await.unwrap();
+    c.unbind_done(&id, &bid, PLAN).await.unwrap();
+    c.unbind_done(&id, &other_bid, PLAN).await.unwrap();
+    c.deprovision_done(&id, PLAN).await.unwrap();
+}
+
+/// Ids that are not plain never reach the server; 30 provision+bind pairs at once all work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_ids_are_refused_and_thirty_concurrent_pairs_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path()).await;
+    let c = Osb::new(target(&broker));
+    for bad in ["a%2Fb", "%2F", "a%20b", "a%25b", "..%2F"] {
+        let reply = c
+            .provision(bad, &c.provision_body(PLAN), false)
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 400, "{bad}: {}", reply.body);
+    }
+    let (_, markers) = management("/global-parameters").await;
+    for refused in ["a/b", "/", "a b", "a%b", "../"] {
+        assert!(
+            !markers
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["value"]["owner_id"] == refused),
+            "{refused:?} reached the server"
+        );
+    }
+    let pairs: Vec<(String, String)> = (0..30).map(|_| (fresh_id(), fresh_id())).collect();
+    let made = join_all(pairs.iter().map(|(id, bid)| {
+        let c = c.clone();
+        async move {
+            c.provision_ready(id, PLAN).await?;
+            c.bind_ready(id, bid, PLAN).await
+        }
+    }))
+    .await;
+    for ((id, _), body) in pairs.iter().zip(made) {
+        let body = body.unwrap();
+        let (vhost, user) = (
+            vhost_of(id),
+            body["credentials"]["username"].as_str().unwrap().to_owned(),
+        );
+        assert_eq!(body["credentials"]["vhost"], vhost.as_str());
+        let (_, permissions) = management(&format!("/users/{user}/permissions")).await;
+        let vhosts: Vec<&str> = permissions
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p["vhost"].as_str())
+            .collect();
+        assert_eq!(vhosts, [vhost.as_str()], "{user}");
+    }
+    let done = join_all(pairs.iter().map(|(id, bid)| {
+        let c = c.clone();
+        async move {
+            c.unbind_done(id, bid, PLAN).await?;
+            c.deprovision_done(id, PLAN).await
+        }
+    }))
+    .await;
+    assert!(done.iter().all(Result::is_ok), "{done:?}");
+}
