@@ -53,15 +53,7 @@ fn target(balancer: SocketAddr) -> Target {
     // A connection per request: the balancer then sends consecutive requests to different
     // replicas, so a check that needs one replica to see another's work gets it.
     t.fresh_connections = true;
-    // mysql-broker's K-PaaS catalog has no schema, no asynchronous plan, no fixed plan, no
-    // binding that needs an app and no parameters.
-    t.skip = vec![
-        "plan_changes_keep_the_parameters",
-        "bindings_that_need_an_app_are_refused_without_one",
-        "parameters_are_validated_against_the_schema",
-        "async_operations_follow_the_polling_rules",
-        "plan_changes_from_a_fixed_plan_are_refused",
-    ];
+    t.skip = osb_testkit::PLAIN_CATALOG_SKIPS.to_vec();
     t
 }
 

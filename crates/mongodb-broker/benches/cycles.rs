@@ -6,13 +6,11 @@
 //! Prints figures; asserts nothing about speed.
 
 use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
 
 use mongodb::Client as Mongo;
 use mongodb::bson::{DateTime, Document, doc};
 use osb_testkit::bench::{Figures, broker_cycle, peak_rss_kib, rate};
-use osb_testkit::{BrokerProcess, Client, Target, fresh_id};
+use osb_testkit::{Client, fresh_id, start_broker};
 
 const SERVICE: &str = "Mongo-DB";
 const PLAN: &str = "default-plan";
@@ -83,29 +81,15 @@ async fn main() -> anyhow::Result<()> {
     let store = std::env::var("BENCH_STORE_URL")
         .unwrap_or_else(|_| format!("sqlite://{}", dir.path().join("state.db").display()));
     let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/mongodb-broker.toml");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_mongodb-broker"));
-    command
-        .arg("--config")
-        .arg(deploy)
-        .env("KPAAS_BROKER__LISTEN", "127.0.0.1:0")
-        .env("KPAAS_BROKER__STORE__URL", &store)
-        .env("MONGODB_BROKER_ADMIN_URI", ADMIN_URI)
-        .env("MONGODB_BROKER_PASSWORD", "broker-secret")
-        .env(
-            "MONGODB_BROKER_ENCRYPTION_KEY",
-            "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
-        )
-        // The listening line tells the port the system chose.
-        .env("RUST_LOG", "warn,osb_core::server=info");
-    let mut broker = BrokerProcess::spawn(command, 0, &dir.path().join("broker.log"))?;
-    broker.wait_for("/ready", Duration::from_secs(30)).await?;
-    let client = Client::new(Target::new(
-        format!("http://127.0.0.1:{}", broker.port),
-        "broker",
-        "broker-secret",
-        SERVICE,
-        PLAN,
-    ));
+    let binary = Path::new(env!("CARGO_BIN_EXE_mongodb-broker"));
+    let env = [
+        ("MONGODB_BROKER_ADMIN_URI", ADMIN_URI),
+        ("KPAAS_BROKER__STORE__URL", &store),
+        ("RUST_LOG", "warn,osb_core::server=info"),
+    ];
+    let broker = start_broker(binary, &deploy, dir.path(), &env, "/ready").await?;
+    let client = Client::new(broker.target(SERVICE, PLAN));
+
     let mongo = Mongo::with_uri_str(ADMIN_URI).await?;
     let direct = rate(|| {
         let mongo = mongo.clone();

@@ -15,7 +15,7 @@ use osb_core::broker::*;
 use osb_core::catalog::Plan;
 use osb_core::credentials::{Credentials, PasswordLength, generate_password};
 use osb_core::ids::BindingId;
-use osb_core::orphans::{BackendObject, Claim};
+use osb_core::orphans::BackendObject;
 use osb_core::quota::QuotaPolicy;
 use osb_core::wire::InstanceMetadata;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
@@ -434,11 +434,7 @@ async fn drop_our_users(client: &Client, db: &DatabaseName) -> Result<(), Broker
             continue;
         };
         drop_user(client, db, &user).await?;
-        let owner = Owner {
-            platform: &marker.platform,
-            id: &marker.owner_id,
-            parent: &marker.parent,
-        };
+        let owner = marker.owner();
         owners::release(client, Kind::User, user.as_str(), owner).await?;
     }
     Ok(())
@@ -645,18 +641,7 @@ impl ServiceBroker for MongoBroker {
         let mut objects: Vec<BackendObject> = markers
             .iter()
             .map(|m| {
-                let (platform, id) = (m.platform.clone(), m.owner_id.clone());
-                BackendObject {
-                    kind: m.kind.clone(),
-                    name: m.name.clone(),
-                    location: self.name.clone(),
-                    claim: if m.kind == Kind::Database.as_str() {
-                        Claim::Instance { platform, id }
-                    } else {
-                        Claim::Binding { platform, id }
-                    },
-                    created_at_ms: Some(m.created_at_ms),
-                }
+                BackendObject::marked(&m.kind, &m.name, &self.name, m.owner(), m.created_at_ms)
             })
             .collect();
         let marked = |kind: Kind, name: &str| {
@@ -664,16 +649,11 @@ impl ServiceBroker for MongoBroker {
                 .iter()
                 .any(|m| m.kind == kind.as_str() && m.name == name)
         };
-        let unmarked = |kind: Kind, name: String| BackendObject {
-            kind: kind.as_str().into(),
-            name,
-            location: self.name.clone(),
-            claim: Claim::Unmarked,
-            created_at_ms: None,
-        };
+        let unmarked =
+            |kind: Kind, name: &str| BackendObject::unmarked(kind.as_str(), name, &self.name);
         for name in client.list_database_names().await.map_err(failed)? {
             if DatabaseName::recorded(&name).is_ok() && !marked(Kind::Database, &name) {
-                objects.push(unmarked(Kind::Database, name));
+                objects.push(unmarked(Kind::Database, &name));
             }
         }
         let all = client
@@ -687,7 +667,7 @@ impl ServiceBroker for MongoBroker {
                 .and_then(|u| u.get_str("user").ok())
                 .unwrap_or_default();
             if UserName::recorded(name).is_some() && !marked(Kind::User, name) {
-                objects.push(unmarked(Kind::User, name.to_owned()));
+                objects.push(unmarked(Kind::User, name));
             }
         }
         Ok(objects)
@@ -709,11 +689,7 @@ impl ServiceBroker for MongoBroker {
                 object.kind, object.name
             )));
         };
-        let owner = Owner {
-            platform: &marker.platform,
-            id: &marker.owner_id,
-            parent: &marker.parent,
-        };
+        let owner = marker.owner();
         if marker.kind == Kind::Database.as_str() {
             let db = DatabaseName::recorded(&marker.name)?;
             drop_our_users(client, &db).await?;

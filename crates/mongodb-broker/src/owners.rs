@@ -7,6 +7,7 @@ use futures::TryStreamExt;
 use mongodb::bson::{DateTime, Document, doc};
 use mongodb::{Client, Collection};
 use osb_core::BrokerError;
+pub use osb_core::orphans::{Claimed, Owner};
 
 use crate::errors::{DUPLICATE_KEY, code, failed};
 
@@ -26,24 +27,6 @@ impl Kind {
     }
 }
 
-/// Who a name is for: a platform's instance (a database) or binding (a user, whose parent is
-/// its instance's database).
-#[derive(Debug, Clone, Copy)]
-pub struct Owner<'a> {
-    pub platform: &'a str,
-    pub id: &'a str,
-    pub parent: &'a str,
-}
-
-/// What [`claim`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Claimed {
-    /// The marker was written now: nothing under this name can be ours yet.
-    New,
-    /// The marker was there already: an earlier attempt for the same owner (a retry).
-    Again,
-}
-
 /// One marker as stored.
 #[derive(Debug, Clone)]
 pub struct Marker {
@@ -53,6 +36,16 @@ pub struct Marker {
     pub owner_id: String,
     pub parent: String,
     pub created_at_ms: i64,
+}
+
+impl Marker {
+    pub fn owner(&self) -> Owner<'_> {
+        Owner {
+            platform: &self.platform,
+            id: &self.owner_id,
+            parent: &self.parent,
+        }
+    }
 }
 
 fn owners(client: &Client) -> Collection<Document> {

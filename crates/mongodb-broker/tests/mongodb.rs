@@ -9,7 +9,10 @@ use futures::future::join_all;
 use mongodb::Client;
 use mongodb::bson::{Document, doc};
 use osb_testkit::proxy::Proxy;
-use osb_testkit::{BrokerProcess, Client as Osb, Target, check_all, check_restart, fresh_id};
+use osb_testkit::{
+    BrokerProcess, Client as Osb, PLAIN_CATALOG_SKIPS, Target, check_all, check_restart, fresh_id,
+    start_broker,
+};
 
 const SERVICE: &str = "Mongo-DB";
 const PLAN: &str = "default-plan";
@@ -38,51 +41,16 @@ async fn start(dir: &Path, config: &Path) -> BrokerProcess {
 
 /// Starts the broker with `admin_uri`, waiting until `path` answers 200.
 async fn start_with(dir: &Path, config: &Path, admin_uri: &str, path: &str) -> BrokerProcess {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_mongodb-broker"));
-    command
-        .arg("--config")
-        .arg(config)
-        .env("KPAAS_BROKER__LISTEN", "127.0.0.1:0")
-        .env(
-            "KPAAS_BROKER__STORE__URL",
-            format!("sqlite://{}", dir.join("state.db").display()),
-        )
-        .env("MONGODB_BROKER_ADMIN_URI", admin_uri)
-        .env("MONGODB_BROKER_PASSWORD", "broker-secret")
-        .env(
-            "MONGODB_BROKER_ENCRYPTION_KEY",
-            "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
-        )
-        .env("RUST_LOG", "info");
-    let mut broker = BrokerProcess::spawn(command, 0, &dir.join("broker.log")).unwrap();
-    broker
-        .wait_for(path, Duration::from_secs(30))
-        .await
-        .unwrap_or_else(|e| {
-            panic!("mongodb-broker not up ({e}); is MongoDB up? run scripts/backends.sh")
-        });
-    broker
+    let binary = Path::new(env!("CARGO_BIN_EXE_mongodb-broker"));
+    let env = [("MONGODB_BROKER_ADMIN_URI", admin_uri)];
+    start_broker(binary, config, dir, &env, path).await.unwrap()
 }
 
 fn target(broker: &BrokerProcess) -> Target {
-    let mut t = Target::new(
-        format!("http://127.0.0.1:{}", broker.port),
-        "broker",
-        "broker-secret",
-        SERVICE,
-        PLAN,
-    );
+    let mut t = broker.target(SERVICE, PLAN);
     t.update_plan_id = Some(LARGE.into());
     t.race_width = 8;
-    // The K-PaaS catalog has no schema, no asynchronous plan, no fixed plan, no binding that
-    // needs an app and no parameters: these rules have nothing to check here.
-    t.skip = vec![
-        "parameters_are_validated_against_the_schema",
-        "async_operations_follow_the_polling_rules",
-        "plan_changes_from_a_fixed_plan_are_refused",
-        "bindings_that_need_an_app_are_refused_without_one",
-        "plan_changes_keep_the_parameters",
-    ];
+    t.skip = PLAIN_CATALOG_SKIPS.to_vec();
     t
 }
 
@@ -533,11 +501,8 @@ fn run(dir: &Path, args: &[&str]) -> std::process::Output {
             format!("sqlite://{}", dir.join("state.db").display()),
         )
         .env("MONGODB_BROKER_ADMIN_URI", ADMIN_URI)
-        .env("MONGODB_BROKER_PASSWORD", "broker-secret")
-        .env(
-            "MONGODB_BROKER_ENCRYPTION_KEY",
-            "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
-        )
+        .env("KPAAS_BROKER__PASSWORD", osb_testkit::PASSWORD)
+        .env("KPAAS_BROKER__ENCRYPTION_KEY", osb_testkit::ENCRYPTION_KEY)
         .output()
         .unwrap()
 }

@@ -6,13 +6,11 @@
 //! Prints figures; asserts nothing about speed.
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
-use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
 use osb_testkit::bench::{Figures, broker_cycle, peak_rss_kib, rate};
-use osb_testkit::{BrokerProcess, Client, Target, fresh_id};
+use osb_testkit::{Client, fresh_id, start_broker};
 
 const SERVICE: &str = "96b9e707-0e2b-47e3-a21a-fd01a8eb0452";
 const PLAN1: &str = "411d0c3e-b086-4a24-b041-0aeef1a819d1";
@@ -76,29 +74,13 @@ async fn main() -> anyhow::Result<()> {
     let store = std::env::var("BENCH_STORE_URL")
         .unwrap_or_else(|_| format!("sqlite://{}", dir.path().join("state.db").display()));
     let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/mysql-broker.toml");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_mysql-broker"));
-    command
-        .arg("--config")
-        .arg(deploy)
-        .env("KPAAS_BROKER__LISTEN", "127.0.0.1:0")
-        .env("KPAAS_BROKER__STORE__URL", &store)
-        .env("MYSQL_BROKER_PASSWORD", "broker-secret")
-        .env(
-            "MYSQL_BROKER_ENCRYPTION_KEY",
-            "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
-        )
-        // The listening line tells the port the system chose.
-        .env("RUST_LOG", "warn,osb_core::server=info");
-    let mut broker = BrokerProcess::spawn(command, 0, &dir.path().join("broker.log"))?;
-    broker.wait_for("/ready", Duration::from_secs(30)).await?;
-    let port = broker.port;
-    let client = Client::new(Target::new(
-        format!("http://127.0.0.1:{port}"),
-        "broker",
-        "broker-secret",
-        SERVICE,
-        PLAN1,
-    ));
+    let binary = Path::new(env!("CARGO_BIN_EXE_mysql-broker"));
+    let env = [
+        ("KPAAS_BROKER__STORE__URL", store.as_str()),
+        ("RUST_LOG", "warn,osb_core::server=info"),
+    ];
+    let broker = start_broker(binary, &deploy, dir.path(), &env, "/ready").await?;
+    let client = Client::new(broker.target(SERVICE, PLAN1));
 
     let pool = Arc::new(mysql_async::Pool::new("mysql://root@127.0.0.1:3306/mysql"));
     let direct = rate(|| {

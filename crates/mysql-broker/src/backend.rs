@@ -684,32 +684,24 @@ impl ServiceBroker for MysqlBroker {
                 names
                     .into_iter()
                     .filter(|n| !marked.iter().any(|m| m.kind == kind && &m.name == n))
-                    .map(|name| BackendObject {
-                        kind: kind.as_str().into(),
-                        name,
-                        location: server.name.clone(),
-                        claim: Claim::Unmarked,
-                        created_at_ms: None,
-                    })
+                    .map(|name| BackendObject::unmarked(kind.as_str(), &name, &server.name))
                     .collect::<Vec<_>>()
             };
             objects.extend(unmarked(Kind::Database, databases));
             objects.extend(unmarked(Kind::User, accounts));
-            objects.extend(marked.into_iter().map(|m| BackendObject {
-                kind: m.kind.as_str().into(),
-                claim: match m.kind {
-                    Kind::Database => Claim::Instance {
-                        platform: m.platform,
-                        id: m.owner_id,
-                    },
-                    Kind::User => Claim::Binding {
-                        platform: m.platform,
-                        id: m.owner_id,
-                    },
-                },
-                name: m.name,
-                location: server.name.clone(),
-                created_at_ms: Some(m.created_at_ms),
+            objects.extend(marked.iter().map(|m| {
+                let owner = Owner {
+                    platform: &m.platform,
+                    id: &m.owner_id,
+                    parent: &m.parent,
+                };
+                BackendObject::marked(
+                    m.kind.as_str(),
+                    &m.name,
+                    &server.name,
+                    owner,
+                    m.created_at_ms,
+                )
             }));
         }
         Ok(objects)

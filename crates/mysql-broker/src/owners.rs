@@ -6,6 +6,7 @@
 use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
 use osb_core::BrokerError;
+pub use osb_core::orphans::{Claimed, Owner};
 
 use crate::errors::failed;
 
@@ -38,24 +39,6 @@ impl Kind {
             Self::User => "user",
         }
     }
-}
-
-/// Who a name is for: a platform's instance (a database) or binding (an account, whose parent
-/// is its instance's database).
-#[derive(Debug, Clone, Copy)]
-pub struct Owner<'a> {
-    pub platform: &'a str,
-    pub id: &'a str,
-    pub parent: &'a str,
-}
-
-/// What [`claim`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Claimed {
-    /// The marker was written now: nothing under this name can be ours yet.
-    New,
-    /// The marker was there already: an earlier attempt for the same owner (a retry).
-    Again,
 }
 
 /// Marks `name` as `owner`'s; a name marked for anyone else is a [`BrokerError::Conflict`].
@@ -157,21 +140,22 @@ pub struct Marker {
     pub name: String,
     pub platform: String,
     pub owner_id: String,
+    pub parent: String,
     pub created_at_ms: i64,
 }
 
 /// Every marker on the server.
 pub async fn all(conn: &mut Conn) -> Result<Vec<Marker>, BrokerError> {
-    let rows: Vec<(String, String, String, String, i64)> = conn
+    let rows: Vec<(String, String, String, String, String, i64)> = conn
         .query(
-            "SELECT kind, name, platform, owner_id, CAST(UNIX_TIMESTAMP(created_at) AS SIGNED) * 1000 \
+            "SELECT kind, name, platform, owner_id, parent, CAST(UNIX_TIMESTAMP(created_at) AS SIGNED) * 1000 \
              FROM kpaas_broker.owners",
         )
         .await
         .map_err(failed)?;
     Ok(rows
         .into_iter()
-        .filter_map(|(kind, name, platform, owner_id, created_at_ms)| {
+        .filter_map(|(kind, name, platform, owner_id, parent, created_at_ms)| {
             let kind = match kind.as_str() {
                 "database" => Kind::Database,
                 "user" => Kind::User,
@@ -182,6 +166,7 @@ pub async fn all(conn: &mut Conn) -> Result<Vec<Marker>, BrokerError> {
                 name,
                 platform,
                 owner_id,
+                parent,
                 created_at_ms,
             })
         })

@@ -38,6 +38,61 @@ pub struct BackendObject {
     pub created_at_ms: Option<i64>,
 }
 
+/// Who a backend name is for, as a broker's ownership marker records it (the marker is written
+/// before the object is made, in a place apps cannot write): a platform's instance, or a
+/// binding, whose `parent` is the name of its instance's object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner<'a> {
+    pub platform: &'a str,
+    pub id: &'a str,
+    /// Empty for an instance's object.
+    pub parent: &'a str,
+}
+
+/// What claiming a name found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claimed {
+    /// The marker was written now: nothing under this name can be ours yet.
+    New,
+    /// The marker was there already: an earlier attempt for the same owner (a retry).
+    Again,
+}
+
+impl BackendObject {
+    /// An object its marker claims for `owner`.
+    pub fn marked(
+        kind: &str,
+        name: &str,
+        location: &str,
+        owner: Owner<'_>,
+        created_at_ms: i64,
+    ) -> Self {
+        let (platform, id) = (owner.platform.to_owned(), owner.id.to_owned());
+        Self {
+            kind: kind.to_owned(),
+            name: name.to_owned(),
+            location: location.to_owned(),
+            claim: if owner.parent.is_empty() {
+                Claim::Instance { platform, id }
+            } else {
+                Claim::Binding { platform, id }
+            },
+            created_at_ms: Some(created_at_ms),
+        }
+    }
+
+    /// An object named like the broker's that carries no marker.
+    pub fn unmarked(kind: &str, name: &str, location: &str) -> Self {
+        Self {
+            kind: kind.to_owned(),
+            name: name.to_owned(),
+            location: location.to_owned(),
+            claim: Claim::Unmarked,
+            created_at_ms: None,
+        }
+    }
+}
+
 /// An object no instance or binding claims.
 #[derive(Debug, Clone, Serialize)]
 pub struct Orphan {

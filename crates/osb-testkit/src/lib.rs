@@ -11,10 +11,20 @@ pub mod proxy;
 mod rules;
 
 pub use client::{Client, ORIGINATING_IDENTITY, Reply, fresh_id};
-pub use process::{BrokerProcess, free_port};
+pub use process::{BrokerProcess, ENCRYPTION_KEY, PASSWORD, USERNAME, free_port, start_broker};
 pub use rules::{check_all, check_isolation, check_restart};
 
 use serde_json::Value;
+
+/// The rules a catalog like K-PaaS's cannot run: it has no parameter schema, no asynchronous
+/// plan, no plan that cannot change, no binding that needs an app and no parameters.
+pub const PLAIN_CATALOG_SKIPS: [&str; 5] = [
+    "parameters_are_validated_against_the_schema",
+    "async_operations_follow_the_polling_rules",
+    "plan_changes_from_a_fixed_plan_are_refused",
+    "bindings_that_need_an_app_are_refused_without_one",
+    "plan_changes_keep_the_parameters",
+];
 
 /// What the testkit needs to know about a broker.
 #[derive(Debug, Clone)]

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+use crate::Target;
+
 /// A TCP port that was free on 127.0.0.1 when asked: for an address where nothing listens.
 /// A broker under test binds port 0 instead (see [`BrokerProcess::spawn`]), so that no other
 /// process can take its port between the asking and the binding.
@@ -18,6 +20,50 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port on 127.0.0.1")
+}
+
+/// The credentials [`start_broker`] gives a broker (its `[broker]` username and password).
+pub const USERNAME: &str = "broker";
+pub const PASSWORD: &str = "broker-secret";
+/// A fixed test encryption key (32 bytes, base64).
+pub const ENCRYPTION_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+
+/// Starts a broker binary as every broker's black-box tests do: `--config config`, a SQLite
+/// state store and the log (`broker.log`) in `dir`, port 0, [`USERNAME`] / [`PASSWORD`] and
+/// [`ENCRYPTION_KEY`], then `env` (which wins); waits until `ready` (a path) answers 200.
+pub async fn start_broker(
+    binary: &Path,
+    config: &Path,
+    dir: &Path,
+    env: &[(&str, &str)],
+    ready: &str,
+) -> anyhow::Result<BrokerProcess> {
+    let mut command = Command::new(binary);
+    command
+        .arg("--config")
+        .arg(config)
+        .env("KPAAS_BROKER__LISTEN", "127.0.0.1:0")
+        .env(
+            "KPAAS_BROKER__STORE__URL",
+            format!("sqlite://{}", dir.join("state.db").display()),
+        )
+        .env("KPAAS_BROKER__USERNAME", USERNAME)
+        .env("KPAAS_BROKER__PASSWORD", PASSWORD)
+        .env("KPAAS_BROKER__ENCRYPTION_KEY", ENCRYPTION_KEY)
+        // The listening line (info, osb_core::server) tells the port the system chose.
+        .env("RUST_LOG", "info")
+        .envs(env.iter().copied());
+    let mut broker = BrokerProcess::spawn(command, 0, &dir.join("broker.log"))?;
+    broker
+        .wait_for(ready, Duration::from_secs(30))
+        .await
+        .with_context(|| {
+            format!(
+                "{} did not start; are its backends up? run scripts/backends.sh",
+                binary.display()
+            )
+        })?;
+    Ok(broker)
 }
 
 pub struct BrokerProcess {
@@ -99,6 +145,17 @@ impl BrokerProcess {
             .and_then(|(_, p)| p.parse().ok())
             .with_context(|| format!("no port in the broker's line {line:?}"))?;
         Ok(Some(port))
+    }
+
+    /// The testkit's [`Target`] for this broker's `service` and `plan`.
+    pub fn target(&self, service: &str, plan: &str) -> Target {
+        Target::new(
+            format!("http://127.0.0.1:{}", self.port),
+            USERNAME,
+            PASSWORD,
+            service,
+            plan,
+        )
     }
 
     pub fn pid(&self) -> u32 {

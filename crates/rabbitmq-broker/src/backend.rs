@@ -10,7 +10,7 @@ use osb_core::broker::*;
 use osb_core::catalog::Plan;
 use osb_core::credentials::{Credentials, PasswordLength, generate_password};
 use osb_core::ids::BindingId;
-use osb_core::orphans::{BackendObject, Claim};
+use osb_core::orphans::BackendObject;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use rabbitmq_http_client::api::ClientBuilder;
 use rabbitmq_http_client::commons::VirtualHostLimitTarget;
@@ -237,11 +237,7 @@ async fn remove_users_under(api: &Api, vhost: &VhostName) -> Result<(), BrokerEr
             continue;
         };
         remove_user(api, user.as_str()).await?;
-        let owner = Owner {
-            platform: &marker.platform,
-            id: &marker.owner_id,
-            parent: &marker.parent,
-        };
+        let owner = marker.owner();
         markers::release(api, Kind::User, user.as_str(), owner).await?;
     }
     Ok(())
@@ -437,41 +433,23 @@ impl ServiceBroker for RabbitBroker {
         let location = self.names();
         let mut objects: Vec<BackendObject> = markers
             .iter()
-            .map(|m| {
-                let (platform, id) = (m.platform.clone(), m.owner_id.clone());
-                BackendObject {
-                    kind: m.kind.clone(),
-                    name: m.name.clone(),
-                    location: location.clone(),
-                    claim: if m.kind == Kind::Vhost.as_str() {
-                        Claim::Instance { platform, id }
-                    } else {
-                        Claim::Binding { platform, id }
-                    },
-                    created_at_ms: Some(m.created_at_ms),
-                }
-            })
+            .map(|m| BackendObject::marked(&m.kind, &m.name, &location, m.owner(), m.created_at_ms))
             .collect();
         let marked = |kind: Kind, name: &str| {
             markers
                 .iter()
                 .any(|m| m.kind == kind.as_str() && m.name == name)
         };
-        let unmarked = |kind: Kind, name: String| BackendObject {
-            kind: kind.as_str().into(),
-            name,
-            location: location.clone(),
-            claim: Claim::Unmarked,
-            created_at_ms: None,
-        };
+        let unmarked =
+            |kind: Kind, name: &str| BackendObject::unmarked(kind.as_str(), name, &location);
         for vhost in api.list_vhosts().await.map_err(failed)? {
             if VhostName::recorded(&vhost.name).is_some() && !marked(Kind::Vhost, &vhost.name) {
-                objects.push(unmarked(Kind::Vhost, vhost.name));
+                objects.push(unmarked(Kind::Vhost, &vhost.name));
             }
         }
         for user in api.list_users().await.map_err(failed)? {
             if UserName::recorded(&user.name).is_some() && !marked(Kind::User, &user.name) {
-                objects.push(unmarked(Kind::User, user.name));
+                objects.push(unmarked(Kind::User, &user.name));
             }
         }
         Ok(objects)
@@ -489,11 +467,7 @@ impl ServiceBroker for RabbitBroker {
                 object.kind, object.name
             )));
         };
-        let owner = Owner {
-            platform: &marker.platform,
-            id: &marker.owner_id,
-            parent: &marker.parent,
-        };
+        let owner = marker.owner();
         if marker.kind == Kind::Vhost.as_str() {
             let vhost = VhostName::recorded(&marker.name).ok_or_else(|| {
                 BrokerError::Failed(format!(

@@ -4,6 +4,7 @@
 //! without this broker's marker for the same owner is never adopted, changed or deleted.
 
 use osb_core::BrokerError;
+pub use osb_core::orphans::{Claimed, Owner};
 use rabbitmq_http_client::api::Client;
 use rabbitmq_http_client::requests::GlobalRuntimeParameterDefinition;
 use serde_json::{Map, Value, json};
@@ -29,21 +30,6 @@ impl Kind {
     }
 }
 
-/// Who a name is for: a platform's instance (a vhost) or binding (a user, whose parent is its
-/// instance's vhost).
-#[derive(Debug, Clone, Copy)]
-pub struct Owner<'a> {
-    pub platform: &'a str,
-    pub id: &'a str,
-    pub parent: &'a str,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Claimed {
-    New,
-    Again,
-}
-
 /// One marker as stored.
 #[derive(Debug, Clone)]
 pub struct Marker {
@@ -53,6 +39,16 @@ pub struct Marker {
     pub owner_id: String,
     pub parent: String,
     pub created_at_ms: i64,
+}
+
+impl Marker {
+    pub fn owner(&self) -> Owner<'_> {
+        Owner {
+            platform: &self.platform,
+            id: &self.owner_id,
+            parent: &self.parent,
+        }
+    }
 }
 
 fn key(kind: Kind, name: &str) -> String {

@@ -3,7 +3,6 @@
 //! management API.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
@@ -11,7 +10,10 @@ use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use osb_testkit::proxy::Proxy;
-use osb_testkit::{BrokerProcess, Client as Osb, Target, check_all, check_restart, fresh_id};
+use osb_testkit::{
+    BrokerProcess, Client as Osb, PLAIN_CATALOG_SKIPS, Target, check_all, check_restart, fresh_id,
+    start_broker,
+};
 
 const SERVICE: &str = "14a9fad1-cf61-45dd-b486-f33609a80561";
 const PLAN: &str = "6244693b-e046-4622-9be2-73315a186bfb";
@@ -27,51 +29,16 @@ async fn start(dir: &Path) -> BrokerProcess {
 
 /// Starts the broker with `config`, waiting until `path` answers 200.
 async fn start_with(dir: &Path, config: &Path, path: &str) -> BrokerProcess {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_rabbitmq-broker"));
-    command
-        .arg("--config")
-        .arg(config)
-        .env("KPAAS_BROKER__LISTEN", "127.0.0.1:0")
-        .env(
-            "KPAAS_BROKER__STORE__URL",
-            format!("sqlite://{}", dir.join("state.db").display()),
-        )
-        .env("RABBITMQ_BROKER_ADMIN_PASSWORD", "guest")
-        .env("RABBITMQ_BROKER_PASSWORD", "broker-secret")
-        .env(
-            "RABBITMQ_BROKER_ENCRYPTION_KEY",
-            "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
-        )
-        .env("RUST_LOG", "info");
-    let mut broker = BrokerProcess::spawn(command, 0, &dir.join("broker.log")).unwrap();
-    broker
-        .wait_for(path, Duration::from_secs(30))
-        .await
-        .unwrap_or_else(|e| {
-            panic!("rabbitmq-broker not up ({e}); is RabbitMQ up? run scripts/backends.sh")
-        });
-    broker
+    let binary = Path::new(env!("CARGO_BIN_EXE_rabbitmq-broker"));
+    let env = [("RABBITMQ_BROKER_ADMIN_PASSWORD", "guest")];
+    start_broker(binary, config, dir, &env, path).await.unwrap()
 }
 
 fn target(broker: &BrokerProcess) -> Target {
-    let mut t = Target::new(
-        format!("http://127.0.0.1:{}", broker.port),
-        "broker",
-        "broker-secret",
-        SERVICE,
-        PLAN,
-    );
+    let mut t = broker.target(SERVICE, PLAN);
     t.update_plan_id = Some(LARGE.into());
     t.race_width = 8;
-    // The K-PaaS catalog has no schema, no asynchronous plan, no fixed plan, no binding that
-    // needs an app and no parameters: these rules have nothing to check here.
-    t.skip = vec![
-        "parameters_are_validated_against_the_schema",
-        "async_operations_follow_the_polling_rules",
-        "plan_changes_from_a_fixed_plan_are_refused",
-        "bindings_that_need_an_app_are_refused_without_one",
-        "plan_changes_keep_the_parameters",
-    ];
+    t.skip = PLAIN_CATALOG_SKIPS.to_vec();
     t
 }
 

@@ -145,20 +145,9 @@ pub fn target(broker: &Broker) -> Target {
     );
     t.update_plan_id = Some(PLAN2.into());
     t.race_width = 8;
-    t.skip = MYSQL_SKIPS.to_vec();
+    t.skip = osb_testkit::PLAIN_CATALOG_SKIPS.to_vec();
     t
 }
-
-/// The K-PaaS catalog's plans have no parameter schema, no asynchronous operation and both may
-/// change into each other, no binding needs an app, and its plans take no parameters: these
-/// rules have nothing to check on mysql-broker.
-pub const MYSQL_SKIPS: [&str; 5] = [
-    "plan_changes_keep_the_parameters",
-    "bindings_that_need_an_app_are_refused_without_one",
-    "parameters_are_validated_against_the_schema",
-    "async_operations_follow_the_polling_rules",
-    "plan_changes_from_a_fixed_plan_are_refused",
-];
 
 /// An admin connection to local server `i` (0: 3306, 1: 3307).
 pub async fn admin_of(i: usize) -> mysql_async::Conn {
