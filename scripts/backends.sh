@@ -209,6 +209,8 @@ ensure_rabbitmq() {
     mkdir -p /etc/rabbitmq
     grep -qs '^NODENAME=' "$env" || echo 'NODENAME=rabbit@localhost' >> "$env"
     grep -qs '^ERL_EPMD_ADDRESS=' "$env" || echo 'ERL_EPMD_ADDRESS=127.0.0.1' >> "$env"
+    # The distribution listener (25672) on loopback too.
+    grep -qs 'inet_dist_use_interface' "$env" || echo 'export ERL_FLAGS="-kernel inet_dist_use_interface {127,0,0,1}"' >> "$env"
     grep -qs '^listeners\.tcp\.' "$conf" || { echo 'listeners.tcp.local = 127.0.0.1:5672' >> "$conf"; restart=1; }
     # The management plugin listens on every address unless told otherwise.
     grep -qs '^management\.tcp\.ip' "$conf" || { echo 'management.tcp.ip = 127.0.0.1' >> "$conf"; restart=1; }

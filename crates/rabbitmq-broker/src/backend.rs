@@ -74,6 +74,8 @@ impl RabbitBroker {
                     self.admin_user.clone(),
                     self.admin_password.expose_secret().to_owned(),
                 )
+                .with_connect_timeout(Duration::from_secs(10))
+                .with_request_timeout(Duration::from_secs(30))
                 .build();
             let Ok(api) = api else { continue };
             match tokio::time::timeout(Duration::from_secs(10), api.current_user()).await {
@@ -211,6 +213,16 @@ impl RabbitBroker {
     }
 }
 
+/// The management tags of a plan's users, as the API takes them.
+fn tags_of(limits: &PlanLimits) -> String {
+    limits
+        .tags
+        .iter()
+        .map(|t| t.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn binding_owner<'a>(platform: &'a str, binding: &'a BindingId, vhost: &'a VhostName) -> Owner<'a> {
     Owner {
         platform,
@@ -219,11 +231,21 @@ fn binding_owner<'a>(platform: &'a str, binding: &'a BindingId, vhost: &'a Vhost
     }
 }
 
-/// Ends `user`'s connections, then deletes it.
+/// Ends `user`'s connections, then deletes it. A connection that closes on its own while the
+/// API closes it can make the call fail: what is left is closed again, a few times.
 async fn remove_user(api: &Api, user: &str) -> Result<(), BrokerError> {
-    api.close_user_connections(user, Some("the binding was removed"), true)
+    let mut attempt = 0;
+    while let Err(e) = api
+        .close_user_connections(user, Some("the binding was removed"), true)
         .await
-        .map_err(failed)?;
+    {
+        attempt += 1;
+        if attempt == 3 {
+            return Err(failed(e));
+        }
+        tracing::warn!(error = %e, "closing a user's connections failed; again");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     api.delete_user(user, true).await.map_err(failed)
 }
 
@@ -310,6 +332,27 @@ impl ServiceBroker for RabbitBroker {
             }
         }
         self.apply_limits(&api, &vhost, input.plan).await?;
+        // The users keep their passwords and get the new plan's tags.
+        let tags = tags_of(limits);
+        for marker in markers::all(&api).await? {
+            if marker.kind != Kind::User.as_str() || marker.parent != vhost.as_str() {
+                continue;
+            }
+            let user = match api.get_user(&marker.name).await {
+                Ok(user) => user,
+                Err(e) if not_found(&e) => continue,
+                Err(e) => return Err(failed(e)),
+            };
+            let Some(hash) = user.password_hash else {
+                continue;
+            };
+            let params = UserParams {
+                name: &marker.name,
+                password_hash: hash.as_str(),
+                tags: &tags,
+            };
+            api.create_user(&params).await.map_err(failed)?;
+        }
         Ok(Updated::default())
     }
 
@@ -367,8 +410,7 @@ impl ServiceBroker for RabbitBroker {
             &salt,
             password.expose_secret(),
         );
-        let tags: Vec<&str> = limits.tags.iter().map(|t| t.as_str()).collect();
-        let tags = tags.join(",");
+        let tags = tags_of(limits);
         let made = async {
             // A retry of a bind that made the user replaces it: its password was never handed out.
             api.create_user(&UserParams {
@@ -481,8 +523,15 @@ impl ServiceBroker for RabbitBroker {
                 .map_err(failed)?;
             markers::release(&api, Kind::Vhost, vhost.as_str(), owner).await
         } else {
-            remove_user(&api, &marker.name).await?;
-            markers::release(&api, Kind::User, &marker.name, owner).await
+            // Only a name the broker makes: a forged marker must not name the admin.
+            let user = UserName::recorded(&marker.name).ok_or_else(|| {
+                BrokerError::Failed(format!(
+                    "marked user {:?} is not one this broker makes",
+                    marker.name
+                ))
+            })?;
+            remove_user(&api, user.as_str()).await?;
+            markers::release(&api, Kind::User, user.as_str(), owner).await
         }
     }
 }

@@ -47,24 +47,24 @@ pub struct PlanLimits {
     /// The vhost's `max-queues` limit; none when unset.
     #[serde(default)]
     pub max_queues: Option<u32>,
-    /// Management tags the plan's users get: only `management` and `policymaker`.
+    /// Management tags the plan's users get: only `management` (the UI and API for their own
+    /// vhost). Not `policymaker`: it could rewrite its vhost's limits and the broker's
+    /// markers (global parameters).
     #[serde(default)]
     pub tags: Vec<UserTag>,
 }
 
-/// The management tags a plan may hand out; `administrator` and `monitoring` never.
+/// The management tags a plan may hand out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UserTag {
     Management,
-    Policymaker,
 }
 
 impl UserTag {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Management => "management",
-            Self::Policymaker => "policymaker",
         }
     }
 }

@@ -13,9 +13,11 @@ pub fn failed(err: HttpClientError) -> BrokerError {
         | Error::ServerErrorResponse { status_code, .. } => {
             BrokerError::Failed(format!("RabbitMQ management API answered {status_code}"))
         }
-        _ => BrokerError::Failed(format!(
-            "RabbitMQ management API failed mid-operation: {err}"
-        )),
+        // The transport error names the management URL: logged, not shown to the platform.
+        _ => {
+            tracing::warn!(error = %err, "RabbitMQ management API call failed");
+            BrokerError::Failed("the RabbitMQ management API failed mid-operation".into())
+        }
     }
 }
 
