@@ -638,12 +638,8 @@ impl ServiceBroker for MongoBroker {
     async fn objects(&self) -> Result<Vec<BackendObject>, BrokerError> {
         let client = self.admin().await?;
         let markers = owners::all(client, None).await?;
-        let mut objects: Vec<BackendObject> = markers
-            .iter()
-            .map(|m| {
-                BackendObject::marked(&m.kind, &m.name, &self.name, m.owner(), m.created_at_ms)
-            })
-            .collect();
+        let mut objects: Vec<BackendObject> =
+            markers.iter().map(|m| m.object(&self.name)).collect();
         let marked = |kind: Kind, name: &str| {
             markers
                 .iter()

@@ -7,7 +7,7 @@ use futures::TryStreamExt;
 use mongodb::bson::{DateTime, Document, doc};
 use mongodb::{Client, Collection};
 use osb_core::BrokerError;
-pub use osb_core::orphans::{Claimed, Owner};
+pub use osb_core::orphans::{Claimed, Marker, Owner};
 
 use crate::errors::{DUPLICATE_KEY, code, failed};
 
@@ -23,27 +23,6 @@ impl Kind {
         match self {
             Self::Database => "database",
             Self::User => "user",
-        }
-    }
-}
-
-/// One marker as stored.
-#[derive(Debug, Clone)]
-pub struct Marker {
-    pub kind: String,
-    pub name: String,
-    pub platform: String,
-    pub owner_id: String,
-    pub parent: String,
-    pub created_at_ms: i64,
-}
-
-impl Marker {
-    pub fn owner(&self) -> Owner<'_> {
-        Owner {
-            platform: &self.platform,
-            id: &self.owner_id,
-            parent: &self.parent,
         }
     }
 }

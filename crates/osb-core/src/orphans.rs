@@ -58,6 +58,40 @@ pub enum Claimed {
     Again,
 }
 
+/// An ownership marker as a broker stored it (MongoDB documents, RabbitMQ parameters, ...).
+#[derive(Debug, Clone)]
+pub struct Marker {
+    /// What it marks ("database", "vhost", "user", ...).
+    pub kind: String,
+    pub name: String,
+    pub platform: String,
+    pub owner_id: String,
+    /// Empty for an instance's object.
+    pub parent: String,
+    pub created_at_ms: i64,
+}
+
+impl Marker {
+    pub fn owner(&self) -> Owner<'_> {
+        Owner {
+            platform: &self.platform,
+            id: &self.owner_id,
+            parent: &self.parent,
+        }
+    }
+
+    /// The object it marks, as an orphan sweep lists it.
+    pub fn object(&self, location: &str) -> BackendObject {
+        BackendObject::marked(
+            &self.kind,
+            &self.name,
+            location,
+            self.owner(),
+            self.created_at_ms,
+        )
+    }
+}
+
 impl BackendObject {
     /// An object its marker claims for `owner`.
     pub fn marked(

@@ -473,10 +473,7 @@ impl ServiceBroker for RabbitBroker {
         let api = self.api().await?;
         let markers = markers::all(&api).await?;
         let location = self.names();
-        let mut objects: Vec<BackendObject> = markers
-            .iter()
-            .map(|m| BackendObject::marked(&m.kind, &m.name, &location, m.owner(), m.created_at_ms))
-            .collect();
+        let mut objects: Vec<BackendObject> = markers.iter().map(|m| m.object(&location)).collect();
         let marked = |kind: Kind, name: &str| {
             markers
                 .iter()

@@ -4,7 +4,7 @@
 //! without this broker's marker for the same owner is never adopted, changed or deleted.
 
 use osb_core::BrokerError;
-pub use osb_core::orphans::{Claimed, Owner};
+pub use osb_core::orphans::{Claimed, Marker, Owner};
 use rabbitmq_http_client::api::Client;
 use rabbitmq_http_client::requests::GlobalRuntimeParameterDefinition;
 use serde_json::{Map, Value, json};
@@ -26,27 +26,6 @@ impl Kind {
         match self {
             Self::Vhost => "vhost",
             Self::User => "user",
-        }
-    }
-}
-
-/// One marker as stored.
-#[derive(Debug, Clone)]
-pub struct Marker {
-    pub kind: String,
-    pub name: String,
-    pub platform: String,
-    pub owner_id: String,
-    pub parent: String,
-    pub created_at_ms: i64,
-}
-
-impl Marker {
-    pub fn owner(&self) -> Owner<'_> {
-        Owner {
-            platform: &self.platform,
-            id: &self.owner_id,
-            parent: &self.parent,
         }
     }
 }
