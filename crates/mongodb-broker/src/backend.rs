@@ -452,14 +452,16 @@ impl ServiceBroker for MongoBroker {
             parent: "",
         };
         let claimed = owners::claim(client, Kind::Database, db.as_str(), owner).await?;
-        if claimed == Claimed::New && database_exists(client, &db).await? {
+        if claimed == Claimed::Unmade && database_exists(client, &db).await? {
             owners::release(client, Kind::Database, db.as_str(), owner).await?;
             return Err(BrokerError::Conflict(format!(
                 "a database named {db:?} already exists on {} and was not made by this broker for this instance",
                 self.name
             )));
         }
-        // MongoDB makes the database with its first collection; the app writes it.
+        // The name is free: from here on, what stands under it is the instance's (MongoDB makes
+        // the database with the first collection the app writes).
+        owners::set_made(client, Kind::Database, db.as_str()).await?;
         Ok(Provisioned {
             state: json!({"database": db.as_str()}),
             ..Provisioned::default()
@@ -527,12 +529,15 @@ impl ServiceBroker for MongoBroker {
             .await?
             .iter()
             .any(|u| u.get_str("user") == Ok(user.as_str()));
-        if claimed == Claimed::New && exists {
+        if claimed == Claimed::Unmade && exists {
             owners::release(client, Kind::User, user.as_str(), owner).await?;
             return Err(BrokerError::Conflict(format!(
                 "a user named {user:?} already exists in {db:?} and was not made by this broker for this binding"
             )));
         }
+        // The name is free: what stands under it from now on is this binding's (a retry that
+        // finds it made re-creates it; one that does not checks again).
+        owners::set_made(client, Kind::User, user.as_str()).await?;
         // The user starts as the instance is (frozen or not); apply_quota below measures
         // again and settles every user of the instance, this one included.
         let role = if owners::frozen(client, db.as_str()).await? {

@@ -48,7 +48,7 @@ pub async fn claim(
         "created_at": DateTime::now(),
     };
     match owners(client).insert_one(marker).await {
-        Ok(_) => Ok(Claimed::New),
+        Ok(_) => Ok(Claimed::Unmade),
         Err(e) if code(&e) == Some(DUPLICATE_KEY) => {
             if !is_mine(client, kind, name, owner).await? {
                 return Err(BrokerError::Conflict(format!(
@@ -62,17 +62,27 @@ pub async fn claim(
                 )));
             }
             // A retry is at work on it: an orphan sweep must judge its age from now.
-            owners(client)
-                .update_one(
+            let marker = owners(client)
+                .find_one_and_update(
                     doc! {"_id": key(kind, name)},
                     doc! {"$set": {"created_at": DateTime::now()}},
                 )
                 .await
                 .map_err(failed)?;
-            Ok(Claimed::Again)
+            let made = marker.is_some_and(|m| m.get_bool("made").unwrap_or(false));
+            Ok(if made { Claimed::Made } else { Claimed::Unmade })
         }
         Err(e) => Err(failed(e)),
     }
+}
+
+/// Records on `name`'s marker that the broker made the object.
+pub async fn set_made(client: &Client, kind: Kind, name: &str) -> Result<(), BrokerError> {
+    owners(client)
+        .update_one(doc! {"_id": key(kind, name)}, doc! {"$set": {"made": true}})
+        .await
+        .map_err(failed)?;
+    Ok(())
 }
 
 /// Whether `name` carries `owner`'s marker.

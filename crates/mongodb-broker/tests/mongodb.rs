@@ -627,3 +627,49 @@ async fn orphans_are_listed_and_only_marked_ones_removed() {
     c.unbind_done(&id, &bid, PLAN).await.unwrap();
     c.deprovision_done(&id, PLAN).await.unwrap();
 }
+
+/// An attempt that marked a name and died before checking it leaves a marker without `made`:
+/// the retry still finds the same-named database someone else made, refuses it (409) and
+/// leaves it as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_never_adopts_a_database_its_first_attempt_did_not_make() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), &deploy_config()).await;
+    let c = Osb::new(target(&broker));
+    let id = fresh_id();
+    let db = database_of(&id);
+    let admin = admin().await;
+    admin
+        .database("kpaas_broker")
+        .collection::<Document>("owners")
+        .insert_one(
+            doc! {"_id": format!("database:{db}"), "kind": "database", "name": &db,
+            "platform": "default", "owner_id": &id, "parent": "",
+            "created_at": mongodb::bson::DateTime::now()},
+        )
+        .await
+        .unwrap();
+    let theirs = admin.database(&db).collection::<Document>("theirs");
+    theirs.insert_one(doc! {"precious": true}).await.unwrap();
+    let reply = c
+        .provision(&id, &c.provision_body(PLAN), false)
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 409, "{}", reply.body);
+    assert!(
+        theirs
+            .find_one(doc! {"precious": true})
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // The refused name's marker is gone; the foreign database stays.
+    let gone = admin
+        .database("kpaas_broker")
+        .collection::<Document>("owners")
+        .find_one(doc! {"_id": format!("database:{db}")})
+        .await
+        .unwrap();
+    assert!(gone.is_none(), "{gone:?}");
+    admin.database(&db).drop().await.unwrap();
+}

@@ -493,7 +493,7 @@ impl ServiceBroker for MysqlBroker {
         self.limits(input.plan)?;
         let (server, mut conn) = self.place(&db, owner, input.retry).await?;
         let claimed = owners::claim(&mut conn, Kind::Database, db.as_str(), owner).await?;
-        if claimed == Claimed::New && database_exists(&mut conn, &db).await? {
+        if claimed == Claimed::Unmade && database_exists(&mut conn, &db).await? {
             owners::release(&mut conn, Kind::Database, db.as_str(), owner).await?;
             return Err(BrokerError::Conflict(format!(
                 "a database named {:?} already exists on MySQL server {:?} and was not made by this broker for this instance",
@@ -501,6 +501,8 @@ impl ServiceBroker for MysqlBroker {
                 server.name
             )));
         }
+        // The name is free: from now on, what stands under it is the instance's.
+        owners::set_made(&mut conn, Kind::Database, db.as_str()).await?;
         conn.query_drop(format!(
             "CREATE DATABASE IF NOT EXISTS {} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci",
             db.quoted()
@@ -561,7 +563,7 @@ impl ServiceBroker for MysqlBroker {
         let owner = binding_owner(instance.platform, input.binding_id, &db);
         let mut conn = server.conn().await?;
         let claimed = owners::claim(&mut conn, Kind::User, user.as_str(), owner).await?;
-        if claimed == Claimed::New && user_exists(&mut conn, &user).await? {
+        if claimed == Claimed::Unmade && user_exists(&mut conn, &user).await? {
             owners::release(&mut conn, Kind::User, user.as_str(), owner).await?;
             return Err(BrokerError::Conflict(format!(
                 "an account named {:?} already exists on MySQL server {:?} and was not made by this broker for this binding",
@@ -569,6 +571,8 @@ impl ServiceBroker for MysqlBroker {
                 server.name
             )));
         }
+        // The name is free: from now on, what stands under it is this binding's.
+        owners::set_made(&mut conn, Kind::User, user.as_str()).await?;
         let password = generate_password(self.password_length);
         if let Err(err) = self
             .make_account(&mut conn, &db, &user, &password, instance.plan)

@@ -10,8 +10,10 @@ pub use osb_core::orphans::{Claimed, Owner};
 
 use crate::errors::failed;
 
-/// Creates the marker table if missing; cheap enough to run on every new admin connection.
-pub const SCHEMA: [&str; 2] = [
+/// Creates the marker tables if missing; cheap enough to run on every new admin connection.
+/// `made` holds the names whose objects the broker has made (or is about to, the name being
+/// free): a retry of a claim finds there whether a same-named object can be its own.
+pub const SCHEMA: [&str; 3] = [
     "CREATE DATABASE IF NOT EXISTS kpaas_broker",
     "CREATE TABLE IF NOT EXISTS kpaas_broker.owners (\
         kind VARCHAR(16) NOT NULL, \
@@ -22,6 +24,11 @@ pub const SCHEMA: [&str; 2] = [
         created_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP, \
         PRIMARY KEY (kind, name), \
         KEY owners_parent (parent)\
+    ) CHARACTER SET ascii COLLATE ascii_bin",
+    "CREATE TABLE IF NOT EXISTS kpaas_broker.made (\
+        kind VARCHAR(16) NOT NULL, \
+        name VARCHAR(64) NOT NULL, \
+        PRIMARY KEY (kind, name)\
     ) CHARACTER SET ascii COLLATE ascii_bin",
 ];
 
@@ -65,10 +72,27 @@ pub async fn claim(
             .await
             .map_err(failed)?;
         }
-        Ok(if inserted {
-            Claimed::New
+        if inserted {
+            // A name claimed anew: whatever an earlier owner's object left there says nothing.
+            conn.exec_drop(
+                "DELETE FROM kpaas_broker.made WHERE kind = ? AND name = ?",
+                (kind.as_str(), name),
+            )
+            .await
+            .map_err(failed)?;
+            return Ok(Claimed::Unmade);
+        }
+        let made: Option<u8> = conn
+            .exec_first(
+                "SELECT 1 FROM kpaas_broker.made WHERE kind = ? AND name = ?",
+                (kind.as_str(), name),
+            )
+            .await
+            .map_err(failed)?;
+        Ok(if made.is_some() {
+            Claimed::Made
         } else {
-            Claimed::Again
+            Claimed::Unmade
         })
     } else {
         Err(BrokerError::Conflict(format!(
@@ -76,6 +100,16 @@ pub async fn claim(
             kind.as_str()
         )))
     }
+}
+
+/// Records that the broker made (or is about to make, the name being free) the object `name`.
+pub async fn set_made(conn: &mut Conn, kind: Kind, name: &str) -> Result<(), BrokerError> {
+    conn.exec_drop(
+        "INSERT IGNORE INTO kpaas_broker.made (kind, name) VALUES (?, ?)",
+        (kind.as_str(), name),
+    )
+    .await
+    .map_err(failed)
 }
 
 /// Whether `name` carries `owner`'s marker (same platform, id and parent).

@@ -49,13 +49,17 @@ pub struct Owner<'a> {
     pub parent: &'a str,
 }
 
-/// What claiming a name found.
+/// What claiming a name found. A marker is written before its object is made and records
+/// once the object was made, so a retry of an attempt that died in between still treats
+/// whatever stands under the name as someone else's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claimed {
-    /// The marker was written now: nothing under this name can be ours yet.
-    New,
-    /// The marker was there already: an earlier attempt for the same owner (a retry).
-    Again,
+    /// The broker has not made the object yet (the marker is new, or an earlier attempt died
+    /// before making it): anything under this name is someone else's.
+    Unmade,
+    /// An earlier attempt for the same owner made the object: what stands under the name is
+    /// the broker's own.
+    Made,
 }
 
 /// An ownership marker as a broker stored it (MongoDB documents, RabbitMQ parameters, ...).

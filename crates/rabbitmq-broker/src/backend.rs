@@ -277,7 +277,7 @@ impl ServiceBroker for RabbitBroker {
             parent: "",
         };
         let claimed = markers::claim(&api, Kind::Vhost, vhost.as_str(), owner).await?;
-        if claimed == Claimed::New {
+        if claimed == Claimed::Unmade {
             match api.get_vhost(vhost.as_str()).await {
                 Ok(_) => {
                     markers::release(&api, Kind::Vhost, vhost.as_str(), owner).await?;
@@ -289,6 +289,8 @@ impl ServiceBroker for RabbitBroker {
                 Err(e) => return Err(failed(e)),
             }
         }
+        // The name is free (or was made by an earlier attempt): from now on, it is this owner's.
+        markers::set_made(&api, Kind::Vhost, vhost.as_str(), owner).await?;
         let description = format!("K-PaaS service instance {}", input.instance_id);
         let params = VirtualHostParams {
             name: vhost.as_str(),
@@ -392,7 +394,7 @@ impl ServiceBroker for RabbitBroker {
         let limits = self.limits(instance.plan)?;
         let api = self.api().await?;
         let claimed = markers::claim(&api, Kind::User, user.as_str(), owner).await?;
-        if claimed == Claimed::New {
+        if claimed == Claimed::Unmade {
             match api.get_user(user.as_str()).await {
                 Ok(_) => {
                     markers::release(&api, Kind::User, user.as_str(), owner).await?;
@@ -404,6 +406,8 @@ impl ServiceBroker for RabbitBroker {
                 Err(e) => return Err(failed(e)),
             }
         }
+        // The name is free (or was made by an earlier attempt): from now on, it is this owner's.
+        markers::set_made(&api, Kind::User, user.as_str(), owner).await?;
         let password = generate_password(self.password_length);
         let salt = password_hashing::salt();
         let hash = password_hashing::base64_encoded_salted_password_hash_sha256(

@@ -64,7 +64,13 @@ pub async fn claim(
     owner: Owner<'_>,
 ) -> Result<Claimed, BrokerError> {
     let claimed = match get(api, kind, name).await? {
-        Some(value) if owned_by(&value, owner) => Claimed::Again,
+        Some(value) if owned_by(&value, owner) => {
+            if value.get("made") == Some(&Value::Bool(true)) {
+                Claimed::Made
+            } else {
+                Claimed::Unmade
+            }
+        }
         Some(_) => {
             return Err(BrokerError::Conflict(format!(
                 "the {} {name:?} exists and was not made by this broker for this {}",
@@ -76,11 +82,33 @@ pub async fn claim(
                 }
             )));
         }
-        None => Claimed::New,
+        None => Claimed::Unmade,
     };
+    // Written again on a retry: an orphan sweep must judge its age from now.
+    put(api, kind, name, owner, claimed == Claimed::Made).await?;
+    Ok(claimed)
+}
+
+/// Records on `owner`'s marker of `name` that the broker made the object.
+pub async fn set_made(
+    api: &Api,
+    kind: Kind,
+    name: &str,
+    owner: Owner<'_>,
+) -> Result<(), BrokerError> {
+    put(api, kind, name, owner, true).await
+}
+
+async fn put(
+    api: &Api,
+    kind: Kind,
+    name: &str,
+    owner: Owner<'_>,
+    made: bool,
+) -> Result<(), BrokerError> {
     let value = json!({
         "kind": kind.as_str(), "name": name, "platform": owner.platform,
-        "owner_id": owner.id, "parent": owner.parent, "created_at_ms": now_ms(),
+        "owner_id": owner.id, "parent": owner.parent, "created_at_ms": now_ms(), "made": made,
     });
     let Value::Object(value) = value else {
         unreachable!("a JSON object literal")
@@ -88,8 +116,7 @@ pub async fn claim(
     let key = key(kind, name);
     api.upsert_global_runtime_parameter(&GlobalRuntimeParameterDefinition { name: &key, value })
         .await
-        .map_err(failed)?;
-    Ok(claimed)
+        .map_err(failed)
 }
 
 pub async fn is_mine(
