@@ -13,13 +13,13 @@ use osb_core::ids::BindingId;
 use osb_core::orphans::BackendObject;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use rabbitmq_http_client::api::ClientBuilder;
-use rabbitmq_http_client::commons::VirtualHostLimitTarget;
+use rabbitmq_http_client::commons::{PolicyTarget, VirtualHostLimitTarget};
 use rabbitmq_http_client::password_hashing;
 use rabbitmq_http_client::requests::{
-    EnforcedLimitParams, Permissions, UserParams, VirtualHostParams,
+    EnforcedLimitParams, Permissions, PolicyParams, UserParams, VirtualHostParams,
 };
 use secrecy::{ExposeSecret, SecretString};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use crate::config::{Node, PlanLimits, RabbitConfig};
 use crate::errors::{failed, not_found};
@@ -32,6 +32,9 @@ const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'.')
     .remove(b'_')
     .remove(b'~');
+
+/// The policy that carries a plan's queue limits in each vhost.
+const PLAN_POLICY: &str = "kpaas-plan";
 
 fn encode(s: &str) -> String {
     utf8_percent_encode(s, COMPONENT).to_string()
@@ -101,7 +104,7 @@ impl RabbitBroker {
         })
     }
 
-    /// Sets (or lifts) the plan's vhost limits.
+    /// Sets (or lifts) the plan's vhost limits and its queue policy.
     async fn apply_limits(
         &self,
         api: &Api,
@@ -121,6 +124,28 @@ impl RabbitBroker {
             api.set_vhost_limit(vhost.as_str(), EnforcedLimitParams::new(target, value))
                 .await
                 .map_err(failed)?;
+        }
+        let mut definition = Map::new();
+        if let Some(n) = limits.max_length {
+            definition.insert("max-length".into(), json!(n));
+        }
+        if let Some(ms) = limits.message_ttl_ms {
+            definition.insert("message-ttl".into(), json!(ms));
+        }
+        if definition.is_empty() {
+            api.delete_policy(vhost.as_str(), PLAN_POLICY, true)
+                .await
+                .map_err(failed)?;
+        } else {
+            let policy = PolicyParams {
+                vhost: vhost.as_str(),
+                name: PLAN_POLICY,
+                pattern: ".*",
+                apply_to: PolicyTarget::Queues,
+                priority: 0,
+                definition,
+            };
+            api.declare_policy(&policy).await.map_err(failed)?;
         }
         Ok(())
     }
@@ -317,11 +342,17 @@ impl ServiceBroker for RabbitBroker {
             .await
             .map_err(failed)?
             .len();
-        let queues = api
-            .list_queues_in(vhost.as_str())
-            .await
-            .map_err(failed)?
-            .len();
+        let listed = api.list_queues_in(vhost.as_str()).await.map_err(failed)?;
+        let queues = listed.len();
+        // A smaller max-length would drop messages at once: refused like any other misfit.
+        if let Some(max) = limits.max_length
+            && let Some(q) = listed.iter().find(|q| q.message_count > max)
+        {
+            return Err(BrokerError::Unprocessable(format!(
+                "queue {:?} holds {} messages, more than plan {:?} keeps per queue ({max}); consume some first",
+                q.name, q.message_count, input.plan.name
+            )));
+        }
         for (what, used, max) in [
             ("connections", connections, limits.max_connections),
             ("queues", queues, limits.max_queues),

@@ -47,6 +47,14 @@ pub struct PlanLimits {
     /// The vhost's `max-queues` limit; none when unset.
     #[serde(default)]
     pub max_queues: Option<u32>,
+    /// The most messages a queue of the vhost holds (policy `max-length`: past it, the oldest
+    /// are dropped); none when unset.
+    #[serde(default)]
+    pub max_length: Option<u64>,
+    /// How long a message may wait in a queue, in milliseconds (policy `message-ttl`); none
+    /// when unset.
+    #[serde(default)]
+    pub message_ttl_ms: Option<u64>,
     /// Management tags the plan's users get: only `management` (the UI and API for their own
     /// vhost). Not `policymaker`: it could rewrite its vhost's limits and the broker's
     /// markers (global parameters).

@@ -358,3 +358,80 @@ async fn hostile_ids_are_refused_and_thirty_concurrent_pairs_work() {
     .await;
     assert!(done.iter().all(Result::is_ok), "{done:?}");
 }
+
+/// The plan's queue policy is in place, and follows a plan change; a downgrade the vhost's
+/// connections do not fit is a 422 that says why, and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plans_set_the_queue_policy_and_refuse_a_downgrade_that_does_not_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path()).await;
+    let c = Osb::new(target(&broker));
+    let (id, bid) = (fresh_id(), fresh_id());
+    c.provision_ready(&id, LARGE).await.unwrap();
+    let vhost = vhost_of(&id);
+    let policy = format!("/policies/{vhost}/kpaas-plan");
+    assert_eq!(
+        management(&policy).await.1["definition"]["max-length"],
+        100000
+    );
+    let creds = c.bind_ready(&id, &bid, LARGE).await.unwrap()["credentials"].clone();
+    let mut open = Vec::new();
+    for _ in 0..21 {
+        let uri = creds["uri"].as_str().unwrap();
+        open.push(
+            Connection::connect(uri, ConnectionProperties::default())
+                .await
+                .unwrap(),
+        );
+    }
+    // The management API counts connections a moment after they open.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while management(&format!("/vhosts/{vhost}/connections"))
+        .await
+        .1
+        .as_array()
+        .map_or(0, Vec::len)
+        < 21
+    {
+        assert!(Instant::now() < deadline, "the connections never showed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let down = serde_json::json!({"service_id": SERVICE, "plan_id": PLAN});
+    let refused = c.update(&id, &down, false).await.unwrap();
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert!(
+        refused.body["description"]
+            .as_str()
+            .unwrap()
+            .contains("21 connections"),
+        "{}",
+        refused.body
+    );
+    assert_eq!(
+        management(&policy).await.1["definition"]["max-length"],
+        100000,
+        "changed anyway"
+    );
+    for conn in open {
+        conn.close(200, "done".into()).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = c.update(&id, &down, false).await.unwrap();
+        if reply.status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the downgrade never fit: {}",
+            reply.body
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        management(&policy).await.1["definition"]["max-length"],
+        10000
+    );
+    c.unbind_done(&id, &bid, PLAN).await.unwrap();
+    c.deprovision_done(&id, PLAN).await.unwrap();
+}
