@@ -23,3 +23,4 @@ run: backends build
 bench: backends
 	cargo bench -p mysql-broker --bench cycles
 	cargo bench -p mongodb-broker --bench cycles
+	cargo bench -p rabbitmq-broker --bench cycles

@@ -9,8 +9,8 @@ use std::path::Path;
 
 use mongodb::Client as Mongo;
 use mongodb::bson::{DateTime, Document, doc};
-use osb_testkit::bench::{Figures, broker_cycle, peak_rss_kib, rate};
-use osb_testkit::{Client, fresh_id, start_broker};
+use osb_testkit::bench::compare;
+use osb_testkit::fresh_id;
 
 const SERVICE: &str = "Mongo-DB";
 const PLAN: &str = "default-plan";
@@ -77,40 +77,22 @@ async fn direct_cycle(client: &Mongo) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let store = std::env::var("BENCH_STORE_URL")
-        .unwrap_or_else(|_| format!("sqlite://{}", dir.path().join("state.db").display()));
     let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/mongodb-broker.toml");
     let binary = Path::new(env!("CARGO_BIN_EXE_mongodb-broker"));
-    let env = [
-        ("MONGODB_BROKER_ADMIN_URI", ADMIN_URI),
-        ("KPAAS_BROKER__STORE__URL", &store),
-        ("RUST_LOG", "warn,osb_core::server=info"),
-    ];
-    let broker = start_broker(binary, &deploy, dir.path(), &env, "/ready").await?;
-    let client = Client::new(broker.target(SERVICE, PLAN));
-
     let mongo = Mongo::with_uri_str(ADMIN_URI).await?;
-    let direct = rate(|| {
+    let direct = || {
         let mongo = mongo.clone();
         async move { direct_cycle(&mongo).await }
-    })
-    .await?;
-    let through = rate(|| {
-        let client = client.clone();
-        async move { broker_cycle(&client, PLAN).await }
-    })
-    .await?;
-    let peak_rss_kib = peak_rss_kib(broker.pid());
-    drop(broker);
-    Figures {
-        broker: "mongodb-broker",
-        backend: "MongoDB",
-        store: store.split(':').next().unwrap_or("?"),
+    };
+    compare(
+        "mongodb-broker",
+        "MongoDB",
+        binary,
+        &deploy,
+        &[("MONGODB_BROKER_ADMIN_URI", ADMIN_URI)],
+        SERVICE,
+        PLAN,
         direct,
-        through,
-        peak_rss_kib,
-    }
-    .print();
-    Ok(())
+    )
+    .await
 }

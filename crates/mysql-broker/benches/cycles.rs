@@ -9,8 +9,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use mysql_async::prelude::Queryable;
-use osb_testkit::bench::{Figures, broker_cycle, peak_rss_kib, rate};
-use osb_testkit::{Client, fresh_id, start_broker};
+use osb_testkit::bench::compare;
+use osb_testkit::fresh_id;
 
 const SERVICE: &str = "96b9e707-0e2b-47e3-a21a-fd01a8eb0452";
 const PLAN1: &str = "411d0c3e-b086-4a24-b041-0aeef1a819d1";
@@ -68,41 +68,22 @@ async fn direct_cycle(pool: &mysql_async::Pool) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    // BENCH_STORE_URL picks the broker's state store (e.g. a MariaDB database, as replicas
-    // share); SQLite in a temporary directory by default.
-    let store = std::env::var("BENCH_STORE_URL")
-        .unwrap_or_else(|_| format!("sqlite://{}", dir.path().join("state.db").display()));
     let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/mysql-broker.toml");
     let binary = Path::new(env!("CARGO_BIN_EXE_mysql-broker"));
-    let env = [
-        ("KPAAS_BROKER__STORE__URL", store.as_str()),
-        ("RUST_LOG", "warn,osb_core::server=info"),
-    ];
-    let broker = start_broker(binary, &deploy, dir.path(), &env, "/ready").await?;
-    let client = Client::new(broker.target(SERVICE, PLAN1));
-
     let pool = Arc::new(mysql_async::Pool::new("mysql://root@127.0.0.1:3306/mysql"));
-    let direct = rate(|| {
+    let direct = || {
         let pool = pool.clone();
         async move { direct_cycle(&pool).await }
-    })
-    .await?;
-    let through = rate(|| {
-        let client = client.clone();
-        async move { broker_cycle(&client, PLAN1).await }
-    })
-    .await?;
-    let peak_rss_kib = peak_rss_kib(broker.pid());
-    drop(broker);
-    Figures {
-        broker: "mysql-broker",
-        backend: "MariaDB",
-        store: store.split(':').next().unwrap_or("?"),
+    };
+    compare(
+        "mysql-broker",
+        "MariaDB",
+        binary,
+        &deploy,
+        &[],
+        SERVICE,
+        PLAN1,
         direct,
-        through,
-        peak_rss_kib,
-    }
-    .print();
-    Ok(())
+    )
+    .await
 }

@@ -3,11 +3,12 @@
 //! the server (the limit), and the broker's peak RSS. Prints figures; asserts nothing about
 //! speed.
 
+use std::path::Path;
 use std::time::Instant;
 
 use futures::stream::{self, StreamExt};
 
-use crate::{Client, fresh_id};
+use crate::{Client, fresh_id, start_broker};
 
 /// Cycles per run and how many run at once.
 pub const CYCLES: usize = 200;
@@ -83,4 +84,53 @@ impl Figures<'_> {
             None => println!("  broker peak RSS: unavailable"),
         }
     }
+}
+
+/// One benchmark run: starts the broker `binary` with `config` and `env` on a SQLite state store
+/// (or `BENCH_STORE_URL`), runs `direct` cycles (the broker's own backend commands, straight to
+/// the server) and cycles through the broker on `plan`, and prints the figures.
+#[allow(clippy::too_many_arguments)]
+pub async fn compare<F, Fut>(
+    broker_name: &str,
+    backend: &str,
+    binary: &Path,
+    config: &Path,
+    env: &[(&str, &str)],
+    service: &str,
+    plan: &str,
+    direct: F,
+) -> anyhow::Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let dir = tempfile::tempdir()?;
+    let store = std::env::var("BENCH_STORE_URL")
+        .unwrap_or_else(|_| format!("sqlite://{}", dir.path().join("state.db").display()));
+    let mut env = env.to_vec();
+    env.extend([
+        ("KPAAS_BROKER__STORE__URL", store.as_str()),
+        // Quiet, but for the listening line that tells the port.
+        ("RUST_LOG", "warn,osb_core::server=info"),
+    ]);
+    let broker = start_broker(binary, config, dir.path(), &env, "/ready").await?;
+    let client = Client::new(broker.target(service, plan));
+    let direct = rate(direct).await?;
+    let through = rate(|| {
+        let client = client.clone();
+        async move { broker_cycle(&client, plan).await }
+    })
+    .await?;
+    let peak_rss_kib = peak_rss_kib(broker.pid());
+    drop(broker);
+    Figures {
+        broker: broker_name,
+        backend,
+        store: store.split(':').next().unwrap_or("?"),
+        direct,
+        through,
+        peak_rss_kib,
+    }
+    .print();
+    Ok(())
 }

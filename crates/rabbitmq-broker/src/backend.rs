@@ -3,6 +3,7 @@
 //! connection (lapin) proves a new vhost works.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -42,6 +43,8 @@ fn encode(s: &str) -> String {
 
 pub struct RabbitBroker {
     nodes: Vec<Node>,
+    /// One management client per node (each keeps its connections), by `host:port`.
+    clients: Vec<(String, Arc<Api>)>,
     admin_user: String,
     admin_password: SecretString,
     plans: HashMap<String, PlanLimits>,
@@ -50,7 +53,31 @@ pub struct RabbitBroker {
 
 impl RabbitBroker {
     pub fn new(config: &RabbitConfig) -> Self {
+        let clients = config
+            .nodes
+            .iter()
+            .filter_map(|node| {
+                let name = format!("{}:{}", node.host, node.management_port);
+                let built = ClientBuilder::new()
+                    .with_endpoint(format!("http://{name}/api"))
+                    .with_basic_auth_credentials(
+                        config.admin_user.clone(),
+                        config.admin_password.0.expose_secret().to_owned(),
+                    )
+                    .with_connect_timeout(Duration::from_secs(10))
+                    .with_request_timeout(Duration::from_secs(30))
+                    .build();
+                match built {
+                    Ok(api) => Some((name, Arc::new(api))),
+                    Err(e) => {
+                        tracing::error!(node = %name, error = %e, "not a management API address");
+                        None
+                    }
+                }
+            })
+            .collect();
         Self {
+            clients,
             nodes: config.nodes.clone(),
             admin_user: config.admin_user.clone(),
             admin_password: config.admin_password.0.clone(),
@@ -69,24 +96,14 @@ impl RabbitBroker {
 
     /// A management client on the first node that answers; none answering is a 503 naming
     /// them all (nothing was asked of any).
-    async fn api(&self) -> Result<Api, BrokerError> {
-        for node in &self.nodes {
-            let api = ClientBuilder::new()
-                .with_endpoint(format!("http://{}:{}/api", node.host, node.management_port))
-                .with_basic_auth_credentials(
-                    self.admin_user.clone(),
-                    self.admin_password.expose_secret().to_owned(),
-                )
-                .with_connect_timeout(Duration::from_secs(10))
-                .with_request_timeout(Duration::from_secs(30))
-                .build();
-            let Ok(api) = api else { continue };
+    async fn api(&self) -> Result<Arc<Api>, BrokerError> {
+        for (node, api) in &self.clients {
             match tokio::time::timeout(Duration::from_secs(10), api.current_user()).await {
-                Ok(Ok(_)) => return Ok(api),
+                Ok(Ok(_)) => return Ok(api.clone()),
                 Ok(Err(e)) => {
-                    tracing::warn!(node = %node.host, error = %e, "RabbitMQ management API did not answer")
+                    tracing::warn!(%node, error = %e, "RabbitMQ management API did not answer")
                 }
-                Err(_) => tracing::warn!(node = %node.host, "RabbitMQ management API timed out"),
+                Err(_) => tracing::warn!(%node, "RabbitMQ management API timed out"),
             }
         }
         Err(BrokerError::Unavailable(format!(
