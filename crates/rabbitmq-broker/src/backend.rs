@@ -553,6 +553,17 @@ impl ServiceBroker for RabbitBroker {
             .iter()
             .find(|m| m.kind == object.kind && m.name == object.name)
         else {
+            // A user goes with its vhost's removal, marker and all: gone is done.
+            let found = if object.kind == Kind::Vhost.as_str() {
+                api.get_vhost(&object.name).await.map(|_| ())
+            } else {
+                api.get_user(&object.name).await.map(|_| ())
+            };
+            match found {
+                Err(e) if not_found(&e) => return Ok(()),
+                Err(e) => return Err(failed(e)),
+                Ok(()) => {}
+            }
             return Err(BrokerError::Conflict(format!(
                 "{} {:?} carries no marker of this broker",
                 object.kind, object.name

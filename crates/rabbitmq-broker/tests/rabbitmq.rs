@@ -3,6 +3,7 @@
 //! management API.
 
 use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
@@ -432,6 +433,134 @@ async fn plans_set_the_queue_policy_and_refuse_a_downgrade_that_does_not_fit() {
         management(&policy).await.1["definition"]["max-length"],
         10000
     );
+    c.unbind_done(&id, &bid, PLAN).await.unwrap();
+    c.deprovision_done(&id, PLAN).await.unwrap();
+}
+
+/// PUT a JSON body on the management API as the admin; the status.
+async fn management_put(path: &str, body: serde_json::Value) -> u16 {
+    reqwest::Client::new()
+        .put(format!("http://127.0.0.1:15672/api{path}"))
+        .basic_auth("guest", Some("guest"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Leftovers of a crash (a marked vhost and user no record claims) are listed and removed; a
+/// vhost named like the broker's without a marker is listed and kept; what the store claims
+/// is neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphans_are_listed_and_only_marked_ones_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path()).await;
+    let c = Osb::new(target(&broker));
+    let (id, bid) = (fresh_id(), fresh_id());
+    c.provision_ready(&id, PLAN).await.unwrap();
+    let creds = c.bind_ready(&id, &bid, PLAN).await.unwrap()["credentials"].clone();
+    drop(broker);
+
+    let suffix = fresh_id().replace('-', "");
+    let (lost_vhost, lost_user, foreign) = (
+        format!("op_lost{}", &suffix[..12]),
+        format!("b_lost{}", &suffix[..12]),
+        format!("op_foreign{}", &suffix[..12]),
+    );
+    let (lost_instance, lost_binding) = (fresh_id(), fresh_id());
+    for (kind, name, owner, parent) in [
+        ("vhost", &lost_vhost, &lost_instance, ""),
+        ("user", &lost_user, &lost_binding, lost_vhost.as_str()),
+    ] {
+        let value = serde_json::json!({"kind": kind, "name": name, "platform": "default",
+            "owner_id": owner, "parent": parent, "created_at_ms": 0, "made": true});
+        let key = format!("kpaas-broker.{kind}.{name}");
+        let status = management_put(
+            &format!("/global-parameters/{key}"),
+            serde_json::json!({"name": key, "value": value}),
+        )
+        .await;
+        assert!(status < 300, "{status}");
+    }
+    for vhost in [&lost_vhost, &foreign] {
+        assert!(management_put(&format!("/vhosts/{vhost}"), serde_json::json!({})).await < 300);
+    }
+    let user = serde_json::json!({"password": "Lost-pass-1-Lost-pass-1", "tags": ""});
+    assert!(management_put(&format!("/users/{lost_user}"), user).await < 300);
+
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_rabbitmq-broker"))
+            .arg("--config")
+            .arg(deploy_config())
+            .args(args)
+            .env(
+                "KPAAS_BROKER__STORE__URL",
+                format!("sqlite://{}", dir.path().join("state.db").display()),
+            )
+            .env("RABBITMQ_BROKER_ADMIN_PASSWORD", "guest")
+            .env("KPAAS_BROKER__PASSWORD", osb_testkit::PASSWORD)
+            .env("KPAAS_BROKER__ENCRYPTION_KEY", osb_testkit::ENCRYPTION_KEY)
+            .output()
+            .unwrap()
+    };
+    let listed = run(&["orphans", "--json"]);
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&listed.stdout).unwrap();
+    let row = |name: &str| rows.iter().find(|r| r["name"] == name).cloned();
+    let vhost_row = row(&lost_vhost).expect("the lost vhost is listed");
+    assert_eq!(vhost_row["for"], "instance");
+    assert_eq!(vhost_row["removable"], true);
+    assert_eq!(
+        row(&lost_user).expect("the lost user is listed")["removable"],
+        true
+    );
+    assert_eq!(
+        row(&foreign).expect("the unmarked vhost is listed")["removable"],
+        false
+    );
+    assert!(
+        row(creds["vhost"].as_str().unwrap()).is_none()
+            && row(creds["username"].as_str().unwrap()).is_none(),
+        "a claimed object is listed"
+    );
+
+    // Other tests' leftovers on the shared server count too: --force past the share guard.
+    let deleted = run(&["orphans", "--delete", "--force", "--json"]);
+    assert!(
+        deleted.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&deleted.stdout),
+        String::from_utf8_lossy(&deleted.stderr)
+    );
+    assert_eq!(management(&format!("/vhosts/{lost_vhost}")).await.0, 404);
+    assert_eq!(management(&format!("/users/{lost_user}")).await.0, 404);
+    assert_eq!(
+        management(&format!("/vhosts/{foreign}")).await.0,
+        200,
+        "an unmarked vhost was removed"
+    );
+    assert_eq!(
+        management(&format!("/users/{}", creds["username"].as_str().unwrap()))
+            .await
+            .0,
+        200
+    );
+    let gone = reqwest::Client::new()
+        .delete(format!("http://127.0.0.1:15672/api/vhosts/{foreign}"))
+        .basic_auth("guest", Some("guest"))
+        .send()
+        .await
+        .unwrap();
+    assert!(gone.status().is_success());
+
+    let broker = start(dir.path()).await;
+    let c = Osb::new(target(&broker));
     c.unbind_done(&id, &bid, PLAN).await.unwrap();
     c.deprovision_done(&id, PLAN).await.unwrap();
 }
