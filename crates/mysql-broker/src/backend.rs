@@ -20,7 +20,7 @@ use prometheus::{IntGauge, Registry};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
-use crate::accounts::{drop_user, grant_all, user_exists, users_of};
+use crate::accounts::{Writes, drop_user, grant_all, user_exists, users_of};
 use crate::config::{MysqlConfig, PlanLimits, ServerConfig};
 use crate::errors::{failed, unreachable};
 use crate::names::{DatabaseName, UserName};
@@ -330,28 +330,33 @@ impl MysqlBroker {
         db: &DatabaseName,
         plan: &Plan,
     ) -> Result<(), BrokerError> {
+        let rights = self.rights(conn, db).await?;
         let over = match self.usage(conn, db, plan).await? {
-            Some(usage) => usage.frozen(&self.quota_policy, self.is_frozen(conn, db).await?),
+            Some(usage) => usage.frozen(&self.quota_policy, quota::is_frozen(&rights)),
             None => false,
         };
-        self.enforce(conn, db, over).await
+        quota::enforce(conn, db, &rights, over).await.map(|_| ())
     }
 
-    /// Whether the broker's accounts on `db` are frozen now.
-    async fn is_frozen(&self, conn: &mut Conn, db: &DatabaseName) -> Result<bool, BrokerError> {
+    /// The write rights of the broker's accounts on `db`.
+    async fn rights(
+        &self,
+        conn: &mut Conn,
+        db: &DatabaseName,
+    ) -> Result<Vec<(UserName, Writes)>, BrokerError> {
         let accounts = our_accounts(conn, db).await?;
-        quota::is_frozen(conn, db, &accounts).await
+        quota::rights(conn, db, &accounts).await
     }
 
-    /// Brings the broker's accounts on `db` in line with `over`.
+    /// Brings the broker's accounts on `db` in line with `over`, as they are now.
     async fn enforce(
         &self,
         conn: &mut Conn,
         db: &DatabaseName,
         over: bool,
     ) -> Result<(), BrokerError> {
-        let accounts = our_accounts(conn, db).await?;
-        quota::enforce(conn, db, &accounts, over).await.map(|_| ())
+        let rights = self.rights(conn, db).await?;
+        quota::enforce(conn, db, &rights, over).await.map(|_| ())
     }
 
     fn limits(&self, plan: &Plan) -> Result<&PlanLimits, BrokerError> {
@@ -630,13 +635,15 @@ impl ServiceBroker for MysqlBroker {
             self.set_over_quota(instance.id.as_str(), false);
             return Ok(None);
         };
-        let frozen_now = self.is_frozen(&mut conn, &db).await?;
+        let mut rights = self.rights(&mut conn, &db).await?;
+        let frozen_now = quota::is_frozen(&rights);
         let mut usage = Usage::new(quota::database_size(&mut conn, &db).await?, quota_mb);
         if usage.frozen(&self.quota_policy, frozen_now) {
             // Statistics lag behind deletions, so a database that looks over quota is measured
             // again on fresh ones. It is frozen first: that ends its sessions and so any table
             // lock they hold, which would otherwise keep the statistics (and the freeze) off.
-            self.enforce(&mut conn, &db, true).await?;
+            quota::enforce(&mut conn, &db, &rights, true).await?;
+            rights = self.rights(&mut conn, &db).await?;
             match quota::remeasure(&mut conn, &db).await {
                 Ok(bytes) => usage = Usage::new(bytes, quota_mb),
                 Err(e) => {
@@ -645,7 +652,7 @@ impl ServiceBroker for MysqlBroker {
             }
         }
         let frozen = usage.frozen(&self.quota_policy, frozen_now);
-        self.enforce(&mut conn, &db, frozen).await?;
+        quota::enforce(&mut conn, &db, &rights, frozen).await?;
         self.set_over_quota(instance.id.as_str(), frozen);
         Ok(Some(InstanceMetadata {
             labels: Default::default(),

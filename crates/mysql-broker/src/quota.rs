@@ -83,35 +83,40 @@ pub async fn remeasure(conn: &mut Conn, db: &DatabaseName) -> Result<u64, Broker
     database_size(conn, db).await
 }
 
-/// Whether `db` is frozen now: one of the broker's `accounts` on it lacks a write right.
-pub async fn is_frozen(
+/// The write rights the broker's `accounts` hold on `db`, read once for both the decision
+/// ([`is_frozen`]) and its enforcement ([`enforce`]).
+pub async fn rights(
     conn: &mut Conn,
     db: &DatabaseName,
     accounts: &[UserName],
-) -> Result<bool, BrokerError> {
+) -> Result<Vec<(UserName, Writes)>, BrokerError> {
     Ok(write_rights(conn, db)
         .await?
         .into_iter()
-        .any(|(user, writes)| accounts.contains(&user) && writes != Writes::All))
+        .filter(|(user, _)| accounts.contains(user))
+        .collect())
 }
 
-/// Brings `accounts` on `db` in line with `over`; returns whether anything changed.
+/// Whether the database is frozen now: one of the broker's accounts lacks a write right.
+pub fn is_frozen(rights: &[(UserName, Writes)]) -> bool {
+    rights.iter().any(|(_, writes)| *writes != Writes::All)
+}
+
+/// Brings the accounts of `rights` (as just read) on `db` in line with `over`; returns whether
+/// anything changed.
 pub async fn enforce(
     conn: &mut Conn,
     db: &DatabaseName,
-    accounts: &[UserName],
+    rights: &[(UserName, Writes)],
     over: bool,
 ) -> Result<bool, BrokerError> {
     let mut changed = false;
-    for (user, writes) in write_rights(conn, db).await? {
-        if !accounts.contains(&user) {
-            continue;
-        }
-        if over && writes != Writes::None {
-            freeze(conn, db, &user).await?;
+    for (user, writes) in rights {
+        if over && *writes != Writes::None {
+            freeze(conn, db, user).await?;
             changed = true;
-        } else if !over && writes != Writes::All {
-            grant_all(conn, db, &user).await?;
+        } else if !over && *writes != Writes::All {
+            grant_all(conn, db, user).await?;
             changed = true;
         }
     }
