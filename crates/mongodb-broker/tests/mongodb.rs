@@ -275,18 +275,12 @@ async fn a_database_over_quota_reads_and_deletes_until_under_the_thaw_mark() {
         "{}",
         shown.body
     );
-    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", broker.port))
-        .await
-        .unwrap()
-        .text()
+    let (frozen, metrics) = broker
+        .metric("mongodb_broker_instances_over_quota")
         .await
         .unwrap();
-    let frozen: i64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("mongodb_broker_instances_over_quota "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no over-quota gauge: {metrics}"));
-    assert!(frozen >= 1, "{metrics}");
+    let frozen = frozen.unwrap_or_else(|| panic!("no over-quota gauge: {metrics}"));
+    assert!(frozen >= 1.0, "{metrics}");
     // All bindings gone and a new one made: the instance is still frozen for it at once
     // (the state is the instance's, kept on its marker, not its users').
     c.unbind_done(&id, &bid, PLAN).await.unwrap();

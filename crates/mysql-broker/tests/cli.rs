@@ -178,18 +178,9 @@ async fn orphans_lists_and_removes_what_nothing_claims() {
     // The gauge counts them after an upkeep pass.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", broker.port))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let count = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("osb_orphaned_backend_objects "))
-            .and_then(|v| v.trim().parse::<i64>().ok())
-            .unwrap_or(0);
-        if count >= 3 {
+        let (count, metrics) = broker.metric("osb_orphaned_backend_objects").await.unwrap();
+        let count = count.unwrap_or(0.0);
+        if count >= 3.0 {
             break;
         }
         assert!(Instant::now() < deadline, "gauge still {count}: {metrics}");

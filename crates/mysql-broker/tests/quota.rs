@@ -95,16 +95,11 @@ async fn writes_stop_over_quota_and_resume_once_data_is_removed() {
         fetched["metadata"]["attributes"]["measured_at"].is_string(),
         "{fetched}"
     );
-    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", broker.port))
-        .await
-        .unwrap()
-        .text()
+    let (frozen, metrics) = broker
+        .metric("mysql_broker_instances_over_quota")
         .await
         .unwrap();
-    assert!(
-        metrics.contains("mysql_broker_instances_over_quota 1"),
-        "{metrics}"
-    );
+    assert_eq!(frozen, Some(1.0), "{metrics}");
 
     // DELETE is kept to clean up with.
     app.query_drop("DELETE FROM blobs").await.unwrap();

@@ -158,6 +158,18 @@ impl BrokerProcess {
         )
     }
 
+    /// The value of the unlabelled metric `name` on the broker's `/metrics`, with the whole
+    /// text (for a failure message); `None` when the broker does not export it.
+    pub async fn metric(&self, name: &str) -> anyhow::Result<(Option<f64>, String)> {
+        let url = format!("http://127.0.0.1:{}/metrics", self.port);
+        let text = reqwest::get(&url).await?.text().await?;
+        let value = text
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok());
+        Ok((value, text))
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
