@@ -12,7 +12,7 @@ mod rules;
 
 pub use client::{Client, ORIGINATING_IDENTITY, Reply, fresh_id};
 pub use process::{BrokerProcess, ENCRYPTION_KEY, PASSWORD, USERNAME, free_port, start_broker};
-pub use rules::{check_all, check_isolation, check_restart};
+pub use rules::{check_all, check_backend_down, check_isolation, check_restart};
 
 use serde_json::Value;
 

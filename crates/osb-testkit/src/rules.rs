@@ -1282,3 +1282,53 @@ async fn hidden(a: &Target, b: &Target) -> anyhow::Result<()> {
     ca.unbind_done(&id, &bid, &plan).await?;
     ca.deprovision_done(&id, &plan).await
 }
+
+/// With the broker's backend down: `/ready` answers 503 (the target must be the broker's root,
+/// no platform prefix), a bind of `refused_bid` on instance `id` and a new provision answer 503
+/// naming `server` and never quoting `secret`, nothing of either is recorded, and `id` is still
+/// served from the store.
+pub async fn check_backend_down(
+    target: &Target,
+    id: &str,
+    refused_bid: &str,
+    server: &str,
+    secret: &str,
+) -> anyhow::Result<()> {
+    let c = Client::new(target.clone());
+    let plan = target.plan_id.clone();
+    let ready = Client::finish(c.raw(Method::GET, "/ready")).await?;
+    expect(&ready, 503, "/ready with the backend down")?;
+    let other = fresh_id();
+    for (reply, what) in [
+        (
+            c.bind(id, refused_bid, &c.bind_body(&plan), false).await?,
+            "bind",
+        ),
+        (
+            c.provision(&other, &c.provision_body(&plan), false).await?,
+            "provision",
+        ),
+    ] {
+        expect_error(&reply, 503, None, &format!("{what} with the backend down"))?;
+        let said = reply.body["description"].as_str().unwrap_or("");
+        ensure!(
+            said.contains(server) && !said.contains(secret),
+            "{what}: the 503 should name {server} and quote no secret: {said}"
+        );
+    }
+    expect(
+        &c.fetch_binding(id, refused_bid).await?,
+        404,
+        "the refused binding",
+    )?;
+    expect(
+        &c.fetch_instance(&other).await?,
+        404,
+        "the refused instance",
+    )?;
+    expect(
+        &c.fetch_instance(id).await?,
+        200,
+        "the instance, read from the store",
+    )
+}

@@ -12,8 +12,8 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use osb_testkit::proxy::Proxy;
 use osb_testkit::{
-    BrokerProcess, Client as Osb, PLAIN_CATALOG_SKIPS, Target, check_all, check_restart, fresh_id,
-    start_broker,
+    BrokerProcess, Client as Osb, PLAIN_CATALOG_SKIPS, Target, check_all, check_backend_down,
+    check_restart, fresh_id, start_broker,
 };
 
 const SERVICE: &str = "14a9fad1-cf61-45dd-b486-f33609a80561";
@@ -262,28 +262,11 @@ async fn a_stopped_management_api_is_a_503_naming_it_and_nothing_is_lost() {
     let creds = c.bind_ready(&id, &bid, PLAN).await.unwrap()["credentials"].clone();
 
     proxy.set_down(true);
-    let ready = reqwest::get(format!("http://127.0.0.1:{}/ready", broker.port))
+    let other_bid = fresh_id();
+    let node = format!("127.0.0.1:{}", proxy.port);
+    check_backend_down(&target(&broker), &id, &other_bid, &node, "guest")
         .await
         .unwrap();
-    assert_eq!(ready.status(), 503);
-    let (other, other_bid) = (fresh_id(), fresh_id());
-    for reply in [
-        c.bind(&id, &other_bid, &c.bind_body(PLAN), false)
-            .await
-            .unwrap(),
-        c.provision(&other, &c.provision_body(PLAN), false)
-            .await
-            .unwrap(),
-    ] {
-        assert_eq!(reply.status, 503, "{}", reply.body);
-        let said = reply.body["description"].as_str().unwrap();
-        assert!(
-            said.contains(&format!("127.0.0.1:{}", proxy.port)),
-            "{said}"
-        );
-    }
-    assert_eq!(c.fetch_binding(&id, &other_bid).await.unwrap().status, 404);
-    assert_eq!(c.fetch_instance(&other).await.unwrap().status, 404);
     // AMQP does not go through the management API: the app keeps working.
     let conn = Connection::connect(
         creds["uri"].as_str().unwrap(),
