@@ -89,24 +89,28 @@ ensure_second_mariadb() {
     fi
 }
 
-# TLS material of the second MariaDB: a CA and a server certificate for 127.0.0.1. mysql-broker's
-# tests connect to it with TLS, verified against this CA.
-second_tls=/var/lib/kpaas-mariadb2-tls
-make_second_tls() {
-    [ -s "$second_tls/server.pem" ] && return 0
-    log "making TLS certificates for the second MariaDB"
-    install -d -m 755 "$second_tls"
+# A test CA and a server certificate for 127.0.0.1 in $1, the key readable by user $2 only.
+# Tests verify the server against $1/ca.pem.
+make_test_tls() {
+    local dir=$1 owner=$2
+    [ -s "$dir/server.pem" ] && return 0
+    log "making TLS certificates in $dir"
+    install -d -m 755 "$dir"
     openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=kpaas test CA" \
-        -keyout "$second_tls/ca.key" -out "$second_tls/ca.pem" 2>/dev/null
+        -keyout "$dir/ca.key" -out "$dir/ca.pem" 2>/dev/null
     openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
-        -keyout "$second_tls/server.key" -out "$second_tls/server.csr" 2>/dev/null
-    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' > "$second_tls/san.ext"
-    openssl x509 -req -days 3650 -in "$second_tls/server.csr" -CA "$second_tls/ca.pem" \
-        -CAkey "$second_tls/ca.key" -CAcreateserial -extfile "$second_tls/san.ext" \
-        -out "$second_tls/server.pem" 2>/dev/null
-    chown mysql:mysql "$second_tls/server.key"
-    chmod 600 "$second_tls/server.key" "$second_tls/ca.key"
+        -keyout "$dir/server.key" -out "$dir/server.csr" 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' > "$dir/san.ext"
+    openssl x509 -req -days 3650 -in "$dir/server.csr" -CA "$dir/ca.pem" \
+        -CAkey "$dir/ca.key" -CAcreateserial -extfile "$dir/san.ext" \
+        -out "$dir/server.pem" 2>/dev/null
+    chown "$owner:$owner" "$dir/server.key"
+    chmod 600 "$dir/server.key" "$dir/ca.key"
 }
+
+# The second MariaDB's: mysql-broker's tests connect to it with TLS.
+second_tls=/var/lib/kpaas-mariadb2-tls
+make_second_tls() { make_test_tls "$second_tls" mysql; }
 
 start_second_mariadb() {
     local datadir=/var/lib/kpaas-mariadb2
@@ -203,6 +207,7 @@ ensure_mongodb() {
 rabbit_up() { rabbitmqctl -q ping >/dev/null 2>&1; }
 rabbit_api() { curl -fsS -o /dev/null -u guest:guest http://127.0.0.1:15672/api/overview; }
 
+rabbit_tls=/var/lib/kpaas-rabbitmq-tls
 ensure_rabbitmq() {
     command -v rabbitmq-server >/dev/null 2>&1 || apt_install rabbitmq-server
     local conf=/etc/rabbitmq/rabbitmq.conf env=/etc/rabbitmq/rabbitmq-env.conf restart=""
@@ -216,6 +221,25 @@ ensure_rabbitmq() {
     grep -qs '^management\.tcp\.ip' "$conf" || { echo 'management.tcp.ip = 127.0.0.1' >> "$conf"; restart=1; }
     if ! grep -qs rabbitmq_management /etc/rabbitmq/enabled_plugins; then
         rabbitmq-plugins enable --offline rabbitmq_management >/dev/null
+        restart=1
+    fi
+    # AMQP (5671) and the management API (15671) over TLS as well, for rabbitmq-broker's TLS
+    # test; the plain listeners stay for the other tests.
+    make_test_tls "$rabbit_tls" rabbitmq
+    if ! grep -qs '^listeners\.ssl\.' "$conf"; then
+        cat >> "$conf" <<EOF
+listeners.ssl.local = 127.0.0.1:5671
+ssl_options.cacertfile = $rabbit_tls/ca.pem
+ssl_options.certfile = $rabbit_tls/server.pem
+ssl_options.keyfile = $rabbit_tls/server.key
+ssl_options.verify = verify_none
+ssl_options.fail_if_no_peer_cert = false
+management.ssl.port = 15671
+management.ssl.ip = 127.0.0.1
+management.ssl.cacertfile = $rabbit_tls/ca.pem
+management.ssl.certfile = $rabbit_tls/server.pem
+management.ssl.keyfile = $rabbit_tls/server.key
+EOF
         restart=1
     fi
     if [ -n "$restart" ] && rabbit_up; then
@@ -241,4 +265,4 @@ ensure_second_mariadb
 ensure_postgres
 ensure_mongodb
 ensure_rabbitmq
-log "ready: MariaDB 127.0.0.1:3306 and 127.0.0.1:3307, PostgreSQL 127.0.0.1:5432, MongoDB 127.0.0.1:27017, RabbitMQ 127.0.0.1:5672 (management :15672)"
+log "ready: MariaDB 127.0.0.1:3306 and 127.0.0.1:3307, PostgreSQL 127.0.0.1:5432, MongoDB 127.0.0.1:27017, RabbitMQ 127.0.0.1:5672 and TLS :5671 (management :15672, HTTPS :15671)"

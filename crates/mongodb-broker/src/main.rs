@@ -8,6 +8,7 @@ mod owners;
 
 use std::process::ExitCode;
 
+use osb_core::cli::BuildError;
 use osb_core::config::BrokerConfig;
 use osb_core::metrics::Metrics;
 
@@ -21,8 +22,14 @@ impl osb_core::cli::App for MongoApp {
         &config.broker
     }
 
-    fn build(config: &config::Config, metrics: &Metrics) -> backend::MongoBroker {
-        backend::MongoBroker::new(&config.mongodb, metrics.registry())
+    fn build(
+        config: &config::Config,
+        metrics: &Metrics,
+    ) -> Result<backend::MongoBroker, BuildError> {
+        Ok(backend::MongoBroker::new(
+            &config.mongodb,
+            metrics.registry(),
+        ))
     }
 }
 

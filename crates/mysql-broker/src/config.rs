@@ -1,8 +1,8 @@
 //! mysql-broker's config file: the shared `[broker]` section and `[mysql]`.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
+use osb_core::backend_tls::BackendTls;
 use osb_core::config::{BrokerConfig, Secret};
 use osb_core::credentials::PasswordLength;
 use osb_core::quota::QuotaPolicy;
@@ -53,14 +53,6 @@ pub struct ServerConfig {
     /// TLS to the server, verified; plain TCP when absent.
     #[serde(default)]
     pub tls: Option<BackendTls>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BackendTls {
-    /// PEM CA certificate(s) to trust for the server's certificate, besides the public roots.
-    #[serde(default)]
-    pub ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

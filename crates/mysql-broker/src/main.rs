@@ -10,6 +10,7 @@ mod quota;
 
 use std::process::ExitCode;
 
+use osb_core::cli::BuildError;
 use osb_core::config::BrokerConfig;
 use osb_core::metrics::Metrics;
 
@@ -23,8 +24,11 @@ impl osb_core::cli::App for MysqlApp {
         &config.broker
     }
 
-    fn build(config: &config::Config, metrics: &Metrics) -> backend::MysqlBroker {
-        backend::MysqlBroker::new(&config.mysql, metrics.registry())
+    fn build(
+        config: &config::Config,
+        metrics: &Metrics,
+    ) -> Result<backend::MysqlBroker, BuildError> {
+        Ok(backend::MysqlBroker::new(&config.mysql, metrics.registry()))
     }
 }
 

@@ -33,8 +33,19 @@ pub trait App {
 
     fn broker_config(config: &Self::Config) -> &BrokerConfig;
 
-    /// Builds the backend, registering its metrics on `metrics`.
-    fn build(config: &Self::Config, metrics: &Metrics) -> Self::Broker;
+    /// Builds the backend, registering its metrics on `metrics`; refuses what the config
+    /// file alone could not check (a CA file that does not parse).
+    fn build(config: &Self::Config, metrics: &Metrics) -> Result<Self::Broker, BuildError>;
+}
+
+/// Why a backend could not be built from its config; the broker does not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Trust(#[from] crate::backend_tls::TrustError),
+    /// A client the backend needs could not be made from its settings.
+    #[error("{0}")]
+    Backend(String),
 }
 
 #[derive(Debug, Parser)]
@@ -118,7 +129,13 @@ pub async fn main<A: App>() -> ExitCode {
         Command::Serve => {
             crate::telemetry::init(&broker_config.log);
             let metrics = Metrics::new();
-            let broker = A::build(&config, &metrics);
+            let broker = match A::build(&config, &metrics) {
+                Ok(broker) => broker,
+                Err(e) => {
+                    eprintln!("loading config: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             match crate::server::serve(broker_config, broker, metrics).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -191,8 +208,10 @@ async fn check<A: App>(config: &A::Config) -> Vec<String> {
         Err(StoreError::NotSetUp(_)) => {}
         Err(e) => problems.push(e.to_string()),
     }
-    let broker = A::build(config, &Metrics::new());
-    problems.extend(broker.check_backends().await);
+    match A::build(config, &Metrics::new()) {
+        Ok(broker) => problems.extend(broker.check_backends().await),
+        Err(e) => problems.push(e.to_string()),
+    }
     problems
 }
 
@@ -208,7 +227,7 @@ async fn sweep<A: App>(
     let broker_config = A::broker_config(config);
     let url = secrecy::ExposeSecret::expose_secret(&broker_config.store.url.0);
     let store = Store::open_existing(url).await.map_err(|e| e.to_string())?;
-    let broker = A::build(config, &Metrics::new());
+    let broker = A::build(config, &Metrics::new()).map_err(|e| e.to_string())?;
     let age = i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX);
     let found = orphans::find(&broker, &store, age)
         .await

@@ -7,8 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use lapin::tcp::OwnedTLSConfig;
+use osb_core::backend_tls::{BackendTls, Trust};
 use osb_core::broker::*;
 use osb_core::catalog::Plan;
+use osb_core::cli::BuildError;
 use osb_core::credentials::{Credentials, PasswordLength, generate_password};
 use osb_core::ids::BindingId;
 use osb_core::orphans::BackendObject;
@@ -49,40 +52,61 @@ pub struct RabbitBroker {
     admin_password: SecretString,
     plans: HashMap<String, PlanLimits>,
     password_length: PasswordLength,
+    /// Set when every node is reached over TLS; what it trusts.
+    tls: Option<Trust>,
+    ready_vhost: String,
 }
 
 impl RabbitBroker {
-    pub fn new(config: &RabbitConfig) -> Self {
-        let clients = config
-            .nodes
-            .iter()
-            .filter_map(|node| {
-                let name = format!("{}:{}", node.host, node.management_port);
-                let built = ClientBuilder::new()
-                    .with_endpoint(format!("http://{name}/api"))
-                    .with_basic_auth_credentials(
-                        config.admin_user.clone(),
-                        config.admin_password.0.expose_secret().to_owned(),
-                    )
-                    .with_connect_timeout(Duration::from_secs(10))
-                    .with_request_timeout(Duration::from_secs(30))
-                    .build();
-                match built {
-                    Ok(api) => Some((name, Arc::new(api))),
-                    Err(e) => {
-                        tracing::error!(node = %name, error = %e, "not a management API address");
-                        None
-                    }
-                }
-            })
-            .collect();
-        Self {
+    pub fn new(config: &RabbitConfig) -> Result<Self, BuildError> {
+        let tls = config.tls.as_ref().map(BackendTls::load).transpose()?;
+        // Plain HTTP nodes get a TLS config too: a client built without one would look for a
+        // process-wide crypto provider, and none is installed.
+        let trust = match &tls {
+            Some(trust) => trust.clone(),
+            None => BackendTls::default().load()?,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut clients = Vec::new();
+        for node in &config.nodes {
+            let name = format!("{}:{}", node.host, node.management_port);
+            let http = reqwest_rabbitmq::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .timeout(Duration::from_secs(30))
+                // The admin's credentials go to the configured node only.
+                .redirect(reqwest_rabbitmq::redirect::Policy::none())
+                .tls_backend_preconfigured(trust.client_config())
+                .build()
+                .map_err(|e| BuildError::Backend(format!("management client for {name}: {e}")))?;
+            let api = ClientBuilder::new()
+                .with_endpoint(format!("{scheme}://{name}/api"))
+                .with_basic_auth_credentials(
+                    config.admin_user.clone(),
+                    config.admin_password.0.expose_secret().to_owned(),
+                )
+                .with_client(http)
+                .build()
+                .map_err(|e| BuildError::Backend(format!("management API of {name}: {e}")))?;
+            clients.push((name, Arc::new(api)));
+        }
+        Ok(Self {
             clients,
             nodes: config.nodes.clone(),
             admin_user: config.admin_user.clone(),
             admin_password: config.admin_password.0.clone(),
             plans: config.plans.clone(),
             password_length: config.password_length,
+            tls,
+            ready_vhost: config.ready_vhost.clone(),
+        })
+    }
+
+    /// The AMQP scheme and port of `node` apps and the broker use.
+    fn amqp_of(&self, node: &Node) -> (&'static str, u16) {
+        if self.tls.is_some() {
+            ("amqps", node.amqps_port)
+        } else {
+            ("amqp", node.amqp_port)
         }
     }
 
@@ -170,16 +194,30 @@ impl RabbitBroker {
     /// Opens an AMQP connection to `vhost` with the admin account: proof that the vhost serves.
     async fn amqp_check(&self, vhost: &str) -> Result<(), BrokerError> {
         let mut last = String::new();
+        let runtime = lapin::runtime::default_runtime()
+            .map_err(|e| BrokerError::Failed(format!("no AMQP runtime: {e}")))?;
         for node in &self.nodes {
+            let (scheme, port) = self.amqp_of(node);
             let uri = format!(
-                "amqp://{}:{}@{}:{}/{}",
+                "{scheme}://{}:{}@{}:{port}/{}",
                 encode(&self.admin_user),
                 encode(self.admin_password.expose_secret()),
                 node.host,
-                node.amqp_port,
                 encode(vhost)
             );
-            let connect = lapin::Connection::connect(&uri, lapin::ConnectionProperties::default());
+            let tls = OwnedTLSConfig {
+                identity: None,
+                cert_chain: self
+                    .tls
+                    .as_ref()
+                    .and_then(|t| t.ca_pem().map(str::to_owned)),
+            };
+            let connect = lapin::Connection::connect_with_config(
+                &uri,
+                lapin::ConnectionProperties::default(),
+                tls,
+                runtime.clone(),
+            );
             match tokio::time::timeout(Duration::from_secs(10), connect).await {
                 Ok(Ok(conn)) => {
                     let _ = conn.close(200, "kpaas-broker check".into()).await;
@@ -207,26 +245,34 @@ impl RabbitBroker {
             encode(password.expose_secret()),
             encode(vhost.as_str()),
         );
+        let ssl = self.tls.is_some();
         let hosts: Vec<&str> = self.nodes.iter().map(|n| n.host.as_str()).collect();
         let amqp_uris: Vec<String> = self
             .nodes
             .iter()
-            .map(|n| format!("amqp://{u}:{p}@{}:{}/{v}", n.host, n.amqp_port))
+            .map(|n| {
+                let (scheme, port) = self.amqp_of(n);
+                format!("{scheme}://{u}:{p}@{}:{port}/{v}", n.host)
+            })
             .collect();
+        let http = if ssl { "https" } else { "http" };
         let api_uris: Vec<String> = self
             .nodes
             .iter()
-            .map(|n| format!("http://{u}:{p}@{}:{}/api/", n.host, n.management_port))
+            .map(|n| format!("{http}://{u}:{p}@{}:{}/api/", n.host, n.management_port))
             .collect();
         let protocol = |port: u16, uris: &[String]| {
             json!({
                 "host": hosts[0], "hosts": hosts, "port": port, "uri": uris[0], "uris": uris,
                 "vhost": vhost.as_str(), "username": user.as_str(),
-                "password": password.expose_secret(), "ssl": false,
+                "password": password.expose_secret(), "ssl": ssl,
             })
         };
+        // Cloud Foundry's key for AMQP over TLS; with TLS on, no plain entry tempts an app to
+        // send its password in clear.
+        let amqp_key = if ssl { "amqp+ssl" } else { "amqp" };
         let protocols = json!({
-            "amqp": protocol(self.nodes[0].amqp_port, &amqp_uris),
+            amqp_key: protocol(self.amqp_of(&self.nodes[0]).1, &amqp_uris),
             "management": protocol(self.nodes[0].management_port, &api_uris),
         });
         Credentials::new()
@@ -239,7 +285,7 @@ impl RabbitBroker {
             .with("hostnames", json!(hosts))
             .with("http_api_uri", api_uris[0].as_str())
             .with("http_api_uris", json!(api_uris))
-            .with("ssl", false)
+            .with("ssl", ssl)
             .with("protocols", protocols)
     }
 
@@ -516,7 +562,7 @@ impl ServiceBroker for RabbitBroker {
     /// The management API of some node, and AMQP on some node.
     async fn check_ready(&self) -> Result<(), BrokerError> {
         self.api().await?;
-        self.amqp_check("/")
+        self.amqp_check(&self.ready_vhost)
             .await
             .map_err(|e| BrokerError::Unavailable(e.to_string()))
     }

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use osb_core::backend_tls::BackendTls;
 use osb_core::config::{BrokerConfig, Secret};
 use osb_core::credentials::PasswordLength;
 use serde::Deserialize;
@@ -26,6 +27,14 @@ pub struct RabbitConfig {
     /// Length of generated user passwords (16 to 128).
     #[serde(default)]
     pub password_length: PasswordLength,
+    /// TLS to every node, verified: AMQP on each node's `amqps_port` and the management API
+    /// over HTTPS on its `management_port`, for the broker and for apps (`amqps://`,
+    /// `https://`, `ssl: true`). Plain TCP when unset.
+    #[serde(default)]
+    pub tls: Option<BackendTls>,
+    /// A vhost the admin user may open: `/ready` opens an AMQP connection to it.
+    #[serde(default = "default_ready_vhost")]
+    pub ready_vhost: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -34,8 +43,12 @@ pub struct Node {
     pub host: String,
     #[serde(default = "default_amqp")]
     pub amqp_port: u16,
+    /// The management API's port: HTTPS when `[rabbitmq.tls]` is set.
     #[serde(default = "default_management")]
     pub management_port: u16,
+    /// AMQP over TLS, used when `[rabbitmq.tls]` is set.
+    #[serde(default = "default_amqps")]
+    pub amqps_port: u16,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -79,6 +92,14 @@ impl UserTag {
 
 fn default_amqp() -> u16 {
     5672
+}
+
+fn default_amqps() -> u16 {
+    5671
+}
+
+fn default_ready_vhost() -> String {
+    "/".into()
 }
 
 fn default_management() -> u16 {

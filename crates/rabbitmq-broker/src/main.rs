@@ -8,6 +8,7 @@ mod names;
 
 use std::process::ExitCode;
 
+use osb_core::cli::BuildError;
 use osb_core::config::BrokerConfig;
 use osb_core::metrics::Metrics;
 
@@ -21,7 +22,10 @@ impl osb_core::cli::App for RabbitApp {
         &config.broker
     }
 
-    fn build(config: &config::Config, _metrics: &Metrics) -> backend::RabbitBroker {
+    fn build(
+        config: &config::Config,
+        _metrics: &Metrics,
+    ) -> Result<backend::RabbitBroker, BuildError> {
         backend::RabbitBroker::new(&config.rabbitmq)
     }
 }

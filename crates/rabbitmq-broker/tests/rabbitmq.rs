@@ -307,6 +307,35 @@ async fn hostile_ids_are_refused_and_thirty_concurrent_pairs_work() {
             "{refused:?} reached the server"
         );
     }
+    // Ids the URL allows but that are no GUIDs: each gets names of its own, in `[a-z0-9_]`,
+    // never an existing account's (`guest`), distinct even where only the case differs.
+    let odd = ["guest", "Guest", "a.b", "UPPER-lower_1", &"x".repeat(120)];
+    let mut names = std::collections::HashSet::new();
+    for id in odd {
+        c.provision_ready(id, PLAN)
+            .await
+            .unwrap_or_else(|e| panic!("{id}: {e}"));
+        let bound = c.bind_ready(id, id, PLAN).await.unwrap()["credentials"].clone();
+        for name in [&bound["vhost"], &bound["username"]] {
+            let name = name.as_str().unwrap();
+            assert!(
+                name.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                    && name.len() <= 255
+                    && name != "guest",
+                "{id:?} made {name:?}"
+            );
+            assert!(names.insert(name.to_owned()), "{id:?} reused {name:?}");
+        }
+        c.unbind_done(id, id, PLAN).await.unwrap();
+        c.deprovision_done(id, PLAN).await.unwrap();
+    }
+    assert_eq!(
+        management("/users/guest").await.0,
+        200,
+        "the admin account is gone"
+    );
+
     let pairs: Vec<(String, String)> = (0..30).map(|_| (fresh_id(), fresh_id())).collect();
     let made = join_all(pairs.iter().map(|(id, bid)| {
         let c = c.clone();
@@ -543,6 +572,232 @@ async fn orphans_are_listed_and_only_marked_ones_removed() {
     assert!(gone.status().is_success());
 
     let broker = start(dir.path()).await;
+    let c = Osb::new(target(&broker));
+    c.unbind_done(&id, &bid, PLAN).await.unwrap();
+    c.deprovision_done(&id, PLAN).await.unwrap();
+}
+
+/// The deploy config with its one node replaced by `nodes` (TOML `[[rabbitmq.nodes]]` blocks)
+/// and `extra` appended, written into `dir`.
+fn config_with(dir: &Path, nodes: &str, extra: &str) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(deploy_config()).unwrap();
+    let one =
+        "[[rabbitmq.nodes]]\nhost = \"127.0.0.1\"\namqp_port = 5672\nmanagement_port = 15672\n";
+    assert!(text.contains(one), "the deploy config's node block changed");
+    let config = dir.join("rabbitmq-broker.toml");
+    std::fs::write(&config, text.replace(one, nodes) + extra).unwrap();
+    config
+}
+
+/// Two nodes: management calls and the AMQP check go to whichever answers, apps get both;
+/// neither answering is a 503 naming both, with nothing recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_go_to_the_node_that_answers_and_both_down_is_a_503_naming_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a_api, a_amqp) = (Proxy::start(15672).await, Proxy::start(5672).await);
+    let (b_api, b_amqp) = (Proxy::start(15672).await, Proxy::start(5672).await);
+    let node = |api: &Proxy, amqp: &Proxy| {
+        format!(
+            "[[rabbitmq.nodes]]\nhost = \"127.0.0.1\"\namqp_port = {}\nmanagement_port = {}\n",
+            amqp.port, api.port
+        )
+    };
+    let nodes = node(&a_api, &a_amqp) + &node(&b_api, &b_amqp);
+    let config = config_with(dir.path(), &nodes, "");
+    let broker = start_with(dir.path(), &config, "/ready").await;
+    let c = Osb::new(target(&broker));
+    let (id, bid) = (fresh_id(), fresh_id());
+
+    a_api.set_down(true);
+    a_amqp.set_down(true);
+    c.provision_ready(&id, PLAN).await.unwrap();
+    let creds = c.bind_ready(&id, &bid, PLAN).await.unwrap()["credentials"].clone();
+    assert_eq!(
+        creds["hostnames"],
+        serde_json::json!(["127.0.0.1", "127.0.0.1"])
+    );
+    let uris: Vec<&str> = creds["uris"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u.as_str().unwrap())
+        .collect();
+    assert_eq!(uris.len(), 2);
+    assert!(
+        uris[0].contains(&format!(":{}/", a_amqp.port)),
+        "{:?}",
+        uris[0]
+    );
+    assert!(
+        uris[1].contains(&format!(":{}/", b_amqp.port)),
+        "{:?}",
+        uris[1]
+    );
+    // The second node's URI works while the first is down.
+    let conn = Connection::connect(uris[1], ConnectionProperties::default())
+        .await
+        .unwrap();
+    drop(conn);
+
+    a_api.set_down(false);
+    a_amqp.set_down(false);
+    b_api.set_down(true);
+    b_amqp.set_down(true);
+    let other_bid = fresh_id();
+    c.bind_ready(&id, &other_bid, PLAN).await.unwrap();
+    c.unbind_done(&id, &bid, PLAN).await.unwrap();
+
+    a_api.set_down(true);
+    let both = format!("127.0.0.1:{}, 127.0.0.1:{}", a_api.port, b_api.port);
+    check_backend_down(&target(&broker), &id, &fresh_id(), &both, "guest")
+        .await
+        .unwrap();
+
+    b_api.set_down(false);
+    b_amqp.set_down(false);
+    c.unbind_done(&id, &other_bid, PLAN).await.unwrap();
+    c.deprovision_done(&id, PLAN).await.unwrap();
+    assert_eq!(
+        management(&format!("/vhosts/{}", vhost_of(&id))).await.0,
+        404
+    );
+}
+
+/// Where `scripts/backends.sh` keeps the test CA that signed RabbitMQ's TLS listeners.
+const TLS_CA: &str = "/var/lib/kpaas-rabbitmq-tls/ca.pem";
+
+fn tls_node() -> &'static str {
+    "[[rabbitmq.nodes]]\nhost = \"127.0.0.1\"\namqps_port = 5671\nmanagement_port = 15671\n"
+}
+
+/// With `[rabbitmq.tls]` the broker speaks HTTPS and AMQPS, verified against the CA, and apps
+/// get TLS credentials that work; a CA that did not sign the node's certificate makes the
+/// broker unready and its calls 503s; a CA file without certificates stops it from starting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tls_the_broker_and_apps_use_verified_tls_only() {
+    let ca = std::fs::read_to_string(TLS_CA)
+        .unwrap_or_else(|e| panic!("{TLS_CA} (made by scripts/backends.sh): {e}"));
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with(
+        dir.path(),
+        tls_node(),
+        &format!("\n[rabbitmq.tls]\nca = \"{TLS_CA}\"\n"),
+    );
+    let broker = start_with(dir.path(), &config, "/ready").await;
+    let c = Osb::new(target(&broker));
+    let (id, bid) = (fresh_id(), fresh_id());
+    c.provision_ready(&id, PLAN).await.unwrap();
+    let creds = c.bind_ready(&id, &bid, PLAN).await.unwrap()["credentials"].clone();
+    assert_eq!(creds["ssl"], true);
+    let uri = creds["uri"].as_str().unwrap();
+    assert!(
+        uri.starts_with("amqps://") && uri.contains("@127.0.0.1:5671/"),
+        "{uri}"
+    );
+    assert!(
+        creds["protocols"].get("amqp").is_none(),
+        "a plain AMQP entry with TLS on"
+    );
+    assert_eq!(creds["protocols"]["amqp+ssl"]["port"], 5671);
+    assert_eq!(creds["protocols"]["amqp+ssl"]["ssl"], true);
+    let api = creds["http_api_uri"].as_str().unwrap();
+    assert!(
+        api.starts_with("https://") && api.contains("@127.0.0.1:15671/api/"),
+        "{api}"
+    );
+
+    let tls = || lapin::tcp::OwnedTLSConfig {
+        identity: None,
+        cert_chain: Some(ca.clone()),
+    };
+    let conn = Connection::connect_with_config(
+        uri,
+        ConnectionProperties::default(),
+        tls(),
+        lapin::runtime::default_runtime().unwrap(),
+    )
+    .await
+    .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    channel
+        .queue_declare(
+            "tls".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .basic_publish(
+            "".into(),
+            "tls".into(),
+            BasicPublishOptions::default(),
+            b"over tls",
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let got = channel
+        .basic_get(
+            "tls".into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await
+        .unwrap()
+        .expect("the message is there");
+    assert_eq!(got.delivery.data, b"over tls");
+    drop(conn);
+
+    // Trusting another CA (the second MariaDB's), the same broker reaches nothing.
+    drop(broker);
+    let wrong = tempfile::tempdir().unwrap();
+    let other_ca = "/var/lib/kpaas-mariadb2-tls/ca.pem";
+    assert!(
+        Path::new(other_ca).exists(),
+        "{other_ca} (made by scripts/backends.sh)"
+    );
+    let tls_with = |ca: &str| format!("\n[rabbitmq.tls]\nca = \"{ca}\"\n");
+    let distrusting = config_with(wrong.path(), tls_node(), &tls_with(other_ca));
+    let broker = start_with(dir.path(), &distrusting, "/health").await;
+    check_backend_down(
+        &target(&broker),
+        &id,
+        &fresh_id(),
+        "127.0.0.1:15671",
+        "guest",
+    )
+    .await
+    .unwrap();
+    drop(broker);
+
+    // A CA file that holds no certificate: the broker says which and does not start.
+    let empty = wrong.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    let unusable = config_with(
+        wrong.path(),
+        tls_node(),
+        &tls_with(&empty.display().to_string()),
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_rabbitmq-broker"))
+        .args(["--config", unusable.to_str().unwrap(), "check-config"])
+        .env("RABBITMQ_BROKER_ADMIN_PASSWORD", "guest")
+        .env("KPAAS_BROKER__PASSWORD", osb_testkit::PASSWORD)
+        .env("KPAAS_BROKER__ENCRYPTION_KEY", osb_testkit::ENCRYPTION_KEY)
+        .env(
+            "KPAAS_BROKER__STORE__URL",
+            format!("sqlite://{}/s.db", wrong.path().display()),
+        )
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success() && said.contains("empty.pem"),
+        "{said}"
+    );
+
+    let broker = start_with(dir.path(), &config, "/ready").await;
     let c = Osb::new(target(&broker));
     c.unbind_done(&id, &bid, PLAN).await.unwrap();
     c.deprovision_done(&id, PLAN).await.unwrap();
