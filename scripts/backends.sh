@@ -209,13 +209,15 @@ rabbit_api() { curl -fsS -o /dev/null -u guest:guest http://127.0.0.1:15672/api/
 
 rabbit_tls=/var/lib/kpaas-rabbitmq-tls
 ensure_rabbitmq() {
-    command -v rabbitmq-server >/dev/null 2>&1 || apt_install rabbitmq-server
     local conf=/etc/rabbitmq/rabbitmq.conf env=/etc/rabbitmq/rabbitmq-env.conf restart=""
     mkdir -p /etc/rabbitmq
-    grep -qs '^NODENAME=' "$env" || echo 'NODENAME=rabbit@localhost' >> "$env"
-    grep -qs '^ERL_EPMD_ADDRESS=' "$env" || echo 'ERL_EPMD_ADDRESS=127.0.0.1' >> "$env"
+    # Before the package: where its postinst starts the server (a host with systemd), it
+    # starts it as this node, on loopback.
+    grep -qs '^NODENAME=' "$env" || { echo 'NODENAME=rabbit@localhost' >> "$env"; restart=1; }
+    grep -qs '^ERL_EPMD_ADDRESS=' "$env" || { echo 'ERL_EPMD_ADDRESS=127.0.0.1' >> "$env"; restart=1; }
     # The distribution listener (25672) on loopback too.
-    grep -qs 'inet_dist_use_interface' "$env" || echo 'export ERL_FLAGS="-kernel inet_dist_use_interface {127,0,0,1}"' >> "$env"
+    grep -qs 'inet_dist_use_interface' "$env" || { echo 'export ERL_FLAGS="-kernel inet_dist_use_interface {127,0,0,1}"' >> "$env"; restart=1; }
+    command -v rabbitmq-server >/dev/null 2>&1 || apt_install rabbitmq-server
     grep -qs '^listeners\.tcp\.' "$conf" || { echo 'listeners.tcp.local = 127.0.0.1:5672' >> "$conf"; restart=1; }
     # The management plugin listens on every address unless told otherwise.
     grep -qs '^management\.tcp\.ip' "$conf" || { echo 'management.tcp.ip = 127.0.0.1' >> "$conf"; restart=1; }
@@ -241,6 +243,12 @@ management.ssl.certfile = $rabbit_tls/server.pem
 management.ssl.keyfile = $rabbit_tls/server.key
 EOF
         restart=1
+    fi
+    # A node the package started before this node name was set answers under the host's name.
+    if [ -n "$restart" ] && ! rabbit_up >/dev/null 2>&1 \
+        && rabbitmqctl -q -n "rabbit@$(hostname -s)" ping >/dev/null 2>&1; then
+        log "stopping the RabbitMQ node the package started as rabbit@$(hostname -s)"
+        rabbitmqctl -q -n "rabbit@$(hostname -s)" stop
     fi
     if [ -n "$restart" ] && rabbit_up; then
         log "restarting RabbitMQ (management API on 127.0.0.1:15672)"

@@ -433,7 +433,9 @@ async fn drop_our_users(client: &Client, db: &DatabaseName) -> Result<(), Broker
         let Some(user) = UserName::recorded(&marker.name) else {
             continue;
         };
-        drop_user(client, db, &user).await?;
+        if marker.made {
+            drop_user(client, db, &user).await?;
+        }
         let owner = marker.owner();
         owners::release(client, Kind::User, user.as_str(), owner).await?;
     }
@@ -502,17 +504,17 @@ impl ServiceBroker for MongoBroker {
         for binding in input.bindings {
             let user = UserName::for_binding(instance.platform, &binding.id);
             let owner = binding_owner(instance.platform, &binding.id, &db);
-            if owners::is_mine(client, Kind::User, user.as_str(), owner).await? {
-                drop_user(client, &db, &user).await?;
-                owners::release(client, Kind::User, user.as_str(), owner).await?;
-            }
+            owners::remove_marked(client, Kind::User, user.as_str(), owner, || {
+                drop_user(client, &db, &user)
+            })
+            .await?;
         }
-        if owners::is_mine(client, Kind::Database, db.as_str(), owner).await? {
+        owners::remove_marked(client, Kind::Database, db.as_str(), owner, || async {
             drop_our_users(client, &db).await?;
             drop_frozen_role(client, &db).await?;
-            client.database(db.as_str()).drop().await.map_err(failed)?;
-            owners::release(client, Kind::Database, db.as_str(), owner).await?;
-        }
+            client.database(db.as_str()).drop().await.map_err(failed)
+        })
+        .await?;
         self.set_over_quota(instance.id.as_str(), false);
         Ok(())
     }
@@ -596,11 +598,10 @@ impl ServiceBroker for MongoBroker {
         let user = UserName::for_binding(instance.platform, &input.binding.id);
         let owner = binding_owner(instance.platform, &input.binding.id, &db);
         let client = self.admin().await?;
-        if owners::is_mine(client, Kind::User, user.as_str(), owner).await? {
-            drop_user(client, &db, &user).await?;
-            owners::release(client, Kind::User, user.as_str(), owner).await?;
-        }
-        Ok(())
+        owners::remove_marked(client, Kind::User, user.as_str(), owner, || {
+            drop_user(client, &db, &user)
+        })
+        .await
     }
 
     fn upkeep_interval(&self) -> Option<Duration> {
@@ -691,7 +692,16 @@ impl ServiceBroker for MongoBroker {
             )));
         };
         let owner = marker.owner();
-        if marker.kind == Kind::Database.as_str() {
+        let kind = if marker.kind == Kind::Database.as_str() {
+            Kind::Database
+        } else {
+            Kind::User
+        };
+        if !marker.made {
+            // Only a claim: whatever stands under the name was never the broker's.
+            return owners::release(client, kind, &marker.name, owner).await;
+        }
+        if kind == Kind::Database {
             let db = DatabaseName::recorded(&marker.name)?;
             drop_our_users(client, &db).await?;
             drop_frozen_role(client, &db).await?;

@@ -7,6 +7,7 @@ use futures::TryStreamExt;
 use mongodb::bson::{DateTime, Document, doc};
 use mongodb::{Client, Collection};
 use osb_core::BrokerError;
+use osb_core::orphans;
 pub use osb_core::orphans::{Claimed, Marker, Owner};
 
 use crate::errors::{DUPLICATE_KEY, code, failed};
@@ -50,7 +51,7 @@ pub async fn claim(
     match owners(client).insert_one(marker).await {
         Ok(_) => Ok(Claimed::Unmade),
         Err(e) if code(&e) == Some(DUPLICATE_KEY) => {
-            if !is_mine(client, kind, name, owner).await? {
+            if held(client, kind, name, owner).await?.is_none() {
                 return Err(BrokerError::Conflict(format!(
                     "the {} {name:?} exists and was not made by this broker for this {}",
                     kind.as_str(),
@@ -85,13 +86,13 @@ pub async fn set_made(client: &Client, kind: Kind, name: &str) -> Result<(), Bro
     Ok(())
 }
 
-/// Whether `name` carries `owner`'s marker.
-pub async fn is_mine(
+/// How far `owner`'s marker on `name` got; `None` when there is none for `owner`.
+pub async fn held(
     client: &Client,
     kind: Kind,
     name: &str,
     owner: Owner<'_>,
-) -> Result<bool, BrokerError> {
+) -> Result<Option<Claimed>, BrokerError> {
     let found = owners(client)
         .find_one(doc! {
             "_id": key(kind, name), "platform": owner.platform, "owner_id": owner.id,
@@ -99,7 +100,28 @@ pub async fn is_mine(
         })
         .await
         .map_err(failed)?;
-    Ok(found.is_some())
+    Ok(found.map(|m| {
+        if m.get_bool("made").unwrap_or(false) {
+            Claimed::Made
+        } else {
+            Claimed::Unmade
+        }
+    }))
+}
+
+/// [`orphans::remove_marked`] for `owner`'s marker on `name`.
+pub async fn remove_marked<F>(
+    client: &Client,
+    kind: Kind,
+    name: &str,
+    owner: Owner<'_>,
+    remove: impl FnOnce() -> F,
+) -> Result<(), BrokerError>
+where
+    F: Future<Output = Result<(), BrokerError>>,
+{
+    let held = held(client, kind, name, owner).await?;
+    orphans::remove_marked(held, remove, || release(client, kind, name, owner)).await
 }
 
 /// Whether database `name` is frozen over its quota, as its marker says.
@@ -167,6 +189,7 @@ pub async fn all(client: &Client, parent: Option<&str>) -> Result<Vec<Marker>, B
                     .get_datetime("created_at")
                     .map(|t| t.timestamp_millis())
                     .unwrap_or(0),
+                made: d.get_bool("made").unwrap_or(false),
             }
         })
         .collect())

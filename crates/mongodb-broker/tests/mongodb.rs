@@ -514,9 +514,11 @@ async fn orphans_are_listed_and_only_marked_ones_removed() {
     owners
         .insert_many([
             doc! {"_id": format!("database:{lost_db}"), "kind": "database", "name": &lost_db,
-                "platform": "default", "owner_id": &lost_instance, "parent": "", "created_at": two_hours_ago},
+                "platform": "default", "owner_id": &lost_instance, "parent": "", "created_at": two_hours_ago,
+                "made": true},
             doc! {"_id": format!("user:{lost_user}"), "kind": "user", "name": &lost_user,
-                "platform": "default", "owner_id": &lost_binding, "parent": &lost_db, "created_at": two_hours_ago},
+                "platform": "default", "owner_id": &lost_binding, "parent": &lost_db, "created_at": two_hours_ago,
+                "made": true},
         ])
         .await
         .unwrap();

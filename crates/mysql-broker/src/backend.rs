@@ -209,7 +209,15 @@ async fn ours_to_remove(
     source: Source,
 ) -> Result<bool, BrokerError> {
     match source {
-        Source::Derived => owners::is_mine(conn, kind, name, owner).await,
+        Source::Derived => match owners::held(conn, kind, name, owner).await? {
+            Some(Claimed::Made) => Ok(true),
+            // Only a claim: whatever stands under the name was never the broker's.
+            Some(Claimed::Unmade) => {
+                owners::release(conn, kind, name, owner).await?;
+                Ok(false)
+            }
+            None => Ok(false),
+        },
         Source::Recorded => match owners::claim(conn, kind, name, owner).await {
             Ok(_) => Ok(true),
             Err(BrokerError::Conflict(why)) => {
@@ -743,6 +751,15 @@ impl ServiceBroker for MysqlBroker {
             id,
             parent: "",
         };
+        let kind = match &object.claim {
+            Claim::Instance { .. } => Kind::Database,
+            _ => Kind::User,
+        };
+        if !owners::made(&mut conn, kind, &object.name).await? {
+            // Only a claim: whatever stands under the name is not the broker's; the marker
+            // goes alone.
+            return owners::release(&mut conn, kind, &object.name, owner).await;
+        }
         match &object.claim {
             Claim::Instance { .. } => {
                 let db = DatabaseName::recorded(&object.name)?;

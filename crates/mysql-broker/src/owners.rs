@@ -82,14 +82,7 @@ pub async fn claim(
             .map_err(failed)?;
             return Ok(Claimed::Unmade);
         }
-        let made: Option<u8> = conn
-            .exec_first(
-                "SELECT 1 FROM kpaas_broker.made WHERE kind = ? AND name = ?",
-                (kind.as_str(), name),
-            )
-            .await
-            .map_err(failed)?;
-        Ok(if made.is_some() {
+        Ok(if made(conn, kind, name).await? {
             Claimed::Made
         } else {
             Claimed::Unmade
@@ -131,6 +124,35 @@ pub async fn is_mine(
     }))
 }
 
+/// How far `owner`'s marker on `name` got; `None` when there is none for `owner`.
+pub async fn held(
+    conn: &mut Conn,
+    kind: Kind,
+    name: &str,
+    owner: Owner<'_>,
+) -> Result<Option<Claimed>, BrokerError> {
+    if !is_mine(conn, kind, name, owner).await? {
+        return Ok(None);
+    }
+    Ok(Some(if made(conn, kind, name).await? {
+        Claimed::Made
+    } else {
+        Claimed::Unmade
+    }))
+}
+
+/// Whether the broker made (or was about to make) the object `name`.
+pub async fn made(conn: &mut Conn, kind: Kind, name: &str) -> Result<bool, BrokerError> {
+    let made: Option<u8> = conn
+        .exec_first(
+            "SELECT 1 FROM kpaas_broker.made WHERE kind = ? AND name = ?",
+            (kind.as_str(), name),
+        )
+        .await
+        .map_err(failed)?;
+    Ok(made.is_some())
+}
+
 /// Removes `owner`'s marker on `name`, once what it marked is gone.
 pub async fn release(
     conn: &mut Conn,
@@ -146,11 +168,12 @@ pub async fn release(
     .map_err(failed)
 }
 
-/// Accounts this broker marked as made for bindings of database `parent`, whether or not their
-/// binding records survived.
+/// Accounts this broker made for bindings of database `parent`, whether or not their binding
+/// records survived (a marker that is only a claim names no account of the broker's).
 pub async fn users_under(conn: &mut Conn, parent: &str) -> Result<Vec<String>, BrokerError> {
     conn.exec(
-        "SELECT name FROM kpaas_broker.owners WHERE kind = 'user' AND parent = ?",
+        "SELECT o.name FROM kpaas_broker.owners o JOIN kpaas_broker.made m \
+         ON m.kind = o.kind AND m.name = o.name WHERE o.kind = 'user' AND o.parent = ?",
         (parent,),
     )
     .await

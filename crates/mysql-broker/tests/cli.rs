@@ -133,6 +133,14 @@ async fn orphans_lists_and_removes_what_nothing_claims() {
         )
         .await
         .unwrap();
+    // The broker records "made" before it makes an object: a crash leaves both.
+    admin
+        .exec_drop(
+            "INSERT INTO kpaas_broker.made (kind, name) VALUES ('database', ?), ('user', ?)",
+            (&lost_db, &lost_user),
+        )
+        .await
+        .unwrap();
     admin
         .query_drop(format!(
             "CREATE DATABASE `{lost_db}`; CREATE DATABASE `{foreign_db}`; \

@@ -103,6 +103,9 @@ fn parse_age(text: &str) -> Result<Duration, String> {
 
 /// Parses the command line, loads the config and runs the command.
 pub async fn main<A: App>() -> ExitCode {
+    // Every TLS client in the process uses ring, as the server does; a library that builds a
+    // client without a config of its own would otherwise find no provider and panic.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     // Named after the binary (`mysql-broker --help`), not this crate.
     let name = std::env::args()
         .next()

@@ -73,6 +73,30 @@ pub struct Marker {
     /// Empty for an instance's object.
     pub parent: String,
     pub created_at_ms: i64,
+    /// Whether the broker went on to make the object. A marker that is only a claim says
+    /// nothing of what stands under the name: that object is not the broker's to remove.
+    pub made: bool,
+}
+
+/// Removes what `owner`'s marker covers, given how far it got (`held`): the object (`remove`)
+/// only when the broker made it, then the marker (`release`). Under a marker that is only a
+/// claim, whatever stands under the name was never the broker's: the marker goes alone.
+/// Without a marker of this owner, nothing happens.
+pub async fn remove_marked<R, M>(
+    held: Option<Claimed>,
+    remove: impl FnOnce() -> R,
+    release: impl FnOnce() -> M,
+) -> Result<(), BrokerError>
+where
+    R: Future<Output = Result<(), BrokerError>>,
+    M: Future<Output = Result<(), BrokerError>>,
+{
+    match held {
+        None => return Ok(()),
+        Some(Claimed::Made) => remove().await?,
+        Some(Claimed::Unmade) => {}
+    }
+    release().await
 }
 
 impl Marker {

@@ -129,6 +129,8 @@ async fn direct_cycle(api: &Api) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // The management client's HTTP stack is built without a crypto provider of its own.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/rabbitmq-broker.toml");
     let binary = Path::new(env!("CARGO_BIN_EXE_rabbitmq-broker"));
     let api: std::sync::Arc<Api> = std::sync::Arc::new(

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use lapin::tcp::OwnedTLSConfig;
 use osb_core::backend_tls::{BackendTls, Trust};
 use osb_core::broker::*;
-use osb_core::catalog::Plan;
+use osb_core::catalog::{Catalog, Plan};
 use osb_core::cli::BuildError;
 use osb_core::credentials::{Credentials, PasswordLength, generate_password};
 use osb_core::ids::BindingId;
@@ -58,10 +58,29 @@ pub struct RabbitBroker {
 }
 
 impl RabbitBroker {
-    pub fn new(config: &RabbitConfig) -> Result<Self, BuildError> {
+    pub fn new(config: &RabbitConfig, catalog: &Catalog) -> Result<Self, BuildError> {
+        for plan in catalog.services.iter().flat_map(|s| &s.plans) {
+            let limits = config.plans.get(&plan.id).ok_or_else(|| {
+                BuildError::Backend(format!(
+                    "plan {:?} ({}) has no [rabbitmq.plans] entry",
+                    plan.name, plan.id
+                ))
+            })?;
+            if limits.max_connections == Some(0) {
+                // The broker's own AMQP check of a new vhost would be refused.
+                return Err(BuildError::Backend(format!(
+                    "plan {:?}: max_connections must be at least 1",
+                    plan.name
+                )));
+            }
+        }
+        if config.nodes.is_empty() {
+            return Err(BuildError::Backend(
+                "[[rabbitmq.nodes]] lists no node".into(),
+            ));
+        }
         let tls = config.tls.as_ref().map(BackendTls::load).transpose()?;
-        // Plain HTTP nodes get a TLS config too: a client built without one would look for a
-        // process-wide crypto provider, and none is installed.
+        // One way to build every client: plain HTTP nodes get the (unused) public roots.
         let trust = match &tls {
             Some(trust) => trust.clone(),
             None => BackendTls::default().load()?,
@@ -191,45 +210,53 @@ impl RabbitBroker {
         Ok(())
     }
 
-    /// Opens an AMQP connection to `vhost` with the admin account: proof that the vhost serves.
+    /// Opens an AMQP connection to `vhost` on some node with the admin account: proof that
+    /// the vhost serves.
     async fn amqp_check(&self, vhost: &str) -> Result<(), BrokerError> {
         let mut last = String::new();
-        let runtime = lapin::runtime::default_runtime()
-            .map_err(|e| BrokerError::Failed(format!("no AMQP runtime: {e}")))?;
         for node in &self.nodes {
-            let (scheme, port) = self.amqp_of(node);
-            let uri = format!(
-                "{scheme}://{}:{}@{}:{port}/{}",
-                encode(&self.admin_user),
-                encode(self.admin_password.expose_secret()),
-                node.host,
-                encode(vhost)
-            );
-            let tls = OwnedTLSConfig {
-                identity: None,
-                cert_chain: self
-                    .tls
-                    .as_ref()
-                    .and_then(|t| t.ca_pem().map(str::to_owned)),
-            };
-            let connect = lapin::Connection::connect_with_config(
-                &uri,
-                lapin::ConnectionProperties::default(),
-                tls,
-                runtime.clone(),
-            );
-            match tokio::time::timeout(Duration::from_secs(10), connect).await {
-                Ok(Ok(conn)) => {
-                    let _ = conn.close(200, "kpaas-broker check".into()).await;
-                    return Ok(());
-                }
-                Ok(Err(e)) => last = e.to_string(),
-                Err(_) => last = "timed out".into(),
+            match self.amqp_on(node, vhost).await {
+                Ok(()) => return Ok(()),
+                Err(e) => last = e,
             }
         }
         Err(BrokerError::Failed(format!(
             "no RabbitMQ node takes AMQP connections to vhost {vhost:?} ({last})"
         )))
+    }
+
+    /// An AMQP connection to `vhost` on `node`, closed at once; why not, when it fails.
+    async fn amqp_on(&self, node: &Node, vhost: &str) -> Result<(), String> {
+        let runtime = lapin::runtime::default_runtime().map_err(|e| e.to_string())?;
+        let (scheme, port) = self.amqp_of(node);
+        let uri = format!(
+            "{scheme}://{}:{}@{}:{port}/{}",
+            encode(&self.admin_user),
+            encode(self.admin_password.expose_secret()),
+            node.host,
+            encode(vhost)
+        );
+        let tls = OwnedTLSConfig {
+            identity: None,
+            cert_chain: self
+                .tls
+                .as_ref()
+                .and_then(|t| t.ca_pem().map(str::to_owned)),
+        };
+        let connect = lapin::Connection::connect_with_config(
+            &uri,
+            lapin::ConnectionProperties::default(),
+            tls,
+            runtime,
+        );
+        match tokio::time::timeout(Duration::from_secs(10), connect).await {
+            Ok(Ok(conn)) => {
+                let _ = conn.close(200, "kpaas-broker check".into()).await;
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("timed out".into()),
+        }
     }
 
     /// The credentials of Cloud Foundry's RabbitMQ service, which apps and Spring Cloud
@@ -337,7 +364,8 @@ async fn remove_user(api: &Api, user: &str) -> Result<(), BrokerError> {
     api.delete_user(user, true).await.map_err(failed)
 }
 
-/// Removes every user this broker marked under `vhost`, with their markers.
+/// Removes every user this broker made under `vhost`, with their markers (a marker that is
+/// only a claim goes alone).
 async fn remove_users_under(api: &Api, vhost: &VhostName) -> Result<(), BrokerError> {
     for marker in markers::all(api).await? {
         if marker.kind != Kind::User.as_str() || marker.parent != vhost.as_str() {
@@ -346,9 +374,10 @@ async fn remove_users_under(api: &Api, vhost: &VhostName) -> Result<(), BrokerEr
         let Some(user) = UserName::recorded(&marker.name) else {
             continue;
         };
-        remove_user(api, user.as_str()).await?;
-        let owner = marker.owner();
-        markers::release(api, Kind::User, user.as_str(), owner).await?;
+        if marker.made {
+            remove_user(api, user.as_str()).await?;
+        }
+        markers::release(api, Kind::User, user.as_str(), marker.owner()).await?;
     }
     Ok(())
 }
@@ -431,10 +460,15 @@ impl ServiceBroker for RabbitBroker {
         // The users keep their passwords and get the new plan's tags.
         let tags = tags_of(limits);
         for marker in markers::all(&api).await? {
-            if marker.kind != Kind::User.as_str() || marker.parent != vhost.as_str() {
+            if !marker.made || marker.kind != Kind::User.as_str() || marker.parent != vhost.as_str()
+            {
                 continue;
             }
-            let user = match api.get_user(&marker.name).await {
+            // Only a name the broker makes: a forged marker must not retag the admin.
+            let Some(name) = UserName::recorded(&marker.name) else {
+                continue;
+            };
+            let user = match api.get_user(name.as_str()).await {
                 Ok(user) => user,
                 Err(e) if not_found(&e) => continue,
                 Err(e) => return Err(failed(e)),
@@ -443,7 +477,7 @@ impl ServiceBroker for RabbitBroker {
                 continue;
             };
             let params = UserParams {
-                name: &marker.name,
+                name: name.as_str(),
                 password_hash: hash.as_str(),
                 tags: &tags,
             };
@@ -459,24 +493,22 @@ impl ServiceBroker for RabbitBroker {
         for binding in input.bindings {
             let user = UserName::for_binding(instance.platform, &binding.id);
             let owner = binding_owner(instance.platform, &binding.id, &vhost);
-            if markers::is_mine(&api, Kind::User, user.as_str(), owner).await? {
-                remove_user(&api, user.as_str()).await?;
-                markers::release(&api, Kind::User, user.as_str(), owner).await?;
-            }
+            markers::remove_marked(&api, Kind::User, user.as_str(), owner, || {
+                remove_user(&api, user.as_str())
+            })
+            .await?;
         }
         let owner = Owner {
             platform: instance.platform,
             id: instance.id.as_str(),
             parent: "",
         };
-        if markers::is_mine(&api, Kind::Vhost, vhost.as_str(), owner).await? {
+        markers::remove_marked(&api, Kind::Vhost, vhost.as_str(), owner, || async {
             remove_users_under(&api, &vhost).await?;
             // Its queues, exchanges and connections go with it.
-            api.delete_vhost(vhost.as_str(), true)
-                .await
-                .map_err(failed)?;
-            markers::release(&api, Kind::Vhost, vhost.as_str(), owner).await?;
-        }
+            api.delete_vhost(vhost.as_str(), true).await.map_err(failed)
+        })
+        .await?;
         Ok(())
     }
 
@@ -552,11 +584,29 @@ impl ServiceBroker for RabbitBroker {
         let user = UserName::for_binding(instance.platform, &input.binding.id);
         let owner = binding_owner(instance.platform, &input.binding.id, &vhost);
         let api = self.api().await?;
-        if markers::is_mine(&api, Kind::User, user.as_str(), owner).await? {
-            remove_user(&api, user.as_str()).await?;
-            markers::release(&api, Kind::User, user.as_str(), owner).await?;
+        markers::remove_marked(&api, Kind::User, user.as_str(), owner, || {
+            remove_user(&api, user.as_str())
+        })
+        .await
+    }
+
+    /// Every node, one problem per line: a node that only answers after failover is found
+    /// before it is needed.
+    async fn check_backends(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for ((name, api), node) in self.clients.iter().zip(&self.nodes) {
+            if let Err(e) = api.current_user().await {
+                problems.push(format!("RabbitMQ management API {name}: {e}"));
+            }
+            if let Err(e) = self.amqp_on(node, &self.ready_vhost).await {
+                let (_, port) = self.amqp_of(node);
+                problems.push(format!(
+                    "RabbitMQ AMQP {}:{port} (vhost {:?}): {e}",
+                    node.host, self.ready_vhost
+                ));
+            }
         }
-        Ok(())
+        problems
     }
 
     /// The management API of some node, and AMQP on some node.
@@ -616,6 +666,15 @@ impl ServiceBroker for RabbitBroker {
             )));
         };
         let owner = marker.owner();
+        if !marker.made {
+            // Only a claim: whatever stands under the name was never the broker's.
+            let kind = if marker.kind == Kind::Vhost.as_str() {
+                Kind::Vhost
+            } else {
+                Kind::User
+            };
+            return markers::release(&api, kind, &marker.name, owner).await;
+        }
         if marker.kind == Kind::Vhost.as_str() {
             let vhost = VhostName::recorded(&marker.name).ok_or_else(|| {
                 BrokerError::Failed(format!(

@@ -26,7 +26,7 @@ impl osb_core::cli::App for RabbitApp {
         config: &config::Config,
         _metrics: &Metrics,
     ) -> Result<backend::RabbitBroker, BuildError> {
-        backend::RabbitBroker::new(&config.rabbitmq)
+        backend::RabbitBroker::new(&config.rabbitmq, &config.broker.catalog)
     }
 }
 

@@ -4,6 +4,7 @@
 //! without this broker's marker for the same owner is never adopted, changed or deleted.
 
 use osb_core::BrokerError;
+use osb_core::orphans;
 pub use osb_core::orphans::{Claimed, Marker, Owner};
 use rabbitmq_http_client::api::Client;
 use rabbitmq_http_client::requests::GlobalRuntimeParameterDefinition;
@@ -119,15 +120,38 @@ async fn put(
         .map_err(failed)
 }
 
-pub async fn is_mine(
+/// How far `owner`'s marker on `name` got; `None` when there is none for `owner`.
+pub async fn held(
     api: &Api,
     kind: Kind,
     name: &str,
     owner: Owner<'_>,
-) -> Result<bool, BrokerError> {
+) -> Result<Option<Claimed>, BrokerError> {
     Ok(get(api, kind, name)
         .await?
-        .is_some_and(|v| owned_by(&v, owner)))
+        .filter(|v| owned_by(v, owner))
+        .map(|v| {
+            if v.get("made") == Some(&Value::Bool(true)) {
+                Claimed::Made
+            } else {
+                Claimed::Unmade
+            }
+        }))
+}
+
+/// [`orphans::remove_marked`] for `owner`'s marker on `name`.
+pub async fn remove_marked<F>(
+    api: &Api,
+    kind: Kind,
+    name: &str,
+    owner: Owner<'_>,
+    remove: impl FnOnce() -> F,
+) -> Result<(), BrokerError>
+where
+    F: Future<Output = Result<(), BrokerError>>,
+{
+    let held = held(api, kind, name, owner).await?;
+    orphans::remove_marked(held, remove, || release(api, kind, name, owner)).await
 }
 
 /// Removes `owner`'s marker on `name` (nothing when it is someone else's).
@@ -137,7 +161,7 @@ pub async fn release(
     name: &str,
     owner: Owner<'_>,
 ) -> Result<(), BrokerError> {
-    if !is_mine(api, kind, name, owner).await? {
+    if held(api, kind, name, owner).await?.is_none() {
         return Ok(());
     }
     match api.clear_global_runtime_parameter(&key(kind, name)).await {
@@ -168,6 +192,7 @@ pub async fn all(api: &Api) -> Result<Vec<Marker>, BrokerError> {
                 owner_id: text("owner_id"),
                 parent: text("parent"),
                 created_at_ms: v.get("created_at_ms")?.as_i64()?,
+                made: v.get("made") == Some(&Value::Bool(true)),
             })
         })
         .collect())

@@ -6,12 +6,16 @@ use std::fmt;
 use osb_core::ids::{BindingId, InstanceId};
 use osb_core::naming::NameRule;
 
+/// Longest name: its marker's key (`kpaas-broker.vhost.<name>`) must stay within the 255
+/// characters of a global parameter's name (an Erlang atom on the server).
+const MAX: usize = 255 - "kpaas-broker.vhost.".len();
+
 /// `op_` + the instance id: the instance's vhost.
-const VHOSTS: NameRule = NameRule::new("op_", 255);
+const VHOSTS: NameRule = NameRule::new("op_", MAX);
 
 /// `b_` + the binding id: derived, so unbind and deprovision find a binding's user even when
 /// the bind that made it died before recording anything.
-const USERS: NameRule = NameRule::new("b_", 255);
+const USERS: NameRule = NameRule::new("b_", MAX);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VhostName(String);

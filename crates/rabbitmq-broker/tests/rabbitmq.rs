@@ -55,6 +55,33 @@ async fn management(path: &str) -> (u16, serde_json::Value) {
     (status, reply.json().await.unwrap_or_default())
 }
 
+/// Declares `queue`, publishes `body` to it and gets it back, over `conn`.
+async fn round_trip(conn: &Connection, queue: &str, body: &[u8]) {
+    let channel = conn.create_channel().await.unwrap();
+    let options = QueueDeclareOptions::default();
+    channel
+        .queue_declare(queue.into(), options, FieldTable::default())
+        .await
+        .unwrap();
+    let properties = BasicProperties::default();
+    let publish = BasicPublishOptions::default();
+    channel
+        .basic_publish("".into(), queue.into(), publish, body, properties)
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let got = channel
+        .basic_get(
+            queue.into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await
+        .unwrap()
+        .expect("the message is there");
+    assert_eq!(got.delivery.data, body);
+}
+
 fn vhost_of(id: &str) -> String {
     format!("op_{}", id.replace('-', "_"))
 }
@@ -125,36 +152,7 @@ async fn credentials_work_in_their_vhost_only_and_nothing_is_left_after_teardown
     let conn = Connection::connect(uri, ConnectionProperties::default())
         .await
         .unwrap();
-    let channel = conn.create_channel().await.unwrap();
-    channel
-        .queue_declare(
-            "work".into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    channel
-        .basic_publish(
-            "".into(),
-            "work".into(),
-            BasicPublishOptions::default(),
-            b"hello",
-            BasicProperties::default(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    let got = channel
-        .basic_get(
-            "work".into(),
-            lapin::options::BasicGetOptions { no_ack: true },
-        )
-        .await
-        .unwrap()
-        .expect("the message is there");
-    assert_eq!(got.delivery.data, b"hello");
+    round_trip(&conn, "work", b"hello").await;
 
     // Another instance's vhost refuses it.
     let elsewhere = uri.replace(&format!("/{vhost}"), &format!("/{}", vhost_of(&other)));
@@ -309,7 +307,15 @@ async fn hostile_ids_are_refused_and_thirty_concurrent_pairs_work() {
     }
     // Ids the URL allows but that are no GUIDs: each gets names of its own, in `[a-z0-9_]`,
     // never an existing account's (`guest`), distinct even where only the case differs.
-    let odd = ["guest", "Guest", "a.b", "UPPER-lower_1", &"x".repeat(120)];
+    // The longest escape their markers' names too, within RabbitMQ's 255 characters.
+    let odd = [
+        "guest",
+        "Guest",
+        "a.b",
+        "UPPER-lower_1",
+        &"x".repeat(120),
+        &"A".repeat(120),
+    ];
     let mut names = std::collections::HashSet::new();
     for id in odd {
         c.provision_ready(id, PLAN)
@@ -321,7 +327,7 @@ async fn hostile_ids_are_refused_and_thirty_concurrent_pairs_work() {
             assert!(
                 name.bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-                    && name.len() <= 255
+                    && "kpaas-broker.vhost.".len() + name.len() <= 255
                     && name != "guest",
                 "{id:?} made {name:?}"
             );
@@ -388,6 +394,12 @@ async fn plans_set_the_queue_policy_and_refuse_a_downgrade_that_does_not_fit() {
         100000
     );
     let creds = c.bind_ready(&id, &bid, LARGE).await.unwrap()["credentials"].clone();
+    let tags = format!("/users/{}", creds["username"].as_str().unwrap());
+    assert_eq!(
+        management(&tags).await.1["tags"],
+        serde_json::json!(["management"]),
+        "the large plan's users get the management tag"
+    );
     let mut open = Vec::new();
     for _ in 0..21 {
         let uri = creds["uri"].as_str().unwrap();
@@ -445,6 +457,20 @@ async fn plans_set_the_queue_policy_and_refuse_a_downgrade_that_does_not_fit() {
         management(&policy).await.1["definition"]["max-length"],
         10000
     );
+    assert_eq!(
+        management(&tags).await.1["tags"],
+        serde_json::json!([]),
+        "the downgrade left the user its management tag"
+    );
+    // Its password is the same: the retagged user still logs in.
+    drop(
+        Connection::connect(
+            creds["uri"].as_str().unwrap(),
+            ConnectionProperties::default(),
+        )
+        .await
+        .unwrap(),
+    );
     c.unbind_done(&id, &bid, PLAN).await.unwrap();
     c.deprovision_done(&id, PLAN).await.unwrap();
 }
@@ -481,13 +507,17 @@ async fn orphans_are_listed_and_only_marked_ones_removed() {
         format!("b_lost{}", &suffix[..12]),
         format!("op_foreign{}", &suffix[..12]),
     );
-    let (lost_instance, lost_binding) = (fresh_id(), fresh_id());
-    for (kind, name, owner, parent) in [
-        ("vhost", &lost_vhost, &lost_instance, ""),
-        ("user", &lost_user, &lost_binding, lost_vhost.as_str()),
+    // A provision that died between claiming a name and checking it: its marker is only a
+    // claim, over a vhost someone else made.
+    let claimed = format!("op_claimed{}", &suffix[..12]);
+    let (lost_instance, lost_binding, claimer) = (fresh_id(), fresh_id(), fresh_id());
+    for (kind, name, owner, parent, made) in [
+        ("vhost", &lost_vhost, &lost_instance, "", true),
+        ("user", &lost_user, &lost_binding, lost_vhost.as_str(), true),
+        ("vhost", &claimed, &claimer, "", false),
     ] {
         let value = serde_json::json!({"kind": kind, "name": name, "platform": "default",
-            "owner_id": owner, "parent": parent, "created_at_ms": 0, "made": true});
+            "owner_id": owner, "parent": parent, "created_at_ms": 0, "made": made});
         let key = format!("kpaas-broker.{kind}.{name}");
         let status = management_put(
             &format!("/global-parameters/{key}"),
@@ -496,7 +526,7 @@ async fn orphans_are_listed_and_only_marked_ones_removed() {
         .await;
         assert!(status < 300, "{status}");
     }
-    for vhost in [&lost_vhost, &foreign] {
+    for vhost in [&lost_vhost, &foreign, &claimed] {
         assert!(management_put(&format!("/vhosts/{vhost}"), serde_json::json!({})).await < 300);
     }
     let user = serde_json::json!({"password": "Lost-pass-1-Lost-pass-1", "tags": ""});
@@ -558,18 +588,32 @@ async fn orphans_are_listed_and_only_marked_ones_removed() {
         "an unmarked vhost was removed"
     );
     assert_eq!(
+        management(&format!("/vhosts/{claimed}")).await.0,
+        200,
+        "a vhost under a mere claim was removed"
+    );
+    assert_eq!(
+        management(&format!("/global-parameters/kpaas-broker.vhost.{claimed}"))
+            .await
+            .0,
+        404,
+        "the claim outlived the sweep"
+    );
+    assert_eq!(
         management(&format!("/users/{}", creds["username"].as_str().unwrap()))
             .await
             .0,
         200
     );
-    let gone = reqwest::Client::new()
-        .delete(format!("http://127.0.0.1:15672/api/vhosts/{foreign}"))
-        .basic_auth("guest", Some("guest"))
-        .send()
-        .await
-        .unwrap();
-    assert!(gone.status().is_success());
+    for vhost in [&foreign, &claimed] {
+        let gone = reqwest::Client::new()
+            .delete(format!("http://127.0.0.1:15672/api/vhosts/{vhost}"))
+            .basic_auth("guest", Some("guest"))
+            .send()
+            .await
+            .unwrap();
+        assert!(gone.status().is_success());
+    }
 
     let broker = start(dir.path()).await;
     let c = Osb::new(target(&broker));
@@ -718,36 +762,7 @@ async fn with_tls_the_broker_and_apps_use_verified_tls_only() {
     )
     .await
     .unwrap();
-    let channel = conn.create_channel().await.unwrap();
-    channel
-        .queue_declare(
-            "tls".into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    channel
-        .basic_publish(
-            "".into(),
-            "tls".into(),
-            BasicPublishOptions::default(),
-            b"over tls",
-            BasicProperties::default(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    let got = channel
-        .basic_get(
-            "tls".into(),
-            lapin::options::BasicGetOptions { no_ack: true },
-        )
-        .await
-        .unwrap()
-        .expect("the message is there");
-    assert_eq!(got.delivery.data, b"over tls");
+    round_trip(&conn, "tls", b"over tls").await;
     drop(conn);
 
     // Trusting another CA (the second MariaDB's), the same broker reaches nothing.
