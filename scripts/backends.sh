@@ -263,6 +263,27 @@ EOF
     wait_for "RabbitMQ management API" 60 rabbit_api
 }
 
+# Redis: the package (redis-broker's tests start their own servers from it), and for `make run`
+# a shared server (6383) and a pool of three (6380-6382), each with its own data directory and
+# a development password, on loopback.
+redis_up() { redis-cli -p "$1" -a "$2" --no-auth-warning ping 2>/dev/null | grep -q PONG; }
+
+ensure_redis() {
+    command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+    local port password
+    for port in 6380 6381 6382 6383; do
+        password=Kpaas-redis-pool-1
+        [ "$port" = 6383 ] && password=Kpaas-redis-shared-1
+        redis_up "$port" "$password" && continue
+        log "starting redis-server on 127.0.0.1:$port"
+        install -d -m 700 "/var/lib/kpaas-redis/$port"
+        redis-server --port "$port" --bind 127.0.0.1 --daemonize yes \
+            --dir "/var/lib/kpaas-redis/$port" --pidfile "/run/kpaas-redis-$port.pid" \
+            --logfile "/var/lib/kpaas-redis/$port/redis.log" --requirepass "$password"
+        wait_for "redis-server :$port" 20 redis_up "$port" "$password"
+    done
+}
+
 # Tools the scripts, .ci/run and the tests call (command, then the package that has it).
 for pair in curl:curl openssl:openssl python3:python3 pkill:procps cc:gcc; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || apt_install "${pair#*:}"
@@ -273,4 +294,5 @@ ensure_second_mariadb
 ensure_postgres
 ensure_mongodb
 ensure_rabbitmq
-log "ready: MariaDB 127.0.0.1:3306 and 127.0.0.1:3307, PostgreSQL 127.0.0.1:5432, MongoDB 127.0.0.1:27017, RabbitMQ 127.0.0.1:5672 and TLS :5671 (management :15672, HTTPS :15671)"
+ensure_redis
+log "ready: MariaDB 127.0.0.1:3306 and 127.0.0.1:3307, PostgreSQL 127.0.0.1:5432, MongoDB 127.0.0.1:27017, RabbitMQ 127.0.0.1:5672 and TLS :5671 (management :15672, HTTPS :15671), Redis 127.0.0.1:6380-6383"

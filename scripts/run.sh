@@ -44,6 +44,9 @@ start mongodb-broker 8082
 # The local RabbitMQ's administrator (Debian's default guest, loopback only).
 export RABBITMQ_BROKER_ADMIN_PASSWORD=guest
 start rabbitmq-broker 8083
+# The local Redis servers scripts/backends.sh starts for it (development passwords).
+export REDIS_BROKER_SHARED_PASSWORD=Kpaas-redis-shared-1 REDIS_BROKER_POOL_PASSWORD=Kpaas-redis-pool-1
+start redis-broker 8084
 echo "Try: curl -u broker:\$(cat .run/broker.password) -H 'X-Broker-API-Version: 2.17' http://127.0.0.1:8081/v2/catalog"
 echo "Ctrl-C stops the brokers."
 wait

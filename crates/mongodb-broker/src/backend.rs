@@ -612,6 +612,7 @@ impl ServiceBroker for MongoBroker {
     async fn upkeep(
         &self,
         instance: InstanceView<'_>,
+        _bindings: BindingsOf<'_>,
     ) -> Result<Option<InstanceMetadata>, BrokerError> {
         let db = Self::database_of(&instance)?;
         let client = self.admin().await?;

@@ -635,6 +635,7 @@ impl ServiceBroker for MysqlBroker {
     async fn upkeep(
         &self,
         instance: InstanceView<'_>,
+        _bindings: BindingsOf<'_>,
     ) -> Result<Option<InstanceMetadata>, BrokerError> {
         let (db, _) = database_of(&instance)?;
         let mut conn = self.server_of(&instance)?.conn().await?;

@@ -4,9 +4,11 @@ use async_trait::async_trait;
 use serde_json::{Map, Value};
 
 use crate::catalog::{Plan, Service};
+use crate::claims::Claims;
 use crate::credentials::Credentials;
 use crate::ids::{BindingId, InstanceId};
 use crate::orphans::BackendObject;
+use crate::store::Store;
 use crate::wire::{BindResource, BindingMetadata, Endpoint, InstanceMetadata, VolumeMount};
 
 /// What a broker can do; also the `kind` of a recorded operation.
@@ -50,6 +52,9 @@ pub enum Mode {
     Sync,
     /// Answered 202 at once; the platform polls `last_operation`. Needs `accepts_incomplete`.
     Async,
+    /// Async for a platform that accepts incomplete operations (Cloud Foundry always does),
+    /// else within the request: for work quick enough either way.
+    Either,
 }
 
 /// An existing service instance as the broker sees it.
@@ -65,6 +70,33 @@ pub struct InstanceView<'a> {
     pub context: &'a Map<String, Value>,
     /// What the broker returned when it provisioned or last updated this instance.
     pub state: &'a Value,
+}
+
+/// The bindings of the instance an upkeep runs on, read from the store only when asked for
+/// (most upkeeps never need them).
+pub struct BindingsOf<'a> {
+    store: &'a Store,
+    instance_id: &'a str,
+}
+
+impl<'a> BindingsOf<'a> {
+    pub(crate) fn new(store: &'a Store, instance_id: &'a str) -> Self {
+        Self { store, instance_id }
+    }
+
+    /// Every binding the store knows for the instance, whatever its state.
+    pub async fn load(&self) -> Result<Vec<BindingView>, BrokerError> {
+        let rows = self
+            .store
+            .bindings_of(self.instance_id)
+            .await
+            .map_err(|e| BrokerError::Failed(e.to_string()))?;
+        rows.iter()
+            .map(|row| {
+                crate::engine::binding_view(row).map_err(|e| BrokerError::Failed(e.to_string()))
+            })
+            .collect()
+    }
 }
 
 /// An existing binding as the broker sees it.
@@ -220,8 +252,15 @@ pub trait ServiceBroker: Send + Sync + 'static {
     async fn upkeep(
         &self,
         _instance: InstanceView<'_>,
+        _bindings: BindingsOf<'_>,
     ) -> Result<Option<InstanceMetadata>, BrokerError> {
         Ok(None)
+    }
+
+    /// The broker's claims on items it hands out whole, if it has any: the server attaches
+    /// the state store to them.
+    fn claims(&self) -> Option<&Claims> {
+        None
     }
 
     /// Whether the backend is reachable, for `GET /ready`.

@@ -205,14 +205,22 @@ async fn check<A: App>(config: &A::Config) -> Vec<String> {
         problems.push(e.to_string());
     }
     let url = secrecy::ExposeSecret::expose_secret(&broker_config.store.url.0);
-    match Store::open_existing(url).await {
-        Ok(_) => {}
+    let store = match Store::open_existing(url).await {
+        Ok(store) => Some(store),
         // A store the broker has not started on yet is no problem: it makes its tables then.
-        Err(StoreError::NotSetUp(_)) => {}
-        Err(e) => problems.push(e.to_string()),
-    }
+        Err(StoreError::NotSetUp(_)) => None,
+        Err(e) => {
+            problems.push(e.to_string());
+            None
+        }
+    };
     match A::build(config, &Metrics::new()) {
-        Ok(broker) => problems.extend(broker.check_backends().await),
+        Ok(broker) => {
+            if let (Some(claims), Some(store)) = (broker.claims(), &store) {
+                claims.attach(store);
+            }
+            problems.extend(broker.check_backends().await);
+        }
         Err(e) => problems.push(e.to_string()),
     }
     problems
@@ -231,6 +239,9 @@ async fn sweep<A: App>(
     let url = secrecy::ExposeSecret::expose_secret(&broker_config.store.url.0);
     let store = Store::open_existing(url).await.map_err(|e| e.to_string())?;
     let broker = A::build(config, &Metrics::new()).map_err(|e| e.to_string())?;
+    if let Some(claims) = broker.claims() {
+        claims.attach(&store);
+    }
     let age = i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX);
     let found = orphans::find(&broker, &store, age)
         .await

@@ -7,6 +7,7 @@
 pub mod backend_tls;
 pub mod broker;
 pub mod catalog;
+pub mod claims;
 pub mod cli;
 pub mod config;
 pub mod credentials;

@@ -95,6 +95,9 @@ pub async fn start<B: ServiceBroker>(
     )
     .await?;
     tracing::info!(store = store.kind(), "state store ready");
+    if let Some(claims) = broker.claims() {
+        claims.attach(&store);
+    }
     catalog.first_served(store.catalog_first_served(catalog.etag()).await?);
     let replica = config
         .replica_id

@@ -16,8 +16,8 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::broker::{
-    BindInput, BindingView, BrokerError, DeprovisionInput, InstanceView, Mode, Operation,
-    ProvisionInput, ServiceBroker, UnbindInput, UpdateInput,
+    BindInput, BindingView, BindingsOf, BrokerError, DeprovisionInput, InstanceView, Mode,
+    Operation, ProvisionInput, ServiceBroker, UnbindInput, UpdateInput,
 };
 use crate::catalog::{CatalogIndex, Plan, SchemaUse, Service};
 use crate::credentials::Credentials;
@@ -176,7 +176,7 @@ impl Loaded {
     }
 }
 
-fn binding_view(row: &BindingRow) -> Result<BindingView, OsbError> {
+pub(crate) fn binding_view(row: &BindingRow) -> Result<BindingView, OsbError> {
     Ok(BindingView {
         id: BindingId::parse(&row.id)?,
         state: parse_json(&row.broker_state, "binding broker state")?,
@@ -340,7 +340,11 @@ impl<B: ServiceBroker> Engine<B> {
                 }
             };
             if let Some((service, plan)) = self.inner.catalog.plan(&loaded.row.plan_id) {
-                let work = self.inner.broker.upkeep(loaded.view(service, plan));
+                let bindings = BindingsOf::new(&self.inner.store, &id);
+                let work = self
+                    .inner
+                    .broker
+                    .upkeep(loaded.view(service, plan), bindings);
                 match tokio::time::timeout(self.inner.timing.upkeep_timeout, work).await {
                     Ok(Ok(None)) => {
                         if let Err(e) = self.inner.store.delete_facts(&id).await {
@@ -403,12 +407,14 @@ impl<B: ServiceBroker> Engine<B> {
             .map_err(OsbError::from)
     }
 
+    /// How this call runs: [`Mode::Sync`] or [`Mode::Async`], never [`Mode::Either`].
     fn check_mode(&self, op: Operation, plan: &Plan, caller: &Caller) -> Result<Mode, OsbError> {
-        let mode = self.inner.broker.mode(op, plan);
-        if mode == Mode::Async && !caller.accepts_incomplete {
-            return Err(OsbError::AsyncRequired);
+        match (self.inner.broker.mode(op, plan), caller.accepts_incomplete) {
+            (Mode::Async, false) => Err(OsbError::AsyncRequired),
+            (Mode::Either, true) => Ok(Mode::Async),
+            (Mode::Either, false) => Ok(Mode::Sync),
+            (mode, _) => Ok(mode),
         }
-        Ok(mode)
     }
 
     fn plan_of(&self, row_plan: &str) -> Result<(&Service, &Plan), OsbError> {
@@ -515,7 +521,8 @@ impl<B: ServiceBroker> Engine<B> {
         let task = self.inner.runner.spawn_operation(op, work);
         match mode {
             Mode::Async => Ok(accepted_with(op, dashboard_url)),
-            Mode::Sync => task
+            // `check_mode` settled `Either` already.
+            Mode::Sync | Mode::Either => task
                 .await
                 .map_err(|e| OsbError::Internal(format!("operation task failed: {e}")))?,
         }

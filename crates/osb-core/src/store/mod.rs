@@ -23,7 +23,8 @@ pub use rows::{
     BindingRow, BindingState, InstanceRow, InstanceState, OperationRow, OperationState,
 };
 use schema::{
-    osb_bindings, osb_catalogs, osb_instance_facts, osb_instances, osb_leases, osb_operations,
+    osb_bindings, osb_catalogs, osb_claims, osb_instance_facts, osb_instances, osb_leases,
+    osb_operations,
 };
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
@@ -663,6 +664,83 @@ impl Store {
             .execute(conn)
             .await?
                 == 1)
+        })
+    }
+
+    /// Claims `item` of `pool` for (`platform`, `owner_id`) unless another owner holds it;
+    /// `true` when this owner holds it now (already held included).
+    pub async fn claim_item(
+        &self,
+        pool: &str,
+        item: &str,
+        platform: &str,
+        owner_id: &str,
+    ) -> Result<bool, StoreError> {
+        use osb_claims::dsl;
+        let now = now_ms();
+        with_conn!(self, |conn| {
+            let taken = inserted(
+                diesel::insert_into(dsl::osb_claims)
+                    .values((
+                        dsl::pool.eq(pool),
+                        dsl::item.eq(item),
+                        dsl::platform.eq(platform),
+                        dsl::owner_id.eq(owner_id),
+                        dsl::claimed_at.eq(now),
+                    ))
+                    .execute(conn)
+                    .await,
+            )?;
+            if taken {
+                return Ok(true);
+            }
+            Ok(dsl::osb_claims
+                .filter(dsl::pool.eq(pool))
+                .filter(dsl::item.eq(item))
+                .filter(dsl::platform.eq(platform))
+                .filter(dsl::owner_id.eq(owner_id))
+                .count()
+                .get_result::<i64>(conn)
+                .await?
+                > 0)
+        })
+    }
+
+    /// Every claim in `pool`: item, platform, owner id and when it was claimed (Unix ms), by
+    /// item.
+    pub async fn claims_in(
+        &self,
+        pool: &str,
+    ) -> Result<Vec<(String, String, String, i64)>, StoreError> {
+        use osb_claims::dsl;
+        with_conn!(self, |conn| Ok(dsl::osb_claims
+            .filter(dsl::pool.eq(pool))
+            .select((dsl::item, dsl::platform, dsl::owner_id, dsl::claimed_at))
+            .order(dsl::item)
+            .load(conn)
+            .await?))
+    }
+
+    /// Gives `item` of `pool` back if (`platform`, `owner_id`) holds it.
+    pub async fn release_item(
+        &self,
+        pool: &str,
+        item: &str,
+        platform: &str,
+        owner_id: &str,
+    ) -> Result<(), StoreError> {
+        use osb_claims::dsl;
+        with_conn!(self, |conn| {
+            diesel::delete(
+                dsl::osb_claims
+                    .filter(dsl::pool.eq(pool))
+                    .filter(dsl::item.eq(item))
+                    .filter(dsl::platform.eq(platform))
+                    .filter(dsl::owner_id.eq(owner_id)),
+            )
+            .execute(conn)
+            .await?;
+            Ok(())
         })
     }
 

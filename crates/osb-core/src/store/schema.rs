@@ -82,3 +82,13 @@ diesel::table! {
         measured_at -> BigInt,
     }
 }
+
+diesel::table! {
+    osb_claims (pool, item) {
+        pool -> Varchar,
+        item -> Varchar,
+        platform -> Varchar,
+        owner_id -> Varchar,
+        claimed_at -> BigInt,
+    }
+}

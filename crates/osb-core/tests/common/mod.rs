@@ -88,6 +88,7 @@ impl ServiceBroker for FakeBroker {
     async fn upkeep(
         &self,
         _instance: InstanceView<'_>,
+        _bindings: BindingsOf<'_>,
     ) -> Result<Option<osb_core::wire::InstanceMetadata>, BrokerError> {
         let n = self.calls.upkeep.fetch_add(1, Ordering::SeqCst);
         let mut facts = osb_core::wire::InstanceMetadata::default();

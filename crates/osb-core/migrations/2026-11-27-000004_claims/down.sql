@@ -1,0 +1,1 @@
+DROP TABLE osb_claims;

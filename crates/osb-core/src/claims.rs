@@ -1,0 +1,104 @@
+//! Items a broker hands out whole (a pool's servers, a range's ports), claimed in the state
+//! store: one owner per item, so that replicas sharing the store never hand out one twice and
+//! a restarted broker knows what is taken.
+
+use std::sync::{Arc, OnceLock};
+
+use crate::broker::BrokerError;
+use crate::orphans::Owner;
+use crate::store::{Store, StoreError};
+
+/// A broker's handle on the claims. Made with the broker, before the store is open; the
+/// server (or a command of the binary) attaches the store once it is.
+#[derive(Clone, Default)]
+pub struct Claims {
+    store: Arc<OnceLock<Store>>,
+}
+
+/// One claimed item.
+#[derive(Debug, Clone)]
+pub struct ItemClaim {
+    pub item: String,
+    pub platform: String,
+    pub owner_id: String,
+    pub claimed_at_ms: i64,
+}
+
+fn store_error(e: StoreError) -> BrokerError {
+    match e {
+        StoreError::Unavailable(why) => BrokerError::Unavailable(format!("state store: {why}")),
+        e => BrokerError::Failed(e.to_string()),
+    }
+}
+
+impl Claims {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Ties the handle to the store the broker serves from; the first store stays.
+    pub fn attach(&self, store: &Store) {
+        let _ = self.store.set(store.clone());
+    }
+
+    fn store(&self) -> Result<&Store, BrokerError> {
+        self.store
+            .get()
+            .ok_or_else(|| BrokerError::Unavailable("the state store is not open".into()))
+    }
+
+    /// Claims `item` of `pool` for `owner` (its platform and id) unless another owner holds
+    /// it; `true` when `owner` holds it now.
+    pub async fn claim(
+        &self,
+        pool: &str,
+        item: &str,
+        owner: Owner<'_>,
+    ) -> Result<bool, BrokerError> {
+        self.store()?
+            .claim_item(pool, item, owner.platform, owner.id)
+            .await
+            .map_err(store_error)
+    }
+
+    /// The item of `pool` that `owner` holds, if any.
+    pub async fn held_by(
+        &self,
+        pool: &str,
+        owner: Owner<'_>,
+    ) -> Result<Option<String>, BrokerError> {
+        Ok(self
+            .all(pool)
+            .await?
+            .into_iter()
+            .find(|c| c.platform == owner.platform && c.owner_id == owner.id)
+            .map(|c| c.item))
+    }
+
+    /// Every claim of `pool`.
+    pub async fn all(&self, pool: &str) -> Result<Vec<ItemClaim>, BrokerError> {
+        let rows = self.store()?.claims_in(pool).await.map_err(store_error)?;
+        Ok(rows
+            .into_iter()
+            .map(|(item, platform, owner_id, claimed_at_ms)| ItemClaim {
+                item,
+                platform,
+                owner_id,
+                claimed_at_ms,
+            })
+            .collect())
+    }
+
+    /// Gives `item` of `pool` back if `owner` holds it.
+    pub async fn release(
+        &self,
+        pool: &str,
+        item: &str,
+        owner: Owner<'_>,
+    ) -> Result<(), BrokerError> {
+        self.store()?
+            .release_item(pool, item, owner.platform, owner.id)
+            .await
+            .map_err(store_error)
+    }
+}
