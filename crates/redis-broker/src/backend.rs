@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use osb_core::broker::*;
-use osb_core::catalog::{Catalog, Plan};
+use osb_core::catalog::Plan;
 use osb_core::claims::Claims;
 use osb_core::cli::BuildError;
+use osb_core::config::BrokerConfig;
 use osb_core::credentials::{Credentials, PasswordLength, generate_password};
 use osb_core::ids::BindingId;
 use osb_core::orphans::{BackendObject, Claim};
@@ -20,13 +21,17 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
 use crate::acl::{self, Scope};
-use crate::config::{PlanConfig, PlanKind, RedisConfig};
+use crate::config::{LocalConfig, PlanConfig, PlanKind, RedisConfig};
+use crate::local::{self, Process};
 use crate::markers::{self, Claimed, Kind, Owner};
 use crate::names::{AclUser, KeyPrefix};
 use crate::server::{self, Admin};
 
 /// The store's name for the pool of dedicated servers.
 const POOL: &str = "redis-pool";
+
+/// The store's name for the ports of local processes.
+const PORTS: &str = "redis-local-ports";
 
 /// RFC 3986 unreserved characters stay as they are in URIs; everything else is encoded.
 const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
@@ -42,6 +47,7 @@ fn encode(s: &str) -> String {
 pub struct RedisBroker {
     shared: Option<Admin>,
     pool: Vec<Admin>,
+    local: Option<LocalConfig>,
     plans: HashMap<String, PlanConfig>,
     password_length: PasswordLength,
     claims: Claims,
@@ -52,19 +58,21 @@ pub struct RedisBroker {
 enum Home<'a> {
     Shared(&'a Admin, KeyPrefix),
     Pool(&'a Admin),
+    Local(Box<Admin>, Process),
 }
 
-impl<'a> Home<'a> {
-    fn admin(&self) -> &'a Admin {
+impl Home<'_> {
+    fn admin(&self) -> &Admin {
         match self {
             Home::Shared(admin, _) | Home::Pool(admin) => admin,
+            Home::Local(admin, _) => admin,
         }
     }
 
     fn scope(&self) -> Scope<'_> {
         match self {
             Home::Shared(_, prefix) => Scope::Prefix(prefix),
-            Home::Pool(_) => Scope::Server,
+            Home::Pool(_) | Home::Local(..) => Scope::Server,
         }
     }
 }
@@ -90,7 +98,8 @@ fn binding_owner<'a>(
 }
 
 impl RedisBroker {
-    pub fn new(config: &RedisConfig, catalog: &Catalog) -> Result<Self, BuildError> {
+    pub fn new(config: &RedisConfig, broker: &BrokerConfig) -> Result<Self, BuildError> {
+        let catalog = &broker.catalog;
         let bad = |why: String| BuildError::Backend(why);
         let shared = config
             .shared
@@ -132,12 +141,33 @@ impl RedisBroker {
                         plan.name
                     )));
                 }
+                PlanKind::Local if config.local.is_none() => {
+                    return Err(bad(format!(
+                        "plan {:?} runs local processes but [redis.local] is missing",
+                        plan.name
+                    )));
+                }
+                PlanKind::Local if !broker.store.url.0.expose_secret().starts_with("sqlite://") => {
+                    return Err(bad(format!(
+                        "plan {:?} runs redis-server processes on this host, which other replicas cannot reach: local mode needs a SQLite state store of its own (one replica), not a shared one",
+                        plan.name
+                    )));
+                }
                 _ => {}
             }
+        }
+        if let Some(local) = &config.local
+            && local.ports[0] > local.ports[1]
+        {
+            return Err(bad(format!(
+                "[redis.local] ports {:?} is an empty range",
+                local.ports
+            )));
         }
         Ok(Self {
             shared,
             pool,
+            local: config.local.clone(),
             plans: config.plans.clone(),
             password_length: config.password_length,
             claims: Claims::new(),
@@ -192,7 +222,60 @@ impl RedisBroker {
                 name.map(|n| self.pool_server(&n).map(Home::Pool))
                     .transpose()
             }
+            PlanKind::Local => {
+                let port = match instance.state.get("port").and_then(Value::as_u64) {
+                    Some(port) => u16::try_from(port).ok(),
+                    None => self
+                        .claims
+                        .held_by(PORTS, instance_owner(instance))
+                        .await?
+                        .and_then(|p| p.parse().ok()),
+                };
+                let Some(port) = port else {
+                    return Ok(None);
+                };
+                let local = self.local()?;
+                let name = KeyPrefix::for_instance(instance.platform, instance.id);
+                let process = Process::new(local, &name, port);
+                match process.admin(local) {
+                    Ok(admin) => Ok(Some(Home::Local(Box::new(admin), process))),
+                    // No config file: the provision died before writing it; nothing runs.
+                    Err(_) if !process.dir.exists() => Ok(None),
+                    Err(e) => Err(e),
+                }
+            }
         }
+    }
+
+    fn local(&self) -> Result<&LocalConfig, BrokerError> {
+        self.local
+            .as_ref()
+            .ok_or_else(|| BrokerError::Failed("[redis.local] is missing".into()))
+    }
+
+    /// A free port of the local range, claimed for `owner` (the one it holds already, on a
+    /// retry); a port another program listens on is skipped.
+    async fn claim_port(&self, owner: Owner<'_>) -> Result<u16, BrokerError> {
+        if let Some(port) = self.claims.held_by(PORTS, owner).await? {
+            return port
+                .parse()
+                .map_err(|_| BrokerError::Failed(format!("claimed port {port:?} is no port")));
+        }
+        let local = self.local()?;
+        let taken = self.claims.all(PORTS).await?;
+        let [first, last] = local.ports;
+        for port in first..=last {
+            let item = port.to_string();
+            if taken.iter().any(|c| c.item == item) || !local::port_free(&local.bind, port) {
+                continue;
+            }
+            if self.claims.claim(PORTS, &item, owner).await? {
+                return Ok(port);
+            }
+        }
+        Err(BrokerError::Unprocessable(format!(
+            "no free port left in {first}-{last} for another Redis process; ask the operator for a wider range"
+        )))
     }
 
     /// A free pool server, claimed for `owner` in the store (the one it holds already, on a
@@ -259,7 +342,10 @@ impl ServiceBroker for RedisBroker {
         // in progress" and polls, as it did. Taking one from the pool is quick, so a client
         // that cannot poll gets it within the request.
         match (operation, self.plans.get(&plan.id).map(|p| p.kind)) {
-            (Operation::Provision | Operation::Deprovision, Some(PlanKind::Pool)) => Mode::Either,
+            (
+                Operation::Provision | Operation::Deprovision,
+                Some(PlanKind::Pool | PlanKind::Local),
+            ) => Mode::Either,
             _ => Mode::Sync,
         }
     }
@@ -308,6 +394,18 @@ impl ServiceBroker for RedisBroker {
                     ..Provisioned::default()
                 })
             }
+            PlanKind::Local => {
+                let local = self.local()?;
+                let port = self.claim_port(owner).await?;
+                let name = KeyPrefix::for_instance(input.platform, input.instance_id);
+                let process = Process::new(local, &name, port);
+                process.write_conf(local, plan)?;
+                process.ensure_running(local).await?;
+                Ok(Provisioned {
+                    state: json!({"port": port}),
+                    ..Provisioned::default()
+                })
+            }
         }
     }
 
@@ -320,10 +418,11 @@ impl ServiceBroker for RedisBroker {
                 input.plan.name
             )));
         }
-        let Some(Home::Pool(admin)) = self.home(&input.instance).await? else {
-            return Ok(Updated::default());
+        let home = match self.home(&input.instance).await? {
+            Some(home @ (Home::Pool(_) | Home::Local(..))) => home,
+            _ => return Ok(Updated::default()),
         };
-        let mut conn = admin.conn().await?;
+        let mut conn = home.admin().conn().await?;
         if let Some(mb) = after.maxmemory_mb {
             let used = server::used_memory(&mut conn).await?;
             if used > mb * 1024 * 1024 {
@@ -334,6 +433,10 @@ impl ServiceBroker for RedisBroker {
                 )));
             }
         }
+        if let Home::Local(_, process) = &home {
+            // Kept for the process's next start.
+            process.write_conf(self.local()?, after)?;
+        }
         server::configure(&mut conn, after).await?;
         Ok(Updated::default())
     }
@@ -342,11 +445,23 @@ impl ServiceBroker for RedisBroker {
         let instance = &input.instance;
         let owner = instance_owner(instance);
         match self.home(instance).await? {
-            None => Ok(()),
+            None => {
+                // A local instance whose provision died before making its process.
+                if let Some(port) = self.claims.held_by(PORTS, owner).await? {
+                    self.claims.release(PORTS, &port, owner).await?;
+                }
+                Ok(())
+            }
             Some(Home::Pool(admin)) => {
                 let mut conn = admin.conn().await?;
                 server::wipe(&mut conn, admin.admin_user()).await?;
                 self.claims.release(POOL, &admin.server.name, owner).await
+            }
+            Some(Home::Local(_, process)) => {
+                process.remove().await?;
+                self.claims
+                    .release(PORTS, &process.port.to_string(), owner)
+                    .await
             }
             Some(Home::Shared(admin, prefix)) => {
                 let mut conn = admin.conn().await?;
@@ -429,7 +544,7 @@ impl ServiceBroker for RedisBroker {
         let user = AclUser::for_binding(instance.platform, &input.binding.id);
         let mut conn = home.admin().conn().await?;
         match &home {
-            Home::Pool(_) => server::remove_user(&mut conn, user.as_str()).await,
+            Home::Pool(_) | Home::Local(..) => server::remove_user(&mut conn, user.as_str()).await,
             Home::Shared(_, prefix) => {
                 let name = user.as_str();
                 let owner = binding_owner(instance.platform, &input.binding.id, prefix);
@@ -459,6 +574,10 @@ impl ServiceBroker for RedisBroker {
         let Some(home) = self.home(&instance).await? else {
             return Ok(None);
         };
+        if let Home::Local(_, process) = &home {
+            // A process that died (or never came back after a reboot) starts again on its data.
+            process.ensure_running(self.local()?).await?;
+        }
         let mut conn = home.admin().conn().await?;
         if let Home::Shared(_, prefix) = &home {
             let owner = instance_owner(&instance);
@@ -542,6 +661,20 @@ impl ServiceBroker for RedisBroker {
                 claim.claimed_at_ms,
             ));
         }
+        for claim in self.claims.all(PORTS).await? {
+            let owner = Owner {
+                platform: &claim.platform,
+                id: &claim.owner_id,
+                parent: "",
+            };
+            objects.push(BackendObject::marked(
+                "process",
+                &claim.item,
+                "local",
+                owner,
+                claim.claimed_at_ms,
+            ));
+        }
         if let Some(admin) = &self.shared {
             let mut conn = admin.conn().await?;
             let markers = markers::all(&mut conn).await?;
@@ -564,6 +697,28 @@ impl ServiceBroker for RedisBroker {
     }
 
     async fn remove_object(&self, object: &BackendObject) -> Result<(), BrokerError> {
+        if object.kind == "process" {
+            let Claim::Instance { platform, id } = &object.claim else {
+                return Err(BrokerError::Failed(format!(
+                    "port {:?} is not claimed",
+                    object.name
+                )));
+            };
+            let owner = Owner {
+                platform,
+                id,
+                parent: "",
+            };
+            let port = object.name.parse().map_err(|_| {
+                BrokerError::Failed(format!("claimed port {:?} is no port", object.name))
+            })?;
+            // The directory is named from the owner's instance id, as provision named it.
+            let instance = osb_core::ids::InstanceId::parse(id)
+                .map_err(|e| BrokerError::Failed(e.to_string()))?;
+            let name = KeyPrefix::for_instance(platform, &instance);
+            Process::new(self.local()?, &name, port).remove().await?;
+            return self.claims.release(PORTS, &object.name, owner).await;
+        }
         if object.kind == "server" {
             let Claim::Instance { platform, id } = &object.claim else {
                 return Err(BrokerError::Failed(format!(

@@ -22,6 +22,9 @@ pub struct RedisConfig {
     /// Servers the operator deployed for `pool` plans, each handed out whole to one instance.
     #[serde(default)]
     pub pool: Vec<Server>,
+    /// How `local` plans run a `redis-server` process per instance on the broker's own host.
+    #[serde(default)]
+    pub local: Option<LocalConfig>,
     /// What each plan id gets.
     pub plans: HashMap<String, PlanConfig>,
     /// Length of generated passwords (16 to 128).
@@ -70,6 +73,26 @@ pub enum PlanKind {
     Shared,
     /// A whole server from the pool.
     Pool,
+    /// A `redis-server` process of its own on the broker's host.
+    Local,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalConfig {
+    /// The `redis-server` binary.
+    #[serde(default = "default_redis_server")]
+    pub redis_server: std::path::PathBuf,
+    /// Each instance's config, data and pid file live in a directory of its own under here.
+    pub data_dir: std::path::PathBuf,
+    /// The address the processes listen on.
+    #[serde(default = "default_bind")]
+    pub bind: String,
+    /// Host name handed to apps, when it differs from `bind`.
+    #[serde(default)]
+    pub public_host: Option<String>,
+    /// The ports instances take, `[first, last]`.
+    pub ports: [u16; 2],
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -127,6 +150,14 @@ pub enum Persistence {
     Rdb,
     /// An append-only file, fsync every second, plus snapshots.
     Aof,
+}
+
+fn default_redis_server() -> std::path::PathBuf {
+    "/usr/bin/redis-server".into()
+}
+
+fn default_bind() -> String {
+    "127.0.0.1".into()
 }
 
 fn default_name() -> String {

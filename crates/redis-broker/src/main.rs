@@ -4,6 +4,7 @@ mod acl;
 mod backend;
 mod config;
 mod errors;
+mod local;
 mod markers;
 mod names;
 mod server;
@@ -28,7 +29,7 @@ impl osb_core::cli::App for RedisApp {
         config: &config::Config,
         _metrics: &Metrics,
     ) -> Result<backend::RedisBroker, BuildError> {
-        backend::RedisBroker::new(&config.redis, &config.broker.catalog)
+        backend::RedisBroker::new(&config.redis, &config.broker)
     }
 }
 

@@ -557,3 +557,293 @@ async fn check_config_names_a_server_open_to_anyone() {
         "{said}"
     );
 }
+
+/// A plan of the tests' own for local processes (the deploy config has none: local mode needs
+/// a one-replica SQLite store, which the deploy manifests do not use).
+const LOCAL: &str = "b683846b-f5bb-493f-ad6a-a63c76870fab";
+/// A local plan of 4 MiB, for a downgrade that cannot fit.
+const TINY: &str = "88a6e080-8b5a-48e0-bdbb-95cb07d10e84";
+
+/// `config` plus `[redis.local]` over `ports` under `data_dir`, and the local plan.
+fn local_config(dir: &Path, servers: &Servers, data_dir: &Path, ports: [u16; 2]) -> PathBuf {
+    let config = config(dir, servers, 1);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    let (head, catalog) = text.split_once("[[broker.catalog.services]]").unwrap();
+    text = format!(
+        "{head}[redis.local]\ndata_dir = \"{}\"\nports = [{}, {}]\n\n\
+         [redis.plans.{LOCAL}]\nkind = \"local\"\nmaxmemory_mb = 64\npersistence = \"aof\"\n\n\
+         [redis.plans.{TINY}]\nkind = \"local\"\nmaxmemory_mb = 4\n\n\
+         [[broker.catalog.services]]{catalog}\n\
+         [[broker.catalog.services.plans]]\nid = \"{LOCAL}\"\nname = \"local\"\n\
+         description = \"A redis-server process of its own on the broker's host\"\nfree = true\n\n\
+         [[broker.catalog.services.plans]]\nid = \"{TINY}\"\nname = \"local-tiny\"\n\
+         description = \"A tiny redis-server process\"\nfree = true\n",
+        data_dir.display(),
+        ports[0],
+        ports[1]
+    );
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+/// The data directory of a test's local processes: whatever still runs there when the test
+/// ends (a failed one included) is killed.
+struct LocalData(tempfile::TempDir);
+
+impl LocalData {
+    fn new() -> Self {
+        Self(tempfile::tempdir().unwrap())
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for LocalData {
+    fn drop(&mut self) {
+        for entry in std::fs::read_dir(self.0.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if let Ok(pid) = std::fs::read_to_string(entry.path().join("redis.pid")) {
+                let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+            }
+        }
+    }
+}
+
+/// `count` consecutive ports from a random base, for a test's local range.
+fn port_range(count: u16) -> [u16; 2] {
+    let base = 20_000 + (rand_u16() % 30_000);
+    [base, base + count - 1]
+}
+
+fn rand_u16() -> u16 {
+    let id = fresh_id().replace('-', "");
+    u16::from_str_radix(&id[..4], 16).unwrap()
+}
+
+/// The pid in a local instance's pid file.
+fn local_pid(data_dir: &Path, id: &str) -> u32 {
+    let dir = data_dir.join(format!("op_{}", id.replace('-', "_")));
+    std::fs::read_to_string(dir.join("redis.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// `kill -9` of a local instance's server: upkeep starts it again on its append-only file;
+/// a broker restart leaves running processes alone and serves them on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_local_server_comes_back_with_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = LocalData::new();
+    let servers = servers(1).await;
+    let config = local_config(dir.path(), &servers, data.path(), port_range(4));
+    let broker = start(dir.path(), &config).await;
+    let c = Osb::new(target(&broker, LOCAL));
+    let (id, bid) = (fresh_id(), fresh_id());
+    c.provision_ready(&id, LOCAL).await.unwrap();
+    let creds = c.bind_ready(&id, &bid, LOCAL).await.unwrap()["credentials"].clone();
+    let mut conn = app(&creds).await.unwrap();
+    run(&mut conn, &["SET", "kept", "through a crash"])
+        .await
+        .unwrap();
+    // appendfsync everysec: past the next fsync, the write is on disk.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let pid = local_pid(data.path(), &id);
+    Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut conn = loop {
+        if let Ok(conn) = app(&creds).await {
+            break conn;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the killed server never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_ne!(local_pid(data.path(), &id), pid, "the same process?");
+    assert_eq!(
+        run(&mut conn, &["GET", "kept"]).await.unwrap(),
+        redis::Value::BulkString(b"through a crash".to_vec())
+    );
+
+    drop(broker);
+    let running = local_pid(data.path(), &id);
+    let broker = start(dir.path(), &config).await;
+    let c = Osb::new(target(&broker, LOCAL));
+    let other = c.bind_ready(&id, &fresh_id(), LOCAL).await.unwrap()["credentials"].clone();
+    assert_eq!(other["port"], creds["port"]);
+    assert_eq!(
+        local_pid(data.path(), &id),
+        running,
+        "a broker restart restarted the server"
+    );
+    c.deprovision_done(&id, LOCAL).await.unwrap();
+    assert!(
+        !Path::new(&format!("/proc/{running}")).exists(),
+        "the process outlived its instance"
+    );
+    assert!(
+        std::fs::read_dir(data.path()).unwrap().next().is_none(),
+        "the instance's directory outlived it"
+    );
+}
+
+/// Thirty local instances at once, each its own process and port; past the range, a refusal
+/// that says so; all gone after deprovision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_concurrent_local_provisions_each_get_a_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = LocalData::new();
+    let servers = servers(1).await;
+    let ports = port_range(30);
+    let config = local_config(dir.path(), &servers, data.path(), ports);
+    let broker = start(dir.path(), &config).await;
+    let c = Osb::new(target(&broker, LOCAL));
+    let ids: Vec<String> = (0..30).map(|_| fresh_id()).collect();
+    let made = futures::future::join_all(ids.iter().map(|id| c.provision_ready(id, LOCAL))).await;
+    let made = made.iter().filter(|r| r.is_ok()).count();
+    // A port of the range another program holds is skipped: at most that many fewer.
+    let free = (ports[0]..=ports[1])
+        .filter(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .count();
+    assert!(
+        made >= 28 && made + free >= 30,
+        "{made} of 30 local provisions worked"
+    );
+    let mut seen = std::collections::HashSet::new();
+    for id in ids.iter().take(made) {
+        let Ok(body) = c.bind_ready(id, &fresh_id(), LOCAL).await else {
+            continue;
+        };
+        let creds = &body["credentials"];
+        assert!(
+            seen.insert(creds["port"].as_u64().unwrap()),
+            "a port served twice"
+        );
+        let mut conn = app(creds).await.unwrap();
+        run(&mut conn, &["SET", "mine", id]).await.unwrap();
+    }
+    let more = fresh_id();
+    let reply = c
+        .provision(&more, &c.provision_body(LOCAL), false)
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 422, "{}", reply.body);
+    assert!(
+        reply.body["description"]
+            .as_str()
+            .unwrap()
+            .contains("no free port"),
+        "{}",
+        reply.body
+    );
+    let done = futures::future::join_all(ids.iter().map(|id| c.deprovision_done(id, LOCAL))).await;
+    assert!(done.iter().all(Result::is_ok), "{done:?}");
+    assert!(std::fs::read_dir(data.path()).unwrap().next().is_none());
+}
+
+/// Local mode on a state store other replicas share is refused, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_mode_refuses_a_shared_state_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = LocalData::new();
+    let servers = servers(1).await;
+    let config = local_config(dir.path(), &servers, data.path(), port_range(2));
+    let out = Command::new(env!("CARGO_BIN_EXE_redis-broker"))
+        .arg("--config")
+        .arg(&config)
+        .env("REDIS_BROKER_POOL_PASSWORD", POOL_PASSWORD)
+        .env("REDIS_BROKER_SHARED_PASSWORD", SHARED_PASSWORD)
+        .env("KPAAS_BROKER__PASSWORD", osb_testkit::PASSWORD)
+        .env("KPAAS_BROKER__ENCRYPTION_KEY", osb_testkit::ENCRYPTION_KEY)
+        .env(
+            "KPAAS_BROKER__STORE__URL",
+            "mysql://root@127.0.0.1:3306/kpaas_unused",
+        )
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(said.contains("SQLite state store of its own"), "{said}");
+}
+
+/// A plan change sets the process's memory limit live; one below what the server holds is a
+/// 422 that says so, and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_downgrade_below_the_memory_in_use_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = LocalData::new();
+    let servers = servers(1).await;
+    let config = local_config(dir.path(), &servers, data.path(), port_range(2));
+    let broker = start(dir.path(), &config).await;
+    let c = Osb::new(target(&broker, LOCAL));
+    let (id, bid) = (fresh_id(), fresh_id());
+    c.provision_ready(&id, LOCAL).await.unwrap();
+    let creds = c.bind_ready(&id, &bid, LOCAL).await.unwrap()["credentials"].clone();
+    let mut conn = app(&creds).await.unwrap();
+    let big = "x".repeat(1024 * 1024);
+    for i in 0..8 {
+        run(&mut conn, &["SET", &format!("big{i}"), &big])
+            .await
+            .unwrap();
+    }
+    let down = serde_json::json!({"service_id": SERVICE, "plan_id": TINY});
+    let refused = c.update(&id, &down, true).await.unwrap();
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    let said = refused.body["description"].as_str().unwrap();
+    assert!(
+        said.contains("MiB") && said.contains("local-tiny"),
+        "{said}"
+    );
+    let home = creds["port"].as_u64().unwrap() as u16;
+    let password = std::fs::read_to_string(
+        data.path()
+            .join(format!("op_{}", id.replace('-', "_")))
+            .join("redis.conf"),
+    )
+    .unwrap()
+    .lines()
+    .find_map(|l| l.strip_prefix("requirepass "))
+    .unwrap()
+    .trim_matches('"')
+    .to_owned();
+    let mut admin = connect(home, "default", &password).await.unwrap();
+    let limit = |v: redis::Value| match v {
+        redis::Value::Array(items) => items[1].clone(),
+        other => other,
+    };
+    assert_eq!(
+        limit(
+            run(&mut admin, &["CONFIG", "GET", "maxmemory"])
+                .await
+                .unwrap()
+        ),
+        redis::Value::BulkString(b"67108864".to_vec()),
+        "the refused change changed the limit"
+    );
+    for i in 0..8 {
+        run(&mut conn, &["DEL", &format!("big{i}")]).await.unwrap();
+    }
+    let done = c.update(&id, &down, true).await.unwrap();
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert_eq!(
+        limit(
+            run(&mut admin, &["CONFIG", "GET", "maxmemory"])
+                .await
+                .unwrap()
+        ),
+        redis::Value::BulkString(b"4194304".to_vec())
+    );
+    c.deprovision_done(&id, TINY).await.unwrap();
+}

@@ -1,0 +1,206 @@
+//! `local` plans: a `redis-server` process per instance on the broker's own host, with its own
+//! port (claimed in the store), config file, data directory and pid file. The processes
+//! daemonize, so a broker restart leaves them running and finds them again by pid file and
+//! port; upkeep starts one that died again, on its data (the append-only file of plans that
+//! keep one).
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use osb_core::BrokerError;
+use osb_core::config::Secret;
+use osb_core::credentials::{PasswordLength, generate_password};
+use secrecy::ExposeSecret;
+
+use crate::config::{LocalConfig, Persistence, PlanConfig, Server};
+use crate::names::KeyPrefix;
+use crate::server::Admin;
+
+/// Where an instance's process lives: its directory (named like a shared instance's prefix,
+/// from the instance id) and its port.
+pub struct Process {
+    pub dir: PathBuf,
+    pub port: u16,
+}
+
+impl Process {
+    pub fn new(config: &LocalConfig, name: &KeyPrefix, port: u16) -> Self {
+        Self {
+            dir: config.data_dir.join(name.as_str()),
+            port,
+        }
+    }
+
+    fn conf(&self) -> PathBuf {
+        self.dir.join("redis.conf")
+    }
+
+    fn pidfile(&self) -> PathBuf {
+        self.dir.join("redis.pid")
+    }
+
+    /// The admin password the process was made with (kept in its config file, 0600).
+    fn password(&self) -> Result<String, BrokerError> {
+        let text = std::fs::read_to_string(self.conf())
+            .map_err(|e| BrokerError::Failed(format!("reading {}: {e}", self.conf().display())))?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("requirepass "))
+            .map(|p| p.trim_matches('"').to_owned())
+            .ok_or_else(|| {
+                BrokerError::Failed(format!("{} has no requirepass", self.conf().display()))
+            })
+    }
+
+    /// An admin client for the process.
+    pub fn admin(&self, config: &LocalConfig) -> Result<Admin, BrokerError> {
+        let server = Server {
+            name: self
+                .dir
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+            host: config.bind.clone(),
+            port: self.port,
+            admin_user: None,
+            admin_password: Some(Secret(self.password()?.into())),
+            public_host: config.public_host.clone(),
+            tls_port: None,
+        };
+        Admin::new(&server).map_err(BrokerError::Failed)
+    }
+
+    /// Writes the process's config (the first time with a new admin password; later keeping
+    /// it) for `plan`.
+    pub fn write_conf(&self, config: &LocalConfig, plan: &PlanConfig) -> Result<(), BrokerError> {
+        let io = |e: std::io::Error| BrokerError::Failed(format!("{}: {e}", self.dir.display()));
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .map_err(io)?;
+        let password = match self.password() {
+            Ok(p) => p,
+            // Only the broker ever logs in with it: the longest the generator makes.
+            Err(_) => {
+                generate_password(PasswordLength::try_from(64).expect("64 is a valid length"))
+                    .expose_secret()
+                    .to_owned()
+            }
+        };
+        let (appendonly, save) = match plan.persistence {
+            Persistence::None => ("no", "\"\""),
+            Persistence::Rdb => ("no", "3600 1 300 100 60 10000"),
+            Persistence::Aof => ("yes", "3600 1 300 100 60 10000"),
+        };
+        let maxmemory = plan.maxmemory_mb.map_or(0, |mb| mb * 1024 * 1024);
+        let text = format!(
+            "# Made by redis-broker; rewritten on plan changes.\n\
+             port {port}\nbind {bind}\nprotected-mode yes\ndaemonize yes\n\
+             pidfile {pid}\ndir {dir}\nlogfile {log}\n\
+             requirepass \"{password}\"\n\
+             maxmemory {maxmemory}\nmaxmemory-policy {policy}\n\
+             appendonly {appendonly}\nappendfsync everysec\nsave {save}\n",
+            port = self.port,
+            bind = config.bind,
+            pid = self.pidfile().display(),
+            dir = self.dir.display(),
+            log = self.dir.join("redis.log").display(),
+            policy = plan.maxmemory_policy.as_str(),
+        );
+        let conf = self.conf();
+        let tmp = self.dir.join("redis.conf.new");
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io)?;
+        file.write_all(text.as_bytes()).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, &conf).map_err(io)
+    }
+
+    /// The pid in the pid file, when that process is alive.
+    fn running_pid(&self) -> Option<i32> {
+        let pid: i32 = std::fs::read_to_string(self.pidfile())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+    }
+
+    /// Starts the process unless its pid file names a live one, and waits until it answers
+    /// its admin login.
+    pub async fn ensure_running(&self, config: &LocalConfig) -> Result<(), BrokerError> {
+        let admin = self.admin(config)?;
+        if self.running_pid().is_some() && admin.conn().await.is_ok() {
+            return Ok(());
+        }
+        let status = tokio::process::Command::new(&config.redis_server)
+            .arg(self.conf())
+            .status()
+            .await
+            .map_err(|e| {
+                BrokerError::Failed(format!("starting {}: {e}", config.redis_server.display()))
+            })?;
+        if !status.success() {
+            return Err(BrokerError::Failed(format!(
+                "{} exited with {status}; see {}",
+                config.redis_server.display(),
+                self.dir.join("redis.log").display()
+            )));
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            // Loading a large append-only file takes a while; LOADING answers until it is read.
+            if let Ok(mut conn) = admin.conn().await
+                && redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .is_ok()
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(BrokerError::Failed(format!(
+                    "redis-server on port {} did not answer within 30 s; see {}",
+                    self.port,
+                    self.dir.join("redis.log").display()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops the process (without saving) and removes its directory, whatever is left.
+    pub async fn remove(&self) -> Result<(), BrokerError> {
+        if let Some(pid) = self.running_pid() {
+            // SIGKILL: its data goes with the directory, nothing to save.
+            let _ = tokio::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status()
+                .await;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        match std::fs::remove_dir_all(&self.dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(BrokerError::Failed(format!(
+                "removing {}: {e}",
+                self.dir.display()
+            ))),
+        }
+    }
+}
+
+/// Whether nothing listens on `port` of `bind` (a port in the range some other program took
+/// is skipped, not fought over).
+pub fn port_free(bind: &str, port: u16) -> bool {
+    std::net::TcpListener::bind((bind, port)).is_ok()
+}
