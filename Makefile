@@ -24,3 +24,4 @@ bench: backends
 	cargo bench -p mysql-broker --bench cycles
 	cargo bench -p mongodb-broker --bench cycles
 	cargo bench -p rabbitmq-broker --bench cycles
+	cargo bench -p redis-broker --bench provision
