@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use osb_testkit::{Client as Osb, check_all, check_restart, fresh_id};
+use osb_testkit::{Client as Osb, check_all, check_backend_down, check_restart, fresh_id};
 use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -580,4 +580,34 @@ async fn a_downgrade_below_the_memory_in_use_is_refused() {
         redis::Value::BulkString(b"4194304".to_vec())
     );
     c.deprovision_done(&id, TINY).await.unwrap();
+}
+
+/// The shared server stops: 503s naming it and never quoting its password, nothing recorded;
+/// back, the broker carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_server_is_a_503_naming_it_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut servers = servers(1).await;
+    let broker = start(dir.path(), &config(dir.path(), &servers, 30)).await;
+    let c = Osb::new(target(&broker, SHARED));
+    let (id, bid) = (fresh_id(), fresh_id());
+    c.provision_ready(&id, SHARED).await.unwrap();
+    servers.shared.crash();
+    let named = format!("127.0.0.1:{}", servers.shared.port);
+    check_backend_down(
+        &target(&broker, SHARED),
+        &id,
+        &fresh_id(),
+        &named,
+        SHARED_PASSWORD,
+    )
+    .await
+    .unwrap();
+    servers.shared.restart().await;
+    let creds = c.bind_ready(&id, &bid, SHARED).await.unwrap()["credentials"].clone();
+    let mut conn = app(&creds).await.unwrap();
+    let key = format!("{}k", creds["key_prefix"].as_str().unwrap());
+    run(&mut conn, &["SET", &key, "v"]).await.unwrap();
+    c.unbind_done(&id, &bid, SHARED).await.unwrap();
+    c.deprovision_done(&id, SHARED).await.unwrap();
 }

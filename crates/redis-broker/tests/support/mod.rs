@@ -84,8 +84,18 @@ impl RedisProcess {
 
     /// `kill -9`, then the same server again (no `aclfile`: its ACL users are gone).
     pub async fn crash_and_restart(&mut self) {
+        self.crash();
+        self.restart().await;
+    }
+
+    /// `kill -9`: the port refuses connections until [`RedisProcess::restart`].
+    pub fn crash(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
+    }
+
+    /// The same server again, on its port and directory.
+    pub async fn restart(&mut self) {
         self.child = Self::spawn(self.port, self.dir.path(), self.password);
         self.wait_up().await;
     }
