@@ -103,6 +103,8 @@ impl<'a> BindingsOf<'a> {
 #[derive(Debug, Clone)]
 pub struct BindingView {
     pub id: BindingId,
+    /// Bound and not being removed: what upkeep may put back on a server that lost it.
+    pub ready: bool,
     /// What the broker returned when it created this binding.
     pub state: Value,
 }

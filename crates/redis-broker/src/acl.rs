@@ -16,28 +16,35 @@ pub enum Scope<'a> {
     Prefix(&'a KeyPrefix),
 }
 
-/// Taken from everyone: `CONFIG`, `FLUSHALL`, `FLUSHDB`, `KEYS`, `DEBUG`, `ACL SETUSER`,
-/// `MONITOR`, `SHUTDOWN`, `CLIENT KILL`, replication and persistence commands.
+/// Taken from everyone: `CONFIG`, `FLUSHALL`, `FLUSHDB`, `DEBUG`, `ACL SETUSER`, `MONITOR`,
+/// `SHUTDOWN`, `CLIENT KILL`, replication and persistence commands.
 const NEVER: [&str; 2] = ["-@dangerous", "-@admin"];
 
-/// Also taken on the shared server: commands that see or change what other instances have.
-/// `SCAN` and `RANDOMKEY` return any key name and `DBSIZE` counts them all; `PUBSUB` lists
-/// every channel; `FUNCTION` and most of `SCRIPT` act on a library all tenants share (a
-/// `SCRIPT FLUSH` would break everyone's `EVALSHA`); `MEMORY` reports the whole server.
-/// Scripts themselves stay: each command they run is held to the user's key patterns.
-const SHARED_NEVER: [&str; 12] = [
+/// Given back on a dedicated server, whose keys are all the tenant's: `INFO` (health checks of
+/// Spring Boot, Sidekiq, BullMQ read it), `KEYS` and `SORT`.
+const DEDICATED_TOO: [&str; 3] = ["+info", "+keys", "+sort"];
+
+/// Also taken on the shared server: whatever sees or changes what other instances have, or
+/// holds the one thread all tenants share.
+/// - `SCAN`, `RANDOMKEY` return any key name, `DBSIZE` counts them all, `PUBSUB` lists every
+///   channel, `MEMORY` reports the whole server;
+/// - `CLIENT TRACKING` (broadcast mode) reports every key written, whoever wrote it;
+/// - scripts and functions: a script that loops holds the server for everyone (and one that
+///   wrote cannot be killed), and their caches are shared;
+/// - `SELECT`, `MOVE`, `COPY`: keys in other databases would escape deprovision's cleanup.
+const SHARED_NEVER: [&str; 11] = [
     "-@scripting",
-    "+eval",
-    "+eval_ro",
-    "+evalsha",
-    "+evalsha_ro",
-    "+script|load",
-    "+script|exists",
     "-scan",
     "-randomkey",
     "-dbsize",
     "-pubsub",
     "-memory",
+    "-client|tracking",
+    "-select",
+    "-move",
+    "-copy",
+    // `MEMORY USAGE` reads one key, which the key patterns hold.
+    "+memory|usage",
 ];
 
 /// The hex SHA-256 of `password`: what `ACL SETUSER` takes (`#<hash>`), so the password itself
@@ -49,11 +56,15 @@ pub fn password_hash(password: &SecretString) -> String {
 /// The arguments of `ACL SETUSER <user> ...` for a binding: everything reset first, so a
 /// repeated call leaves the same user.
 pub fn rules(scope: Scope<'_>, hash: &str) -> Vec<String> {
-    let mut rules = vec!["reset".to_owned(), "on".to_owned(), format!("#{hash}")];
+    // `resetchannels` too: a server whose `acl-pubsub-default` is `allchannels` would leave
+    // every channel open after `reset`.
+    let mut rules: Vec<String> = ["reset", "resetchannels", "on"].map(str::to_owned).into();
+    rules.push(format!("#{hash}"));
     match scope {
         Scope::Server => {
             rules.extend(["~*", "&*", "+@all"].map(str::to_owned));
             rules.extend(NEVER.map(str::to_owned));
+            rules.extend(DEDICATED_TOO.map(str::to_owned));
         }
         Scope::Prefix(prefix) => {
             rules.push(format!("~{prefix}:*"));
@@ -61,8 +72,6 @@ pub fn rules(scope: Scope<'_>, hash: &str) -> Vec<String> {
             rules.push("+@all".to_owned());
             rules.extend(NEVER.map(str::to_owned));
             rules.extend(SHARED_NEVER.map(str::to_owned));
-            // `MEMORY USAGE` reads one key, which the key patterns hold.
-            rules.push("+memory|usage".to_owned());
         }
     }
     rules
@@ -80,7 +89,7 @@ mod tests {
             &InstanceId::parse("6b1b5cfd-2d33-4a63-9b7c-bb1cd2bc0e5b").unwrap(),
         );
         let rules = rules(Scope::Prefix(&prefix), "ab");
-        assert_eq!(rules[..3], ["reset", "on", "#ab"]);
+        assert_eq!(rules[..4], ["reset", "resetchannels", "on", "#ab"]);
         assert!(rules.contains(&format!("~{prefix}:*")));
         assert!(rules.contains(&format!("&{prefix}:*")));
         assert!(

@@ -77,6 +77,41 @@ impl Home<'_> {
     }
 }
 
+/// After the first change (a claim in the store, a wiped server), a failure must not read as
+/// "nothing was done": the platform then cleans up instead of assuming nothing is there.
+fn after_claim(err: BrokerError) -> BrokerError {
+    match err {
+        BrokerError::Unavailable(why) => BrokerError::Failed(why),
+        other => other,
+    }
+}
+
+/// Removes a shared binding's user: under this broker's marker, or, with the marker gone
+/// (evicted, flushed, lost in a restart), when the binding's own record names the user, which
+/// only a bind that made it writes.
+async fn remove_binding_user(
+    conn: &mut MultiplexedConnection,
+    platform: &str,
+    binding: &BindingView,
+    prefix: &KeyPrefix,
+) -> Result<(), BrokerError> {
+    let user = AclUser::for_binding(platform, &binding.id);
+    let name = user.as_str();
+    let owner = binding_owner(platform, &binding.id, prefix);
+    let recorded = binding.state.get("user").and_then(Value::as_str) == Some(name);
+    if recorded
+        && markers::held(conn, Kind::User, name, owner)
+            .await?
+            .is_none()
+    {
+        return server::remove_user(conn, name).await;
+    }
+    markers::remove_marked(conn, Kind::User, name, owner, |mut c| async move {
+        server::remove_user(&mut c, name).await
+    })
+    .await
+}
+
 fn instance_owner<'a>(instance: &InstanceView<'a>) -> Owner<'a> {
     Owner {
         platform: instance.platform,
@@ -214,37 +249,43 @@ impl RedisBroker {
                 };
                 Ok(Some(Home::Shared(self.shared()?, prefix)))
             }
+            // The claim in the store is what makes a server or a port the instance's: once an
+            // earlier deprovision gave it back (and another instance may hold it now), the
+            // recorded name means nothing and the server is never touched again.
             PlanKind::Pool => {
-                let name = match instance.state.get("server").and_then(Value::as_str) {
-                    Some(name) => Some(name.to_owned()),
-                    None => self.claims.held_by(POOL, instance_owner(instance)).await?,
-                };
-                name.map(|n| self.pool_server(&n).map(Home::Pool))
-                    .transpose()
-            }
-            PlanKind::Local => {
-                let port = match instance.state.get("port").and_then(Value::as_u64) {
-                    Some(port) => u16::try_from(port).ok(),
-                    None => self
-                        .claims
-                        .held_by(PORTS, instance_owner(instance))
-                        .await?
-                        .and_then(|p| p.parse().ok()),
-                };
-                let Some(port) = port else {
-                    return Ok(None);
-                };
-                let local = self.local()?;
-                let name = KeyPrefix::for_instance(instance.platform, instance.id);
-                let process = Process::new(local, &name, port);
-                match process.admin(local) {
-                    Ok(admin) => Ok(Some(Home::Local(Box::new(admin), process))),
-                    // No config file: the provision died before writing it; nothing runs.
-                    Err(_) if !process.dir.exists() => Ok(None),
-                    Err(e) => Err(e),
+                let held = self.claims.held_by(POOL, instance_owner(instance)).await?;
+                let recorded = instance.state.get("server").and_then(Value::as_str);
+                match held {
+                    Some(name) if recorded.is_none_or(|r| r == name) => {
+                        self.pool_server(&name).map(|a| Some(Home::Pool(a)))
+                    }
+                    _ => Ok(None),
                 }
             }
+            PlanKind::Local => {
+                let held = self.claims.held_by(PORTS, instance_owner(instance)).await?;
+                let recorded = instance.state.get("port").and_then(Value::as_u64);
+                let Some(port) = held
+                    .and_then(|p| p.parse::<u16>().ok())
+                    .filter(|p| recorded.is_none_or(|r| r == u64::from(*p)))
+                else {
+                    return Ok(None);
+                };
+                let process = self.process(instance, port)?;
+                if !process.configured() {
+                    // The provision died before writing the config: nothing runs there.
+                    return Ok(None);
+                }
+                let admin = process.admin(self.local()?)?;
+                Ok(Some(Home::Local(Box::new(admin), process)))
+            }
         }
+    }
+
+    /// The local process `instance` has (or would have) on `port`.
+    fn process(&self, instance: &InstanceView<'_>, port: u16) -> Result<Process, BrokerError> {
+        let name = KeyPrefix::for_instance(instance.platform, instance.id);
+        Ok(Process::new(self.local()?, &name, port))
     }
 
     fn local(&self) -> Result<&LocalConfig, BrokerError> {
@@ -385,7 +426,8 @@ impl ServiceBroker for RedisBroker {
             }
             PlanKind::Pool => {
                 let admin = self.claim_server(owner).await?;
-                let mut conn = admin.conn().await?;
+                // From here on the server is claimed: a failure is no longer "nothing done".
+                let mut conn = admin.conn().await.map_err(after_claim)?;
                 // Whatever an earlier tenant or attempt left goes before the new one sees it.
                 server::wipe(&mut conn, admin.admin_user()).await?;
                 server::configure(&mut conn, plan).await?;
@@ -400,7 +442,7 @@ impl ServiceBroker for RedisBroker {
                 let name = KeyPrefix::for_instance(input.platform, input.instance_id);
                 let process = Process::new(local, &name, port);
                 process.write_conf(local, plan)?;
-                process.ensure_running(local).await?;
+                process.ensure_running(local).await.map_err(after_claim)?;
                 Ok(Provisioned {
                     state: json!({"port": port}),
                     ..Provisioned::default()
@@ -446,8 +488,15 @@ impl ServiceBroker for RedisBroker {
         let owner = instance_owner(instance);
         match self.home(instance).await? {
             None => {
-                // A local instance whose provision died before making its process.
-                if let Some(port) = self.claims.held_by(PORTS, owner).await? {
+                // A local instance whose provision died before its process was set up: what
+                // its directory holds goes, then the port.
+                if let Some(port) = self.claims.held_by(PORTS, owner).await?
+                    && let Ok(number) = port.parse()
+                {
+                    self.process(instance, number)?
+                        .remove()
+                        .await
+                        .map_err(after_claim)?;
                     self.claims.release(PORTS, &port, owner).await?;
                 }
                 Ok(())
@@ -455,28 +504,34 @@ impl ServiceBroker for RedisBroker {
             Some(Home::Pool(admin)) => {
                 let mut conn = admin.conn().await?;
                 server::wipe(&mut conn, admin.admin_user()).await?;
-                self.claims.release(POOL, &admin.server.name, owner).await
+                self.claims
+                    .release(POOL, &admin.server.name, owner)
+                    .await
+                    .map_err(after_claim)
             }
             Some(Home::Local(_, process)) => {
                 process.remove().await?;
                 self.claims
                     .release(PORTS, &process.port.to_string(), owner)
                     .await
+                    .map_err(after_claim)
             }
             Some(Home::Shared(admin, prefix)) => {
                 let mut conn = admin.conn().await?;
                 for binding in input.bindings {
-                    let user = AclUser::for_binding(instance.platform, &binding.id);
-                    let name = user.as_str();
-                    let owner = binding_owner(instance.platform, &binding.id, &prefix);
-                    markers::remove_marked(
-                        &mut conn,
-                        Kind::User,
-                        user.as_str(),
-                        owner,
-                        |mut c| async move { server::remove_user(&mut c, name).await },
-                    )
-                    .await?;
+                    remove_binding_user(&mut conn, instance.platform, binding, &prefix).await?;
+                }
+                // The record of a finished provision is proof enough that the prefix is this
+                // instance's, should the marker hash be gone (evicted, flushed, lost in a
+                // restart).
+                let recorded =
+                    instance.state.get("prefix").and_then(Value::as_str) == Some(prefix.as_str());
+                if recorded
+                    && markers::held(&mut conn, Kind::Prefix, prefix.as_str(), owner)
+                        .await?
+                        .is_none()
+                {
+                    return server::remove_prefix(&mut conn, prefix.as_str()).await;
                 }
                 markers::remove_marked(&mut conn, Kind::Prefix, prefix.as_str(), owner, |mut c| {
                     let prefix = prefix.clone();
@@ -546,16 +601,7 @@ impl ServiceBroker for RedisBroker {
         match &home {
             Home::Pool(_) | Home::Local(..) => server::remove_user(&mut conn, user.as_str()).await,
             Home::Shared(_, prefix) => {
-                let name = user.as_str();
-                let owner = binding_owner(instance.platform, &input.binding.id, prefix);
-                markers::remove_marked(
-                    &mut conn,
-                    Kind::User,
-                    user.as_str(),
-                    owner,
-                    |mut c| async move { server::remove_user(&mut c, name).await },
-                )
-                .await
+                remove_binding_user(&mut conn, instance.platform, input.binding, prefix).await
             }
         }
     }
@@ -579,6 +625,10 @@ impl ServiceBroker for RedisBroker {
             process.ensure_running(self.local()?).await?;
         }
         let mut conn = home.admin().conn().await?;
+        if let Home::Pool(_) = &home {
+            // A pool server that restarted came back with its own file's settings.
+            server::configure(&mut conn, self.plan(instance.plan)?).await?;
+        }
         if let Home::Shared(_, prefix) = &home {
             let owner = instance_owner(&instance);
             if markers::held(&mut conn, Kind::Prefix, prefix.as_str(), owner)
@@ -589,7 +639,12 @@ impl ServiceBroker for RedisBroker {
                 markers::set_made(&mut conn, Kind::Prefix, prefix.as_str(), owner).await?;
             }
         }
+        let mut lost = Vec::new();
         for binding in bindings.load().await? {
+            // Only a binding that is bound: one being (or failed to be) removed stays revoked.
+            if !binding.ready {
+                continue;
+            }
             let (Some(name), Some(hash)) = (
                 binding.state.get("user").and_then(Value::as_str),
                 binding.state.get("password_sha256").and_then(Value::as_str),
@@ -599,16 +654,27 @@ impl ServiceBroker for RedisBroker {
             let Some(user) = AclUser::recorded(name) else {
                 continue;
             };
-            if server::user_exists(&mut conn, user.as_str()).await? {
+            if !server::user_exists(&mut conn, user.as_str()).await? {
+                lost.push((binding.id.clone(), user, hash.to_owned()));
+            }
+        }
+        if lost.is_empty() {
+            return Ok(None);
+        }
+        // Read again just before putting users back: an unbind that began meanwhile wins.
+        let still: Vec<BindingView> = bindings.load().await?;
+        for (id, user, hash) in lost {
+            if !still.iter().any(|b| b.id == id && b.ready) {
                 continue;
             }
+            let binding = still.iter().find(|b| b.id == id).expect("just found");
             if let Home::Shared(_, prefix) = &home {
                 let owner = binding_owner(instance.platform, &binding.id, prefix);
                 markers::claim(&mut conn, Kind::User, user.as_str(), owner).await?;
                 markers::set_made(&mut conn, Kind::User, user.as_str(), owner).await?;
             }
             tracing::warn!(user = %user, server = %home.admin().label(), "putting back a binding's user the server lost");
-            Self::put_user(&mut conn, &home, &user, hash).await?;
+            Self::put_user(&mut conn, &home, &user, &hash).await?;
         }
         Ok(None)
     }
@@ -621,9 +687,22 @@ impl ServiceBroker for RedisBroker {
         Ok(())
     }
 
-    /// Every server: reachable, and not open to clients that do not log in.
+    /// Every server: reachable, and not open to clients that do not log in; the shared one
+    /// keeping every key (its markers among them) rather than evicting any.
     async fn check_backends(&self) -> Vec<String> {
         let mut problems = Vec::new();
+        if let Some(admin) = &self.shared
+            && let Ok(mut conn) = admin.conn().await
+        {
+            match server::eviction_policy(&mut conn).await {
+                Ok(policy) if policy.starts_with("allkeys-") => problems.push(format!(
+                    "Redis {}: maxmemory-policy {policy} may evict any key, the broker's markers too; use noeviction or a volatile-* policy",
+                    admin.label()
+                )),
+                Ok(_) => {}
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
         for admin in self.shared.iter().chain(&self.pool) {
             let open = match admin.conn().await {
                 Ok(mut conn) => server::default_is_open(&mut conn).await,
@@ -716,6 +795,9 @@ impl ServiceBroker for RedisBroker {
             let instance = osb_core::ids::InstanceId::parse(id)
                 .map_err(|e| BrokerError::Failed(e.to_string()))?;
             let name = KeyPrefix::for_instance(platform, &instance);
+            if self.claims.held_by(PORTS, owner).await?.as_deref() != Some(object.name.as_str()) {
+                return Ok(());
+            }
             Process::new(self.local()?, &name, port).remove().await?;
             return self.claims.release(PORTS, &object.name, owner).await;
         }
@@ -731,6 +813,10 @@ impl ServiceBroker for RedisBroker {
                 id,
                 parent: "",
             };
+            // Claimed by that owner still (not given back and taken by another meanwhile).
+            if self.claims.held_by(POOL, owner).await?.as_deref() != Some(object.name.as_str()) {
+                return Ok(());
+            }
             let admin = self.pool_server(&object.name)?;
             let mut conn = admin.conn().await?;
             server::wipe(&mut conn, admin.admin_user()).await?;

@@ -6,7 +6,7 @@
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use osb_core::BrokerError;
@@ -35,6 +35,12 @@ impl Process {
 
     fn conf(&self) -> PathBuf {
         self.dir.join("redis.conf")
+    }
+
+    /// Whether the process has its config: written by provision, removed first by
+    /// deprovision (so that nothing starts it again meanwhile).
+    pub fn configured(&self) -> bool {
+        self.conf().exists()
     }
 
     fn pidfile(&self) -> PathBuf {
@@ -122,14 +128,20 @@ impl Process {
         std::fs::rename(&tmp, &conf).map_err(io)
     }
 
-    /// The pid in the pid file, when that process is alive.
+    /// The pid in the pid file, when that process is alive and is this instance's
+    /// redis-server: a pid file outlives a crash, and its number may belong to another
+    /// process by now.
     fn running_pid(&self) -> Option<i32> {
         let pid: i32 = std::fs::read_to_string(self.pidfile())
             .ok()?
             .trim()
             .parse()
             .ok()?;
-        Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        // redis-server names itself "redis-server <bind>:<port>" once running.
+        (cmdline.contains("redis-server") && cmdline.contains(&format!(":{}", self.port)))
+            .then_some(pid)
     }
 
     /// Starts the process unless its pid file names a live one, and waits until it answers
@@ -139,7 +151,15 @@ impl Process {
         if self.running_pid().is_some() && admin.conn().await.is_ok() {
             return Ok(());
         }
+        if !self.configured() {
+            return Err(BrokerError::Failed(format!(
+                "{} is being removed",
+                self.dir.display()
+            )));
+        }
+        // Nothing of the broker's environment (its keys and passwords) for the server.
         let status = tokio::process::Command::new(&config.redis_server)
+            .env_clear()
             .arg(self.conf())
             .status()
             .await
@@ -175,16 +195,34 @@ impl Process {
         }
     }
 
-    /// Stops the process (without saving) and removes its directory, whatever is left.
+    /// Stops the process (without saving) and removes its directory, whatever is left. The
+    /// config goes first, so that no upkeep starts the process again meanwhile.
     pub async fn remove(&self) -> Result<(), BrokerError> {
+        match std::fs::remove_file(self.conf()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(BrokerError::Failed(format!(
+                    "removing {}: {e}",
+                    self.conf().display()
+                )));
+            }
+        }
         if let Some(pid) = self.running_pid() {
-            // SIGKILL: its data goes with the directory, nothing to save.
-            let _ = tokio::process::Command::new("kill")
+            // Its data goes with the directory: nothing to save.
+            let killed = tokio::process::Command::new("kill")
                 .args(["-9", &pid.to_string()])
                 .status()
-                .await;
+                .await
+                .map_err(|e| BrokerError::Failed(format!("kill: {e}")))?;
             let deadline = Instant::now() + Duration::from_secs(10);
-            while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+            while self.running_pid().is_some() {
+                if Instant::now() > deadline {
+                    return Err(BrokerError::Failed(format!(
+                        "redis-server {pid} on port {} did not stop ({killed})",
+                        self.port
+                    )));
+                }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }

@@ -169,11 +169,14 @@ pub async fn other_users(
         .collect())
 }
 
-/// Empties a dedicated server: every key, every user but the admin (with their connections),
-/// every script and function.
+/// Empties a dedicated server: every key, every binding's user (with its connections), every
+/// script and function. Users the broker does not name (an operator's exporter or replication
+/// account) stay: apps cannot make users, so every other one is the operator's.
 pub async fn wipe(conn: &mut MultiplexedConnection, admin: &str) -> Result<(), BrokerError> {
     for user in other_users(conn, admin).await? {
-        remove_user(conn, &user).await?;
+        if AclUser::recorded(&user).is_some() {
+            remove_user(conn, &user).await?;
+        }
     }
     for command in [
         &["FLUSHALL"][..],
@@ -215,6 +218,17 @@ pub async fn configure(
         .exec_async(conn)
         .await
         .map_err(failed)
+}
+
+/// The server's `maxmemory-policy`.
+pub async fn eviction_policy(conn: &mut MultiplexedConnection) -> Result<String, BrokerError> {
+    let (_, policy): (String, String) = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory-policy")
+        .query_async(conn)
+        .await
+        .map_err(failed)?;
+    Ok(policy)
 }
 
 /// The server's `used_memory`, in bytes.

@@ -179,6 +179,7 @@ impl Loaded {
 pub(crate) fn binding_view(row: &BindingRow) -> Result<BindingView, OsbError> {
     Ok(BindingView {
         id: BindingId::parse(&row.id)?,
+        ready: row.state() == Some(BindingState::Bound),
         state: parse_json(&row.broker_state, "binding broker state")?,
     })
 }
