@@ -56,6 +56,7 @@ async fn dedicated_bindings_get_data_commands_only_on_their_own_server() {
         );
     }
     assert!(creds.get("key_prefix").is_none(), "{creds}");
+    assert_eq!(creds["tls_port"], creds["port"].as_u64().unwrap() + 1);
     let server = home(&servers, &creds).await;
     let mut admin = server.admin().await;
     assert_eq!(
@@ -197,6 +198,10 @@ async fn shared_users_stay_under_their_prefix_and_come_back_after_a_restart() {
     let creds = c.bind_ready(&id, &bid, SHARED).await.unwrap()["credentials"].clone();
     let theirs = c.bind_ready(&other, &other_bid, SHARED).await.unwrap()["credentials"].clone();
     let prefix = creds["key_prefix"].as_str().unwrap().to_owned();
+    assert!(
+        creds.get("tls_port").is_none(),
+        "the shared server has no TLS port: {creds}"
+    );
     assert_eq!(prefix, format!("op_{}:", id.replace('-', "_")));
 
     let mut conn = app(&creds).await.unwrap();
@@ -666,5 +671,114 @@ async fn a_lost_marker_hash_leaves_no_user_or_key_behind() {
         run(&mut admin, &["EXISTS", &key]).await.unwrap(),
         redis::Value::Int(0),
         "the keys outlived the instance"
+    );
+}
+
+/// `orphans` lists a shared prefix whose instance the store lost and an ACL user named like the
+/// broker's without a marker; `--delete` removes the prefix's keys and marker and leaves the
+/// unmarked user and claimed instances alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphans_are_listed_and_only_marked_ones_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let servers = servers(1).await;
+    let config = config(dir.path(), &servers, 30);
+    let broker = start(dir.path(), &config).await;
+    let c = Osb::new(target(&broker, SHARED));
+    let (id, bid) = (fresh_id(), fresh_id());
+    c.provision_ready(&id, SHARED).await.unwrap();
+    let creds = c.bind_ready(&id, &bid, SHARED).await.unwrap()["credentials"].clone();
+    drop(broker);
+
+    // Leftovers of a lost instance (a marker that says it was made, and its keys) and a user
+    // named like a binding's that nobody marked.
+    let suffix = fresh_id().replace('-', "");
+    let (lost, stray) = (
+        format!("op_lost{}", &suffix[..12]),
+        format!("b_stray{}", &suffix[..12]),
+    );
+    let marker = serde_json::json!({"platform": "default", "owner_id": fresh_id(),
+        "parent": "", "created_at_ms": 0, "made": true})
+    .to_string();
+    let mut admin = servers.shared.admin().await;
+    let field = format!("prefix:{lost}");
+    let key = format!("{lost}:k");
+    run(
+        &mut admin,
+        &["HSET", "kpaas-broker:owners", &field, &marker],
+    )
+    .await
+    .unwrap();
+    run(&mut admin, &["SET", &key, "v"]).await.unwrap();
+    run(
+        &mut admin,
+        &["ACL", "SETUSER", &stray, "on", ">Stray-pass-1"],
+    )
+    .await
+    .unwrap();
+
+    let orphans = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_redis-broker"))
+            .arg("--config")
+            .arg(&config)
+            .arg("orphans")
+            .args(args)
+            .env("REDIS_BROKER_POOL_PASSWORD", POOL_PASSWORD)
+            .env("REDIS_BROKER_SHARED_PASSWORD", SHARED_PASSWORD)
+            .env("KPAAS_BROKER__PASSWORD", osb_testkit::PASSWORD)
+            .env("KPAAS_BROKER__ENCRYPTION_KEY", osb_testkit::ENCRYPTION_KEY)
+            .env(
+                "KPAAS_BROKER__STORE__URL",
+                format!("sqlite://{}", dir.path().join("state.db").display()),
+            )
+            .output()
+            .unwrap()
+    };
+    let listed = orphans(&["--json"]);
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&listed.stdout).unwrap();
+    let row = |name: &str| rows.iter().find(|r| r["name"] == name).cloned();
+    assert_eq!(
+        row(&lost).expect("the lost prefix is listed")["removable"],
+        true
+    );
+    assert_eq!(
+        row(&stray).expect("the stray user is listed")["removable"],
+        false
+    );
+    let own_prefix = creds["key_prefix"].as_str().unwrap().trim_end_matches(':');
+    assert!(
+        row(own_prefix).is_none() && row(creds["username"].as_str().unwrap()).is_none(),
+        "a claimed object is listed"
+    );
+
+    let deleted = orphans(&["--delete", "--force"]);
+    assert!(
+        deleted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&deleted.stderr)
+    );
+    assert_eq!(
+        run(&mut admin, &["EXISTS", &key]).await.unwrap(),
+        redis::Value::Int(0)
+    );
+    assert_eq!(
+        run(&mut admin, &["HEXISTS", "kpaas-broker:owners", &field])
+            .await
+            .unwrap(),
+        redis::Value::Int(0)
+    );
+    assert!(
+        connect(servers.shared.port, &stray, "Stray-pass-1")
+            .await
+            .is_ok(),
+        "an unmarked user was removed"
+    );
+    assert!(
+        app(&creds).await.is_ok(),
+        "a claimed binding's user was removed"
     );
 }

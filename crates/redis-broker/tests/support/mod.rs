@@ -166,8 +166,10 @@ pub fn config(dir: &Path, servers: &Servers, upkeep_secs: u64) -> PathBuf {
     );
     for (i, server) in servers.pool.iter().enumerate() {
         redis.push_str(&format!(
-            "[[redis.pool]]\nname = \"pool-{i}\"\nhost = \"127.0.0.1\"\nport = {}\nadmin_password = {{ env = \"REDIS_BROKER_POOL_PASSWORD\" }}\n\n",
-            server.port
+            // A TLS port is only handed on to apps: one past the plain port, to check it is.
+            "[[redis.pool]]\nname = \"pool-{i}\"\nhost = \"127.0.0.1\"\nport = {}\ntls_port = {}\nadmin_password = {{ env = \"REDIS_BROKER_POOL_PASSWORD\" }}\n\n",
+            server.port,
+            server.port + 1
         ));
     }
     let head = head.replace("upkeep_secs = 30", &format!("upkeep_secs = {upkeep_secs}"));
