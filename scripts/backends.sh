@@ -284,6 +284,51 @@ ensure_redis() {
     done
 }
 
+# GlusterFS: glusterd on 127.0.0.1 (bound there before it first starts), and the volume
+# glusterfs-broker's shared plans keep their directories on, with enforced quotas. Brick hosts
+# must be names that resolve to 127.0.0.1 here, never the literal address.
+gluster_volume=kpaas-shared
+gluster_up() { gluster --mode=script volume list >/dev/null 2>&1; }
+
+ensure_glusterfs() {
+    command -v glusterd >/dev/null 2>&1 || apt_install glusterfs-server glusterfs-client
+    local vol=/etc/glusterfs/glusterd.vol host
+    host=$(hostname)
+    if ! grep -qs 'transport.socket.bind-address' "$vol"; then
+        sed -i 's/^\(\s*\)option transport-type socket.*/&\n\1option transport.socket.bind-address 127.0.0.1/' "$vol"
+        grep -qs 'transport.socket.bind-address 127.0.0.1' "$vol" || {
+            log "could not bind glusterd to 127.0.0.1 in $vol"
+            return 1
+        }
+        if gluster_up; then
+            log "restarting glusterd on 127.0.0.1"
+            pkill -x glusterd || true
+            sleep 1
+        fi
+    fi
+    if ! gluster_up; then
+        log "starting glusterd"
+        glusterd -p /run/glusterd.pid
+        wait_for glusterd 30 gluster_up
+    fi
+    if ! gluster --mode=script volume info "$gluster_volume" >/dev/null 2>&1; then
+        log "creating the GlusterFS volume $gluster_volume on $host"
+        install -d -m 755 "/var/lib/kpaas-gluster/bricks/$gluster_volume"
+        # `force`: the brick lives on the root file system here.
+        gluster --mode=script volume create "$gluster_volume" \
+            "$host:/var/lib/kpaas-gluster/bricks/$gluster_volume" force >/dev/null
+    fi
+    if ! gluster --mode=script volume info "$gluster_volume" | grep -q '^Status: Started'; then
+        gluster --mode=script volume start "$gluster_volume" force >/dev/null
+    fi
+    if ! gluster --mode=script volume get "$gluster_volume" features.quota | grep -q 'features.quota *on'; then
+        gluster --mode=script volume quota "$gluster_volume" enable >/dev/null
+    fi
+    # Quota enforced at once, not after the default caching timeouts.
+    gluster --mode=script volume quota "$gluster_volume" hard-timeout 0 >/dev/null
+    gluster --mode=script volume quota "$gluster_volume" soft-timeout 0 >/dev/null
+}
+
 # Tools the scripts, .ci/run and the tests call (command, then the package that has it).
 for pair in curl:curl openssl:openssl python3:python3 pkill:procps cc:gcc; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || apt_install "${pair#*:}"
@@ -295,4 +340,5 @@ ensure_postgres
 ensure_mongodb
 ensure_rabbitmq
 ensure_redis
-log "ready: MariaDB 127.0.0.1:3306 and 127.0.0.1:3307, PostgreSQL 127.0.0.1:5432, MongoDB 127.0.0.1:27017, RabbitMQ 127.0.0.1:5672 and TLS :5671 (management :15672, HTTPS :15671), Redis 127.0.0.1:6380-6383"
+ensure_glusterfs
+log "ready: MariaDB 127.0.0.1:3306 and 127.0.0.1:3307, PostgreSQL 127.0.0.1:5432, MongoDB 127.0.0.1:27017, RabbitMQ 127.0.0.1:5672 and TLS :5671 (management :15672, HTTPS :15671), Redis 127.0.0.1:6380-6383, GlusterFS volume $gluster_volume on $(hostname)"
