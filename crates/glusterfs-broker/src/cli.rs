@@ -1,0 +1,404 @@
+//! The `gluster` command line, the only management interface glusterd 10 has. Every call is
+//! `gluster --mode=script --xml <args>`, the arguments as an argv (never through a local
+//! shell; over SSH each one is quoted for the remote shell), one call at a time per node
+//! (glusterd takes a cluster-wide lock and refuses a second transaction: such a refusal is
+//! retried with backoff), and the XML reply parsed into typed results. `opRet`, `opErrno` and
+//! `opErrstr` become a [`GlusterError`] that says what Gluster said.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use osb_core::BrokerError;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::Mutex;
+
+/// Where the `gluster` command runs.
+#[derive(Debug, Clone)]
+pub enum Node {
+    /// On the broker's own host.
+    Local { binary: PathBuf },
+    /// On a server node, over SSH (key-based, no prompts).
+    Ssh {
+        /// `user@host` or a host name from the SSH config.
+        destination: String,
+        identity: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GlusterError {
+    /// The command could not be started, or glusterd did not answer: nothing was done.
+    #[error("gluster on {node} unreachable: {why}")]
+    Unreachable { node: String, why: String },
+    /// Gluster refused or failed the operation, in its own words.
+    #[error("Gluster refused {op}: {message} (errno {errno})")]
+    Refused {
+        op: String,
+        errno: i64,
+        message: String,
+    },
+    /// Another transaction held the cluster lock through every retry.
+    #[error("Gluster stayed busy with another transaction during {op}")]
+    Busy { op: String },
+    /// An answer that is not the XML `gluster --xml` writes.
+    #[error("gluster {op} answered what the broker cannot read: {why}")]
+    Unreadable { op: String, why: String },
+}
+
+impl From<GlusterError> for BrokerError {
+    fn from(e: GlusterError) -> Self {
+        match e {
+            GlusterError::Unreachable { .. } => BrokerError::Unavailable(e.to_string()),
+            // A busy cluster did nothing for this call: a retry later can work.
+            GlusterError::Busy { .. } => BrokerError::Unavailable(e.to_string()),
+            GlusterError::Refused { .. } | GlusterError::Unreadable { .. } => {
+                BrokerError::Failed(e.to_string())
+            }
+        }
+    }
+}
+
+/// The body of a `gluster --xml` reply (the children of `<cliOutput>` after the status), for a
+/// call whose body the caller does not read.
+#[derive(Debug, Default, Deserialize)]
+pub struct Nothing {}
+
+/// `volume list`.
+#[derive(Debug, Deserialize)]
+pub struct VolumeList {
+    #[serde(rename = "volList")]
+    pub list: VolumeNames,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct VolumeNames {
+    #[serde(rename = "volume", default)]
+    pub names: Vec<String>,
+}
+
+/// `volume info <volume>`.
+#[derive(Debug, Deserialize)]
+pub struct VolumeInfo {
+    #[serde(rename = "volInfo")]
+    pub info: Volumes,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Volumes {
+    pub volumes: VolumeEntries,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct VolumeEntries {
+    #[serde(rename = "volume", default)]
+    pub volumes: Vec<Volume>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Volume {
+    pub name: String,
+    #[serde(rename = "statusStr")]
+    pub status: String,
+    #[serde(rename = "replicaCount")]
+    pub replica_count: u32,
+    pub bricks: Bricks,
+    #[serde(default)]
+    pub options: Options,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Bricks {
+    #[serde(rename = "brick", default)]
+    pub bricks: Vec<Brick>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Brick {
+    /// `host:/path`.
+    pub name: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Options {
+    #[serde(rename = "option", default)]
+    pub options: Vec<VolumeOption>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct VolumeOption {
+    pub name: String,
+    pub value: String,
+}
+
+impl Volume {
+    /// The value of option `name`, when the volume sets it.
+    pub fn option(&self, name: &str) -> Option<&str> {
+        self.options
+            .options
+            .iter()
+            .find(|o| o.name == name)
+            .map(|o| o.value.as_str())
+    }
+}
+
+/// `volume quota <volume> list <path>`.
+#[derive(Debug, Deserialize)]
+pub struct QuotaList {
+    #[serde(rename = "volQuota")]
+    pub quota: QuotaLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct QuotaLimits {
+    #[serde(rename = "limit", default)]
+    pub limits: Vec<QuotaLimit>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct QuotaLimit {
+    pub path: String,
+    pub hard_limit: u64,
+    pub used_space: u64,
+}
+
+/// Tries of a call glusterd refuses for another transaction in progress, and the first wait
+/// (doubled after each).
+const BUSY_TRIES: u32 = 8;
+const FIRST_WAIT: Duration = Duration::from_millis(200);
+
+/// One node's `gluster`, one call at a time.
+pub struct Gluster {
+    node: Node,
+    serial: Mutex<()>,
+}
+
+impl Gluster {
+    pub fn new(node: Node) -> Self {
+        Self {
+            node,
+            serial: Mutex::new(()),
+        }
+    }
+
+    fn label(&self) -> String {
+        match &self.node {
+            Node::Local { .. } => "this host".into(),
+            Node::Ssh { destination, .. } => destination.clone(),
+        }
+    }
+
+    /// Runs `gluster --mode=script --xml <args>` and reads the reply's body as `T`.
+    pub async fn run<T: DeserializeOwned>(&self, args: &[&str]) -> Result<T, GlusterError> {
+        let op = args.iter().take(2).copied().collect::<Vec<_>>().join(" ");
+        let _turn = self.serial.lock().await;
+        let mut wait = FIRST_WAIT;
+        for attempt in 1..=BUSY_TRIES {
+            let output =
+                self.command(args)
+                    .output()
+                    .await
+                    .map_err(|e| GlusterError::Unreachable {
+                        node: self.label(),
+                        why: e.to_string(),
+                    })?;
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            match parse::<T>(&op, &stdout) {
+                Err(GlusterError::Refused { message, .. })
+                    if message.contains("Another transaction is in progress")
+                        || message.contains("Locking failed") =>
+                {
+                    tracing::debug!(%op, attempt, "glusterd busy with another transaction; again");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+                Err(GlusterError::Unreadable { why, .. }) if !output.status.success() => {
+                    // Not XML and a failure: the CLI's own complaint, e.g. no glusterd.
+                    let stderr = String::from_utf8_lossy(&output.stderr);
+                    let said = format!("{} {}", stdout.trim(), stderr.trim());
+                    return Err(if said.contains("Connection failed") {
+                        GlusterError::Unreachable {
+                            node: self.label(),
+                            why: said.trim().to_owned(),
+                        }
+                    } else {
+                        GlusterError::Unreadable {
+                            op,
+                            why: format!("{why}; {}", said.trim()),
+                        }
+                    });
+                }
+                other => return other,
+            }
+        }
+        Err(GlusterError::Busy { op })
+    }
+
+    fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let fixed = ["--mode=script", "--xml"];
+        match &self.node {
+            Node::Local { binary } => {
+                let mut command = tokio::process::Command::new(binary);
+                command.args(fixed).args(args);
+                command
+            }
+            Node::Ssh {
+                destination,
+                identity,
+            } => {
+                let mut command = tokio::process::Command::new("ssh");
+                command.args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]);
+                if let Some(key) = identity {
+                    command.arg("-i").arg(key);
+                }
+                // The remote side hands the line to a shell: every word quoted for it.
+                let line: Vec<String> = std::iter::once("gluster")
+                    .chain(fixed)
+                    .chain(args.iter().copied())
+                    .map(shell_quote)
+                    .collect();
+                command.arg(destination).arg("--").arg(line.join(" "));
+                command
+            }
+        }
+    }
+}
+
+/// `s` as one word for a POSIX shell.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Reads a `gluster --xml` reply: its body as `T` when `opRet` is 0, else what Gluster said.
+fn parse<T: DeserializeOwned>(op: &str, xml: &str) -> Result<T, GlusterError> {
+    let unreadable = |why: String| GlusterError::Unreadable {
+        op: op.to_owned(),
+        why,
+    };
+    #[derive(Deserialize)]
+    #[serde(rename = "cliOutput")]
+    struct Status {
+        #[serde(rename = "opRet")]
+        op_ret: i64,
+        #[serde(rename = "opErrno")]
+        op_errno: i64,
+        #[serde(rename = "opErrstr", default)]
+        op_errstr: Option<String>,
+    }
+    let status: Status = quick_xml::de::from_str(xml).map_err(|e| unreadable(e.to_string()))?;
+    if status.op_ret != 0 {
+        return Err(GlusterError::Refused {
+            op: op.to_owned(),
+            errno: status.op_errno,
+            message: status
+                .op_errstr
+                .filter(|m| !m.is_empty())
+                .unwrap_or_else(|| "no reason given".into()),
+        });
+    }
+    // The body types name the root's children they read and ignore the status ones.
+    quick_xml::de::from_str(xml).map_err(|e| unreadable(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INFO: &str = r#"<?xml version="1.0" encoding="UTF-8" standalone="yes"?>
+<cliOutput>
+  <opRet>0</opRet>
+  <opErrno>0</opErrno>
+  <opErrstr/>
+  <volInfo>
+    <volumes>
+      <volume>
+        <name>kpaas-shared</name>
+        <id>fa1c7c73-31a9-4900-a31c-7cb6d968b056</id>
+        <status>1</status>
+        <statusStr>Started</statusStr>
+        <brickCount>1</brickCount>
+        <replicaCount>1</replicaCount>
+        <bricks>
+          <brick uuid="cb2c">vm:/var/lib/b<name>vm:/var/lib/b</name><hostUuid>cb2c</hostUuid><isArbiter>0</isArbiter></brick>
+        </bricks>
+        <optCount>2</optCount>
+        <options>
+          <option><name>features.quota</name><value>on</value></option>
+          <option><name>auth.allow</name><value>/a(10.0.0.1)</value></option>
+        </options>
+      </volume>
+      <count>1</count>
+    </volumes>
+  </volInfo>
+</cliOutput>"#;
+
+    #[test]
+    fn volume_info_reads_status_bricks_and_options() {
+        let info: VolumeInfo = parse("volume info", INFO).unwrap();
+        let volume = &info.info.volumes.volumes[0];
+        assert_eq!(volume.name, "kpaas-shared");
+        assert_eq!(volume.status, "Started");
+        assert_eq!(volume.replica_count, 1);
+        assert_eq!(volume.bricks.bricks[0].name, "vm:/var/lib/b");
+        assert_eq!(volume.option("features.quota"), Some("on"));
+        assert_eq!(volume.option("auth.allow"), Some("/a(10.0.0.1)"));
+        assert_eq!(volume.option("nfs.disable"), None);
+    }
+
+    #[test]
+    fn a_refusal_carries_what_gluster_said() {
+        let xml = r#"<?xml version="1.0"?><cliOutput><opRet>-1</opRet><opErrno>30806</opErrno><opErrstr>Volume does not exist</opErrstr><volInfo><volumes><count>0</count></volumes></volInfo></cliOutput>"#;
+        let err = parse::<VolumeInfo>("volume info", xml).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Gluster refused volume info: Volume does not exist (errno 30806)"
+        );
+        assert!(matches!(BrokerError::from(err), BrokerError::Failed(_)));
+    }
+
+    #[test]
+    fn quota_list_reads_limit_and_use() {
+        let xml = r#"<cliOutput><opRet>0</opRet><opErrno>0</opErrno><opErrstr/><volQuota><limit><path>/q2</path><hard_limit>5242880</hard_limit><soft_limit_percent>80%</soft_limit_percent><soft_limit_value>4194304</soft_limit_value><used_space>102400</used_space><avail_space>5140480</avail_space><sl_exceeded>No</sl_exceeded><hl_exceeded>No</hl_exceeded></limit></volQuota></cliOutput>"#;
+        let list: QuotaList = parse("volume quota", xml).unwrap();
+        let limit = &list.quota.limits[0];
+        assert_eq!(
+            (limit.path.as_str(), limit.hard_limit, limit.used_space),
+            ("/q2", 5242880, 102400)
+        );
+    }
+
+    #[test]
+    fn text_that_is_no_xml_is_unreadable() {
+        let err = parse::<Nothing>(
+            "volume list",
+            "Connection failed. Please check if gluster daemon is operational.\n",
+        )
+        .unwrap_err();
+        assert!(matches!(err, GlusterError::Unreadable { .. }), "{err}");
+    }
+
+    #[test]
+    fn words_sent_over_ssh_stay_words() {
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("x'; rm -rf /; '"), r"'x'\''; rm -rf /; '\'''");
+    }
+
+    /// The real `gluster` on this machine (scripts/backends.sh sets it up): the shared test
+    /// volume is listed; a volume that does not exist is Gluster's refusal.
+    #[tokio::test]
+    async fn the_local_gluster_answers() {
+        let gluster = Gluster::new(Node::Local {
+            binary: "gluster".into(),
+        });
+        let list: VolumeList = gluster.run(&["volume", "list"]).await.unwrap();
+        assert!(
+            list.list.names.iter().any(|n| n == "kpaas-shared"),
+            "{list:?}"
+        );
+        let err = gluster
+            .run::<VolumeInfo>(&["volume", "info", "kpaas-no-such-volume"])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, GlusterError::Refused { .. }), "{err}");
+    }
+}

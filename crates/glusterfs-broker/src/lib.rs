@@ -1,0 +1,4 @@
+//! glusterfs-broker, in the making (issue #13): so far the `gluster` command line it manages
+//! GlusterFS through. The broker binary and its backend come next.
+
+pub mod cli;
