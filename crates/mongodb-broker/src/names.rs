@@ -16,15 +16,6 @@ const DATABASES: NameRule = NameRule::new("op_", 63);
 /// user even when the bind that made it died before recording anything.
 const USERS: NameRule = NameRule::new("b_", 64);
 
-/// Whether `raw` could be a name `rule` made: its prefix, its characters, its length.
-fn made(rule: &NameRule, max: usize, raw: &str) -> bool {
-    rule.owns(raw)
-        && raw.len() <= max
-        && raw
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-}
-
 /// A database name the broker made (or would make) for an instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DatabaseName(String);
@@ -36,7 +27,7 @@ impl DatabaseName {
 
     /// A name read back from the state store or a marker: it must be one the rule makes.
     pub fn recorded(raw: &str) -> Result<Self, BrokerError> {
-        if made(&DATABASES, 63, raw) {
+        if DATABASES.could_make(raw) {
             Ok(Self(raw.to_owned()))
         } else {
             Err(BrokerError::Failed(format!(
@@ -67,7 +58,7 @@ impl UserName {
 
     /// A name read back from the server or a marker: it must be one the rule makes.
     pub fn recorded(raw: &str) -> Option<Self> {
-        made(&USERS, 64, raw).then(|| Self(raw.to_owned()))
+        USERS.could_make(raw).then(|| Self(raw.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {

@@ -84,6 +84,17 @@ impl<'a> BindingsOf<'a> {
         Self { store, instance_id }
     }
 
+    /// Whether the instance is still ready (not being deprovisioned, updated, or gone): what
+    /// an upkeep checks again after a write that a concurrent removal must not see undone.
+    pub async fn instance_ready(&self) -> Result<bool, BrokerError> {
+        let row = self
+            .store
+            .instance(self.instance_id)
+            .await
+            .map_err(|e| BrokerError::Failed(e.to_string()))?;
+        Ok(row.is_some_and(|r| r.state() == Some(crate::store::InstanceState::Ready)))
+    }
+
     /// Every binding the store knows for the instance, whatever its state.
     pub async fn load(&self) -> Result<Vec<BindingView>, BrokerError> {
         let rows = self

@@ -67,12 +67,10 @@ impl Claims {
         pool: &str,
         owner: Owner<'_>,
     ) -> Result<Option<String>, BrokerError> {
-        Ok(self
-            .all(pool)
-            .await?
-            .into_iter()
-            .find(|c| c.platform == owner.platform && c.owner_id == owner.id)
-            .map(|c| c.item))
+        self.store()?
+            .item_held_by(pool, owner.platform, owner.id)
+            .await
+            .map_err(store_error)
     }
 
     /// Every claim of `pool`.

@@ -59,9 +59,14 @@ impl NameRule {
         name
     }
 
-    /// Whether `name` has this rule's prefix (a name this broker may have made).
-    pub fn owns(&self, name: &str) -> bool {
+    /// Whether `name` could be one this rule made: its prefix, its characters, within its
+    /// length (for a name read back from a server, a marker or the store before it is used).
+    pub fn could_make(&self, name: &str) -> bool {
         name.starts_with(self.prefix)
+            && name.len() <= self.max_len
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
     }
 }
 

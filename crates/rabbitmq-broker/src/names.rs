@@ -27,7 +27,7 @@ impl VhostName {
 
     /// A vhost name read back from the server or a marker, if it is one the rule makes.
     pub fn recorded(raw: &str) -> Option<Self> {
-        made(&VHOSTS, raw).then(|| Self(raw.to_owned()))
+        VHOSTS.could_make(raw).then(|| Self(raw.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -44,20 +44,12 @@ impl UserName {
     }
 
     pub fn recorded(raw: &str) -> Option<Self> {
-        made(&USERS, raw).then(|| Self(raw.to_owned()))
+        USERS.could_make(raw).then(|| Self(raw.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
     }
-}
-
-fn made(rule: &NameRule, raw: &str) -> bool {
-    rule.owns(raw)
-        && raw.len() <= 255
-        && raw
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
 impl fmt::Display for VhostName {

@@ -32,7 +32,7 @@ const DEDICATED_TOO: [&str; 3] = ["+info", "+keys", "+sort"];
 /// - scripts and functions: a script that loops holds the server for everyone (and one that
 ///   wrote cannot be killed), and their caches are shared;
 /// - `SELECT`, `MOVE`, `COPY`: keys in other databases would escape deprovision's cleanup.
-const SHARED_NEVER: [&str; 11] = [
+const SHARED_NEVER: [&str; 12] = [
     "-@scripting",
     "-scan",
     "-randomkey",
@@ -41,6 +41,8 @@ const SHARED_NEVER: [&str; 11] = [
     "-memory",
     "-client|tracking",
     "-select",
+    // Clients that always begin with `SELECT 0` (Predis, Laravel) keep working.
+    "+select|0",
     "-move",
     "-copy",
     // `MEMORY USAGE` reads one key, which the key patterns hold.

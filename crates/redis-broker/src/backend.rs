@@ -52,6 +52,9 @@ pub struct RedisBroker {
     password_length: PasswordLength,
     claims: Claims,
     upkeep_every: Duration,
+    /// One start or removal of a local process at a time (local mode is one replica): an
+    /// upkeep never starts a process a deprovision is removing.
+    local_turn: tokio::sync::Mutex<()>,
 }
 
 /// Where an instance lives.
@@ -99,11 +102,7 @@ async fn remove_binding_user(
     let name = user.as_str();
     let owner = binding_owner(platform, &binding.id, prefix);
     let recorded = binding.state.get("user").and_then(Value::as_str) == Some(name);
-    if recorded
-        && markers::held(conn, Kind::User, name, owner)
-            .await?
-            .is_none()
-    {
+    if recorded && markers::absent(conn, Kind::User, name).await? {
         return server::remove_user(conn, name).await;
     }
     markers::remove_marked(conn, Kind::User, name, owner, |mut c| async move {
@@ -192,6 +191,15 @@ impl RedisBroker {
             }
         }
         if let Some(local) = &config.local
+            && !local.redis_server.is_absolute()
+        {
+            // Processes start with an empty environment: no PATH to search.
+            return Err(bad(format!(
+                "[redis.local] redis_server must be an absolute path (got {})",
+                local.redis_server.display()
+            )));
+        }
+        if let Some(local) = &config.local
             && local.ports[0] > local.ports[1]
         {
             return Err(bad(format!(
@@ -206,6 +214,7 @@ impl RedisBroker {
             plans: config.plans.clone(),
             password_length: config.password_length,
             claims: Claims::new(),
+            local_turn: tokio::sync::Mutex::new(()),
             upkeep_every: Duration::from_secs(config.upkeep_secs.max(1)),
         })
     }
@@ -442,6 +451,7 @@ impl ServiceBroker for RedisBroker {
                 let name = KeyPrefix::for_instance(input.platform, input.instance_id);
                 let process = Process::new(local, &name, port);
                 process.write_conf(local, plan)?;
+                let _turn = self.local_turn.lock().await;
                 process.ensure_running(local).await.map_err(after_claim)?;
                 Ok(Provisioned {
                     state: json!({"port": port}),
@@ -493,6 +503,7 @@ impl ServiceBroker for RedisBroker {
                 if let Some(port) = self.claims.held_by(PORTS, owner).await?
                     && let Ok(number) = port.parse()
                 {
+                    let _turn = self.local_turn.lock().await;
                     self.process(instance, number)?
                         .remove()
                         .await
@@ -510,6 +521,7 @@ impl ServiceBroker for RedisBroker {
                     .map_err(after_claim)
             }
             Some(Home::Local(_, process)) => {
+                let _turn = self.local_turn.lock().await;
                 process.remove().await?;
                 self.claims
                     .release(PORTS, &process.port.to_string(), owner)
@@ -526,11 +538,7 @@ impl ServiceBroker for RedisBroker {
                 // restart).
                 let recorded =
                     instance.state.get("prefix").and_then(Value::as_str) == Some(prefix.as_str());
-                if recorded
-                    && markers::held(&mut conn, Kind::Prefix, prefix.as_str(), owner)
-                        .await?
-                        .is_none()
-                {
+                if recorded && markers::absent(&mut conn, Kind::Prefix, prefix.as_str()).await? {
                     return server::remove_prefix(&mut conn, prefix.as_str()).await;
                 }
                 markers::remove_marked(&mut conn, Kind::Prefix, prefix.as_str(), owner, |mut c| {
@@ -617,11 +625,21 @@ impl ServiceBroker for RedisBroker {
         instance: InstanceView<'_>,
         bindings: BindingsOf<'_>,
     ) -> Result<Option<osb_core::wire::InstanceMetadata>, BrokerError> {
+        // The pass works from a list read at its start: an instance that a deprovision or a
+        // plan change took since is theirs now.
+        if !bindings.instance_ready().await? {
+            return Ok(None);
+        }
         let Some(home) = self.home(&instance).await? else {
             return Ok(None);
         };
         if let Home::Local(_, process) = &home {
-            // A process that died (or never came back after a reboot) starts again on its data.
+            // A process that died (or never came back after a reboot) starts again on its
+            // data; never while a deprovision removes it.
+            let _turn = self.local_turn.lock().await;
+            if !bindings.instance_ready().await? {
+                return Ok(None);
+            }
             process.ensure_running(self.local()?).await?;
         }
         let mut conn = home.admin().conn().await?;
@@ -639,7 +657,6 @@ impl ServiceBroker for RedisBroker {
                 markers::set_made(&mut conn, Kind::Prefix, prefix.as_str(), owner).await?;
             }
         }
-        let mut lost = Vec::new();
         for binding in bindings.load().await? {
             // Only a binding that is bound: one being (or failed to be) removed stays revoked.
             if !binding.ready {
@@ -654,27 +671,44 @@ impl ServiceBroker for RedisBroker {
             let Some(user) = AclUser::recorded(name) else {
                 continue;
             };
-            if !server::user_exists(&mut conn, user.as_str()).await? {
-                lost.push((binding.id.clone(), user, hash.to_owned()));
+            let exists = server::user_exists(&mut conn, user.as_str()).await?;
+            if let Home::Shared(_, prefix) = &home {
+                // Markers a flush or an eviction took are written again, for lost users and
+                // for live ones.
+                let owner = binding_owner(instance.platform, &binding.id, prefix);
+                if markers::held(&mut conn, Kind::User, user.as_str(), owner).await?
+                    != Some(Claimed::Made)
+                {
+                    markers::claim(&mut conn, Kind::User, user.as_str(), owner).await?;
+                    markers::set_made(&mut conn, Kind::User, user.as_str(), owner).await?;
+                }
             }
-        }
-        if lost.is_empty() {
-            return Ok(None);
-        }
-        // Read again just before putting users back: an unbind that began meanwhile wins.
-        let still: Vec<BindingView> = bindings.load().await?;
-        for (id, user, hash) in lost {
-            if !still.iter().any(|b| b.id == id && b.ready) {
+            if exists {
                 continue;
             }
-            let binding = still.iter().find(|b| b.id == id).expect("just found");
-            if let Home::Shared(_, prefix) = &home {
-                let owner = binding_owner(instance.platform, &binding.id, prefix);
-                markers::claim(&mut conn, Kind::User, user.as_str(), owner).await?;
-                markers::set_made(&mut conn, Kind::User, user.as_str(), owner).await?;
-            }
             tracing::warn!(user = %user, server = %home.admin().label(), "putting back a binding's user the server lost");
-            Self::put_user(&mut conn, &home, &user, &hash).await?;
+            Self::put_user(&mut conn, &home, &user, hash).await?;
+            // Checked after the write: an unbind or a deprovision marks its row before it
+            // removes anything, so one that began meanwhile is seen here and the user goes
+            // again; for a pool server, so is a claim given back (and maybe taken) meanwhile.
+            let still = bindings
+                .load()
+                .await?
+                .iter()
+                .any(|b| b.id == binding.id && b.ready);
+            let home_still = match &home {
+                Home::Pool(admin) => {
+                    self.claims
+                        .held_by(POOL, instance_owner(&instance))
+                        .await?
+                        .as_deref()
+                        == Some(admin.server.name.as_str())
+                }
+                _ => true,
+            };
+            if !still || !home_still || !bindings.instance_ready().await? {
+                server::remove_user(&mut conn, user.as_str()).await?;
+            }
         }
         Ok(None)
     }
@@ -698,6 +732,15 @@ impl ServiceBroker for RedisBroker {
                 Ok(policy) if policy.starts_with("allkeys-") => problems.push(format!(
                     "Redis {}: maxmemory-policy {policy} may evict any key, the broker's markers too; use noeviction or a volatile-* policy",
                     admin.label()
+                )),
+                Ok(_) => {}
+                Err(e) => problems.push(e.to_string()),
+            }
+            match server::modules(&mut conn).await {
+                Ok(modules) if !modules.is_empty() => problems.push(format!(
+                    "Redis {}: modules loaded ({}): their commands may not hold to key patterns, so tenants of the shared server could reach each other's data",
+                    admin.label(),
+                    modules.join(", ")
                 )),
                 Ok(_) => {}
                 Err(e) => problems.push(e.to_string()),
@@ -798,6 +841,7 @@ impl ServiceBroker for RedisBroker {
             if self.claims.held_by(PORTS, owner).await?.as_deref() != Some(object.name.as_str()) {
                 return Ok(());
             }
+            let _turn = self.local_turn.lock().await;
             Process::new(self.local()?, &name, port).remove().await?;
             return self.claims.release(PORTS, &object.name, owner).await;
         }

@@ -128,20 +128,18 @@ impl Process {
         std::fs::rename(&tmp, &conf).map_err(io)
     }
 
-    /// The pid in the pid file, when that process is alive and is this instance's
-    /// redis-server: a pid file outlives a crash, and its number may belong to another
-    /// process by now.
+    /// The pid in the pid file, when that process is alive and is this instance's server: a
+    /// pid file outlives a crash, and its number may belong to another process by now. Redis
+    /// works in its `dir`, so the process's working directory says whose it is.
     fn running_pid(&self) -> Option<i32> {
         let pid: i32 = std::fs::read_to_string(self.pidfile())
             .ok()?
             .trim()
             .parse()
             .ok()?;
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        let cmdline = String::from_utf8_lossy(&cmdline);
-        // redis-server names itself "redis-server <bind>:<port>" once running.
-        (cmdline.contains("redis-server") && cmdline.contains(&format!(":{}", self.port)))
-            .then_some(pid)
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
+        let dir = std::fs::canonicalize(&self.dir).ok()?;
+        (cwd == dir).then_some(pid)
     }
 
     /// Starts the process unless its pid file names a live one, and waits until it answers

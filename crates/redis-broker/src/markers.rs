@@ -139,6 +139,21 @@ pub async fn held(
         }))
 }
 
+/// Whether `name` carries no marker at all (not merely none of a given owner's).
+pub async fn absent(
+    conn: &mut MultiplexedConnection,
+    kind: Kind,
+    name: &str,
+) -> Result<bool, BrokerError> {
+    let exists: bool = redis::cmd("HEXISTS")
+        .arg(OWNERS)
+        .arg(field(kind, name))
+        .query_async(conn)
+        .await
+        .map_err(failed)?;
+    Ok(!exists)
+}
+
 /// Removes `owner`'s marker on `name` (nothing when it is someone else's).
 pub async fn release(
     conn: &mut MultiplexedConnection,

@@ -14,14 +14,6 @@ const PREFIXES: NameRule = NameRule::new("op_", 64);
 /// bind that made it died before recording anything.
 const USERS: NameRule = NameRule::new("b_", 64);
 
-fn made(rule: &NameRule, raw: &str) -> bool {
-    rule.owns(raw)
-        && raw.len() <= 64
-        && raw
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-}
-
 /// A shared instance's key prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyPrefix(String);
@@ -33,7 +25,7 @@ impl KeyPrefix {
 
     /// A prefix read back from the store or a marker, if it is one the rule makes.
     pub fn recorded(raw: &str) -> Option<Self> {
-        made(&PREFIXES, raw).then(|| Self(raw.to_owned()))
+        PREFIXES.could_make(raw).then(|| Self(raw.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -58,7 +50,7 @@ impl AclUser {
 
     /// A user name read back from a server or a marker, if it is one the rule makes.
     pub fn recorded(raw: &str) -> Option<Self> {
-        made(&USERS, raw).then(|| Self(raw.to_owned()))
+        USERS.could_make(raw).then(|| Self(raw.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {

@@ -231,6 +231,26 @@ pub async fn eviction_policy(conn: &mut MultiplexedConnection) -> Result<String,
     Ok(policy)
 }
 
+/// The names of the modules the server has loaded.
+pub async fn modules(conn: &mut MultiplexedConnection) -> Result<Vec<String>, BrokerError> {
+    let listed: Vec<Vec<redis::Value>> = redis::cmd("MODULE")
+        .arg("LIST")
+        .query_async(conn)
+        .await
+        .map_err(failed)?;
+    Ok(listed
+        .into_iter()
+        .filter_map(|fields| {
+            fields.chunks(2).find_map(|kv| match kv {
+                [redis::Value::BulkString(k), redis::Value::BulkString(v)] if k == b"name" => {
+                    Some(String::from_utf8_lossy(v).into_owned())
+                }
+                _ => None,
+            })
+        })
+        .collect())
+}
+
 /// The server's `used_memory`, in bytes.
 pub async fn used_memory(conn: &mut MultiplexedConnection) -> Result<u64, BrokerError> {
     let info: String = redis::cmd("INFO")

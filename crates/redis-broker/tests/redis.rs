@@ -233,6 +233,8 @@ async fn shared_users_stay_under_their_prefix_and_come_back_after_a_restart() {
             "{refused:?}"
         );
     }
+    // Clients that always begin with `SELECT 0` keep working.
+    run(&mut conn, &["SELECT", "0"]).await.unwrap();
     let channel = format!("{prefix}news");
     run(&mut conn, &["PUBLISH", &channel, "x"]).await.unwrap();
 
@@ -355,18 +357,9 @@ async fn check_config_names_a_server_open_to_anyone() {
     let servers = servers(1).await;
     let config = config(dir.path(), &servers, 30);
     let check = || {
-        Command::new(env!("CARGO_BIN_EXE_redis-broker"))
-            .arg("--config")
-            .arg(&config)
+        let store = format!("sqlite://{}/state.db", dir.path().display());
+        command(&config, &store)
             .arg("check-config")
-            .env("REDIS_BROKER_POOL_PASSWORD", POOL_PASSWORD)
-            .env("REDIS_BROKER_SHARED_PASSWORD", SHARED_PASSWORD)
-            .env("KPAAS_BROKER__PASSWORD", osb_testkit::PASSWORD)
-            .env("KPAAS_BROKER__ENCRYPTION_KEY", osb_testkit::ENCRYPTION_KEY)
-            .env(
-                "KPAAS_BROKER__STORE__URL",
-                format!("sqlite://{}/state.db", dir.path().display()),
-            )
             .output()
             .unwrap()
     };
@@ -526,19 +519,8 @@ async fn local_mode_refuses_a_shared_state_store() {
     let data = LocalData::new();
     let servers = servers(1).await;
     let config = local_config(dir.path(), &servers, data.path(), port_range(2));
-    let out = Command::new(env!("CARGO_BIN_EXE_redis-broker"))
-        .arg("--config")
-        .arg(&config)
-        .env("REDIS_BROKER_POOL_PASSWORD", POOL_PASSWORD)
-        .env("REDIS_BROKER_SHARED_PASSWORD", SHARED_PASSWORD)
-        .env("KPAAS_BROKER__PASSWORD", osb_testkit::PASSWORD)
-        .env("KPAAS_BROKER__ENCRYPTION_KEY", osb_testkit::ENCRYPTION_KEY)
-        .env(
-            "KPAAS_BROKER__STORE__URL",
-            "mysql://root@127.0.0.1:3306/kpaas_unused",
-        )
-        .output()
-        .unwrap();
+    let store = "mysql://root@127.0.0.1:3306/kpaas_unused";
+    let out = command(&config, store).output().unwrap();
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(said.contains("SQLite state store of its own"), "{said}");
@@ -717,19 +699,10 @@ async fn orphans_are_listed_and_only_marked_ones_removed() {
     .unwrap();
 
     let orphans = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_redis-broker"))
-            .arg("--config")
-            .arg(&config)
+        let store = format!("sqlite://{}", dir.path().join("state.db").display());
+        command(&config, &store)
             .arg("orphans")
             .args(args)
-            .env("REDIS_BROKER_POOL_PASSWORD", POOL_PASSWORD)
-            .env("REDIS_BROKER_SHARED_PASSWORD", SHARED_PASSWORD)
-            .env("KPAAS_BROKER__PASSWORD", osb_testkit::PASSWORD)
-            .env("KPAAS_BROKER__ENCRYPTION_KEY", osb_testkit::ENCRYPTION_KEY)
-            .env(
-                "KPAAS_BROKER__STORE__URL",
-                format!("sqlite://{}", dir.path().join("state.db").display()),
-            )
             .output()
             .unwrap()
     };
@@ -781,4 +754,19 @@ async fn orphans_are_listed_and_only_marked_ones_removed() {
         app(&creds).await.is_ok(),
         "a claimed binding's user was removed"
     );
+}
+
+/// The broker binary with `config`, the test passwords and the state store at `store`, for
+/// its commands (`check-config`, `orphans`) or a start that must fail.
+fn command(config: &std::path::Path, store: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_redis-broker"));
+    command
+        .arg("--config")
+        .arg(config)
+        .env("REDIS_BROKER_POOL_PASSWORD", POOL_PASSWORD)
+        .env("REDIS_BROKER_SHARED_PASSWORD", SHARED_PASSWORD)
+        .env("KPAAS_BROKER__PASSWORD", osb_testkit::PASSWORD)
+        .env("KPAAS_BROKER__ENCRYPTION_KEY", osb_testkit::ENCRYPTION_KEY)
+        .env("KPAAS_BROKER__STORE__URL", store);
+    command
 }

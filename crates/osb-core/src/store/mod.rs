@@ -721,6 +721,24 @@ impl Store {
             .await?))
     }
 
+    /// The item of `pool` (`platform`, `owner_id`) holds, if any.
+    pub async fn item_held_by(
+        &self,
+        pool: &str,
+        platform: &str,
+        owner_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        use osb_claims::dsl;
+        with_conn!(self, |conn| Ok(dsl::osb_claims
+            .filter(dsl::pool.eq(pool))
+            .filter(dsl::platform.eq(platform))
+            .filter(dsl::owner_id.eq(owner_id))
+            .select(dsl::item)
+            .first::<String>(conn)
+            .await
+            .optional()?))
+    }
+
     /// Gives `item` of `pool` back if (`platform`, `owner_id`) holds it.
     pub async fn release_item(
         &self,
