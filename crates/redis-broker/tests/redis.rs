@@ -18,6 +18,17 @@ async fn testkit_rules_hold_on_a_dedicated_plan() {
     check_all(&target(&broker, DEDICATED)).await.unwrap();
 }
 
+/// The shared plan too: sync, and no other shared plan to change into.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn testkit_rules_hold_on_the_shared_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let servers = servers(1).await;
+    let broker = start(dir.path(), &config(dir.path(), &servers, 30)).await;
+    let mut t = target(&broker, SHARED);
+    t.update_plan_id = None;
+    check_all(&t).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_between_provision_and_bind_carries_on() {
     let dir = tempfile::tempdir().unwrap();
