@@ -1,0 +1,179 @@
+//! A directory with a quota on a volume: what a shared plan's instance is. The `gluster` CLI
+//! has no file operations, so directories are made and removed through a FUSE mount of the
+//! volume the broker keeps for itself (an "admin mount"); their quotas through
+//! `gluster volume quota`.
+
+use std::path::{Path, PathBuf};
+
+use osb_core::BrokerError;
+
+use crate::cli::{Gluster, GlusterError, Nothing, QuotaList};
+
+/// The broker's own mount of a volume.
+pub struct AdminMount {
+    source: String,
+    path: PathBuf,
+}
+
+impl AdminMount {
+    /// `server:/volume` mounted at `path`.
+    pub fn new(server: &str, volume: &str, path: &Path) -> Self {
+        Self {
+            source: format!("{server}:/{volume}"),
+            path: path.to_owned(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether a GlusterFS file system is mounted at the path.
+    fn mounted(&self) -> bool {
+        let Ok(mounts) = std::fs::read_to_string("/proc/mounts") else {
+            return false;
+        };
+        let path = self.path.to_string_lossy();
+        mounts.lines().any(|l| {
+            let mut fields = l.split_whitespace();
+            let (source, target, kind) = (fields.next(), fields.next(), fields.next());
+            source == Some(self.source.as_str())
+                && target == Some(path.as_ref())
+                && kind == Some("fuse.glusterfs")
+        })
+    }
+
+    /// Mounts the volume unless it is mounted there already.
+    pub async fn ensure(&self) -> Result<(), BrokerError> {
+        if self.mounted() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&self.path)
+            .map_err(|e| BrokerError::Failed(format!("making {}: {e}", self.path.display())))?;
+        let out = tokio::process::Command::new("mount")
+            .args(["-t", "glusterfs", &self.source])
+            .arg(&self.path)
+            .output()
+            .await
+            .map_err(|e| BrokerError::Unavailable(format!("mount: {e}")))?;
+        if !out.status.success() {
+            // Nothing was made: the volume or its server did not answer.
+            return Err(BrokerError::Unavailable(format!(
+                "mounting {} failed: {}",
+                self.source,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The quota'd directories of one volume.
+pub struct Shares<'a> {
+    pub gluster: &'a Gluster,
+    pub mount: &'a AdminMount,
+    pub volume: &'a str,
+}
+
+/// A directory's quota and what it holds, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub limit: u64,
+    pub used: u64,
+}
+
+impl Shares<'_> {
+    fn dir(&self, name: &str) -> PathBuf {
+        self.mount.path().join(name)
+    }
+
+    /// Makes directory `name` (there already is fine: a retry) with a quota of `bytes`.
+    pub async fn create(&self, name: &str, bytes: u64) -> Result<(), BrokerError> {
+        self.mount.ensure().await?;
+        match std::fs::create_dir(self.dir(name)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(BrokerError::Failed(format!(
+                    "making directory {name} on volume {}: {e}",
+                    self.volume
+                )));
+            }
+        }
+        self.limit(name, bytes).await
+    }
+
+    /// Whether directory `name` exists on the volume.
+    pub async fn exists(&self, name: &str) -> Result<bool, BrokerError> {
+        self.mount.ensure().await?;
+        Ok(self.dir(name).exists())
+    }
+
+    async fn limit(&self, name: &str, bytes: u64) -> Result<(), BrokerError> {
+        let path = format!("/{name}");
+        let bytes = bytes.to_string();
+        let args = ["volume", "quota", self.volume, "limit-usage", &path, &bytes];
+        self.gluster.run::<Nothing>(&args).await?;
+        Ok(())
+    }
+
+    /// The directory's quota and use, when it has a quota.
+    pub async fn usage(&self, name: &str) -> Result<Option<Usage>, BrokerError> {
+        let path = format!("/{name}");
+        let list: QuotaList = self
+            .gluster
+            .run(&["volume", "quota", self.volume, "list", &path])
+            .await?;
+        Ok(list
+            .quota
+            .limits
+            .into_iter()
+            .find(|l| l.path == path)
+            .map(|l| Usage {
+                limit: l.hard_limit,
+                used: l.used_space,
+            }))
+    }
+
+    /// Sets the quota to `bytes`; less than the directory holds is refused (422) and changes
+    /// nothing. `plan` names the plan in the refusal.
+    pub async fn resize(&self, name: &str, bytes: u64, plan: &str) -> Result<(), BrokerError> {
+        if let Some(usage) = self.usage(name).await?
+            && usage.used > bytes
+        {
+            return Err(BrokerError::Unprocessable(format!(
+                "the directory holds {} MiB, more than plan {plan:?} allows ({} MiB); delete some files first",
+                usage.used.div_ceil(1 << 20),
+                bytes >> 20
+            )));
+        }
+        self.limit(name, bytes).await
+    }
+
+    /// Removes the directory's quota and the directory with everything in it (gone already
+    /// is fine).
+    pub async fn remove(&self, name: &str) -> Result<(), BrokerError> {
+        self.mount.ensure().await?;
+        let path = format!("/{name}");
+        match self
+            .gluster
+            .run::<Nothing>(&["volume", "quota", self.volume, "remove", &path])
+            .await
+        {
+            Ok(_) => {}
+            // No quota (never set, or removed by an earlier attempt), or no directory.
+            Err(GlusterError::Refused { .. }) if !self.dir(name).exists() => {}
+            Err(GlusterError::Refused { message, .. })
+                if message.contains("No quota") || message.contains("not set") => {}
+            Err(e) => return Err(e.into()),
+        }
+        match tokio::fs::remove_dir_all(self.dir(name)).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(BrokerError::Failed(format!(
+                "removing directory {name} from volume {}: {e}",
+                self.volume
+            ))),
+        }
+    }
+}
