@@ -1,8 +1,10 @@
-//! glusterfs-broker, in the making (issue #13): so far the `gluster` command line it manages
-//! GlusterFS through, the quota'd directories shared plans are made of, and who may mount
-//! them (`auth.allow`). The broker binary
-//! and its backend come next.
+//! glusterfs-broker (issue #13, in the making): GlusterFS storage for apps, mounted natively.
+//! Shared plans (a quota'd directory on a volume) work; `allow` lists (`access.rs`) and
+//! dedicated volumes are not wired in yet.
 
 pub mod access;
+pub mod backend;
 pub mod cli;
+pub mod config;
+pub mod names;
 pub mod share;

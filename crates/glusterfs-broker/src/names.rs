@@ -1,0 +1,27 @@
+//! GlusterFS names derived from OSB ids, built only here (with osb-core's injective
+//! [`NameRule`]): `[a-z0-9_]`, so a directory name is one path component and one word of the
+//! `gluster` command line.
+
+use osb_core::ids::InstanceId;
+use osb_core::naming::NameRule;
+
+/// `op_` + the instance id: a shared instance's directory on the volume.
+const DIRS: NameRule = NameRule::new("op_", 255);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirName(String);
+
+impl DirName {
+    pub fn for_instance(platform: &str, id: &InstanceId) -> Self {
+        Self(DIRS.name(platform, id.as_str()))
+    }
+
+    /// A name read back from the store, if it is one the rule makes.
+    pub fn recorded(raw: &str) -> Option<Self> {
+        DIRS.could_make(raw).then(|| Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
