@@ -73,6 +73,24 @@ fn mount(source: &str, dir: &Path) -> Mounted {
     Mounted(at)
 }
 
+/// Writes into `path` in 1 MiB steps, synced, until the file system refuses or `most` bytes
+/// are in: how much went in and the refusal. GlusterFS accounts usage a little behind the
+/// writes, so the refusal comes at the quota or shortly after it, never exactly at it.
+fn fill(path: &Path, most: usize) -> (usize, Option<std::io::Error>) {
+    let mut file = std::fs::File::create(path).unwrap();
+    let mut written = 0;
+    while written < most {
+        let step = file
+            .write_all(&vec![0u8; 1 << 20])
+            .and_then(|()| file.sync_all());
+        if let Err(e) = step {
+            return (written, Some(e));
+        }
+        written += 1 << 20;
+    }
+    (written, None)
+}
+
 fn write(path: &Path, bytes: usize) -> std::io::Result<()> {
     let mut file = std::fs::File::create(path)?;
     for _ in 0..bytes / 65536 {
@@ -117,8 +135,10 @@ async fn a_bound_directory_mounts_holds_its_quota_and_goes_with_its_instance() {
 
     let app = mount(&source, dir.path());
     write(&app.0.join("fits"), 1 << 20).unwrap();
-    let err = write(&app.0.join("too-much"), 6 << 20).expect_err("6 MiB into 5 MiB");
+    let (went, err) = fill(&app.0.join("too-much"), 40 << 20);
+    let err = err.unwrap_or_else(|| panic!("{went} bytes went into a 5 MiB quota"));
     assert_eq!(err.raw_os_error(), Some(122), "EDQUOT, got {err}");
+    assert!(went < 12 << 20, "{went} bytes went in before the refusal");
     std::fs::remove_file(app.0.join("too-much")).unwrap();
     let up = serde_json::json!({"service_id": SERVICE, "plan_id": MEDIUM});
     assert_eq!(c.update(&id, &up, false).await.unwrap().status, 200);

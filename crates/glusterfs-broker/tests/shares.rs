@@ -27,6 +27,24 @@ fn host() -> String {
         .to_owned()
 }
 
+/// Writes into `path` in 1 MiB steps, synced, until the file system refuses or `most` bytes
+/// are in: how much went in and the refusal. GlusterFS accounts usage a little behind the
+/// writes, so the refusal comes at the quota or shortly after it, never exactly at it.
+fn fill(path: &Path, most: usize) -> (usize, Option<std::io::Error>) {
+    let mut file = std::fs::File::create(path).unwrap();
+    let mut written = 0;
+    while written < most {
+        let step = file
+            .write_all(&vec![0u8; 1 << 20])
+            .and_then(|()| file.sync_all());
+        if let Err(e) = step {
+            return (written, Some(e));
+        }
+        written += 1 << 20;
+    }
+    (written, None)
+}
+
 /// Writes `bytes` zeros to `path`, synced: the error the file system gives, if any.
 fn write(path: &Path, bytes: usize) -> std::io::Result<()> {
     let mut file = std::fs::File::create(path)?;
@@ -55,8 +73,10 @@ async fn a_directory_holds_to_its_quota_which_can_grow_and_goes_with_it() {
     assert!(shares.exists(&name).await.unwrap());
 
     let file = mount.path().join(&name).join("data");
-    let err = write(&file, 2 << 20).expect_err("2 MiB went into a 1 MiB quota");
+    let (went, err) = fill(&file, 40 << 20);
+    let err = err.unwrap_or_else(|| panic!("{went} bytes went into a 1 MiB quota"));
     assert_eq!(err.raw_os_error(), Some(122), "EDQUOT, got {err}");
+    assert!(went < 8 << 20, "{went} bytes went in before the refusal");
     let usage = shares.usage(&name).await.unwrap().unwrap();
     assert_eq!(usage.limit, 1 << 20);
 
