@@ -205,6 +205,15 @@ impl ServiceBroker for GlusterBroker {
                 "the instance holds no directory".into(),
             ));
         };
+        // Credentials for a mount that cannot work help no app: the volume must answer and
+        // hold the directory.
+        if !self.shares().exists(dir.as_str()).await? {
+            return Err(BrokerError::Failed(format!(
+                "directory {} is missing from volume {}",
+                dir.as_str(),
+                self.volume
+            )));
+        }
         let path = format!("/{}", dir.as_str());
         let source = format!("{}:/{}{path}", self.servers[0], self.volume);
         let mut config = Map::new();

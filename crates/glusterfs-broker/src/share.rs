@@ -58,10 +58,12 @@ impl AdminMount {
             .map_err(|e| BrokerError::Unavailable(format!("mount: {e}")))?;
         if !out.status.success() {
             // Nothing was made: the volume or its server did not answer.
+            // mount(8) says only "Mount failed", its log says why.
+            let said = String::from_utf8_lossy(&out.stderr);
             return Err(BrokerError::Unavailable(format!(
-                "mounting {} failed: {}",
+                "GlusterFS {} could not be mounted: {}",
                 self.source,
-                String::from_utf8_lossy(&out.stderr).trim()
+                said.lines().next().unwrap_or("").trim()
             )));
         }
         Ok(())

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use osb_testkit::{
-    BrokerProcess, Client as Osb, PLAIN_CATALOG_SKIPS, Target, check_all, fresh_id, start_broker,
+    BrokerProcess, Client as Osb, PLAIN_CATALOG_SKIPS, Target, check_all, check_backend_down,
+    fresh_id, start_broker,
 };
 
 const SERVICE: &str = "642e1a24-21c8-450d-b658-88089f34fa0c";
@@ -19,7 +20,11 @@ struct Mounted(PathBuf);
 
 impl Drop for Mounted {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .stderr(std::process::Stdio::null())
+            .status();
     }
 }
 
@@ -32,6 +37,11 @@ fn host() -> String {
 
 /// The deploy config with this host's name as the server and an admin mount under `dir`.
 async fn start(dir: &Path) -> (BrokerProcess, Mounted) {
+    start_on(dir, "kpaas-shared", "/ready").await
+}
+
+/// [`start`] on `volume`, waiting until `path` answers.
+async fn start_on(dir: &Path, volume: &str, path: &str) -> (BrokerProcess, Mounted) {
     let text = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/glusterfs-broker.toml"),
     )
@@ -39,15 +49,17 @@ async fn start(dir: &Path) -> (BrokerProcess, Mounted) {
     .replace("servers = [\"vm\"]", &format!("servers = [\"{}\"]", host()))
     .replace(
         "admin_mount = \"/var/lib/kpaas/glusterfs-admin\"",
-        &format!("admin_mount = \"{}\"", dir.join("admin").display()),
+        &format!("admin_mount = \"{}\"", dir.join(volume).display()),
+    )
+    .replace(
+        "volume = \"kpaas-shared\"",
+        &format!("volume = \"{volume}\""),
     );
     let config = dir.join("glusterfs-broker.toml");
     std::fs::write(&config, text).unwrap();
     let binary = Path::new(env!("CARGO_BIN_EXE_glusterfs-broker"));
-    let broker = start_broker(binary, &config, dir, &[], "/ready")
-        .await
-        .unwrap();
-    (broker, Mounted(dir.join("admin")))
+    let broker = start_broker(binary, &config, dir, &[], path).await.unwrap();
+    (broker, Mounted(dir.join(volume)))
 }
 
 fn target(broker: &BrokerProcess) -> Target {
@@ -147,9 +159,65 @@ async fn a_bound_directory_mounts_holds_its_quota_and_goes_with_its_instance() {
 
     c.unbind_done(&id, &bid, SMALL).await.unwrap();
     c.deprovision_done(&id, MEDIUM).await.unwrap();
-    let admin = dir.path().join("admin");
+    let admin = dir.path().join("kpaas-shared");
     assert!(
         !admin.join(format!("op_{}", id.replace('-', "_"))).exists(),
         "the directory outlived its instance"
     );
+}
+
+/// A volume Gluster does not have: `/ready` and every call that needs it answer 503 naming
+/// it, nothing is recorded, and what the store holds is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_volume_is_a_503_naming_it_and_nothing_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, admin) = start(dir.path()).await;
+    let c = Osb::new(target(&broker));
+    let id = fresh_id();
+    c.provision_ready(&id, SMALL).await.unwrap();
+    drop((broker, admin));
+
+    let (broker, _admin) = start_on(dir.path(), "kpaas-missing", "/health").await;
+    // The backend has no secret of its own; the broker's password must not show either.
+    let secret = osb_testkit::PASSWORD;
+    check_backend_down(&target(&broker), &id, &fresh_id(), "kpaas-missing", secret)
+        .await
+        .unwrap();
+    drop(broker);
+
+    let (broker, _admin) = start(dir.path()).await;
+    Osb::new(target(&broker))
+        .deprovision_done(&id, SMALL)
+        .await
+        .unwrap();
+}
+
+/// Ids that are no GUIDs get plain directory names of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_ids_get_plain_directories_of_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, _admin) = start(dir.path()).await;
+    let c = Osb::new(target(&broker));
+    for bad in ["a%2Fb", "..%2F..", "a%20b"] {
+        let reply = c
+            .provision(bad, &c.provision_body(SMALL), false)
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 400, "{bad}: {}", reply.body);
+    }
+    let mut seen = std::collections::HashSet::new();
+    for id in ["Default", "default", "a.b", &"x".repeat(120)] {
+        c.provision_ready(id, SMALL).await.unwrap();
+        let creds = c.bind_ready(id, id, SMALL).await.unwrap()["credentials"].clone();
+        let path = creds["path"].as_str().unwrap().to_owned();
+        let name = path.trim_start_matches('/');
+        assert!(
+            name.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+            "{id:?} got {path:?}"
+        );
+        assert!(seen.insert(path.clone()), "{id:?} reused {path:?}");
+        c.unbind_done(id, id, SMALL).await.unwrap();
+        c.deprovision_done(id, SMALL).await.unwrap();
+    }
 }
