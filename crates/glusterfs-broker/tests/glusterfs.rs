@@ -2,38 +2,20 @@
 //! `kpaas-shared` (`scripts/backends.sh`), driven over HTTP; what it made is mounted over FUSE
 //! with the bound credentials, and unmounted whatever happens.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::Path;
 use std::process::Command;
 
 use osb_testkit::{
     BrokerProcess, Client as Osb, PLAIN_CATALOG_SKIPS, Target, check_all, check_backend_down,
     fresh_id, start_broker,
 };
+use support::{Mounted, fill, host, write};
 
 const SERVICE: &str = "642e1a24-21c8-450d-b658-88089f34fa0c";
 const SMALL: &str = "b777040f-0d08-4ad4-a50a-614cf1d4b985";
 const MEDIUM: &str = "da5d9ba3-b63f-4311-b0eb-82cfc56ffa82";
-
-/// Unmounts a mount point when dropped, a failed test included.
-struct Mounted(PathBuf);
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
-}
-
-fn host() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .unwrap()
-        .trim()
-        .to_owned()
-}
 
 /// The deploy config with this host's name as the server and an admin mount under `dir`.
 async fn start(dir: &Path) -> (BrokerProcess, Mounted) {
@@ -83,32 +65,6 @@ fn mount(source: &str, dir: &Path) -> Mounted {
         .unwrap();
     assert!(status.success(), "mount {source}");
     Mounted(at)
-}
-
-/// Writes into `path` in 1 MiB steps, synced, until the file system refuses or `most` bytes
-/// are in: how much went in and the refusal. GlusterFS accounts usage a little behind the
-/// writes, so the refusal comes at the quota or shortly after it, never exactly at it.
-fn fill(path: &Path, most: usize) -> (usize, Option<std::io::Error>) {
-    let mut file = std::fs::File::create(path).unwrap();
-    let mut written = 0;
-    while written < most {
-        let step = file
-            .write_all(&vec![0u8; 1 << 20])
-            .and_then(|()| file.sync_all());
-        if let Err(e) = step {
-            return (written, Some(e));
-        }
-        written += 1 << 20;
-    }
-    (written, None)
-}
-
-fn write(path: &Path, bytes: usize) -> std::io::Result<()> {
-    let mut file = std::fs::File::create(path)?;
-    for _ in 0..bytes / 65536 {
-        file.write_all(&[0u8; 65536])?;
-    }
-    file.sync_all()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

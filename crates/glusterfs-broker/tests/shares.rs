@@ -1,64 +1,20 @@
 //! Quota'd directories on the real volume `scripts/backends.sh` makes (`kpaas-shared` on this
 //! host's name), through a mount of the test's own that it unmounts whatever happens.
 
-use std::io::Write;
-use std::path::Path;
-use std::process::Command;
+mod support;
 
 use glusterfs_broker::cli::{Gluster, Node};
 use glusterfs_broker::share::{AdminMount, Shares, Usage};
 use osb_core::BrokerError;
+use support::{Mounted, fill, host, write};
 
 const VOLUME: &str = "kpaas-shared";
-
-/// Unmounts the test's mount when dropped, a failed test included.
-struct Unmount<'a>(&'a Path);
-
-impl Drop for Unmount<'_> {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.0).status();
-    }
-}
-
-fn host() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .unwrap()
-        .trim()
-        .to_owned()
-}
-
-/// Writes into `path` in 1 MiB steps, synced, until the file system refuses or `most` bytes
-/// are in: how much went in and the refusal. GlusterFS accounts usage a little behind the
-/// writes, so the refusal comes at the quota or shortly after it, never exactly at it.
-fn fill(path: &Path, most: usize) -> (usize, Option<std::io::Error>) {
-    let mut file = std::fs::File::create(path).unwrap();
-    let mut written = 0;
-    while written < most {
-        let step = file
-            .write_all(&vec![0u8; 1 << 20])
-            .and_then(|()| file.sync_all());
-        if let Err(e) = step {
-            return (written, Some(e));
-        }
-        written += 1 << 20;
-    }
-    (written, None)
-}
-
-/// Writes `bytes` zeros to `path`, synced: the error the file system gives, if any.
-fn write(path: &Path, bytes: usize) -> std::io::Result<()> {
-    let mut file = std::fs::File::create(path)?;
-    for _ in 0..bytes / 65536 {
-        file.write_all(&[0u8; 65536])?;
-    }
-    file.sync_all()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_directory_holds_to_its_quota_which_can_grow_and_goes_with_it() {
     let dir = tempfile::tempdir().unwrap();
     let mount = AdminMount::new(&host(), VOLUME, &dir.path().join("mnt"));
-    let _unmount = Unmount(mount.path());
+    let _unmount = Mounted(mount.path().to_owned());
     let gluster = Gluster::new(Node::Local {
         binary: "gluster".into(),
     });

@@ -657,6 +657,7 @@ impl ServiceBroker for RedisBroker {
                 markers::set_made(&mut conn, Kind::Prefix, prefix.as_str(), owner).await?;
             }
         }
+        let mut put_back = Vec::new();
         for binding in bindings.load().await? {
             // Only a binding that is bound: one being (or failed to be) removed stays revoked.
             if !binding.ready {
@@ -688,25 +689,28 @@ impl ServiceBroker for RedisBroker {
             }
             tracing::warn!(user = %user, server = %home.admin().label(), "putting back a binding's user the server lost");
             Self::put_user(&mut conn, &home, &user, hash).await?;
-            // Checked after the write: an unbind or a deprovision marks its row before it
-            // removes anything, so one that began meanwhile is seen here and the user goes
-            // again; for a pool server, so is a claim given back (and maybe taken) meanwhile.
-            let still = bindings
-                .load()
-                .await?
-                .iter()
-                .any(|b| b.id == binding.id && b.ready);
-            let home_still = match &home {
-                Home::Pool(admin) => {
-                    self.claims
-                        .held_by(POOL, instance_owner(&instance))
-                        .await?
-                        .as_deref()
-                        == Some(admin.server.name.as_str())
-                }
-                _ => true,
-            };
-            if !still || !home_still || !bindings.instance_ready().await? {
+            put_back.push((binding.id, user));
+        }
+        if put_back.is_empty() {
+            return Ok(None);
+        }
+        // Checked after the writes: an unbind or a deprovision marks its row before it removes
+        // anything, so one that began meanwhile is seen here and its user goes again; for a
+        // pool server, so is a claim given back (and maybe taken) meanwhile.
+        let still = bindings.load().await?;
+        let home_still = match &home {
+            Home::Pool(admin) => {
+                self.claims
+                    .held_by(POOL, instance_owner(&instance))
+                    .await?
+                    .as_deref()
+                    == Some(admin.server.name.as_str())
+            }
+            _ => true,
+        };
+        let instance_still = home_still && bindings.instance_ready().await?;
+        for (id, user) in put_back {
+            if !instance_still || !still.iter().any(|b| b.id == id && b.ready) {
                 server::remove_user(&mut conn, user.as_str()).await?;
             }
         }
