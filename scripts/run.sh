@@ -10,7 +10,12 @@ mkdir -p "$state"
 chmod 600 "$state/encryption.key" "$state/broker.password"
 
 pids=()
-cleanup() { [ ${#pids[@]} -eq 0 ] || kill "${pids[@]}" 2>/dev/null || true; wait || true; }
+cleanup() {
+    [ ${#pids[@]} -eq 0 ] || kill "${pids[@]}" 2>/dev/null || true
+    wait || true
+    # glusterfs-broker's own mount of its volume outlives it.
+    umount -l "$state/glusterfs-admin" 2>/dev/null || true
+}
 trap cleanup EXIT INT TERM
 
 # start NAME PORT: runs target/debug/NAME with deploy/NAME.toml, a SQLite store in .run/.
@@ -47,6 +52,14 @@ start rabbitmq-broker 8083
 # The local Redis servers scripts/backends.sh starts for it (development passwords).
 export REDIS_BROKER_SHARED_PASSWORD=Kpaas-redis-shared-1 REDIS_BROKER_POOL_PASSWORD=Kpaas-redis-pool-1
 start redis-broker 8084
+# glusterfs-broker mounts its volume itself (root only) and hands apps this host's name, which
+# scripts/backends.sh made the volume's brick with.
+if [ "$(id -u)" = 0 ]; then
+    KPAAS_GLUSTERFS__SERVERS="[$(hostname)]" KPAAS_GLUSTERFS__ADMIN_MOUNT="$state/glusterfs-admin" \
+        start glusterfs-broker 8085
+else
+    echo "run: glusterfs-broker not started: it mounts GlusterFS volumes, which needs root" >&2
+fi
 echo "Try: curl -u broker:\$(cat .run/broker.password) -H 'X-Broker-API-Version: 2.17' http://127.0.0.1:8081/v2/catalog"
 echo "Ctrl-C stops the brokers."
 wait
