@@ -53,9 +53,12 @@ start rabbitmq-broker 8083
 export REDIS_BROKER_SHARED_PASSWORD=Kpaas-redis-shared-1 REDIS_BROKER_POOL_PASSWORD=Kpaas-redis-pool-1
 start redis-broker 8084
 # glusterfs-broker mounts its volume itself (root only) and hands apps this host's name, which
-# scripts/backends.sh made the volume's brick with.
+# scripts/backends.sh made the volume's brick with; dedicated volumes get their bricks under
+# .run/ (the root file system, hence forced).
 if [ "$(id -u)" = 0 ]; then
     KPAAS_GLUSTERFS__SERVERS="[$(hostname)]" KPAAS_GLUSTERFS__ADMIN_MOUNT="$state/glusterfs-admin" \
+        KPAAS_GLUSTERFS__DEDICATED__BRICKS="[\"$(hostname):$state/glusterfs-bricks\"]" \
+        KPAAS_GLUSTERFS__DEDICATED__FORCE=true \
         start glusterfs-broker 8085
 else
     echo "run: glusterfs-broker not started: it mounts GlusterFS volumes, which needs root" >&2

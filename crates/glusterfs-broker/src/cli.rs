@@ -26,10 +26,62 @@ pub enum Node {
     },
 }
 
+impl Node {
+    /// Removes directory `path` and everything in it on brick host `host`: here, or over
+    /// SSH as the same user the CLI node is reached as. Gone already is fine.
+    pub async fn remove_tree(&self, host: &str, path: &str) -> Result<(), BrokerError> {
+        let argv = ["rm", "-rf", "--", path];
+        let mut command = match self {
+            Node::Local { .. } => {
+                let mut command = tokio::process::Command::new(argv[0]);
+                command.args(&argv[1..]);
+                command
+            }
+            Node::Ssh {
+                destination,
+                identity,
+            } => {
+                let at = match destination.split_once('@') {
+                    Some((user, _)) => format!("{user}@{host}"),
+                    None => host.to_owned(),
+                };
+                ssh(&at, identity.as_deref(), &argv)
+            }
+        };
+        let out = command
+            .output()
+            .await
+            .map_err(|e| BrokerError::Failed(format!("removing {host}:{path}: {e}")))?;
+        if !out.status.success() {
+            return Err(BrokerError::Failed(format!(
+                "removing {host}:{path}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// `ssh <destination> -- <argv>`, each word quoted for the remote shell.
+fn ssh(
+    destination: &str,
+    identity: Option<&std::path::Path>,
+    argv: &[&str],
+) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new("ssh");
+    command.args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]);
+    if let Some(key) = identity {
+        command.arg("-i").arg(key);
+    }
+    let line: Vec<String> = argv.iter().copied().map(shell_quote).collect();
+    command.arg(destination).arg("--").arg(line.join(" "));
+    command
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum GlusterError {
     /// The command could not be started, or glusterd did not answer: nothing was done.
-    #[error("gluster on {node} unreachable: {why}")]
+    #[error("glusterd of {node} unreachable: {why}")]
     Unreachable { node: String, why: String },
     /// Gluster refused or failed the operation, in its own words.
     #[error("Gluster refused {op}: {message} (errno {errno})")]
@@ -174,6 +226,10 @@ pub struct Gluster {
 }
 
 impl Gluster {
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
     pub fn new(node: Node) -> Self {
         Self {
             node,
@@ -246,19 +302,11 @@ impl Gluster {
                 destination,
                 identity,
             } => {
-                let mut command = tokio::process::Command::new("ssh");
-                command.args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]);
-                if let Some(key) = identity {
-                    command.arg("-i").arg(key);
-                }
-                // The remote side hands the line to a shell: every word quoted for it.
-                let line: Vec<String> = std::iter::once("gluster")
+                let argv: Vec<&str> = std::iter::once("gluster")
                     .chain(fixed)
                     .chain(args.iter().copied())
-                    .map(shell_quote)
                     .collect();
-                command.arg(destination).arg("--").arg(line.join(" "));
-                command
+                ssh(destination, identity.as_deref(), &argv)
             }
         }
     }

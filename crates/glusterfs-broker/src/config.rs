@@ -1,6 +1,6 @@
 //! glusterfs-broker's config file: the shared `[broker]` section and `[glusterfs]`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use osb_core::config::BrokerConfig;
@@ -37,8 +37,30 @@ pub struct GlusterConfig {
     /// Where apps get the directory mounted when a binding names no `mount`.
     #[serde(default = "default_container_dir")]
     pub container_dir: String,
-    /// Quota per plan id.
+    /// How often each instance's `auth.allow` entry is checked against its bindings (and put
+    /// right after a write lost to a crash or between replicas).
+    #[serde(default = "default_upkeep_secs")]
+    pub upkeep_secs: u64,
+    /// Where dedicated plans' volumes get their bricks.
+    #[serde(default)]
+    pub dedicated: Option<DedicatedConfig>,
+    /// What each plan id gives.
     pub plans: HashMap<String, PlanConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DedicatedConfig {
+    /// Brick roots, `host:/path`: a volume gets one brick under each, in this order (replica
+    /// sets are consecutive bricks, so list replicas' hosts alternately).
+    pub bricks: Vec<String>,
+    /// Create volumes even where Gluster advises against it (bricks on the root file
+    /// system, replicas on one host): for test machines.
+    #[serde(default)]
+    pub force: bool,
+    /// Volume options set on every new volume (`gluster volume set`).
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -53,8 +75,26 @@ pub struct Ssh {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlanConfig {
-    /// The directory's quota, in MiB.
+    /// The instance's quota, in MiB.
     pub quota_mb: u64,
+    /// A directory on the shared volume, or a volume of its own.
+    #[serde(default)]
+    pub kind: PlanKind,
+    /// Copies of each file, for a dedicated volume (1: plain distribute).
+    #[serde(default = "one")]
+    pub replica: usize,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlanKind {
+    #[default]
+    Shared,
+    Dedicated,
+}
+
+fn one() -> usize {
+    1
 }
 
 fn default_gluster() -> PathBuf {
@@ -67,4 +107,8 @@ fn default_driver() -> String {
 
 fn default_container_dir() -> String {
     "/var/vcap/data/glusterfs".into()
+}
+
+fn default_upkeep_secs() -> u64 {
+    60
 }

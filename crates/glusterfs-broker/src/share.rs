@@ -102,7 +102,7 @@ impl Shares<'_> {
                 )));
             }
         }
-        self.limit(name, bytes).await
+        self.quota().limit(&format!("/{name}"), bytes).await
     }
 
     /// Whether directory `name` exists on the volume.
@@ -111,45 +111,21 @@ impl Shares<'_> {
         Ok(self.dir(name).exists())
     }
 
-    async fn limit(&self, name: &str, bytes: u64) -> Result<(), BrokerError> {
-        let path = format!("/{name}");
-        let bytes = bytes.to_string();
-        let args = ["volume", "quota", self.volume, "limit-usage", &path, &bytes];
-        self.gluster.run::<Nothing>(&args).await?;
-        Ok(())
+    fn quota(&self) -> Quota<'_> {
+        Quota {
+            gluster: self.gluster,
+            volume: self.volume,
+        }
     }
 
     /// The directory's quota and use, when it has a quota.
     pub async fn usage(&self, name: &str) -> Result<Option<Usage>, BrokerError> {
-        let path = format!("/{name}");
-        let list: QuotaList = self
-            .gluster
-            .run(&["volume", "quota", self.volume, "list", &path])
-            .await?;
-        Ok(list
-            .quota
-            .limits
-            .into_iter()
-            .find(|l| l.path == path)
-            .map(|l| Usage {
-                limit: l.hard_limit,
-                used: l.used_space,
-            }))
+        self.quota().usage(&format!("/{name}")).await
     }
 
-    /// Sets the quota to `bytes`; less than the directory holds is refused (422) and changes
-    /// nothing. `plan` names the plan in the refusal.
+    /// Sets the directory's quota to `bytes`, as [`Quota::resize`] does.
     pub async fn resize(&self, name: &str, bytes: u64, plan: &str) -> Result<(), BrokerError> {
-        if let Some(usage) = self.usage(name).await?
-            && usage.used > bytes
-        {
-            return Err(BrokerError::Unprocessable(format!(
-                "the directory holds {} MiB, more than plan {plan:?} allows ({} MiB); delete some files first",
-                usage.used.div_ceil(1 << 20),
-                bytes >> 20
-            )));
-        }
-        self.limit(name, bytes).await
+        self.quota().resize(&format!("/{name}"), bytes, plan).await
     }
 
     /// Removes the directory's quota and the directory with everything in it (gone already
@@ -165,8 +141,12 @@ impl Shares<'_> {
             Ok(_) => {}
             // No quota (never set, or removed by an earlier attempt), or no directory.
             Err(GlusterError::Refused { .. }) if !self.dir(name).exists() => {}
+            // A directory without a limit (a provision that died before setting it): Gluster
+            // finds no limit attribute to remove.
             Err(GlusterError::Refused { message, .. })
-                if message.contains("No quota") || message.contains("not set") => {}
+                if message.contains("No quota")
+                    || message.contains("not set")
+                    || message.contains("No data available") => {}
             Err(e) => return Err(e.into()),
         }
         match tokio::fs::remove_dir_all(self.dir(name)).await {
@@ -177,5 +157,52 @@ impl Shares<'_> {
                 self.volume
             ))),
         }
+    }
+}
+
+/// Gluster's directory quotas on one volume (`/` for the whole volume).
+pub struct Quota<'a> {
+    pub gluster: &'a Gluster,
+    pub volume: &'a str,
+}
+
+impl Quota<'_> {
+    pub async fn limit(&self, path: &str, bytes: u64) -> Result<(), BrokerError> {
+        let bytes = bytes.to_string();
+        let args = ["volume", "quota", self.volume, "limit-usage", path, &bytes];
+        self.gluster.run::<Nothing>(&args).await?;
+        Ok(())
+    }
+
+    /// The path's quota and use, when it has a quota.
+    pub async fn usage(&self, path: &str) -> Result<Option<Usage>, BrokerError> {
+        let list: QuotaList = self
+            .gluster
+            .run(&["volume", "quota", self.volume, "list", path])
+            .await?;
+        Ok(list
+            .quota
+            .limits
+            .into_iter()
+            .find(|l| l.path == path)
+            .map(|l| Usage {
+                limit: l.hard_limit,
+                used: l.used_space,
+            }))
+    }
+
+    /// Sets the quota to `bytes`; less than the path holds is refused (422) and changes
+    /// nothing. `plan` names the plan in the refusal.
+    pub async fn resize(&self, path: &str, bytes: u64, plan: &str) -> Result<(), BrokerError> {
+        if let Some(usage) = self.usage(path).await?
+            && usage.used > bytes
+        {
+            return Err(BrokerError::Unprocessable(format!(
+                "the instance holds {} MiB, more than plan {plan:?} allows ({} MiB); delete some files first",
+                usage.used.div_ceil(1 << 20),
+                bytes >> 20
+            )));
+        }
+        self.limit(path, bytes).await
     }
 }

@@ -118,6 +118,8 @@ pub struct BindingView {
     pub ready: bool,
     /// What the broker returned when it created this binding.
     pub state: Value,
+    /// The bind request's parameters (known while the bind still runs, unlike `state`).
+    pub parameters: Map<String, Value>,
 }
 
 pub struct ProvisionInput<'a> {
@@ -161,6 +163,8 @@ pub struct BindInput<'a> {
 pub struct UnbindInput<'a> {
     pub instance: InstanceView<'a>,
     pub binding: &'a BindingView,
+    /// The instance's bindings, this one included: for what other bindings still hold.
+    pub bindings: BindingsOf<'a>,
 }
 
 /// A provisioned instance.

@@ -2,7 +2,9 @@
 //! store: one owner per item, so that replicas sharing the store never hand out one twice and
 //! a restarted broker knows what is taken.
 
+use std::future::Future;
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use crate::broker::BrokerError;
 use crate::orphans::Owner;
@@ -98,5 +100,46 @@ impl Claims {
             .release_item(pool, item, owner.platform, owner.id)
             .await
             .map_err(store_error)
+    }
+
+    /// Runs `work` as the only holder of lock `name` among every replica sharing the store:
+    /// for a read-modify-write of one backend setting. The lock is a lease of `hold`, so a
+    /// replica that dies holding it blocks the others no longer than that; `work` must end
+    /// well within it. Waits up to `hold` for the lock, then answers 503.
+    pub async fn exclusive<T, F, Fut>(
+        &self,
+        name: &str,
+        hold: Duration,
+        work: F,
+    ) -> Result<T, BrokerError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, BrokerError>>,
+    {
+        let store = self.store()?;
+        let holder = uuid::Uuid::new_v4().to_string();
+        let ttl = i64::try_from(hold.as_millis()).unwrap_or(i64::MAX);
+        let deadline = Instant::now() + hold;
+        let mut pause = Duration::from_millis(10);
+        while !store
+            .acquire_lease(name, &holder, ttl)
+            .await
+            .map_err(store_error)?
+        {
+            if Instant::now() >= deadline {
+                return Err(BrokerError::Unavailable(format!(
+                    "lock {name} stayed held by another replica for {} s",
+                    hold.as_secs()
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(250));
+        }
+        let result = work().await;
+        // A lease left behind would only delay the next holder until it expires.
+        if let Err(e) = store.release_lease(name, &holder).await {
+            tracing::warn!(lock = name, error = %e, "lock not released; it expires on its own");
+        }
+        result
     }
 }

@@ -2,6 +2,10 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
 use osb_core::BrokerError;
 use osb_core::claims::Claims;
 use osb_core::orphans::Owner;
@@ -53,13 +57,78 @@ async fn an_item_has_one_owner_until_it_is_given_back(url: &str) {
     assert!(claims.claim("p", "a", owner("y")).await.unwrap());
 }
 
+/// Two replicas (two handles on one store) never run their sections at once; a section that
+/// fails still lets the lock go, and a lock held too long is a 503.
+async fn one_replica_at_a_time_runs_an_exclusive_section(url: &str) {
+    let store = Store::connect(url, 4).await.unwrap();
+    let replicas = [Claims::new(), Claims::new()];
+    for r in &replicas {
+        r.attach(&store);
+    }
+    let inside = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let runs = (0..8).map(|i| {
+        let (claims, inside, most) = (replicas[i % 2].clone(), inside.clone(), most.clone());
+        async move {
+            claims
+                .exclusive("auth", Duration::from_secs(10), || async {
+                    let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    inside.fetch_sub(1, Ordering::SeqCst);
+                    if i == 3 {
+                        return Err(BrokerError::Failed("section failed".into()));
+                    }
+                    Ok(i)
+                })
+                .await
+        }
+    });
+    let results = futures::future::join_all(runs).await;
+    assert_eq!(most.load(Ordering::SeqCst), 1, "sections overlapped");
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        7,
+        "{results:?}"
+    );
+
+    // A holder that never lets go (a replica that died inside) blocks others only for the
+    // lease; within it they get a 503 naming the lock.
+    assert!(
+        store
+            .acquire_lease("stuck", "dead-replica", 60_000)
+            .await
+            .unwrap()
+    );
+    let waited = replicas[0]
+        .exclusive("stuck", Duration::from_millis(300), || async { Ok(()) })
+        .await;
+    assert!(
+        matches!(&waited, Err(BrokerError::Unavailable(why)) if why.contains("stuck")),
+        "{waited:?}"
+    );
+    assert!(
+        store
+            .acquire_lease("gone", "dead-replica", 1)
+            .await
+            .unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    replicas[1]
+        .exclusive("gone", Duration::from_secs(5), || async { Ok(()) })
+        .await
+        .expect("an expired lease is taken over");
+}
+
 // The SQLite store runs its migrations on a blocking section.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claims_hold_on_every_store() {
     let dir = tempfile::tempdir().unwrap();
     an_item_has_one_owner_until_it_is_given_back(&common::sqlite_url(&dir)).await;
+    one_replica_at_a_time_runs_an_exclusive_section(&common::sqlite_url(&dir)).await;
     for url in [common::fresh_mysql().await, common::fresh_postgres().await] {
         an_item_has_one_owner_until_it_is_given_back(&url).await;
+        one_replica_at_a_time_runs_an_exclusive_section(&url).await;
         common::drop_database(&url).await;
     }
 }

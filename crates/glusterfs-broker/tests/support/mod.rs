@@ -53,3 +53,89 @@ pub fn write(path: &Path, bytes: usize) -> std::io::Result<()> {
     }
     file.sync_all()
 }
+
+fn gluster(args: &[&str]) -> std::process::Output {
+    Command::new("gluster")
+        .arg("--mode=script")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// A volume of the test's own: one brick under `dir`, quota on and enforced at once; stopped
+/// and deleted when dropped. For tests that change volume-wide options, which would disturb
+/// the tests running beside them on the shared volume.
+pub struct TestVolume {
+    pub name: String,
+}
+
+impl TestVolume {
+    pub fn create(dir: &Path) -> Self {
+        let name = format!("kpaas-t{}", &osb_testkit::fresh_id().replace('-', "")[..12]);
+        let brick = format!("{}:{}/brick-{name}", host(), dir.display());
+        let volume = Self { name };
+        let name = volume.name.as_str();
+        for args in [
+            &["volume", "create", name, &brick, "force"][..],
+            &["volume", "start", name],
+            &["volume", "quota", name, "enable"],
+            &["volume", "quota", name, "hard-timeout", "0"],
+            &["volume", "quota", name, "soft-timeout", "0"],
+        ] {
+            let out = gluster(args);
+            assert!(
+                out.status.success(),
+                "gluster {args:?}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        volume
+    }
+}
+
+impl Drop for TestVolume {
+    fn drop(&mut self) {
+        gluster(&["volume", "stop", &self.name, "force"]);
+        gluster(&["volume", "delete", &self.name]);
+    }
+}
+
+/// Mounts `subdir` of `volume` (`""`: its root) under `dir` the way a client that is no
+/// Gluster server does: with the volume's client volfile stripped of the login glusterd hands
+/// its own servers' clients (which `auth.allow` never stops). `None` when refused.
+pub fn mount_as_client(volume: &str, subdir: &str, dir: &Path) -> Option<Mounted> {
+    let spec = gluster(&["system", "getspec", volume]);
+    assert!(spec.status.success(), "getspec {volume}");
+    let volfile: String = String::from_utf8_lossy(&spec.stdout)
+        .lines()
+        .filter(|l| !l.contains("username") && !l.contains("password"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let id = osb_testkit::fresh_id();
+    let spec_path = dir.join(format!("client-{id}.vol"));
+    std::fs::write(&spec_path, volfile).unwrap();
+    let at = dir.join(format!("c{id}"));
+    std::fs::create_dir_all(&at).unwrap();
+    let mut command = Command::new("glusterfs");
+    command.arg("-f").arg(&spec_path);
+    if !subdir.is_empty() {
+        command.arg(format!("--subdir-mount=/{subdir}"));
+    }
+    let status = command.arg(&at).stderr(Stdio::null()).status().unwrap();
+    let guard = Mounted(at);
+    if !status.success() {
+        return None;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        let mounted = std::fs::read_to_string("/proc/mounts")
+            .unwrap()
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == guard.0.to_str());
+        if mounted && std::fs::read_dir(&guard.0).is_ok() {
+            return Some(guard);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    None
+}

@@ -529,6 +529,7 @@ impl<B: ServiceBroker> Engine<B> {
                 self.inner.broker.unbind(UnbindInput {
                     instance: loaded.view(service, plan),
                     binding: &binding,
+                    bindings: BindingsOf::new(store, &loaded.row.id),
                 }),
             )
             .await;

@@ -181,6 +181,7 @@ pub(crate) fn binding_view(row: &BindingRow) -> Result<BindingView, OsbError> {
         id: BindingId::parse(&row.id)?,
         ready: row.state() == Some(BindingState::Bound),
         state: parse_json(&row.broker_state, "binding broker state")?,
+        parameters: parse_json(&row.parameters, "binding parameters")?,
     })
 }
 

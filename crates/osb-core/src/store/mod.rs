@@ -667,6 +667,21 @@ impl Store {
         })
     }
 
+    /// Gives lease `name` up if `owner` still holds it.
+    pub async fn release_lease(&self, name: &str, owner: &str) -> Result<(), StoreError> {
+        use osb_leases::dsl;
+        with_conn!(self, |conn| {
+            diesel::delete(
+                dsl::osb_leases
+                    .filter(dsl::name.eq(name))
+                    .filter(dsl::owner.eq(owner)),
+            )
+            .execute(conn)
+            .await?;
+            Ok(())
+        })
+    }
+
     /// Claims `item` of `pool` for (`platform`, `owner_id`) unless another owner holds it;
     /// `true` when this owner holds it now (already held included).
     pub async fn claim_item(

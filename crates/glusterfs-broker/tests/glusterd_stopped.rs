@@ -1,0 +1,95 @@
+//! glusterd stopped under a running broker. A test binary of its own: cargo runs test
+//! binaries one after another, so no other test needs glusterd while this one has it down.
+//! The bricks (`glusterfsd`) keep running; only management is gone.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use osb_testkit::{Client as Osb, check_backend_down, fresh_id, start_broker};
+use support::{Mounted, host};
+
+const SERVICE: &str = "642e1a24-21c8-450d-b658-88089f34fa0c";
+const SMALL: &str = "b777040f-0d08-4ad4-a50a-614cf1d4b985";
+
+fn gluster_answers() -> bool {
+    Command::new("gluster")
+        .args(["--mode=script", "volume", "info", "kpaas-shared"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// glusterd stopped; started again (as scripts/backends.sh starts it) when dropped, a failed
+/// test included.
+struct Stopped;
+
+impl Stopped {
+    fn glusterd() -> Self {
+        let status = Command::new("pkill")
+            .args(["-x", "glusterd"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "no glusterd to stop");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while gluster_answers() {
+            assert!(Instant::now() < deadline, "glusterd did not stop");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Stopped
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = Command::new("glusterd")
+            .args(["-p", "/run/glusterd.pid"])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !gluster_answers() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// With glusterd stopped, `/ready`, a provision and a bind answer 503 naming glusterd, nothing
+/// is recorded, the store still serves the instance; started again, the broker carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_glusterd_is_a_503_and_nothing_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/glusterfs-broker.toml"),
+    )
+    .unwrap()
+    .replace("servers = [\"vm\"]", &format!("servers = [\"{}\"]", host()))
+    .replace("bricks = [\"vm:", &format!("bricks = [\"{}:", host()))
+    .replace(
+        "admin_mount = \"/var/lib/kpaas/glusterfs-admin\"",
+        &format!("admin_mount = \"{}\"", dir.path().join("admin").display()),
+    );
+    let config = dir.path().join("glusterfs-broker.toml");
+    std::fs::write(&config, text).unwrap();
+    let binary = Path::new(env!("CARGO_BIN_EXE_glusterfs-broker"));
+    let broker = start_broker(binary, &config, dir.path(), &[], "/ready")
+        .await
+        .unwrap();
+    let _admin = Mounted(dir.path().join("admin"));
+    let target = broker.target(SERVICE, SMALL);
+    let c = Osb::new(target.clone());
+    let id = fresh_id();
+    c.provision_ready(&id, SMALL).await.unwrap();
+
+    {
+        let _down = Stopped::glusterd();
+        check_backend_down(&target, &id, &fresh_id(), "glusterd", osb_testkit::PASSWORD)
+            .await
+            .unwrap();
+    }
+    let bid = fresh_id();
+    c.bind_ready(&id, &bid, SMALL).await.unwrap();
+    c.unbind_done(&id, &bid, SMALL).await.unwrap();
+    c.deprovision_done(&id, SMALL).await.unwrap();
+}
