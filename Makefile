@@ -25,3 +25,4 @@ bench: backends
 	cargo bench -p mongodb-broker --bench cycles
 	cargo bench -p rabbitmq-broker --bench cycles
 	cargo bench -p redis-broker --bench provision
+	cargo bench -p glusterfs-broker --bench provision
