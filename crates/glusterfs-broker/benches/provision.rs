@@ -86,7 +86,11 @@ async fn times(
         ok("provision", &reply, 201)?;
         provisions.push(started.elapsed());
         let started = Instant::now();
-        ok("bind", &c.bind(&id, &bid, &c.bind_body(plan), false).await?, 201)?;
+        ok(
+            "bind",
+            &c.bind(&id, &bid, &c.bind_body(plan), false).await?,
+            201,
+        )?;
         binds.push(started.elapsed());
         ok("unbind", &c.unbind(&id, &bid, plan, false).await?, 200)?;
         ok("deprovision", &c.deprovision(&id, plan, false).await?, 200)?;
@@ -131,7 +135,14 @@ async fn direct_cycle(admin: &Path) -> anyhow::Result<()> {
     let path = format!("/{name}");
     gluster(&["volume", "list"]).await?;
     tokio::fs::create_dir(admin.join(&name)).await?;
-    let limit = ["volume", "quota", "kpaas-shared", "limit-usage", &path, "5242880"];
+    let limit = [
+        "volume",
+        "quota",
+        "kpaas-shared",
+        "limit-usage",
+        &path,
+        "5242880",
+    ];
     gluster(&limit).await?;
     gluster(&["volume", "list"]).await?;
     gluster(&["volume", "list"]).await?;
