@@ -18,7 +18,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use osb_core::BrokerError;
-use osb_core::broker::BindingView;
+use osb_core::broker::{BindingView, BindingsOf};
 use osb_core::claims::Claims;
 use serde_json::{Map, Value};
 
@@ -110,10 +110,13 @@ enum Entry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthAllow {
     entries: Vec<Entry>,
+    /// The clients of an open entry (no restriction).
+    open_to: Vec<String>,
 }
 
 impl AuthAllow {
-    pub fn parse(value: &str) -> Self {
+    /// `value` read with `open_to` as the clients of an open entry.
+    pub fn parse(value: &str, open_to: &[String]) -> Self {
         let entries = value
             .split(',')
             .map(str::trim)
@@ -133,15 +136,18 @@ impl AuthAllow {
                 }
             })
             .collect();
-        Self { entries }
+        Self {
+            entries,
+            open_to: open_to.to_vec(),
+        }
     }
 
-    /// The clients `dir` is restricted to (none: open, or no entry).
+    /// The clients `dir` is restricted to (none: an open entry, or no entry).
     pub fn clients(&self, dir: &str) -> Vec<&str> {
         self.entries
             .iter()
             .find_map(|e| match e {
-                Entry::Dir { dir: d, clients } if d == dir => Some(
+                Entry::Dir { dir: d, clients } if d == dir && *clients != self.open_to => Some(
                     clients
                         .iter()
                         .map(String::as_str)
@@ -200,16 +206,16 @@ impl AuthAllow {
             .retain(|e| !matches!(e, Entry::Dir { dir: d, .. } if d == dir));
     }
 
-    /// Keeps the broker's directories (`made` names them) mountable: while one of them is
-    /// restricted, each of `open` without an entry gets `/<dir>(*)`; while none is, the open
-    /// entries go.
-    pub fn settle(&mut self, made: impl Fn(&str) -> bool, open: &[String]) {
-        let is_open = |clients: &[String]| clients.iter().all(|c| c == ANYONE);
-        let restricted = self
-            .entries
-            .iter()
-            .any(|e| matches!(e, Entry::Dir { dir, clients } if made(dir) && !is_open(clients)));
-        if restricted {
+    /// Keeps the broker's directories mountable. An open entry is one of `made`'s directories
+    /// allowing exactly the open clients. While any other entry is there (a restriction, the root's or
+    /// an operator's entry: Gluster then refuses whatever no entry names), or `always`, each
+    /// of `open` without an entry gets an open one; otherwise the open entries go and the
+    /// option can return to its default.
+    pub fn settle(&mut self, policy: &Policy, open: &[String]) {
+        let open_to = self.open_to.clone();
+        let is_open = |e: &Entry| matches!(e, Entry::Dir { dir, clients } if (policy.made)(dir) && *clients == open_to);
+        let shut = policy.always || self.entries.iter().any(|e| !is_open(e));
+        if shut {
             for dir in open {
                 let listed = self
                     .entries
@@ -218,16 +224,21 @@ impl AuthAllow {
                 if !listed {
                     self.entries.push(Entry::Dir {
                         dir: dir.clone(),
-                        clients: vec![ANYONE.to_owned()],
+                        clients: open_to.clone(),
                     });
                 }
             }
         } else {
-            self.entries.retain(
-                |e| !matches!(e, Entry::Dir { dir, clients } if made(dir) && is_open(clients)),
-            );
+            self.entries.retain(|e| !is_open(e));
         }
     }
+}
+
+/// How a volume's entries are kept: which directories are the broker's, and whether every
+/// one has an entry even while none is restricted.
+pub struct Policy {
+    pub made: fn(&str) -> bool,
+    pub always: bool,
 }
 
 impl fmt::Display for AuthAllow {
@@ -283,22 +294,44 @@ impl Wanted {
     }
 }
 
+/// What one change does to a directory's entry, decided under the volume's lock from what
+/// the store holds then.
+pub enum Edit {
+    Grant(Vec<Client>),
+    Revoke {
+        clients: Vec<Client>,
+        kept: Vec<Client>,
+    },
+    Fix(Wanted),
+    /// The directory is gone: its entry goes, and it gets no open one.
+    Forget,
+    /// Nothing for the directory itself; the volume's open entries are settled.
+    Settle,
+    /// Nothing at all (what the edit depended on is gone).
+    Skip,
+}
+
+/// Longest `auth.allow` value the broker writes: the value is one argument of one command
+/// (Linux caps one at 128 KiB) and one option glusterd hands every client.
+const MAX_VALUE: usize = 64 << 10;
+
 /// A volume's `auth.allow`, changed by one writer at a time among every replica (the option is
 /// one value: two read-modify-writes at once would lose one).
 pub struct Access<'a> {
     pub gluster: &'a Gluster,
     pub claims: &'a Claims,
     pub volume: &'a str,
-    /// The store's pool of the volume's directories, on the shared volume: those stay
-    /// mountable while another directory is restricted.
+    /// The store's pool of the volume's directories (the shared volume), or none (a dedicated
+    /// volume: its root is the only directory).
     pub dirs: Option<&'a str>,
-    /// Whether a directory name is one the broker makes.
-    pub made: fn(&str) -> bool,
+    pub policy: Policy,
+    /// Whom an open entry allows: `*`, or the operator's app networks.
+    pub open_to: &'a [String],
 }
 
 impl Access<'_> {
     async fn current(&self) -> Result<AuthAllow, BrokerError> {
-        let info: VolumeInfo = self.gluster.run(&["volume", "info", self.volume]).await?;
+        let info: VolumeInfo = self.gluster.read(&["volume", "info", self.volume]).await?;
         let value = info
             .info
             .volumes
@@ -306,33 +339,66 @@ impl Access<'_> {
             .first()
             .and_then(|v| v.option("auth.allow"))
             .unwrap_or("");
-        Ok(AuthAllow::parse(value))
+        Ok(AuthAllow::parse(value, self.open_to))
     }
 
-    /// Reads the option, applies `edit`, settles the open entries and writes the result back
-    /// if it changed, all under the volume's lock.
-    async fn change(&self, edit: impl FnOnce(&mut AuthAllow)) -> Result<(), BrokerError> {
+    /// The directories that keep an open entry while the volume is shut: every claimed one
+    /// of the broker's, `except` one going away.
+    async fn open_dirs(&self, except: Option<&str>) -> Result<Vec<String>, BrokerError> {
+        Ok(match self.dirs {
+            Some(pool) => self
+                .claims
+                .all(pool)
+                .await?
+                .into_iter()
+                .map(|c| c.item)
+                .filter(|d| (self.policy.made)(d) && Some(d.as_str()) != except)
+                .collect(),
+            None if except.is_some() => Vec::new(),
+            None => vec![String::new()],
+        })
+    }
+
+    /// Under the volume's lock: decides the edit (`decide` reads the store then, so that no
+    /// binding made or removed meanwhile is missed), reads the option, applies the edit to
+    /// `dir`'s entry, settles the open entries and writes the result back if it changed.
+    async fn change(
+        &self,
+        dir: &str,
+        decide: impl AsyncFnOnce() -> Result<Edit, BrokerError>,
+    ) -> Result<(), BrokerError> {
         let lock = format!("glusterfs auth.allow {}", self.volume);
         self.claims
             .exclusive(&lock, HOLD, || async {
+                let edit = decide().await?;
+                if matches!(edit, Edit::Skip) {
+                    return Ok(());
+                }
                 let before = self.current().await?;
                 let mut after = before.clone();
-                edit(&mut after);
-                let open = match self.dirs {
-                    Some(pool) => self
-                        .claims
-                        .all(pool)
-                        .await?
-                        .into_iter()
-                        .map(|c| c.item)
-                        .collect(),
-                    None => Vec::new(),
-                };
-                after.settle(self.made, &open);
+                let except = matches!(edit, Edit::Forget).then_some(dir);
+                match edit {
+                    Edit::Grant(clients) => after.grant(dir, &clients),
+                    Edit::Revoke { clients, kept } => after.revoke(dir, &clients, &kept),
+                    Edit::Fix(wanted) => {
+                        if let Some(fixed) = wanted.fix(&after.clients(dir)) {
+                            after.restrict(dir, &fixed.iter().map(String::as_str).collect());
+                        }
+                    }
+                    Edit::Forget => after.forget(dir),
+                    Edit::Settle | Edit::Skip => {}
+                }
+                after.settle(&self.policy, &self.open_dirs(except).await?);
                 if after == before {
                     return Ok(());
                 }
                 let value = after.to_string();
+                if value.len() > MAX_VALUE {
+                    return Err(BrokerError::Unprocessable(format!(
+                        "volume {} has too many directories to restrict one by client: use a dedicated plan",
+                        self.volume
+                    )));
+                }
                 let args: Vec<&str> = if value.is_empty() {
                     vec!["volume", "reset", self.volume, "auth.allow"]
                 } else {
@@ -349,69 +415,76 @@ impl Access<'_> {
         if clients.is_empty() {
             return Ok(());
         }
-        self.change(|a| a.grant(dir, clients)).await
+        let clients = clients.to_vec();
+        self.change(dir, async || Ok(Edit::Grant(clients))).await
     }
 
-    /// Takes back what `binding` was given, but what the directory's other bindings hold.
+    /// Takes back what `binding` was given, but what the instance's other bindings (read
+    /// under the lock, those being made included) still hold.
     pub async fn revoke(
         &self,
         dir: &str,
         binding: &BindingView,
-        bindings: &[BindingView],
+        bindings: &BindingsOf<'_>,
     ) -> Result<(), BrokerError> {
         let clients = Client::of(binding);
         if clients.is_empty() {
             return Ok(());
         }
-        let kept: Vec<Client> = bindings
-            .iter()
-            .filter(|b| b.id != binding.id)
-            .flat_map(Client::of)
-            .collect();
-        self.change(|a| a.revoke(dir, &clients, &kept)).await
+        self.change(dir, async || {
+            let kept = bindings
+                .load()
+                .await?
+                .iter()
+                .filter(|b| b.id != binding.id)
+                .flat_map(Client::of)
+                .collect();
+            Ok(Edit::Revoke { clients, kept })
+        })
+        .await
     }
 
-    /// Drops `dir`'s entry (the directory is going), if it has one.
+    /// Drops `dir`'s entry (its data is gone), if it has one or the volume keeps open ones.
     pub async fn forget(&self, dir: &str) -> Result<(), BrokerError> {
-        if !self
-            .current()
-            .await?
-            .to_string()
-            .contains(&format!("/{dir}("))
-        {
-            return Ok(());
-        }
-        self.change(|a| a.forget(dir)).await
-    }
-
-    /// Gives a new directory its open entry if the volume needs one (another directory is
-    /// restricted).
-    pub async fn open(&self, dir: &str) -> Result<(), BrokerError> {
         let current = self.current().await?;
         let mut settled = current.clone();
-        settled.settle(self.made, &[dir.to_owned()]);
+        settled.forget(dir);
+        settled.settle(&self.policy, &self.open_dirs(Some(dir)).await?);
         if settled == current {
             return Ok(());
         }
-        self.change(|_| {}).await
+        self.change(dir, async || Ok(Edit::Forget)).await
     }
 
-    /// Puts `dir`'s entry right by its bindings, if it is not: what upkeep does after a lost
-    /// write (a crash between the store and Gluster, or two brokers on one volume).
-    pub async fn reconcile(&self, dir: &str, wanted: &Wanted) -> Result<(), BrokerError> {
+    /// Gives a new directory its open entry if the volume needs one.
+    pub async fn open(&self, dir: &str) -> Result<(), BrokerError> {
         let current = self.current().await?;
-        let needs_open = {
-            let mut settled = current.clone();
-            settled.settle(self.made, &[dir.to_owned()]);
-            settled != current
-        };
-        if wanted.fix(&current.clients(dir)).is_none() && !needs_open {
+        let mut settled = current.clone();
+        settled.settle(&self.policy, &[dir.to_owned()]);
+        if settled == current {
             return Ok(());
         }
-        self.change(|a| {
-            if let Some(fixed) = wanted.fix(&a.clients(dir)) {
-                a.restrict(dir, &fixed.iter().map(String::as_str).collect());
+        self.change(dir, async || Ok(Edit::Settle)).await
+    }
+
+    /// Puts `dir`'s entry right by the instance's bindings, if it is not and the instance is
+    /// still there and ready (read again under the lock): what upkeep does after a lost
+    /// write (a crash between the store and Gluster, or a second writer).
+    pub async fn reconcile(&self, dir: &str, bindings: &BindingsOf<'_>) -> Result<(), BrokerError> {
+        let current = self.current().await?;
+        let mut settled = current.clone();
+        if let Some(fixed) = Wanted::of(&bindings.load().await?).fix(&current.clients(dir)) {
+            settled.restrict(dir, &fixed.iter().map(String::as_str).collect());
+        }
+        settled.settle(&self.policy, &[dir.to_owned()]);
+        if settled == current {
+            return Ok(());
+        }
+        self.change(dir, async || {
+            if !bindings.instance_ready().await? {
+                return Ok(Edit::Skip);
             }
+            Ok(Edit::Fix(Wanted::of(&bindings.load().await?)))
         })
         .await
     }
@@ -479,9 +552,18 @@ mod tests {
         }
     }
 
+    fn anyone() -> Vec<String> {
+        vec![ANYONE.to_owned()]
+    }
+
+    const SOMETIMES: Policy = Policy {
+        made,
+        always: false,
+    };
+
     #[test]
     fn grants_and_revokes_keep_other_entries_and_shared_clients() {
-        let mut allow = AuthAllow::parse("/(127.0.0.1),/op_b(10.0.0.9)");
+        let mut allow = AuthAllow::parse("/(127.0.0.1),/op_b(10.0.0.9)", &anyone());
         allow.grant("op_a", &clients(&["10.0.0.1", "10.0.0.0/24"]));
         allow.grant("op_a", &clients(&["10.0.0.1"]));
         assert_eq!(
@@ -497,25 +579,64 @@ mod tests {
         assert_eq!(allow.clients("op_a"), ["10.0.0.1"]);
         allow.revoke("op_a", &clients(&["10.0.0.1"]), &[]);
         assert_eq!(allow.to_string(), "/(127.0.0.1),/op_b(10.0.0.9)");
-        assert_eq!(AuthAllow::parse(&allow.to_string()), allow);
+        assert_eq!(AuthAllow::parse(&allow.to_string(), &anyone()), allow);
     }
 
     #[test]
     fn one_restricted_directory_keeps_the_others_open_until_it_is_lifted() {
         let open = ["op_a".to_owned(), "op_b".to_owned(), "op_c".to_owned()];
-        let mut allow = AuthAllow::parse("*");
-        allow.settle(made, &open);
+        let mut allow = AuthAllow::parse("*", &anyone());
+        allow.settle(&SOMETIMES, &open);
         assert_eq!(allow.to_string(), "", "nothing restricted: the default");
         allow.grant("op_a", &clients(&["10.0.0.1"]));
-        allow.settle(made, &open);
+        allow.settle(&SOMETIMES, &open);
         assert_eq!(allow.to_string(), "/op_a(10.0.0.1),/op_b(*),/op_c(*)");
         assert!(allow.clients("op_b").is_empty(), "open is no restriction");
         allow.revoke("op_a", &clients(&["10.0.0.1"]), &[]);
-        allow.settle(made, &open);
+        allow.settle(&SOMETIMES, &open);
         assert_eq!(allow.to_string(), "", "the last restriction lifted");
-        // An operator's entries stay, and do not count as the broker's restrictions.
-        let mut allow = AuthAllow::parse("/(10.1.1.1),/shared(10.2.0.0/16)");
-        allow.settle(made, &open);
-        assert_eq!(allow.to_string(), "/(10.1.1.1),/shared(10.2.0.0/16)");
+    }
+
+    /// Any entry shuts what no entry names: an operator's root entry alone, or one left after
+    /// the last restriction went, keeps the broker's directories open entries.
+    #[test]
+    fn an_operator_entry_keeps_the_directories_open_entries() {
+        let open = ["op_a".to_owned(), "op_b".to_owned()];
+        let mut allow = AuthAllow::parse("/(10.1.1.1),/shared(10.2.0.0/16)", &anyone());
+        allow.settle(&SOMETIMES, &open);
+        assert_eq!(
+            allow.to_string(),
+            "/(10.1.1.1),/shared(10.2.0.0/16),/op_a(*),/op_b(*)"
+        );
+        allow.grant("op_a", &clients(&["10.0.0.1"]));
+        allow.revoke("op_a", &clients(&["10.0.0.1"]), &[]);
+        allow.settle(&SOMETIMES, &open);
+        assert_eq!(
+            allow.to_string(),
+            "/(10.1.1.1),/shared(10.2.0.0/16),/op_b(*),/op_a(*)"
+        );
+    }
+
+    /// With the app networks configured, open entries allow those (never `*`), every directory
+    /// has one even while nothing is restricted, and a grant replaces it.
+    #[test]
+    fn open_entries_allow_the_configured_networks_only() {
+        let networks = vec!["10.1.0.0/16".to_owned()];
+        let always = Policy { made, always: true };
+        let open = ["op_a".to_owned(), "op_b".to_owned()];
+        let mut allow = AuthAllow::parse("*", &networks);
+        allow.settle(&always, &open);
+        assert_eq!(allow.to_string(), "/op_a(10.1.0.0/16),/op_b(10.1.0.0/16)");
+        assert!(allow.clients("op_a").is_empty());
+        allow.grant("op_a", &clients(&["10.1.2.3"]));
+        allow.settle(&always, &open);
+        assert_eq!(allow.to_string(), "/op_a(10.1.2.3),/op_b(10.1.0.0/16)");
+        allow.revoke("op_a", &clients(&["10.1.2.3"]), &[]);
+        allow.settle(&always, &open);
+        assert_eq!(allow.to_string(), "/op_b(10.1.0.0/16),/op_a(10.1.0.0/16)");
+        // A directory going away loses its entry and gets no open one.
+        allow.forget("op_a");
+        allow.settle(&always, &open[1..]);
+        assert_eq!(allow.to_string(), "/op_b(10.1.0.0/16)");
     }
 }

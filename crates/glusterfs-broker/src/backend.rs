@@ -20,7 +20,7 @@ use osb_core::orphans::{BackendObject, Claim, Owner};
 use osb_core::wire::{Device, InstanceMetadata, VolumeMount};
 use serde_json::{Map, Value, json};
 
-use crate::access::{Access, Client, Wanted};
+use crate::access::{Access, Client, Policy};
 use crate::cli::{Gluster, Node, VolumeList};
 use crate::config::{DedicatedConfig, GlusterConfig, PlanConfig, PlanKind};
 use crate::names::{DirName, VolumeName};
@@ -42,6 +42,9 @@ pub struct GlusterBroker {
     dedicated: Option<DedicatedConfig>,
     plans: HashMap<String, PlanConfig>,
     upkeep_every: Duration,
+    /// Whom open entries allow, and whether every directory has one (`open_to` configured).
+    open_to: Vec<String>,
+    always: bool,
     claims: Claims,
 }
 
@@ -136,6 +139,20 @@ fn check_dedicated(config: &GlusterConfig, plans: &[(&Plan, &PlanConfig)]) -> Re
         }
     }
     for (plan, config) in plans {
+        let crowded = dedicated.bricks.chunks(config.replica.max(1)).any(|set| {
+            let hosts: HashSet<&str> = set
+                .iter()
+                .filter_map(|b| brick_root(b))
+                .map(|(h, _)| h)
+                .collect();
+            hosts.len() < set.len()
+        });
+        if crowded && !dedicated.force {
+            return Err(format!(
+                "plan {:?} would keep copies of a file on one host (a replica set is {} consecutive brick roots): alternate the hosts, or set force",
+                plan.name, config.replica
+            ));
+        }
         if config.replica == 0 || dedicated.bricks.len() % config.replica != 0 {
             return Err(format!(
                 "plan {:?} wants replica {}, which does not divide the {} brick roots",
@@ -167,6 +184,17 @@ impl GlusterBroker {
             }
         }
         check_dedicated(config, &dedicated).map_err(bad)?;
+        let open_to = match &config.open_to {
+            None => vec!["*".to_owned()],
+            Some(list) if list.is_empty() => {
+                return Err(bad("[glusterfs] open_to lists no client".into()));
+            }
+            Some(list) => list
+                .iter()
+                .map(|c| Client::parse(c).map(|c| c.as_str().to_owned()))
+                .collect::<Result<_, _>>()
+                .map_err(|e| bad(format!("[glusterfs] open_to: {e}")))?,
+        };
         let node = match &config.ssh {
             Some(ssh) => Node::Ssh {
                 destination: ssh.destination.clone(),
@@ -187,6 +215,8 @@ impl GlusterBroker {
             dedicated: config.dedicated.clone(),
             plans: config.plans.clone(),
             upkeep_every: Duration::from_secs(config.upkeep_secs.max(1)),
+            open_to,
+            always: config.open_to.is_some(),
             claims: Claims::new(),
         })
     }
@@ -213,16 +243,22 @@ impl GlusterBroker {
     /// Who may mount `home`: its entry in the shared volume's `auth.allow`, or its own
     /// volume's root entry.
     fn access<'a>(&'a self, home: &'a Home) -> (Access<'a>, &'a str) {
-        let (volume, dir, dirs) = match home {
-            Home::Dir(d) => (self.volume.as_str(), d.as_str(), Some(DIRS)),
-            Home::Volume(v) => (v.as_str(), "", None),
+        let (volume, dir, dirs, made): (_, _, _, fn(&str) -> bool) = match home {
+            Home::Dir(d) => (self.volume.as_str(), d.as_str(), Some(DIRS), |dir| {
+                DirName::recorded(dir).is_some()
+            }),
+            Home::Volume(v) => (v.as_str(), "", None, str::is_empty),
         };
         let access = Access {
             gluster: &self.gluster,
             claims: &self.claims,
             volume,
             dirs,
-            made: |dir| DirName::recorded(dir).is_some(),
+            policy: Policy {
+                made,
+                always: self.always,
+            },
+            open_to: &self.open_to,
         };
         (access, dir)
     }
@@ -236,7 +272,7 @@ impl GlusterBroker {
     /// Whether glusterd answers: checked before anything is claimed or made, so that a
     /// stopped glusterd is a 503 with nothing done.
     async fn ping(&self) -> Result<(), BrokerError> {
-        self.gluster.run::<VolumeList>(&["volume", "list"]).await?;
+        self.gluster.read::<VolumeList>(&["volume", "list"]).await?;
         Ok(())
     }
 
@@ -256,10 +292,11 @@ impl GlusterBroker {
 
     async fn remove(&self, home: &Home) -> Result<(), BrokerError> {
         match home {
+            // The data first: the entry keeps its restriction until nothing is left to guard.
             Home::Dir(d) => {
+                self.shares().remove(d.as_str()).await?;
                 let (access, dir) = self.access(home);
-                access.forget(dir).await?;
-                self.shares().remove(d.as_str()).await
+                access.forget(dir).await
             }
             Home::Volume(v) => self.volumes()?.remove(v.as_str()).await,
         }
@@ -278,7 +315,7 @@ impl GlusterBroker {
                 found.push(("directory", name, self.volume.clone()));
             }
         }
-        let list: VolumeList = self.gluster.run(&["volume", "list"]).await?;
+        let list: VolumeList = self.gluster.read(&["volume", "list"]).await?;
         for name in list.list.names {
             if VolumeName::recorded(&name).is_some() {
                 found.push(("volume", name, String::new()));
@@ -359,19 +396,18 @@ impl ServiceBroker for GlusterBroker {
             }
         }
         let made = match &home {
-            Home::Dir(d) => {
-                let made = self.shares().create(d.as_str(), bytes).await;
-                let (access, dir) = self.access(&home);
-                match made {
-                    Ok(()) => access.open(dir).await,
-                    e => e,
-                }
-            }
+            Home::Dir(d) => self.shares().create(d.as_str(), bytes).await,
             Home::Volume(v) => {
                 self.volumes()?
                     .create(v.as_str(), plan.replica, bytes)
                     .await
             }
+        };
+        // Mountable by whom an unrestricted instance is open to.
+        let (access, dir) = self.access(&home);
+        let made = match made {
+            Ok(()) => access.open(dir).await,
+            e => e,
         };
         made.map_err(|e| match e {
             // The claim is made: never "nothing done".
@@ -387,7 +423,8 @@ impl ServiceBroker for GlusterBroker {
     async fn update(&self, input: UpdateInput<'_>) -> Result<Updated, BrokerError> {
         let from = self.plan(input.instance.plan)?;
         let to = self.plan(input.plan)?;
-        if from.kind != to.kind || from.replica != to.replica {
+        let replicas_differ = from.kind == PlanKind::Dedicated && from.replica != to.replica;
+        if from.kind != to.kind || replicas_differ {
             return Err(BrokerError::Unprocessable(format!(
                 "plan {:?} keeps its data {}, plan {:?} {}: create a new instance and copy the data",
                 input.instance.plan.name,
@@ -457,10 +494,17 @@ impl ServiceBroker for GlusterBroker {
             self.servers[0],
             path.trim_end_matches('/')
         );
+        // Read-only is the client's promise (the servers let any mount write): the options
+        // say it too, for apps that mount from the credentials.
+        let options = match (readonly, self.mount_options.as_str()) {
+            (false, options) => options.to_owned(),
+            (true, "") => "ro".to_owned(),
+            (true, options) => format!("{options},ro"),
+        };
         let mut config = Map::new();
         config.insert("source".into(), json!(source));
-        if !self.mount_options.is_empty() {
-            config.insert("options".into(), json!(self.mount_options));
+        if !options.is_empty() {
+            config.insert("options".into(), json!(options));
         }
         let mount = VolumeMount {
             driver: self.driver.clone(),
@@ -482,7 +526,7 @@ impl ServiceBroker for GlusterBroker {
             .with("volume", volume)
             .with("path", path.as_str())
             .with("mount_source", source.as_str())
-            .with("mount_options", self.mount_options.as_str())
+            .with("mount_options", options.as_str())
             .with("quota_bytes", bytes);
         Ok(Bound {
             credentials,
@@ -499,9 +543,8 @@ impl ServiceBroker for GlusterBroker {
         let Some(home) = self.home_of(&input.instance).await? else {
             return Ok(());
         };
-        let bindings = input.bindings.load().await?;
         let (access, dir) = self.access(&home);
-        access.revoke(dir, input.binding, &bindings).await
+        access.revoke(dir, input.binding, &input.bindings).await
     }
 
     fn upkeep_interval(&self) -> Option<Duration> {
@@ -516,17 +559,29 @@ impl ServiceBroker for GlusterBroker {
         bindings: BindingsOf<'_>,
     ) -> Result<Option<InstanceMetadata>, BrokerError> {
         if let Some(home) = self.home_of(&instance).await? {
-            let wanted = Wanted::of(&bindings.load().await?);
             let (access, dir) = self.access(&home);
-            access.reconcile(dir, &wanted).await?;
+            access.reconcile(dir, &bindings).await?;
         }
         Ok(None)
     }
 
+    /// The shared volume answers, with its quota on (without it every provision would fail
+    /// after making its directory).
     async fn check_ready(&self) -> Result<(), BrokerError> {
-        self.gluster
-            .run::<crate::cli::VolumeInfo>(&["volume", "info", &self.volume])
-            .await?;
+        let info: crate::cli::VolumeInfo =
+            self.gluster.read(&["volume", "info", &self.volume]).await?;
+        let quota = info
+            .info
+            .volumes
+            .volumes
+            .first()
+            .and_then(|v| v.option("features.quota"));
+        if quota != Some("on") {
+            return Err(BrokerError::Unavailable(format!(
+                "volume {} has no quota: gluster volume quota {} enable",
+                self.volume, self.volume
+            )));
+        }
         Ok(())
     }
 

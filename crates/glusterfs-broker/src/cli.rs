@@ -1,8 +1,8 @@
 //! The `gluster` command line, the only management interface glusterd 10 has. Every call is
 //! `gluster --mode=script --xml <args>`, the arguments as an argv (never through a local
-//! shell; over SSH each one is quoted for the remote shell), one call at a time per node
+//! shell; over SSH each one is quoted for the remote shell), one change at a time per node
 //! (glusterd takes a cluster-wide lock and refuses a second transaction: such a refusal is
-//! retried with backoff), and the XML reply parsed into typed results. `opRet`, `opErrno` and
+//! retried with backoff; queries go beside them), and the XML reply parsed into typed results. `opRet`, `opErrno` and
 //! `opErrstr` become a [`GlusterError`] that says what Gluster said.
 
 use std::path::PathBuf;
@@ -217,7 +217,10 @@ pub struct QuotaLimit {
 /// Tries of a call glusterd refuses for another transaction in progress, and the first wait
 /// (doubled after each).
 const BUSY_TRIES: u32 = 8;
-const FIRST_WAIT: Duration = Duration::from_millis(200);
+const FIRST_WAIT: Duration = Duration::from_millis(100);
+/// How long one `gluster` (or `ssh`) command may run: glusterd's own transaction timeout is
+/// 120 s; a command past this is killed and counts as an unreachable node.
+const CALL_TIMEOUT: Duration = Duration::from_secs(150);
 
 /// One node's `gluster`, one call at a time.
 pub struct Gluster {
@@ -244,20 +247,39 @@ impl Gluster {
         }
     }
 
-    /// Runs `gluster --mode=script --xml <args>` and reads the reply's body as `T`.
+    /// Runs a change, `gluster --mode=script --xml <args>`, after the node's changes before
+    /// it (glusterd runs one transaction at a time), and reads the reply's body as `T`.
     pub async fn run<T: DeserializeOwned>(&self, args: &[&str]) -> Result<T, GlusterError> {
-        let op = args.iter().take(2).copied().collect::<Vec<_>>().join(" ");
         let _turn = self.serial.lock().await;
+        self.call(args).await
+    }
+
+    /// Runs a query (`volume list`, `volume info`, `volume quota <v> list`): glusterd answers
+    /// those without its cluster lock, so they need not wait for the node's changes.
+    pub async fn read<T: DeserializeOwned>(&self, args: &[&str]) -> Result<T, GlusterError> {
+        self.call(args).await
+    }
+
+    async fn call<T: DeserializeOwned>(&self, args: &[&str]) -> Result<T, GlusterError> {
+        let op = args.iter().take(2).copied().collect::<Vec<_>>().join(" ");
         let mut wait = FIRST_WAIT;
         for attempt in 1..=BUSY_TRIES {
-            let output =
-                self.command(args)
-                    .output()
-                    .await
-                    .map_err(|e| GlusterError::Unreachable {
-                        node: self.label(),
-                        why: e.to_string(),
-                    })?;
+            let unreachable = |why: String| GlusterError::Unreachable {
+                node: self.label(),
+                why,
+            };
+            let mut command = self.command(args);
+            command.kill_on_drop(true);
+            let output = tokio::time::timeout(CALL_TIMEOUT, command.output())
+                .await
+                .map_err(|_| unreachable(format!("no answer within {} s", CALL_TIMEOUT.as_secs())))?
+                .map_err(|e| unreachable(e.to_string()))?;
+            // ssh's own failures (refused, timed out, host key) exit 255: the node was not
+            // reached, nothing was done.
+            if matches!(self.node, Node::Ssh { .. }) && output.status.code() == Some(255) {
+                let said = String::from_utf8_lossy(&output.stderr);
+                return Err(unreachable(format!("ssh: {}", said.trim())));
+            }
             let stdout = String::from_utf8_lossy(&output.stdout);
             match parse::<T>(&op, &stdout) {
                 Err(GlusterError::Refused { message, .. })

@@ -37,6 +37,12 @@ pub struct GlusterConfig {
     /// Where apps get the directory mounted when a binding names no `mount`.
     #[serde(default = "default_container_dir")]
     pub container_dir: String,
+    /// Whom a directory without restriction lets mount (IP addresses or CIDR blocks, the app
+    /// networks): set, every directory gets an `auth.allow` entry for them and the volume root
+    /// none, so only the Gluster servers mount the root. Unset, nothing is written until a
+    /// binding restricts a directory (and open directories then allow `*`).
+    #[serde(default)]
+    pub open_to: Option<Vec<String>>,
     /// How often each instance's `auth.allow` entry is checked against its bindings (and put
     /// right after a write lost to a crash or between replicas).
     #[serde(default = "default_upkeep_secs")]

@@ -43,10 +43,23 @@ impl AdminMount {
         })
     }
 
-    /// Mounts the volume unless it is mounted there already.
+    /// Mounts the volume unless it is mounted there already and answering. A mount whose
+    /// client lost the servers (cut off by `auth.allow`, a restart of the servers) answers
+    /// "Transport endpoint is not connected": it is dropped and made again.
     pub async fn ensure(&self) -> Result<(), BrokerError> {
         if self.mounted() {
-            return Ok(());
+            const ENOTCONN: i32 = 107;
+            match std::fs::metadata(&self.path) {
+                Err(e) if e.raw_os_error() == Some(ENOTCONN) => {
+                    tracing::warn!(mount = %self.path.display(), "admin mount lost its servers; mounting again");
+                    let _ = tokio::process::Command::new("umount")
+                        .arg("-l")
+                        .arg(&self.path)
+                        .status()
+                        .await;
+                }
+                _ => return Ok(()),
+            }
         }
         std::fs::create_dir_all(&self.path)
             .map_err(|e| BrokerError::Failed(format!("making {}: {e}", self.path.display())))?;
@@ -108,7 +121,11 @@ impl Shares<'_> {
     /// Whether directory `name` exists on the volume.
     pub async fn exists(&self, name: &str) -> Result<bool, BrokerError> {
         self.mount.ensure().await?;
-        Ok(self.dir(name).exists())
+        // An error is no answer, never "absent" (that would make a provision adopt nothing
+        // and a bind refuse a directory that is there).
+        self.dir(name)
+            .try_exists()
+            .map_err(|e| BrokerError::Unavailable(format!("volume {}: {e}", self.volume)))
     }
 
     fn quota(&self) -> Quota<'_> {
@@ -178,7 +195,7 @@ impl Quota<'_> {
     pub async fn usage(&self, path: &str) -> Result<Option<Usage>, BrokerError> {
         let list: QuotaList = self
             .gluster
-            .run(&["volume", "quota", self.volume, "list", path])
+            .read(&["volume", "quota", self.volume, "list", path])
             .await?;
         Ok(list
             .quota

@@ -24,7 +24,7 @@ impl Volumes<'_> {
     pub async fn find(&self, name: &str) -> Result<Option<Volume>, BrokerError> {
         match self
             .gluster
-            .run::<VolumeInfo>(&["volume", "info", name])
+            .read::<VolumeInfo>(&["volume", "info", name])
             .await
         {
             Ok(info) => Ok(info

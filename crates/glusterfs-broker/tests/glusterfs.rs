@@ -114,53 +114,69 @@ async fn broker_restart_between_provision_and_bind_carries_on() {
     .unwrap();
 }
 
-/// A subdirectory mount is the instance's directory and nothing else: the volume's other
-/// directories are neither listed nor reachable through `..`, and what an app writes lands
-/// in its own directory only.
+/// Starts a second replica of the broker whose config and state store are in `dir`.
+async fn second_replica(dir: &Path) -> BrokerProcess {
+    let binary = Path::new(env!("CARGO_BIN_EXE_glusterfs-broker"));
+    let config = dir.join("glusterfs-broker.toml");
+    let id = [("KPAAS_BROKER__REPLICA_ID", "replica-2")];
+    start_broker(binary, &config, dir, &id, "/ready")
+        .await
+        .unwrap()
+}
+
+/// With `open_to` (the app networks) set, every directory gets an entry for them and the
+/// volume root none: a client that is no Gluster server mounts its instance's directory, never
+/// the root that reaches every directory; through its mount it sees its own files only and
+/// cannot name another instance's; when the instances go, so do the entries. On a volume of
+/// the test's own: the option is volume-wide.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn another_instance_directory_is_out_of_reach_of_a_subdirectory_mount() {
+async fn a_client_reaches_its_directory_and_never_the_volume_root_or_another_directory() {
     let dir = tempfile::tempdir().unwrap();
-    let (broker, _admin) = start(dir.path()).await;
+    let volume = TestVolume::create(dir.path());
+    let vol = volume.name.as_str();
+    let (broker, _admin) = start_with(
+        dir.path(),
+        vol,
+        |c| {
+            c.replace(
+                "upkeep_secs = 60",
+                "upkeep_secs = 60\nopen_to = [\"127.0.0.0/8\"]",
+            )
+        },
+        "/ready",
+    )
+    .await;
     let c = Osb::new(target(&broker));
     let (a, b) = (fresh_id(), fresh_id());
-    let mut sources = Vec::new();
     for id in [&a, &b] {
         c.provision_ready(id, SMALL).await.unwrap();
-        let creds = c.bind_ready(id, id, SMALL).await.unwrap()["credentials"].clone();
-        sources.push(creds["mount_source"].as_str().unwrap().to_owned());
+        c.bind_ready(id, id, SMALL).await.unwrap();
     }
-    let (app_a, app_b) = (
-        mount(&sources[0], dir.path()),
-        mount(&sources[1], dir.path()),
+    assert_eq!(
+        entries(vol),
+        set_of(&[
+            format!("/{}(127.0.0.0/8)", dir_of(&a)),
+            format!("/{}(127.0.0.0/8)", dir_of(&b))
+        ])
     );
+    assert!(
+        mount_as_client(vol, "", dir.path()).is_none(),
+        "a client mounted the volume root"
+    );
+    let app_a = mount_as_client(vol, &dir_of(&a), dir.path()).expect("a's directory");
+    let app_b = mount_as_client(vol, &dir_of(&b), dir.path()).expect("b's directory");
     std::fs::write(app_b.0.join("secret"), b"b's").unwrap();
     std::fs::write(app_a.0.join("mine"), b"a's").unwrap();
-
-    let names = |p: &Path| -> Vec<String> {
-        let mut n: Vec<String> = std::fs::read_dir(p)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        n.sort();
-        n
-    };
-    assert_eq!(names(&app_a.0), ["mine"], "a's mount shows only a's files");
-    assert_eq!(
-        names(&app_a.0.join("..")),
-        names(dir.path()),
-        "`..` leaves the mount for this host's directory, not the volume"
+    let names: Vec<String> = std::fs::read_dir(&app_a.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["mine"], "a's mount shows only a's files");
+    assert!(
+        std::fs::read(app_a.0.join(dir_of(&b)).join("secret")).is_err(),
+        "a's mount reaches b's directory"
     );
-    for path in [
-        format!("../{}/secret", dir_of(&b)),
-        format!("../../{}/secret", dir_of(&b)),
-        format!("{}/secret", dir_of(&b)),
-    ] {
-        assert!(
-            std::fs::read(app_a.0.join(&path)).is_err(),
-            "a's mount reaches {path}"
-        );
-    }
-    let admin = dir.path().join("kpaas-shared");
+    let admin = dir.path().join(vol);
     assert_eq!(
         std::fs::read(admin.join(dir_of(&a)).join("mine")).unwrap(),
         b"a's"
@@ -174,6 +190,7 @@ async fn another_instance_directory_is_out_of_reach_of_a_subdirectory_mount() {
         c.unbind_done(id, id, SMALL).await.unwrap();
         c.deprovision_done(id, SMALL).await.unwrap();
     }
+    assert_eq!(auth_allow(vol), "*", "entries outlived their instances");
 }
 
 /// The bound credentials mount the instance's directory: writes go in up to the plan's quota
@@ -425,12 +442,41 @@ async fn allow_lets_only_the_named_clients_mount_until_unbind() {
     drop(app);
     assert!(client(&name).is_none(), "unbind left the client in");
 
+    // Two replicas on one store grant at once: none of the writes is lost.
+    let replica = second_replica(dir.path()).await;
+    let c2 = Osb::new(target(&replica));
+    let many: Vec<(String, String)> = (1..=6)
+        .map(|i| (fresh_id(), format!("10.253.0.{i}")))
+        .collect();
+    let granted = futures::future::join_all(many.iter().enumerate().map(|(i, (bid, addr))| {
+        let (c, body) = (
+            if i % 2 == 0 { &c } else { &c2 },
+            bind(serde_json::json!(addr)),
+        );
+        let id = &id;
+        async move { c.bind(id, bid, &body, false).await }
+    }))
+    .await;
+    for reply in granted {
+        let reply = reply.unwrap();
+        assert_eq!(reply.status, 201, "{}", reply.body);
+    }
+    let entry = auth_allow(vol);
+    for (_, addr) in &many {
+        assert!(entry.contains(addr), "{addr} lost from {entry}");
+    }
+    for (bid, _) in &many {
+        c2.unbind_done(&id, bid, SMALL).await.unwrap();
+    }
+    drop(replica);
+
+    // The open instance goes while a restriction stands: its entry goes with it.
+    c.deprovision_done(&other, SMALL).await.unwrap();
+    assert_eq!(entries(vol), set_of(&[format!("/{name}(10.254.0.0/16)")]));
     c.unbind_done(&id, &far, SMALL).await.unwrap();
     assert_eq!(auth_allow(vol), "*", "entries outlived their bindings");
     assert!(client(&name).is_some(), "no restriction left, yet refused");
-    for i in [&id, &other] {
-        c.deprovision_done(i, SMALL).await.unwrap();
-    }
+    c.deprovision_done(&id, SMALL).await.unwrap();
 }
 
 const DEDICATED: &str = "3f0c1c9e-7a4e-4b9a-9d3e-2f1b6c8a5d47";
@@ -672,16 +718,18 @@ async fn orphans_are_listed_and_only_claimed_ones_removed() {
         .unwrap();
 }
 
-/// Twenty provisions at once contend for glusterd's cluster lock: each gets its directory and
+/// Twenty provisions at once on two replicas contend for glusterd's cluster lock: each gets its directory and
 /// its quota, each binding mounts its own, and twenty deprovisions at once leave nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_concurrent_provisions_each_get_a_directory_with_its_quota() {
     let dir = tempfile::tempdir().unwrap();
     let (broker, admin) = start(dir.path()).await;
-    let c = Osb::new(target(&broker));
+    // Two replicas on one store: their `gluster` calls meet at glusterd's cluster lock.
+    let replica = second_replica(dir.path()).await;
+    let clients = [Osb::new(target(&broker)), Osb::new(target(&replica))];
     let ids: Vec<String> = (0..20).map(|_| fresh_id()).collect();
-    let made = futures::future::join_all(ids.iter().map(|id| {
-        let c = &c;
+    let made = futures::future::join_all(ids.iter().enumerate().map(|(i, id)| {
+        let c = &clients[i % 2];
         async move {
             c.provision_ready(id, SMALL).await?;
             c.bind_ready(id, id, SMALL).await
@@ -720,8 +768,8 @@ async fn twenty_concurrent_provisions_each_get_a_directory_with_its_quota() {
             *id
         );
     }
-    let gone = futures::future::join_all(ids.iter().map(|id| {
-        let c = &c;
+    let gone = futures::future::join_all(ids.iter().enumerate().map(|(i, id)| {
+        let c = &clients[i % 2];
         async move {
             c.unbind_done(id, id, SMALL).await?;
             c.deprovision_done(id, SMALL).await
