@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use futures::stream::{self, StreamExt};
 use osb_testkit::bench::{CONCURRENCY, broker_cycle, peak_rss_kib};
 use osb_testkit::{BrokerProcess, Client, Reply, fresh_id, start_broker};
-use support::{Mounted, host};
+use support::{Mounted, deploy_config, host};
 
 const SERVICE: &str = "642e1a24-21c8-450d-b658-88089f34fa0c";
 const SHARED: &str = "b777040f-0d08-4ad4-a50a-614cf1d4b985";
@@ -37,24 +37,17 @@ async fn start(dir: &Path) -> anyhow::Result<(BrokerProcess, Mounted)> {
     for root in ["bricks-a", "bricks-b"] {
         std::fs::create_dir_all(dir.join(root))?;
     }
-    let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/glusterfs-broker.toml"),
-    )?
-    .replace("servers = [\"vm\"]", &format!("servers = [\"{}\"]", host()))
-    .replace(
-        "bricks = [\"vm:/var/lib/kpaas-gluster/dedicated\"]",
-        &format!(
-            "bricks = [\"{h}:{d}/bricks-a\", \"{h}:{d}/bricks-b\"]",
-            h = host(),
-            d = dir.display()
-        ),
-    )
-    .replace("force = false", "force = true")
-    .replace("replica = 1", "replica = 2")
-    .replace(
-        "admin_mount = \"/var/lib/kpaas/glusterfs-admin\"",
-        &format!("admin_mount = \"{}\"", dir.join("admin").display()),
-    );
+    let text = deploy_config("kpaas-shared", &dir.join("admin"))
+        .replace(
+            &format!("bricks = [\"{}:/var/lib/kpaas-gluster/dedicated\"]", host()),
+            &format!(
+                "bricks = [\"{h}:{d}/bricks-a\", \"{h}:{d}/bricks-b\"]",
+                h = host(),
+                d = dir.display()
+            ),
+        )
+        .replace("force = false", "force = true")
+        .replace("replica = 1", "replica = 2");
     let config = dir.join("glusterfs-broker.toml");
     std::fs::write(&config, text)?;
     let binary = Path::new(env!("CARGO_BIN_EXE_glusterfs-broker"));

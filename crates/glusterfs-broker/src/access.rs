@@ -24,8 +24,9 @@ use serde_json::{Map, Value};
 
 use crate::cli::{Gluster, Nothing, VolumeInfo};
 
-/// How long one change of `auth.allow` may hold the volume's lock (a read and a `volume set`).
-const HOLD: Duration = Duration::from_secs(60);
+/// How long one change of `auth.allow` may hold the volume's lock: its section (three quarters
+/// of it) outlasts one `gluster` change's own timeout.
+const HOLD: Duration = Duration::from_secs(180);
 
 /// A client address or CIDR block, checked: only such text ever reaches the option value,
 /// where `,`, `(`, `)` and `|` are syntax.
@@ -136,10 +137,19 @@ impl AuthAllow {
                 }
             })
             .collect();
-        Self {
-            entries,
-            open_to: open_to.to_vec(),
-        }
+        let mut open_to = open_to.to_vec();
+        open_to.sort();
+        open_to.dedup();
+        Self { entries, open_to }
+    }
+
+    /// Whether `clients` is what an open entry allows: the open clients in any order, or
+    /// `*` (what open entries allowed before `open_to` was set; no client list is `*`).
+    fn is_open(&self, clients: &[String]) -> bool {
+        let mut sorted = clients.to_vec();
+        sorted.sort();
+        sorted.dedup();
+        sorted == self.open_to || sorted == [ANYONE]
     }
 
     /// The clients `dir` is restricted to (none: an open entry, or no entry).
@@ -147,7 +157,7 @@ impl AuthAllow {
         self.entries
             .iter()
             .find_map(|e| match e {
-                Entry::Dir { dir: d, clients } if d == dir && *clients != self.open_to => Some(
+                Entry::Dir { dir: d, clients } if d == dir && !self.is_open(clients) => Some(
                     clients
                         .iter()
                         .map(String::as_str)
@@ -179,27 +189,6 @@ impl AuthAllow {
         }
     }
 
-    /// Lets `clients` mount `dir` too.
-    pub fn grant(&mut self, dir: &str, clients: &[Client]) {
-        let mut held: BTreeSet<&str> = self.clients(dir).into_iter().collect();
-        held.extend(clients.iter().map(Client::as_str));
-        let held: Vec<String> = held.into_iter().map(str::to_owned).collect();
-        self.restrict(dir, &held.iter().map(String::as_str).collect());
-    }
-
-    /// Takes `clients` back from `dir`, but those in `kept` (other bindings still hold them).
-    pub fn revoke(&mut self, dir: &str, clients: &[Client], kept: &[Client]) {
-        let held: Vec<String> = self
-            .clients(dir)
-            .into_iter()
-            .filter(|h| {
-                !clients.iter().any(|c| c.as_str() == *h) || kept.iter().any(|k| k.as_str() == *h)
-            })
-            .map(str::to_owned)
-            .collect();
-        self.restrict(dir, &held.iter().map(String::as_str).collect());
-    }
-
     /// Drops `dir`'s entry, whatever it holds.
     pub fn forget(&mut self, dir: &str) {
         self.entries
@@ -207,30 +196,61 @@ impl AuthAllow {
     }
 
     /// Keeps the broker's directories mountable. An open entry is one of `made`'s directories
-    /// allowing exactly the open clients. While any other entry is there (a restriction, the root's or
-    /// an operator's entry: Gluster then refuses whatever no entry names), or `always`, each
-    /// of `open` without an entry gets an open one; otherwise the open entries go and the
-    /// option can return to its default.
-    pub fn settle(&mut self, policy: &Policy, open: &[String]) {
-        let open_to = self.open_to.clone();
-        let is_open = |e: &Entry| matches!(e, Entry::Dir { dir, clients } if (policy.made)(dir) && *clients == open_to);
+    /// allowing exactly the open clients. While any other entry is there (a restriction, the
+    /// root's or an operator's entry: Gluster then refuses whatever no entry names), or
+    /// `always`, each of `open` gets an open entry if it has none, and open entries allow the
+    /// open clients of now; when `open` is `complete` (every claimed directory), open entries
+    /// of directories no longer claimed go. Otherwise the open entries go, and the option can
+    /// return to its default. Refused: opening directories to everyone (`*`, no `open_to`)
+    /// beside entries the broker did not make, which would widen the operator's limits.
+    pub fn settle(
+        &mut self,
+        policy: &Policy,
+        open: &[String],
+        complete: bool,
+    ) -> Result<(), BrokerError> {
+        let this = self.clone();
+        let is_open = |e: &Entry| matches!(e, Entry::Dir { dir, clients } if (policy.made)(dir) && this.is_open(clients));
         let shut = policy.always || self.entries.iter().any(|e| !is_open(e));
-        if shut {
-            for dir in open {
-                let listed = self
-                    .entries
-                    .iter()
-                    .any(|e| matches!(e, Entry::Dir { dir: d, .. } if d == dir));
-                if !listed {
-                    self.entries.push(Entry::Dir {
-                        dir: dir.clone(),
-                        clients: open_to.clone(),
-                    });
-                }
-            }
-        } else {
+        if !shut {
             self.entries.retain(|e| !is_open(e));
+            return Ok(());
         }
+        let foreign = self
+            .entries
+            .iter()
+            .any(|e| !matches!(e, Entry::Dir { dir, .. } if (policy.made)(dir)));
+        if foreign && self.open_to == [ANYONE] && !open.is_empty() {
+            return Err(BrokerError::Failed(
+                "the volume's auth.allow has entries the broker did not make: set [glusterfs] open_to to the app networks, or the broker would open its directories to everyone".into(),
+            ));
+        }
+        let open_to = self.open_to.clone();
+        self.entries.retain(|e| match e {
+            Entry::Dir { dir, .. } if complete && is_open(e) => open.contains(dir),
+            _ => true,
+        });
+        for e in &mut self.entries {
+            if let Entry::Dir { dir, clients } = e
+                && (policy.made)(dir)
+                && this.is_open(clients)
+            {
+                *clients = open_to.clone();
+            }
+        }
+        for dir in open {
+            let listed = self
+                .entries
+                .iter()
+                .any(|e| matches!(e, Entry::Dir { dir: d, .. } if d == dir));
+            if !listed {
+                self.entries.push(Entry::Dir {
+                    dir: dir.clone(),
+                    clients: open_to.clone(),
+                });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -255,21 +275,25 @@ impl fmt::Display for AuthAllow {
     }
 }
 
-/// The clients a directory should allow, from its instance's bindings: every client of a
-/// bound binding must be there, and none but those some binding (bound, being made or being
-/// removed) holds may be.
+/// The clients a directory should allow, from its instance's bindings (read under the
+/// volume's lock): every client of a bound binding (and of the one being bound) must be there,
+/// and none but those some binding holds may be.
 pub struct Wanted {
     must: BTreeSet<String>,
     may: BTreeSet<String>,
 }
 
 impl Wanted {
-    pub fn of(bindings: &[BindingView]) -> Self {
+    /// From `bindings`, but `leaving` (being unbound).
+    pub fn of(bindings: &[BindingView], leaving: Option<&BindingView>) -> Self {
         let mut wanted = Self {
             must: BTreeSet::new(),
             may: BTreeSet::new(),
         };
         for b in bindings {
+            if leaving.is_some_and(|l| l.id == b.id) {
+                continue;
+            }
             for c in Client::of(b) {
                 if b.ready {
                     wanted.must.insert(c.0.clone());
@@ -278,6 +302,15 @@ impl Wanted {
             }
         }
         wanted
+    }
+
+    /// And `clients` (a binding being made).
+    fn with(mut self, clients: &[Client]) -> Self {
+        for c in clients {
+            self.must.insert(c.0.clone());
+            self.may.insert(c.0.clone());
+        }
+        self
     }
 
     /// `held` kept where allowed, completed with what must be there; `None` when `held` is
@@ -297,11 +330,7 @@ impl Wanted {
 /// What one change does to a directory's entry, decided under the volume's lock from what
 /// the store holds then.
 pub enum Edit {
-    Grant(Vec<Client>),
-    Revoke {
-        clients: Vec<Client>,
-        kept: Vec<Client>,
-    },
+    /// The entry as the bindings want it.
     Fix(Wanted),
     /// The directory is gone: its entry goes, and it gets no open one.
     Forget,
@@ -378,8 +407,6 @@ impl Access<'_> {
                 let mut after = before.clone();
                 let except = matches!(edit, Edit::Forget).then_some(dir);
                 match edit {
-                    Edit::Grant(clients) => after.grant(dir, &clients),
-                    Edit::Revoke { clients, kept } => after.revoke(dir, &clients, &kept),
                     Edit::Fix(wanted) => {
                         if let Some(fixed) = wanted.fix(&after.clients(dir)) {
                             after.restrict(dir, &fixed.iter().map(String::as_str).collect());
@@ -388,14 +415,14 @@ impl Access<'_> {
                     Edit::Forget => after.forget(dir),
                     Edit::Settle | Edit::Skip => {}
                 }
-                after.settle(&self.policy, &self.open_dirs(except).await?);
+                after.settle(&self.policy, &self.open_dirs(except).await?, true)?;
                 if after == before {
                     return Ok(());
                 }
-                let value = after.to_string();
-                if value.len() > MAX_VALUE {
+                let (old, value) = (before.to_string(), after.to_string());
+                if value.len() > MAX_VALUE && value.len() > old.len() {
                     return Err(BrokerError::Unprocessable(format!(
-                        "volume {} has too many directories to restrict one by client: use a dedicated plan",
+                        "volume {} has too many directories to give each an auth.allow entry: use a dedicated plan",
                         self.volume
                     )));
                 }
@@ -410,13 +437,22 @@ impl Access<'_> {
             .await
     }
 
-    /// Lets `clients` mount `dir`.
-    pub async fn grant(&self, dir: &str, clients: &[Client]) -> Result<(), BrokerError> {
+    /// Lets `clients` (a binding being made) mount `dir`, beside what the instance's other
+    /// bindings hold.
+    pub async fn grant(
+        &self,
+        dir: &str,
+        clients: &[Client],
+        bindings: &BindingsOf<'_>,
+    ) -> Result<(), BrokerError> {
         if clients.is_empty() {
             return Ok(());
         }
-        let clients = clients.to_vec();
-        self.change(dir, async || Ok(Edit::Grant(clients))).await
+        self.change(dir, async || {
+            let wanted = Wanted::of(&bindings.load().await?, None).with(clients);
+            Ok(Edit::Fix(wanted))
+        })
+        .await
     }
 
     /// Takes back what `binding` was given, but what the instance's other bindings (read
@@ -427,19 +463,14 @@ impl Access<'_> {
         binding: &BindingView,
         bindings: &BindingsOf<'_>,
     ) -> Result<(), BrokerError> {
-        let clients = Client::of(binding);
-        if clients.is_empty() {
+        if Client::of(binding).is_empty() {
             return Ok(());
         }
         self.change(dir, async || {
-            let kept = bindings
-                .load()
-                .await?
-                .iter()
-                .filter(|b| b.id != binding.id)
-                .flat_map(Client::of)
-                .collect();
-            Ok(Edit::Revoke { clients, kept })
+            Ok(Edit::Fix(Wanted::of(
+                &bindings.load().await?,
+                Some(binding),
+            )))
         })
         .await
     }
@@ -449,7 +480,7 @@ impl Access<'_> {
         let current = self.current().await?;
         let mut settled = current.clone();
         settled.forget(dir);
-        settled.settle(&self.policy, &self.open_dirs(Some(dir)).await?);
+        settled.settle(&self.policy, &self.open_dirs(Some(dir)).await?, true)?;
         if settled == current {
             return Ok(());
         }
@@ -460,7 +491,7 @@ impl Access<'_> {
     pub async fn open(&self, dir: &str) -> Result<(), BrokerError> {
         let current = self.current().await?;
         let mut settled = current.clone();
-        settled.settle(&self.policy, &[dir.to_owned()]);
+        settled.settle(&self.policy, &[dir.to_owned()], false)?;
         if settled == current {
             return Ok(());
         }
@@ -469,14 +500,15 @@ impl Access<'_> {
 
     /// Puts `dir`'s entry right by the instance's bindings, if it is not and the instance is
     /// still there and ready (read again under the lock): what upkeep does after a lost
-    /// write (a crash between the store and Gluster, or a second writer).
+    /// write (a crash between the store and Gluster, or a second writer) or a change of
+    /// `open_to`.
     pub async fn reconcile(&self, dir: &str, bindings: &BindingsOf<'_>) -> Result<(), BrokerError> {
         let current = self.current().await?;
         let mut settled = current.clone();
-        if let Some(fixed) = Wanted::of(&bindings.load().await?).fix(&current.clients(dir)) {
+        if let Some(fixed) = Wanted::of(&bindings.load().await?, None).fix(&current.clients(dir)) {
             settled.restrict(dir, &fixed.iter().map(String::as_str).collect());
         }
-        settled.settle(&self.policy, &[dir.to_owned()]);
+        settled.settle(&self.policy, &[dir.to_owned()], false)?;
         if settled == current {
             return Ok(());
         }
@@ -484,7 +516,7 @@ impl Access<'_> {
             if !bindings.instance_ready().await? {
                 return Ok(Edit::Skip);
             }
-            Ok(Edit::Fix(Wanted::of(&bindings.load().await?)))
+            Ok(Edit::Fix(Wanted::of(&bindings.load().await?, None)))
         })
         .await
     }
@@ -561,82 +593,118 @@ mod tests {
         always: false,
     };
 
+    fn set(allow: &mut AuthAllow, dir: &str, clients: &[&str]) {
+        allow.restrict(dir, &clients.iter().copied().collect());
+    }
+
+    fn names(dirs: &[&str]) -> Vec<String> {
+        dirs.iter().map(|d| (*d).to_owned()).collect()
+    }
+
     #[test]
-    fn grants_and_revokes_keep_other_entries_and_shared_clients() {
+    fn restrictions_keep_other_entries_and_read_back_the_same() {
         let mut allow = AuthAllow::parse("/(127.0.0.1),/op_b(10.0.0.9)", &anyone());
-        allow.grant("op_a", &clients(&["10.0.0.1", "10.0.0.0/24"]));
-        allow.grant("op_a", &clients(&["10.0.0.1"]));
+        set(&mut allow, "op_a", &["10.0.0.1", "10.0.0.0/24"]);
         assert_eq!(
             allow.to_string(),
             "/(127.0.0.1),/op_b(10.0.0.9),/op_a(10.0.0.0/24|10.0.0.1)"
         );
-        // Another binding of op_a still holds 10.0.0.1.
-        allow.revoke(
-            "op_a",
-            &clients(&["10.0.0.1", "10.0.0.0/24"]),
-            &clients(&["10.0.0.1"]),
-        );
-        assert_eq!(allow.clients("op_a"), ["10.0.0.1"]);
-        allow.revoke("op_a", &clients(&["10.0.0.1"]), &[]);
-        assert_eq!(allow.to_string(), "/(127.0.0.1),/op_b(10.0.0.9)");
+        assert_eq!(allow.clients("op_a"), ["10.0.0.0/24", "10.0.0.1"]);
         assert_eq!(AuthAllow::parse(&allow.to_string(), &anyone()), allow);
+        set(&mut allow, "op_a", &[]);
+        assert_eq!(allow.to_string(), "/(127.0.0.1),/op_b(10.0.0.9)");
+    }
+
+    /// What a directory allows follows its bindings: bound ones' clients must be there, a
+    /// binding being made or removed keeps its own, nothing else stays.
+    #[test]
+    fn the_bindings_decide_what_a_directory_allows() {
+        let binding = |id: &str, ready: bool, allow: &[&str]| BindingView {
+            id: osb_core::ids::BindingId::parse(id).unwrap(),
+            ready,
+            state: Value::Null,
+            parameters: serde_json::from_value(serde_json::json!({ "allow": allow })).unwrap(),
+        };
+        let bound = binding("b1", true, &["10.0.0.1", "10.0.0.2"]);
+        let making = binding("b2", false, &["10.0.0.3"]);
+        let bindings = [bound.clone(), making];
+        let wanted = Wanted::of(&bindings, None);
+        assert_eq!(
+            wanted.fix(&["10.0.0.3", "10.9.9.9"]).unwrap(),
+            ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+        );
+        assert!(wanted.fix(&["10.0.0.1", "10.0.0.2"]).is_none());
+        // b1 leaving: only what b2, being made, holds may stay.
+        let leaving = Wanted::of(&bindings, Some(&bound));
+        assert_eq!(
+            leaving.fix(&["10.0.0.1", "10.0.0.3"]).unwrap(),
+            ["10.0.0.3"]
+        );
+        // A binding being made adds its own.
+        let with = Wanted::of(&[], None).with(&clients(&["10.0.0.7"]));
+        assert_eq!(with.fix(&[]).unwrap(), ["10.0.0.7"]);
     }
 
     #[test]
     fn one_restricted_directory_keeps_the_others_open_until_it_is_lifted() {
-        let open = ["op_a".to_owned(), "op_b".to_owned(), "op_c".to_owned()];
+        let open = names(&["op_a", "op_b", "op_c"]);
         let mut allow = AuthAllow::parse("*", &anyone());
-        allow.settle(&SOMETIMES, &open);
+        allow.settle(&SOMETIMES, &open, true).unwrap();
         assert_eq!(allow.to_string(), "", "nothing restricted: the default");
-        allow.grant("op_a", &clients(&["10.0.0.1"]));
-        allow.settle(&SOMETIMES, &open);
+        set(&mut allow, "op_a", &["10.0.0.1"]);
+        allow.settle(&SOMETIMES, &open, true).unwrap();
         assert_eq!(allow.to_string(), "/op_a(10.0.0.1),/op_b(*),/op_c(*)");
         assert!(allow.clients("op_b").is_empty(), "open is no restriction");
-        allow.revoke("op_a", &clients(&["10.0.0.1"]), &[]);
-        allow.settle(&SOMETIMES, &open);
+        set(&mut allow, "op_a", &[]);
+        allow.settle(&SOMETIMES, &open, true).unwrap();
         assert_eq!(allow.to_string(), "", "the last restriction lifted");
     }
 
-    /// Any entry shuts what no entry names: an operator's root entry alone, or one left after
-    /// the last restriction went, keeps the broker's directories open entries.
+    /// Opening directories to everyone beside an operator's entries would widen them: refused
+    /// until `open_to` names the app networks.
     #[test]
-    fn an_operator_entry_keeps_the_directories_open_entries() {
-        let open = ["op_a".to_owned(), "op_b".to_owned()];
-        let mut allow = AuthAllow::parse("/(10.1.1.1),/shared(10.2.0.0/16)", &anyone());
-        allow.settle(&SOMETIMES, &open);
-        assert_eq!(
-            allow.to_string(),
-            "/(10.1.1.1),/shared(10.2.0.0/16),/op_a(*),/op_b(*)"
-        );
-        allow.grant("op_a", &clients(&["10.0.0.1"]));
-        allow.revoke("op_a", &clients(&["10.0.0.1"]), &[]);
-        allow.settle(&SOMETIMES, &open);
-        assert_eq!(
-            allow.to_string(),
-            "/(10.1.1.1),/shared(10.2.0.0/16),/op_b(*),/op_a(*)"
-        );
+    fn an_operator_entry_without_open_to_is_refused() {
+        let open = names(&["op_a"]);
+        for value in ["/(10.1.1.1)", "10.0.0.*"] {
+            let mut allow = AuthAllow::parse(value, &anyone());
+            assert!(allow.settle(&SOMETIMES, &open, true).is_err(), "{value}");
+        }
     }
 
-    /// With the app networks configured, open entries allow those (never `*`), every directory
-    /// has one even while nothing is restricted, and a grant replaces it.
+    /// With the app networks configured, open entries allow those (never `*`; an old `*`
+    /// entry is rewritten), every directory has one even while nothing is restricted, a
+    /// restriction replaces it, and an operator's entries stay.
     #[test]
     fn open_entries_allow_the_configured_networks_only() {
-        let networks = vec!["10.1.0.0/16".to_owned()];
+        let networks = names(&["10.2.0.0/16", "10.1.0.0/16"]);
         let always = Policy { made, always: true };
-        let open = ["op_a".to_owned(), "op_b".to_owned()];
-        let mut allow = AuthAllow::parse("*", &networks);
-        allow.settle(&always, &open);
-        assert_eq!(allow.to_string(), "/op_a(10.1.0.0/16),/op_b(10.1.0.0/16)");
+        let open = names(&["op_a", "op_b"]);
+        let mut allow = AuthAllow::parse("/(10.3.3.3),/op_b(*)", &networks);
+        allow.settle(&always, &open, true).unwrap();
+        assert_eq!(
+            allow.to_string(),
+            "/(10.3.3.3),/op_b(10.1.0.0/16|10.2.0.0/16),/op_a(10.1.0.0/16|10.2.0.0/16)"
+        );
         assert!(allow.clients("op_a").is_empty());
-        allow.grant("op_a", &clients(&["10.1.2.3"]));
-        allow.settle(&always, &open);
-        assert_eq!(allow.to_string(), "/op_a(10.1.2.3),/op_b(10.1.0.0/16)");
-        allow.revoke("op_a", &clients(&["10.1.2.3"]), &[]);
-        allow.settle(&always, &open);
-        assert_eq!(allow.to_string(), "/op_b(10.1.0.0/16),/op_a(10.1.0.0/16)");
-        // A directory going away loses its entry and gets no open one.
+        set(&mut allow, "op_a", &["10.1.2.3"]);
+        allow.settle(&always, &open, true).unwrap();
+        assert_eq!(allow.clients("op_a"), ["10.1.2.3"]);
+        set(&mut allow, "op_a", &[]);
+        allow.settle(&always, &open, true).unwrap();
+        assert!(
+            allow
+                .to_string()
+                .ends_with(",/op_a(10.1.0.0/16|10.2.0.0/16)")
+        );
+        // A directory going away loses its entry, and an open entry of a directory no longer
+        // claimed goes once every claimed one is known.
         allow.forget("op_a");
-        allow.settle(&always, &open[1..]);
-        assert_eq!(allow.to_string(), "/op_b(10.1.0.0/16)");
+        allow.settle(&always, &open[1..], true).unwrap();
+        assert_eq!(
+            allow.to_string(),
+            "/(10.3.3.3),/op_b(10.1.0.0/16|10.2.0.0/16)"
+        );
+        allow.settle(&always, &[], true).unwrap();
+        assert_eq!(allow.to_string(), "/(10.3.3.3)");
     }
 }

@@ -296,7 +296,7 @@ impl GlusterBroker {
             Home::Dir(d) => {
                 self.shares().remove(d.as_str()).await?;
                 let (access, dir) = self.access(home);
-                access.forget(dir).await
+                access.forget(dir).await.map_err(BrokerError::after_changes)
             }
             Home::Volume(v) => self.volumes()?.remove(v.as_str()).await,
         }
@@ -409,11 +409,7 @@ impl ServiceBroker for GlusterBroker {
             Ok(()) => access.open(dir).await,
             e => e,
         };
-        made.map_err(|e| match e {
-            // The claim is made: never "nothing done".
-            BrokerError::Unavailable(why) => BrokerError::Failed(why),
-            e => e,
-        })?;
+        made.map_err(BrokerError::after_changes)?;
         Ok(Provisioned {
             state: json!({ home.what(): home.name() }),
             ..Provisioned::default()
@@ -484,7 +480,7 @@ impl ServiceBroker for GlusterBroker {
             )));
         }
         let (access, dir) = self.access(&home);
-        access.grant(dir, &clients).await?;
+        access.grant(dir, &clients, &input.bindings).await?;
         let (volume, path) = match &home {
             Home::Dir(d) => (self.volume.as_str(), format!("/{}", d.as_str())),
             Home::Volume(v) => (v.as_str(), String::from("/")),

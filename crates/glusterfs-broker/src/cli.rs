@@ -48,9 +48,10 @@ impl Node {
                 ssh(&at, identity.as_deref(), &argv)
             }
         };
-        let out = command
-            .output()
+        command.kill_on_drop(true);
+        let out = tokio::time::timeout(CALL_TIMEOUT, command.output())
             .await
+            .map_err(|_| BrokerError::Failed(format!("removing {host}:{path}: no answer")))?
             .map_err(|e| BrokerError::Failed(format!("removing {host}:{path}: {e}")))?;
         if !out.status.success() {
             return Err(BrokerError::Failed(format!(
@@ -90,6 +91,9 @@ pub enum GlusterError {
         errno: i64,
         message: String,
     },
+    /// A change got no answer in time: glusterd may have made it or not.
+    #[error("gluster {op} on {node} gave no answer within {secs} s; it may have been made")]
+    NoAnswer { op: String, node: String, secs: u64 },
     /// Another transaction held the cluster lock through every retry.
     #[error("Gluster stayed busy with another transaction during {op}")]
     Busy { op: String },
@@ -104,9 +108,9 @@ impl From<GlusterError> for BrokerError {
             GlusterError::Unreachable { .. } => BrokerError::Unavailable(e.to_string()),
             // A busy cluster did nothing for this call: a retry later can work.
             GlusterError::Busy { .. } => BrokerError::Unavailable(e.to_string()),
-            GlusterError::Refused { .. } | GlusterError::Unreadable { .. } => {
-                BrokerError::Failed(e.to_string())
-            }
+            GlusterError::Refused { .. }
+            | GlusterError::Unreadable { .. }
+            | GlusterError::NoAnswer { .. } => BrokerError::Failed(e.to_string()),
         }
     }
 }
@@ -218,9 +222,9 @@ pub struct QuotaLimit {
 /// (doubled after each).
 const BUSY_TRIES: u32 = 8;
 const FIRST_WAIT: Duration = Duration::from_millis(100);
-/// How long one `gluster` (or `ssh`) command may run: glusterd's own transaction timeout is
-/// 120 s; a command past this is killed and counts as an unreachable node.
-const CALL_TIMEOUT: Duration = Duration::from_secs(150);
+/// How long one `gluster` (or `ssh`) command may run: glusterd's own transaction timeout.
+/// A query past it is an unreachable node; a change past it may still have been made.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// One node's `gluster`, one call at a time.
 pub struct Gluster {
@@ -251,16 +255,20 @@ impl Gluster {
     /// it (glusterd runs one transaction at a time), and reads the reply's body as `T`.
     pub async fn run<T: DeserializeOwned>(&self, args: &[&str]) -> Result<T, GlusterError> {
         let _turn = self.serial.lock().await;
-        self.call(args).await
+        self.call(args, true).await
     }
 
     /// Runs a query (`volume list`, `volume info`, `volume quota <v> list`): glusterd answers
     /// those without its cluster lock, so they need not wait for the node's changes.
     pub async fn read<T: DeserializeOwned>(&self, args: &[&str]) -> Result<T, GlusterError> {
-        self.call(args).await
+        self.call(args, false).await
     }
 
-    async fn call<T: DeserializeOwned>(&self, args: &[&str]) -> Result<T, GlusterError> {
+    async fn call<T: DeserializeOwned>(
+        &self,
+        args: &[&str],
+        change: bool,
+    ) -> Result<T, GlusterError> {
         let op = args.iter().take(2).copied().collect::<Vec<_>>().join(" ");
         let mut wait = FIRST_WAIT;
         for attempt in 1..=BUSY_TRIES {
@@ -270,13 +278,26 @@ impl Gluster {
             };
             let mut command = self.command(args);
             command.kill_on_drop(true);
-            let output = tokio::time::timeout(CALL_TIMEOUT, command.output())
-                .await
-                .map_err(|_| unreachable(format!("no answer within {} s", CALL_TIMEOUT.as_secs())))?
-                .map_err(|e| unreachable(e.to_string()))?;
-            // ssh's own failures (refused, timed out, host key) exit 255: the node was not
-            // reached, nothing was done.
-            if matches!(self.node, Node::Ssh { .. }) && output.status.code() == Some(255) {
+            let output = match tokio::time::timeout(CALL_TIMEOUT, command.output()).await {
+                Ok(output) => output.map_err(|e| unreachable(e.to_string()))?,
+                Err(_) if change => {
+                    return Err(GlusterError::NoAnswer {
+                        op,
+                        node: self.label(),
+                        secs: CALL_TIMEOUT.as_secs(),
+                    });
+                }
+                Err(_) => {
+                    let secs = CALL_TIMEOUT.as_secs();
+                    return Err(unreachable(format!("no answer within {secs} s")));
+                }
+            };
+            // ssh's own failures (refused, timed out, host key) exit 255 before the remote
+            // command wrote anything: the node was not reached, nothing was done.
+            if matches!(self.node, Node::Ssh { .. })
+                && output.status.code() == Some(255)
+                && output.stdout.is_empty()
+            {
                 let said = String::from_utf8_lossy(&output.stderr);
                 return Err(unreachable(format!("ssh: {}", said.trim())));
             }

@@ -100,15 +100,23 @@ impl Volumes<'_> {
     /// Stops and deletes volume `name`, then removes its brick directories (gone already is
     /// fine, at every step).
     pub async fn remove(&self, name: &str) -> Result<(), BrokerError> {
+        let mut changed = false;
         if let Some(volume) = self.find(name).await? {
             if volume.status == "Started" {
                 self.gluster
                     .run::<Nothing>(&["volume", "stop", name, "force"])
                     .await?;
+                changed = true;
             }
-            self.gluster
+            // Stopped: whatever fails from here is no "nothing done".
+            let deleted = self
+                .gluster
                 .run::<Nothing>(&["volume", "delete", name])
-                .await?;
+                .await;
+            deleted.map_err(|e| {
+                let e = BrokerError::from(e);
+                if changed { e.after_changes() } else { e }
+            })?;
         }
         for brick in self.bricks(name) {
             let (host, path) = brick_root(&brick)

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use osb_testkit::{Client as Osb, check_backend_down, fresh_id, start_broker};
-use support::{Mounted, host};
+use support::{Mounted, deploy_config};
 
 const SERVICE: &str = "642e1a24-21c8-450d-b658-88089f34fa0c";
 const SMALL: &str = "b777040f-0d08-4ad4-a50a-614cf1d4b985";
@@ -60,16 +60,7 @@ impl Drop for Stopped {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_glusterd_is_a_503_and_nothing_is_recorded() {
     let dir = tempfile::tempdir().unwrap();
-    let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/glusterfs-broker.toml"),
-    )
-    .unwrap()
-    .replace("servers = [\"vm\"]", &format!("servers = [\"{}\"]", host()))
-    .replace("bricks = [\"vm:", &format!("bricks = [\"{}:", host()))
-    .replace(
-        "admin_mount = \"/var/lib/kpaas/glusterfs-admin\"",
-        &format!("admin_mount = \"{}\"", dir.path().join("admin").display()),
-    );
+    let text = deploy_config("kpaas-shared", &dir.path().join("admin"));
     let config = dir.path().join("glusterfs-broker.toml");
     std::fs::write(&config, text).unwrap();
     let binary = Path::new(env!("CARGO_BIN_EXE_glusterfs-broker"));

@@ -158,6 +158,8 @@ pub struct BindInput<'a> {
     pub context: &'a Map<String, Value>,
     /// Set when the platform rotates a binding.
     pub predecessor: Option<&'a BindingView>,
+    /// The instance's bindings, this one included (recorded before the bind runs).
+    pub bindings: BindingsOf<'a>,
 }
 
 pub struct UnbindInput<'a> {
@@ -223,6 +225,20 @@ pub enum BrokerError {
     /// The backend failed part-way (500). The description is shown to the user.
     #[error("{0}")]
     Failed(String),
+}
+
+impl BrokerError {
+    /// This error, met after the operation changed something on the backend: never "nothing
+    /// done" (a 503 or 422 lets the engine forget the operation, or put a half-removed
+    /// instance back to ready), so those become failures.
+    pub fn after_changes(self) -> Self {
+        match self {
+            BrokerError::Unavailable(why) | BrokerError::Unprocessable(why) => {
+                BrokerError::Failed(why)
+            }
+            e => e,
+        }
+    }
 }
 
 /// A service broker's backend. `osb-core` calls these with validated, typed input once the

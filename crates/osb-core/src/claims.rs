@@ -105,9 +105,10 @@ impl Claims {
     /// Runs `work` as the only holder of lock `name` among every replica sharing the store:
     /// for a read-modify-write of one backend setting. The lock is a lease of `hold`, so a
     /// replica that dies holding it blocks the others no longer than that. `work` gets three
-    /// quarters of `hold` and is dropped past them (a 503), so that it never writes after its
-    /// lease could have passed to another replica (clocks apart by less than a quarter).
-    /// Waits up to `hold` for the lock, then answers 503.
+    /// quarters of `hold` and is stopped past them (a 503). A section that did not end (stopped,
+    /// or dropped by its caller) keeps the lease until it expires: a change it sent may still
+    /// land, and the next holder must read the setting after it. Waits a little longer than
+    /// `hold` for the lock, then answers 503.
     pub async fn exclusive<T, F, Fut>(
         &self,
         name: &str,
@@ -121,7 +122,8 @@ impl Claims {
         let store = self.store()?;
         let holder = uuid::Uuid::new_v4().to_string();
         let ttl = i64::try_from(hold.as_millis()).unwrap_or(i64::MAX);
-        let deadline = Instant::now() + hold;
+        // Past `hold`: a lease left by a section that did not end is taken over, not missed.
+        let deadline = Instant::now() + hold + hold / 10;
         let mut pause = Duration::from_millis(10);
         while !store
             .acquire_lease(name, &holder, ttl)
@@ -137,52 +139,17 @@ impl Claims {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(250));
         }
-        let held = Held {
-            store: store.clone(),
-            name: name.to_owned(),
-            holder: Some(holder),
-        };
-        let result = match tokio::time::timeout(hold * 3 / 4, work()).await {
-            Ok(result) => result,
-            Err(_) => Err(BrokerError::Unavailable(format!(
-                "the work under lock {name} took longer than its lease allows"
-            ))),
-        };
-        held.release().await;
+        let result = tokio::time::timeout(hold * 3 / 4, work())
+            .await
+            .map_err(|_| {
+                BrokerError::Unavailable(format!(
+                    "the work under lock {name} took longer than its lease allows"
+                ))
+            })?;
+        // A lease left behind only delays the next holder until it expires.
+        if let Err(e) = store.release_lease(name, &holder).await {
+            tracing::warn!(lock = name, error = %e, "lock not released; it expires on its own");
+        }
         result
-    }
-}
-
-/// A lease held by [`Claims::exclusive`]; given up when released, or (from a task of its own)
-/// when the section is dropped half-way, as a timed-out caller does.
-struct Held {
-    store: Store,
-    name: String,
-    holder: Option<String>,
-}
-
-impl Held {
-    async fn release(mut self) {
-        if let Some(holder) = self.holder.take() {
-            release(&self.store, &self.name, &holder).await;
-        }
-    }
-}
-
-async fn release(store: &Store, name: &str, holder: &str) {
-    // A lease left behind only delays the next holder until it expires.
-    if let Err(e) = store.release_lease(name, holder).await {
-        tracing::warn!(lock = name, error = %e, "lock not released; it expires on its own");
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        if let (Some(holder), Ok(runtime)) =
-            (self.holder.take(), tokio::runtime::Handle::try_current())
-        {
-            let (store, name) = (self.store.clone(), std::mem::take(&mut self.name));
-            runtime.spawn(async move { release(&store, &name, &holder).await });
-        }
     }
 }

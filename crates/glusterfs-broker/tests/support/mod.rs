@@ -20,6 +20,25 @@ impl Drop for Mounted {
     }
 }
 
+/// The deploy config on this host: its name as the server and the brick host, `volume` as the
+/// shared volume, the admin mount at `admin`.
+pub fn deploy_config(volume: &str, admin: &Path) -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/glusterfs-broker.toml"),
+    )
+    .unwrap()
+    .replace("servers = [\"vm\"]", &format!("servers = [\"{}\"]", host()))
+    .replace("bricks = [\"vm:", &format!("bricks = [\"{}:", host()))
+    .replace(
+        "admin_mount = \"/var/lib/kpaas/glusterfs-admin\"",
+        &format!("admin_mount = \"{}\"", admin.display()),
+    )
+    .replace(
+        "volume = \"kpaas-shared\"",
+        &format!("volume = \"{volume}\""),
+    )
+}
+
 pub fn host() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .unwrap()

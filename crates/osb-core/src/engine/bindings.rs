@@ -360,6 +360,7 @@ impl<B: ServiceBroker> Engine<B> {
                         bind_resource: bind_resource.as_ref(),
                         context: &context,
                         predecessor: predecessor.as_ref(),
+                        bindings: BindingsOf::new(&self.inner.store, &loaded.row.id),
                     }),
                 )
                 .await
