@@ -21,6 +21,8 @@ run: backends build
 
 # Prints throughput and memory figures (docs/benchmarks.md); asserts nothing about speed.
 bench: backends
+	bash scripts/bench-tools.sh
+	cargo bench -p mysql-broker --bench reads
 	cargo bench -p mysql-broker --bench cycles
 	cargo bench -p mongodb-broker --bench cycles
 	cargo bench -p rabbitmq-broker --bench cycles

@@ -215,6 +215,22 @@ where
         .map(respond)
 }
 
+/// Runs a read (`GET`, `last_operation`): on the request's own thread when the store is a
+/// SQLite file, whose queries run on blocking threads and hold no socket (a read changes
+/// nothing a hang-up could leave half done, and two thread hops fewer are most of its cost);
+/// on the broker runtime otherwise, where the pool's network connections live.
+async fn read<B, F, Fut>(engine: &Engine<B>, work: F) -> Result<HttpResponse, OsbError>
+where
+    B: ServiceBroker,
+    F: FnOnce(Engine<B>) -> Fut,
+    Fut: Future<Output = Result<Reply, OsbError>> + Send + 'static,
+{
+    if engine.store_kind() == "sqlite" {
+        return work(engine.clone()).await.map(respond);
+    }
+    run(engine, work).await
+}
+
 type Data<B> = web::Data<Engine<B>>;
 type Answer = Result<HttpResponse, OsbError>;
 
@@ -283,7 +299,7 @@ async fn fetch_instance<B: ServiceBroker>(
     InstancePath(id): InstancePath,
     _: OsbQuery<FetchQuery>,
 ) -> Answer {
-    run(&e, |e| async move { e.fetch_instance(c, id).await }).await
+    read(&e, |e| async move { e.fetch_instance(c, id).await }).await
 }
 
 async fn instance_last_operation<B: ServiceBroker>(
@@ -292,7 +308,7 @@ async fn instance_last_operation<B: ServiceBroker>(
     InstancePath(id): InstancePath,
     OsbQuery(q): OsbQuery<FetchQuery>,
 ) -> Answer {
-    run(
+    read(
         &e,
         |e| async move { e.instance_last_operation(c, id, q).await },
     )
@@ -323,7 +339,7 @@ async fn fetch_binding<B: ServiceBroker>(
     BindingPath(id, bid): BindingPath,
     _: OsbQuery<FetchQuery>,
 ) -> Answer {
-    run(&e, |e| async move { e.fetch_binding(c, id, bid).await }).await
+    read(&e, |e| async move { e.fetch_binding(c, id, bid).await }).await
 }
 
 async fn binding_last_operation<B: ServiceBroker>(
@@ -332,7 +348,7 @@ async fn binding_last_operation<B: ServiceBroker>(
     BindingPath(id, bid): BindingPath,
     OsbQuery(q): OsbQuery<FetchQuery>,
 ) -> Answer {
-    run(&e, |e| async move {
+    read(&e, |e| async move {
         e.binding_last_operation(c, id, bid, q).await
     })
     .await

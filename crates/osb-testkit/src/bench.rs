@@ -8,7 +8,9 @@ use std::time::Instant;
 
 use futures::stream::{self, StreamExt};
 
-use crate::{Client, fresh_id, start_broker};
+use anyhow::Context as _;
+
+use crate::{BrokerProcess, Client, PASSWORD, USERNAME, fresh_id, start_broker};
 
 /// Cycles per run and how many run at once.
 pub const CYCLES: usize = 200;
@@ -133,4 +135,74 @@ where
     }
     .print();
     Ok(())
+}
+
+/// What wrk measured on one path.
+pub struct Load {
+    pub requests_per_sec: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// wrk's threads and connections, and seconds per path.
+pub const WRK_THREADS: u32 = 2;
+pub const WRK_CONNECTIONS: u32 = 16;
+pub const WRK_SECS: u32 = 5;
+
+/// Drives `GET path` of `broker` with wrk (scripts/bench-tools.sh installs it), with the
+/// broker's credentials and API version; fails when any answer is not a 2xx (a rate of errors
+/// means nothing).
+pub fn wrk(broker: &BrokerProcess, path: &str) -> anyhow::Result<Load> {
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USERNAME}:{PASSWORD}"));
+    let out = std::process::Command::new("wrk")
+        .arg(format!("-t{WRK_THREADS}"))
+        .arg(format!("-c{WRK_CONNECTIONS}"))
+        .arg(format!("-d{WRK_SECS}s"))
+        .arg("--latency")
+        .args(["-H", &format!("Authorization: Basic {auth}")])
+        .args(["-H", "X-Broker-API-Version: 2.17"])
+        .arg(format!("http://127.0.0.1:{}{path}", broker.port))
+        .output()
+        .context("wrk (run scripts/bench-tools.sh)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(out.status.success(), "wrk failed: {text}");
+    anyhow::ensure!(
+        !text.contains("Non-2xx") && !text.contains("Socket errors"),
+        "{path}: errors under load: {text}"
+    );
+    let field = |key: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(key).map(str::trim))
+            .with_context(|| format!("no {key:?} in wrk's output: {text}"))
+    };
+    let rate: f64 = field("Requests/sec:")?.parse()?;
+    Ok(Load {
+        requests_per_sec: rate,
+        p50_ms: millis(field("50%")?)?,
+        p99_ms: millis(field("99%")?)?,
+    })
+}
+
+/// wrk's `190.00us`, `3.40ms`, `1.02s` in milliseconds.
+fn millis(text: &str) -> anyhow::Result<f64> {
+    let (number, scale) = if let Some(n) = text.strip_suffix("us") {
+        (n, 0.001)
+    } else if let Some(n) = text.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1000.0)
+    } else {
+        anyhow::bail!("{text:?} is no wrk latency");
+    };
+    Ok(number.parse::<f64>()? * scale)
+}
+
+/// The resident set of process `pid` now (Linux), in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
 }

@@ -17,9 +17,13 @@ impl<B: ServiceBroker> Engine<B> {
     // ---- fetch -------------------------------------------------------------------------
 
     pub async fn fetch_instance(&self, caller: Caller, id: InstanceId) -> Result<Reply, OsbError> {
-        let row = self
-            .visible_instance(&id, &caller)
+        // One read: the row and what upkeep last measured of it.
+        let (row, facts) = self
+            .inner
+            .store
+            .instance_with_facts(id.as_str())
             .await?
+            .filter(|(row, _)| row.platform == caller.platform)
             .ok_or_else(|| OsbError::NotFound("service instance does not exist".into()))?;
         match row.state() {
             // A half-deleted instance is there (only a delete may follow): it is shown.
@@ -40,7 +44,7 @@ impl<B: ServiceBroker> Engine<B> {
         };
         // What upkeep last measured, never a live backend call: a platform polling many
         // instances must not put that load on the backend.
-        if let Some((facts, measured_at)) = self.inner.store.facts(&loaded.row.id).await? {
+        if let Some((facts, measured_at)) = facts {
             let facts: InstanceMetadata = parse_json(&facts, "instance facts")?;
             let m = metadata.get_or_insert_with(Default::default);
             m.labels.extend(facts.labels);
@@ -93,8 +97,14 @@ impl<B: ServiceBroker> Engine<B> {
         id: InstanceId,
         query: FetchQuery,
     ) -> Result<Reply, OsbError> {
-        let instance = self.visible_instance(&id, &caller).await?;
-        self.last_operation(&caller, &id, None, instance.map(|i| i.operation_id), query)
+        let current = self
+            .inner
+            .store
+            .instance_with_operation(id.as_str())
+            .await?
+            .filter(|(row, _)| row.platform == caller.platform)
+            .map(|(row, op)| (row.operation_id, op));
+        self.last_operation(&caller, &id, None, current, query)
             .await
     }
 
@@ -105,20 +115,15 @@ impl<B: ServiceBroker> Engine<B> {
         binding_id: BindingId,
         query: FetchQuery,
     ) -> Result<Reply, OsbError> {
-        let binding = self
+        let current = self
             .inner
             .store
-            .binding(binding_id.as_str())
+            .binding_with_operation(binding_id.as_str())
             .await?
-            .filter(|b| b.instance_id == id.as_str() && b.platform == caller.platform);
-        self.last_operation(
-            &caller,
-            &id,
-            Some(&binding_id),
-            binding.map(|b| b.operation_id),
-            query,
-        )
-        .await
+            .filter(|(b, _)| b.instance_id == id.as_str() && b.platform == caller.platform)
+            .map(|(b, op)| (b.operation_id, op));
+        self.last_operation(&caller, &id, Some(&binding_id), current, query)
+            .await
     }
 
     async fn last_operation(
@@ -126,7 +131,8 @@ impl<B: ServiceBroker> Engine<B> {
         caller: &Caller,
         id: &InstanceId,
         binding: Option<&BindingId>,
-        current: Option<String>,
+        // The resource's current operation id, and its row when the same read brought it.
+        current: Option<(String, Option<OperationRow>)>,
         query: FetchQuery,
     ) -> Result<Reply, OsbError> {
         let store = &self.inner.store;
@@ -174,9 +180,10 @@ impl<B: ServiceBroker> Engine<B> {
             });
             return Err(if deleted { OsbError::Gone } else { missing() });
         };
-        let op = match requested {
-            Some(op) => op,
-            None => store.operation(&current).await?.ok_or_else(missing)?,
+        let op = match (requested, current) {
+            (Some(op), _) => op,
+            (None, (_, Some(op))) => op,
+            (None, (current, None)) => store.operation(&current).await?.ok_or_else(missing)?,
         };
         let state = op.state();
         let failed = state == Some(OperationState::Failed);

@@ -9,7 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::pooled_connection::deadpool::{Pool, PoolError};
-use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
 use diesel_async::scoped_futures::ScopedFutureExt;
 use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
 use diesel_async::{
@@ -189,6 +191,9 @@ impl Store {
                 )));
             }
             let mut config = ManagerConfig::<SqliteConn>::default();
+            // A file does not drop connections: no `SELECT 1` before every use (the default
+            // check doubled the statements of a read).
+            config.recycling_method = RecyclingMethod::Fast;
             config.custom_setup = Box::new(|url| {
                 async move {
                     let mut conn = SqliteConn::establish(url).await?;
@@ -283,6 +288,55 @@ impl Store {
         with_conn!(self, |conn| Ok(osb_instances::table
             .find(id)
             .first::<InstanceRow>(conn)
+            .await
+            .optional()?))
+    }
+
+    /// An instance and what upkeep last measured of it (its facts and when), in one read.
+    pub async fn instance_with_facts(
+        &self,
+        id: &str,
+    ) -> Result<Option<(InstanceRow, Option<(String, i64)>)>, StoreError> {
+        use osb_instance_facts::dsl as facts;
+        with_conn!(self, |conn| Ok(osb_instances::table
+            .left_join(facts::osb_instance_facts.on(facts::instance_id.eq(osb_instances::id)))
+            .filter(osb_instances::id.eq(id))
+            .select((
+                InstanceRow::as_select(),
+                (facts::facts, facts::measured_at).nullable(),
+            ))
+            .first::<(InstanceRow, Option<(String, i64)>)>(conn)
+            .await
+            .optional()?))
+    }
+
+    /// An instance and the operation it is on, in one read.
+    pub async fn instance_with_operation(
+        &self,
+        id: &str,
+    ) -> Result<Option<(InstanceRow, Option<OperationRow>)>, StoreError> {
+        with_conn!(self, |conn| Ok(osb_instances::table
+            .left_join(osb_operations::table.on(osb_operations::id.eq(osb_instances::operation_id)))
+            .filter(osb_instances::id.eq(id))
+            .select((
+                InstanceRow::as_select(),
+                Option::<OperationRow>::as_select()
+            ))
+            .first::<(InstanceRow, Option<OperationRow>)>(conn)
+            .await
+            .optional()?))
+    }
+
+    /// A binding and the operation it is on, in one read.
+    pub async fn binding_with_operation(
+        &self,
+        id: &str,
+    ) -> Result<Option<(BindingRow, Option<OperationRow>)>, StoreError> {
+        with_conn!(self, |conn| Ok(osb_bindings::table
+            .left_join(osb_operations::table.on(osb_operations::id.eq(osb_bindings::operation_id)))
+            .filter(osb_bindings::id.eq(id))
+            .select((BindingRow::as_select(), Option::<OperationRow>::as_select()))
+            .first::<(BindingRow, Option<OperationRow>)>(conn)
             .await
             .optional()?))
     }
@@ -822,17 +876,6 @@ impl Store {
                 .await?;
             Ok(())
         })
-    }
-
-    /// What upkeep last measured of an instance, and when (Unix ms).
-    pub async fn facts(&self, instance_id: &str) -> Result<Option<(String, i64)>, StoreError> {
-        use osb_instance_facts::dsl;
-        with_conn!(self, |conn| Ok(dsl::osb_instance_facts
-            .find(instance_id)
-            .select((dsl::facts, dsl::measured_at))
-            .first::<(String, i64)>(conn)
-            .await
-            .optional()?))
     }
 
     /// Since when the catalog with entity tag `etag` has been served (Unix ms): its

@@ -92,3 +92,10 @@ diesel::table! {
         claimed_at -> BigInt,
     }
 }
+
+diesel::allow_tables_to_appear_in_same_query!(
+    osb_instances,
+    osb_bindings,
+    osb_operations,
+    osb_instance_facts,
+);

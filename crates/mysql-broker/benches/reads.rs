@@ -1,0 +1,134 @@
+//! Reads under load (issue #14): `GET /v2/catalog`, `last_operation`, `GET` instance and `GET`
+//! binding through mysql-broker, driven by wrk, on the default SQLite state store and on a
+//! MariaDB one; each read's share of the catalog's rate; start to ready and idle RSS.
+//! `cargo bench -p mysql-broker --bench reads` (or `make bench`); needs the local MariaDB
+//! (scripts/backends.sh) and wrk (scripts/bench-tools.sh). Prints figures; asserts nothing
+//! about speed.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::Queryable;
+use osb_testkit::bench::{WRK_CONNECTIONS, WRK_SECS, WRK_THREADS, rss_kib, wrk};
+use osb_testkit::{Client, free_port, fresh_id, start_broker};
+
+const SERVICE: &str = "96b9e707-0e2b-47e3-a21a-fd01a8eb0452";
+const PLAN1: &str = "411d0c3e-b086-4a24-b041-0aeef1a819d1";
+const ADMIN: &str = "mysql://root@127.0.0.1:3306/mysql";
+
+fn deploy() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/mysql-broker.toml")
+}
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_mysql-broker"))
+}
+
+/// From spawning the binary to its first 200 on `/ready`, polled every 2 ms.
+async fn start_to_ready(dir: &Path, store: &str) -> anyhow::Result<Duration> {
+    let port = free_port();
+    let started = Instant::now();
+    let mut child = tokio::process::Command::new(binary())
+        .arg("--config")
+        .arg(deploy())
+        .env("KPAAS_BROKER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("KPAAS_BROKER__STORE__URL", store)
+        .env("KPAAS_BROKER__PASSWORD", osb_testkit::PASSWORD)
+        .env("KPAAS_BROKER__ENCRYPTION_KEY", osb_testkit::ENCRYPTION_KEY)
+        .env("RUST_LOG", "warn")
+        .current_dir(dir)
+        .kill_on_drop(true)
+        .spawn()?;
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/ready");
+    loop {
+        if let Ok(r) = http.get(&url).send().await
+            && r.status() == 200
+        {
+            let took = started.elapsed();
+            child.kill().await?;
+            return Ok(took);
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(20),
+            "not ready in 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// One store's run: an instance and a binding to read, then wrk on each read.
+async fn run(label: &str, store: &str) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ready = start_to_ready(dir.path(), store).await?;
+    let env = [
+        ("KPAAS_BROKER__STORE__URL", store),
+        ("RUST_LOG", "warn,osb_core::server=info"),
+    ];
+    let broker = start_broker(binary(), &deploy(), dir.path(), &env, "/ready").await?;
+    let idle = rss_kib(broker.pid());
+    let c = Client::new(broker.target(SERVICE, PLAN1));
+    let (id, bid) = (fresh_id(), fresh_id());
+    c.provision_ready(&id, PLAN1).await?;
+    c.bind_ready(&id, &bid, PLAN1).await?;
+    let reads = [
+        ("catalog", "/v2/catalog".to_owned()),
+        (
+            "last_operation",
+            format!("/v2/service_instances/{id}/last_operation"),
+        ),
+        ("GET instance", format!("/v2/service_instances/{id}")),
+        (
+            "GET binding",
+            format!("/v2/service_instances/{id}/service_bindings/{bid}"),
+        ),
+    ];
+    println!(
+        "  state store: {label}; start to ready {:.0} ms; idle RSS {}",
+        ready.as_secs_f64() * 1000.0,
+        idle.map_or("unavailable".into(), |k| format!(
+            "{:.1} MiB",
+            k as f64 / 1024.0
+        ))
+    );
+    println!(
+        "  {:<16} {:>10} {:>9} {:>9} {:>11}",
+        "request", "req/s", "p50 ms", "p99 ms", "of catalog"
+    );
+    let mut catalog = None;
+    for (name, path) in &reads {
+        // wrk runs as a child process for WRK_SECS; nothing else runs here meanwhile.
+        let load = wrk(&broker, path)?;
+        let base = *catalog.get_or_insert(load.requests_per_sec);
+        println!(
+            "  {name:<16} {:>10.0} {:>9.2} {:>9.2} {:>10.0}%",
+            load.requests_per_sec,
+            load.p50_ms,
+            load.p99_ms,
+            100.0 * load.requests_per_sec / base
+        );
+    }
+    c.unbind_done(&id, &bid, PLAN1).await?;
+    c.deprovision_done(&id, PLAN1).await?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    println!(
+        "mysql-broker reads: wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS}, {WRK_SECS} s per request, {} cores",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let dir = tempfile::tempdir()?;
+    let sqlite = format!("sqlite://{}", dir.path().join("state.db").display());
+    run("SQLite", &sqlite).await?;
+    let name = format!("kpaas_bench_state_{}", &fresh_id().replace('-', "")[..12]);
+    let pool = mysql_async::Pool::new(ADMIN);
+    let mut admin = pool.get_conn().await?;
+    admin
+        .query_drop(format!("CREATE DATABASE `{name}`"))
+        .await?;
+    let result = run("MariaDB", &format!("mysql://root@127.0.0.1:3306/{name}")).await;
+    admin.query_drop(format!("DROP DATABASE `{name}`")).await?;
+    result
+}
