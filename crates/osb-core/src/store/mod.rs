@@ -58,6 +58,28 @@ enum End {
 }
 
 type SqliteConn = SyncConnectionWrapper<diesel::SqliteConnection>;
+type SqliteReader = SyncConnectionWrapper<diesel::SqliteConnection, InPlace>;
+
+/// Runs a SQLite statement on the calling thread. Only for reads: in WAL mode a reader never
+/// waits for a writer, and the two thread hops of a blocking task cost more than the statement
+/// (most of a read's time, measured). Writes keep the blocking pool: one can wait for the lock.
+struct InPlace;
+
+impl diesel_async::sync_connection_wrapper::SpawnBlocking for InPlace {
+    fn spawn_blocking<'a, R>(
+        &mut self,
+        task: impl FnOnce() -> R + Send + 'static,
+    ) -> futures::future::BoxFuture<'a, Result<R, Box<dyn std::error::Error + Send + Sync + 'static>>>
+    where
+        R: Send + 'static,
+    {
+        Box::pin(std::future::ready(Ok(task())))
+    }
+
+    fn get_runtime() -> Self {
+        InPlace
+    }
+}
 
 enum Pools {
     Sqlite(Pool<SqliteConn>),
@@ -69,6 +91,8 @@ enum Pools {
 #[derive(Clone)]
 pub struct Store {
     pools: std::sync::Arc<Pools>,
+    /// SQLite only: connections that read on the calling thread (see [`InPlace`]).
+    readers: Option<std::sync::Arc<Pool<SqliteReader>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +139,21 @@ macro_rules! with_conn {
                 let $conn = &mut *pooled;
                 $body
             }
+        }
+    };
+}
+
+/// [`with_conn!`] for a statement that only reads: on SQLite, on a reader connection that runs
+/// it in place.
+macro_rules! with_reader {
+    ($store:expr, |$conn:ident| $body:expr) => {
+        match &$store.readers {
+            Some(pool) => {
+                let mut pooled = pool.get().await?;
+                let $conn = &mut *pooled;
+                $body
+            }
+            None => with_conn!($store, |$conn| $body),
         }
     };
 }
@@ -228,8 +267,30 @@ impl Store {
                 _ => "a value that is not a url".into(),
             }));
         };
+        let readers = match (&pools, url.strip_prefix("sqlite://")) {
+            (Pools::Sqlite(_), Some(path)) => {
+                let mut config = ManagerConfig::<SqliteReader>::default();
+                config.recycling_method = RecyclingMethod::Fast;
+                config.custom_setup = Box::new(|url| {
+                    async move {
+                        let mut conn = SqliteReader::establish(url).await?;
+                        // The writers' connections set WAL mode (kept in the file); these
+                        // only read.
+                        conn.batch_execute("PRAGMA busy_timeout = 10000; PRAGMA query_only = 1;")
+                            .await
+                            .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+                        Ok(conn)
+                    }
+                    .boxed()
+                });
+                let manager = AsyncDieselConnectionManager::new_with_config(path, config);
+                Some(std::sync::Arc::new(build_pool(manager, pool_size)?))
+            }
+            _ => None,
+        };
         Ok(Self {
             pools: std::sync::Arc::new(pools),
+            readers,
         })
     }
 
@@ -285,7 +346,7 @@ impl Store {
     }
 
     pub async fn instance(&self, id: &str) -> Result<Option<InstanceRow>, StoreError> {
-        with_conn!(self, |conn| Ok(osb_instances::table
+        with_reader!(self, |conn| Ok(osb_instances::table
             .find(id)
             .first::<InstanceRow>(conn)
             .await
@@ -298,7 +359,7 @@ impl Store {
         id: &str,
     ) -> Result<Option<(InstanceRow, Option<(String, i64)>)>, StoreError> {
         use osb_instance_facts::dsl as facts;
-        with_conn!(self, |conn| Ok(osb_instances::table
+        with_reader!(self, |conn| Ok(osb_instances::table
             .left_join(facts::osb_instance_facts.on(facts::instance_id.eq(osb_instances::id)))
             .filter(osb_instances::id.eq(id))
             .select((
@@ -315,7 +376,7 @@ impl Store {
         &self,
         id: &str,
     ) -> Result<Option<(InstanceRow, Option<OperationRow>)>, StoreError> {
-        with_conn!(self, |conn| Ok(osb_instances::table
+        with_reader!(self, |conn| Ok(osb_instances::table
             .left_join(osb_operations::table.on(osb_operations::id.eq(osb_instances::operation_id)))
             .filter(osb_instances::id.eq(id))
             .select((
@@ -332,7 +393,7 @@ impl Store {
         &self,
         id: &str,
     ) -> Result<Option<(BindingRow, Option<OperationRow>)>, StoreError> {
-        with_conn!(self, |conn| Ok(osb_bindings::table
+        with_reader!(self, |conn| Ok(osb_bindings::table
             .left_join(osb_operations::table.on(osb_operations::id.eq(osb_bindings::operation_id)))
             .filter(osb_bindings::id.eq(id))
             .select((BindingRow::as_select(), Option::<OperationRow>::as_select()))
@@ -380,7 +441,7 @@ impl Store {
     }
 
     pub async fn binding(&self, id: &str) -> Result<Option<BindingRow>, StoreError> {
-        with_conn!(self, |conn| Ok(osb_bindings::table
+        with_reader!(self, |conn| Ok(osb_bindings::table
             .find(id)
             .first::<BindingRow>(conn)
             .await
@@ -446,7 +507,7 @@ impl Store {
     }
 
     pub async fn operation(&self, id: &str) -> Result<Option<OperationRow>, StoreError> {
-        with_conn!(self, |conn| Ok(osb_operations::table
+        with_reader!(self, |conn| Ok(osb_operations::table
             .find(id)
             .first::<OperationRow>(conn)
             .await
