@@ -276,7 +276,9 @@ impl Store {
                         let mut conn = SqliteReader::establish(url).await?;
                         // The writers' connections set WAL mode (kept in the file); these
                         // only read.
-                        conn.batch_execute("PRAGMA busy_timeout = 10000; PRAGMA query_only = 1;")
+                        // A reader waits only if the file is not in WAL mode after all; then
+                        // briefly, as it waits on the caller's thread.
+                        conn.batch_execute("PRAGMA busy_timeout = 250; PRAGMA query_only = 1;")
                             .await
                             .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
                         Ok(conn)
@@ -521,7 +523,7 @@ impl Store {
         binding_id: Option<&str>,
     ) -> Result<Option<OperationRow>, StoreError> {
         use osb_operations::dsl;
-        with_conn!(self, |conn| {
+        with_reader!(self, |conn| {
             let query = dsl::osb_operations
                 .filter(dsl::instance_id.eq(instance_id))
                 .order((dsl::created_at.desc(), dsl::id.desc()))
