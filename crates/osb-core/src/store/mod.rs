@@ -188,7 +188,33 @@ impl Store {
     pub async fn connect(url: &str, pool_size: usize) -> Result<Self, StoreError> {
         let store = Self::pools(url, pool_size, true)?;
         store.migrate().await?;
+        store.check_wal().await?;
         Ok(store)
+    }
+
+    /// A SQLite store must be in WAL mode: its readers run in place and must never wait for
+    /// the writer. A file system without shared memory leaves the file in another mode,
+    /// silently; the broker refuses to start on it instead.
+    async fn check_wal(&self) -> Result<(), StoreError> {
+        #[derive(QueryableByName)]
+        struct JournalMode {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            journal_mode: String,
+        }
+        let Pools::Sqlite(pool) = &*self.pools else {
+            return Ok(());
+        };
+        let mut conn = pool.get().await?;
+        let mode: JournalMode = diesel::sql_query("PRAGMA journal_mode")
+            .get_result(&mut *conn)
+            .await?;
+        if !mode.journal_mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Unavailable(format!(
+                "the SQLite state store is in journal mode {:?}, not WAL (its file system has no shared memory?): put it on a local file system",
+                mode.journal_mode
+            )));
+        }
+        Ok(())
     }
 
     /// Opens a store that a broker has already set up, changing nothing: no file is made, no
