@@ -8,8 +8,8 @@ use std::path::Path;
 use std::process::Command;
 
 use osb_testkit::{
-    BrokerProcess, Client as Osb, PLAIN_CATALOG_SKIPS, Target, check_all, check_backend_down,
-    check_restart, fresh_id, start_broker,
+    BrokerProcess, Client as Osb, PLAIN_CATALOG_SKIPS, Target, broker_command, check_all,
+    check_backend_down, check_restart, fresh_id, orphan_rows, start_broker,
 };
 use support::{Mounted, TestVolume, deploy_config, fill, host, mount_as_client, write};
 
@@ -657,25 +657,15 @@ async fn orphans_are_listed_and_only_claimed_ones_removed() {
     drop(broker);
 
     let config = dir.path().join("glusterfs-broker.toml");
+    let binary = Path::new(env!("CARGO_BIN_EXE_glusterfs-broker"));
     let orphans = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_glusterfs-broker"))
-            .arg("--config")
-            .arg(&config)
-            .env("KPAAS_BROKER__PASSWORD", osb_testkit::PASSWORD)
-            .env("KPAAS_BROKER__ENCRYPTION_KEY", osb_testkit::ENCRYPTION_KEY)
-            .env("KPAAS_BROKER__STORE__URL", &store)
+        broker_command(binary, &config, &store)
             .args(["orphans", "--older-than", "0s"])
             .args(args)
             .output()
             .unwrap()
     };
-    let listed = orphans(&["--json"]);
-    assert!(
-        listed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&listed.stderr)
-    );
-    let rows: Vec<serde_json::Value> = serde_json::from_slice(&listed.stdout).unwrap();
+    let rows = orphan_rows(&orphans(&["--json"]));
     let row = |name: &str| rows.iter().find(|r| r["name"] == name).cloned();
     assert_eq!(
         row(&lost).unwrap_or_else(|| panic!("the lost directory is not listed: {rows:?}"))["removable"],

@@ -2,7 +2,6 @@
 //! `scripts/backends.sh`, driven over HTTP; what it made is checked with the official driver.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
@@ -469,17 +468,11 @@ async fn fifty_concurrent_provision_and_bind_pairs_all_work() {
 
 /// Runs the broker's command line against the state store in `dir`.
 fn run(dir: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_mongodb-broker"))
-        .arg("--config")
-        .arg(deploy_config())
+    let binary = Path::new(env!("CARGO_BIN_EXE_mongodb-broker"));
+    let store = format!("sqlite://{}", dir.join("state.db").display());
+    osb_testkit::broker_command(binary, &deploy_config(), &store)
         .args(args)
-        .env(
-            "KPAAS_BROKER__STORE__URL",
-            format!("sqlite://{}", dir.join("state.db").display()),
-        )
         .env("MONGODB_BROKER_ADMIN_URI", ADMIN_URI)
-        .env("KPAAS_BROKER__PASSWORD", osb_testkit::PASSWORD)
-        .env("KPAAS_BROKER__ENCRYPTION_KEY", osb_testkit::ENCRYPTION_KEY)
         .output()
         .unwrap()
 }
@@ -539,13 +532,7 @@ async fn orphans_are_listed_and_only_marked_ones_removed() {
         .await
         .unwrap();
 
-    let listed = run(dir.path(), &["orphans", "--json"]);
-    assert!(
-        listed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&listed.stderr)
-    );
-    let rows: Vec<serde_json::Value> = serde_json::from_slice(&listed.stdout).unwrap();
+    let rows = osb_testkit::orphan_rows(&run(dir.path(), &["orphans", "--json"]));
     let row = |name: &str| rows.iter().find(|r| r["name"] == name).cloned();
     let db_row = row(&lost_db).expect("the lost database is listed");
     assert_eq!(

@@ -11,7 +11,10 @@ pub mod proxy;
 mod rules;
 
 pub use client::{Client, ORIGINATING_IDENTITY, Reply, fresh_id};
-pub use process::{BrokerProcess, ENCRYPTION_KEY, PASSWORD, USERNAME, free_port, start_broker};
+pub use process::{
+    BrokerProcess, ENCRYPTION_KEY, PASSWORD, USERNAME, broker_command, free_port, orphan_rows,
+    start_broker,
+};
 pub use rules::{check_all, check_backend_down, check_isolation, check_restart};
 
 use serde_json::Value;

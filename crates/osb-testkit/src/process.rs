@@ -38,18 +38,11 @@ pub async fn start_broker(
     env: &[(&str, &str)],
     ready: &str,
 ) -> anyhow::Result<BrokerProcess> {
-    let mut command = Command::new(binary);
+    let store = format!("sqlite://{}", dir.join("state.db").display());
+    let mut command = broker_command(binary, config, &store);
     command
-        .arg("--config")
-        .arg(config)
         .env("KPAAS_BROKER__LISTEN", "127.0.0.1:0")
-        .env(
-            "KPAAS_BROKER__STORE__URL",
-            format!("sqlite://{}", dir.join("state.db").display()),
-        )
         .env("KPAAS_BROKER__USERNAME", USERNAME)
-        .env("KPAAS_BROKER__PASSWORD", PASSWORD)
-        .env("KPAAS_BROKER__ENCRYPTION_KEY", ENCRYPTION_KEY)
         // The listening line (info, osb_core::server) tells the port the system chose.
         .env("RUST_LOG", "info")
         .envs(env.iter().copied());
@@ -64,6 +57,30 @@ pub async fn start_broker(
             )
         })?;
     Ok(broker)
+}
+
+/// A broker binary with `--config config`, [`PASSWORD`], [`ENCRYPTION_KEY`] and the state
+/// store at `store`: how [`start_broker`] runs it, and how tests run its commands
+/// (`check-config`, `orphans`).
+pub fn broker_command(binary: &Path, config: &Path, store: &str) -> Command {
+    let mut command = Command::new(binary);
+    command
+        .arg("--config")
+        .arg(config)
+        .env("KPAAS_BROKER__PASSWORD", PASSWORD)
+        .env("KPAAS_BROKER__ENCRYPTION_KEY", ENCRYPTION_KEY)
+        .env("KPAAS_BROKER__STORE__URL", store);
+    command
+}
+
+/// The rows `orphans --json` printed; panics with what the broker said when it failed.
+pub fn orphan_rows(output: &std::process::Output) -> Vec<serde_json::Value> {
+    assert!(
+        output.status.success(),
+        "orphans failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("orphans --json prints a JSON array")
 }
 
 pub struct BrokerProcess {

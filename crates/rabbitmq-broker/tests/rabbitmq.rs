@@ -3,7 +3,6 @@
 //! management API.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
@@ -532,28 +531,16 @@ async fn orphans_are_listed_and_only_marked_ones_removed() {
     let user = serde_json::json!({"password": "Lost-pass-1-Lost-pass-1", "tags": ""});
     assert!(management_put(&format!("/users/{lost_user}"), user).await < 300);
 
+    let binary = Path::new(env!("CARGO_BIN_EXE_rabbitmq-broker"));
+    let store = format!("sqlite://{}", dir.path().join("state.db").display());
     let run = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_rabbitmq-broker"))
-            .arg("--config")
-            .arg(deploy_config())
+        osb_testkit::broker_command(binary, &deploy_config(), &store)
             .args(args)
-            .env(
-                "KPAAS_BROKER__STORE__URL",
-                format!("sqlite://{}", dir.path().join("state.db").display()),
-            )
             .env("RABBITMQ_BROKER_ADMIN_PASSWORD", "guest")
-            .env("KPAAS_BROKER__PASSWORD", osb_testkit::PASSWORD)
-            .env("KPAAS_BROKER__ENCRYPTION_KEY", osb_testkit::ENCRYPTION_KEY)
             .output()
             .unwrap()
     };
-    let listed = run(&["orphans", "--json"]);
-    assert!(
-        listed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&listed.stderr)
-    );
-    let rows: Vec<serde_json::Value> = serde_json::from_slice(&listed.stdout).unwrap();
+    let rows = osb_testkit::orphan_rows(&run(&["orphans", "--json"]));
     let row = |name: &str| rows.iter().find(|r| r["name"] == name).cloned();
     let vhost_row = row(&lost_vhost).expect("the lost vhost is listed");
     assert_eq!(vhost_row["for"], "instance");
@@ -795,15 +782,11 @@ async fn with_tls_the_broker_and_apps_use_verified_tls_only() {
         tls_node(),
         &tls_with(&empty.display().to_string()),
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_rabbitmq-broker"))
-        .args(["--config", unusable.to_str().unwrap(), "check-config"])
+    let binary = Path::new(env!("CARGO_BIN_EXE_rabbitmq-broker"));
+    let store = format!("sqlite://{}/s.db", wrong.path().display());
+    let out = osb_testkit::broker_command(binary, &unusable, &store)
+        .arg("check-config")
         .env("RABBITMQ_BROKER_ADMIN_PASSWORD", "guest")
-        .env("KPAAS_BROKER__PASSWORD", osb_testkit::PASSWORD)
-        .env("KPAAS_BROKER__ENCRYPTION_KEY", osb_testkit::ENCRYPTION_KEY)
-        .env(
-            "KPAAS_BROKER__STORE__URL",
-            format!("sqlite://{}/s.db", wrong.path().display()),
-        )
         .output()
         .unwrap();
     let said = String::from_utf8_lossy(&out.stdout);

@@ -717,13 +717,7 @@ async fn orphans_are_listed_and_only_marked_ones_removed() {
             .output()
             .unwrap()
     };
-    let listed = orphans(&["--json"]);
-    assert!(
-        listed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&listed.stderr)
-    );
-    let rows: Vec<serde_json::Value> = serde_json::from_slice(&listed.stdout).unwrap();
+    let rows = osb_testkit::orphan_rows(&orphans(&["--json"]));
     let row = |name: &str| rows.iter().find(|r| r["name"] == name).cloned();
     assert_eq!(
         row(&lost).expect("the lost prefix is listed")["removable"],
@@ -770,14 +764,10 @@ async fn orphans_are_listed_and_only_marked_ones_removed() {
 /// The broker binary with `config`, the test passwords and the state store at `store`, for
 /// its commands (`check-config`, `orphans`) or a start that must fail.
 fn command(config: &std::path::Path, store: &str) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_redis-broker"));
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_redis-broker"));
+    let mut command = osb_testkit::broker_command(binary, config, store);
     command
-        .arg("--config")
-        .arg(config)
         .env("REDIS_BROKER_POOL_PASSWORD", POOL_PASSWORD)
-        .env("REDIS_BROKER_SHARED_PASSWORD", SHARED_PASSWORD)
-        .env("KPAAS_BROKER__PASSWORD", osb_testkit::PASSWORD)
-        .env("KPAAS_BROKER__ENCRYPTION_KEY", osb_testkit::ENCRYPTION_KEY)
-        .env("KPAAS_BROKER__STORE__URL", store);
+        .env("REDIS_BROKER_SHARED_PASSWORD", SHARED_PASSWORD);
     command
 }
