@@ -11,8 +11,7 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use futures::stream::{self, StreamExt};
-use osb_testkit::bench::{CONCURRENCY, broker_cycle, peak_rss_kib};
+use osb_testkit::bench::{CONCURRENCY, broker_cycle, peak_rss_kib, quantile_ms, rate_of};
 use osb_testkit::{BrokerProcess, Client, Reply, fresh_id, start_broker};
 use support::{Mounted, deploy_config, host};
 
@@ -24,12 +23,6 @@ const SHARED_RUNS: usize = 30;
 const DEDICATED_RUNS: usize = 3;
 /// Cycles per rate (fewer than the other brokers': each is several glusterd transactions).
 const CYCLES: usize = 40;
-
-/// Milliseconds of the `q`-quantile of sorted `times`.
-fn quantile(times: &[Duration], q: f64) -> f64 {
-    let i = ((times.len() as f64 - 1.0) * q).round() as usize;
-    times[i].as_secs_f64() * 1000.0
-}
 
 /// The deploy config on this host, dedicated volumes with two copies on two brick roots under
 /// `dir`, the admin mount under `dir`.
@@ -93,23 +86,6 @@ async fn times(
     Ok((provisions, binds))
 }
 
-/// Runs `count` cycles, `width` at a time; cycles per second.
-async fn rate<F, Fut>(count: usize, width: usize, cycle: F) -> anyhow::Result<f64>
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = anyhow::Result<()>>,
-{
-    let started = Instant::now();
-    let results: Vec<anyhow::Result<()>> = stream::iter((0..count).map(|_| cycle()))
-        .buffer_unordered(width)
-        .collect()
-        .await;
-    if let Some(first) = results.into_iter().find_map(Result::err) {
-        anyhow::bail!("a cycle failed: {first:#}");
-    }
-    Ok(count as f64 / started.elapsed().as_secs_f64())
-}
-
 async fn gluster(args: &[&str]) -> anyhow::Result<()> {
     let out = tokio::process::Command::new("gluster")
         .args(["--mode=script", "--xml"])
@@ -161,18 +137,18 @@ async fn main() -> anyhow::Result<()> {
         let (provisions, binds) = times(&c, plan, runs).await?;
         println!(
             "  {kind:<10} {runs:>5} {:>11.1} ms {:>7.1} {:>7.1} ms {:>7.1}",
-            quantile(&provisions, 0.5),
-            quantile(&provisions, 0.99),
-            quantile(&binds, 0.5),
-            quantile(&binds, 0.99),
+            quantile_ms(&provisions, 0.5),
+            quantile_ms(&provisions, 0.99),
+            quantile_ms(&binds, 0.5),
+            quantile_ms(&binds, 0.99),
         );
     }
     let c = Client::new(broker.target(SERVICE, SHARED));
     println!("  shared cycles/s      straight  through broker  ratio");
     for width in [1, CONCURRENCY] {
         // The broker mounted the volume at the admin path during the runs above.
-        let direct = rate(CYCLES, width, || direct_cycle(&admin.0)).await?;
-        let through = rate(CYCLES, width, || {
+        let direct = rate_of(CYCLES, width, || direct_cycle(&admin.0)).await?;
+        let through = rate_of(CYCLES, width, || {
             let c = c.clone();
             async move { broker_cycle(&c, SHARED).await }
         })

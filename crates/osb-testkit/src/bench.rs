@@ -32,9 +32,18 @@ where
     F: Fn() -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
+    rate_of(CYCLES, CONCURRENCY, cycle).await
+}
+
+/// Runs `count` cycles, `width` at a time; returns cycles per second, as [`rate`] does.
+pub async fn rate_of<F, Fut>(count: usize, width: usize, cycle: F) -> anyhow::Result<f64>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
     let started = Instant::now();
-    let results: Vec<anyhow::Result<()>> = stream::iter((0..CYCLES).map(|_| cycle()))
-        .buffer_unordered(CONCURRENCY)
+    let results: Vec<anyhow::Result<()>> = stream::iter((0..count).map(|_| cycle()))
+        .buffer_unordered(width)
         .collect()
         .await;
     let elapsed = started.elapsed();
@@ -42,16 +51,32 @@ where
     if let Some(first) = results.into_iter().find_map(Result::err) {
         anyhow::bail!("{failed} cycles failed, the first: {first:#}");
     }
-    Ok(CYCLES as f64 / elapsed.as_secs_f64())
+    Ok(count as f64 / elapsed.as_secs_f64())
+}
+
+/// Milliseconds of the `q`-quantile of sorted `times`.
+pub fn quantile_ms(times: &[std::time::Duration], q: f64) -> f64 {
+    let i = ((times.len() as f64 - 1.0) * q).round() as usize;
+    times[i].as_secs_f64() * 1000.0
+}
+
+/// A `kB` figure of `/proc/<pid>/status` (Linux), in KiB.
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
 }
 
 /// The peak resident set of process `pid` (Linux), in KiB.
 pub fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+    status_kib(pid, "VmHWM")
+}
+
+/// The resident set of process `pid` now (Linux), in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS")
 }
 
 /// What one run measured.
@@ -198,11 +223,33 @@ fn millis(text: &str) -> anyhow::Result<f64> {
     Ok(number.parse::<f64>()? * scale)
 }
 
-/// The resident set of process `pid` now (Linux), in KiB.
-pub fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_has_a_resident_set_below_its_peak() {
+        let (now, peak) = (
+            rss_kib(std::process::id()),
+            peak_rss_kib(std::process::id()),
+        );
+        assert!(now.is_some_and(|kib| kib > 0), "{now:?}");
+        assert!(peak >= now, "{peak:?} < {now:?}");
+    }
+
+    #[test]
+    fn quantiles_pick_from_sorted_times() {
+        let times: Vec<std::time::Duration> =
+            (1..=100).map(std::time::Duration::from_millis).collect();
+        assert_eq!(quantile_ms(&times, 0.5), 51.0);
+        assert_eq!(quantile_ms(&times, 0.99), 99.0);
+    }
+
+    #[test]
+    fn wrk_latencies_read_in_milliseconds() {
+        assert_eq!(millis("190.00us").unwrap(), 0.19);
+        assert_eq!(millis("3.40ms").unwrap(), 3.4);
+        assert_eq!(millis("1.02s").unwrap(), 1020.0);
+        assert!(millis("3.4").is_err());
+    }
 }

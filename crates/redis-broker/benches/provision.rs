@@ -8,18 +8,12 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use osb_testkit::bench::{CONCURRENCY, broker_cycle, peak_rss_kib, rate};
+use osb_testkit::bench::{CONCURRENCY, broker_cycle, peak_rss_kib, quantile_ms, rate};
 use osb_testkit::{Client, fresh_id};
 use support::*;
 
 /// Provisions timed one after the other, per kind.
 const PROVISIONS: usize = 50;
-
-/// Milliseconds of the `q`-quantile of sorted `times`.
-fn quantile(times: &[Duration], q: f64) -> f64 {
-    let i = ((times.len() as f64 - 1.0) * q).round() as usize;
-    times[i].as_secs_f64() * 1000.0
-}
 
 async fn provision_times(c: &Client, plan: &str) -> anyhow::Result<Vec<Duration>> {
     let mut times = Vec::with_capacity(PROVISIONS);
@@ -69,8 +63,8 @@ async fn main() -> anyhow::Result<()> {
         .await?;
         println!(
             "  {kind:<8} {:>9.1} ms {:>7.1} ms {:>9.1}",
-            quantile(&times, 0.5),
-            quantile(&times, 0.99),
+            quantile_ms(&times, 0.5),
+            quantile_ms(&times, 0.99),
             cycles
         );
     }
