@@ -143,27 +143,20 @@ impl AuthAllow {
         Self { entries, open_to }
     }
 
-    /// Whether `clients` is what an open entry allows: the open clients in any order, or
-    /// `*` (what open entries allowed before `open_to` was set; no client list is `*`).
-    fn is_open(&self, clients: &[String]) -> bool {
-        let mut sorted = clients.to_vec();
-        sorted.sort();
-        sorted.dedup();
-        sorted == self.open_to || sorted == [ANYONE]
-    }
-
     /// The clients `dir` is restricted to (none: an open entry, or no entry).
     pub fn clients(&self, dir: &str) -> Vec<&str> {
         self.entries
             .iter()
             .find_map(|e| match e {
-                Entry::Dir { dir: d, clients } if d == dir && !self.is_open(clients) => Some(
-                    clients
-                        .iter()
-                        .map(String::as_str)
-                        .filter(|c| *c != ANYONE)
-                        .collect(),
-                ),
+                Entry::Dir { dir: d, clients } if d == dir && !opens(&self.open_to, clients) => {
+                    Some(
+                        clients
+                            .iter()
+                            .map(String::as_str)
+                            .filter(|c| *c != ANYONE)
+                            .collect(),
+                    )
+                }
                 _ => None,
             })
             .unwrap_or_default()
@@ -209,8 +202,8 @@ impl AuthAllow {
         open: &[String],
         complete: bool,
     ) -> Result<(), BrokerError> {
-        let this = self.clone();
-        let is_open = |e: &Entry| matches!(e, Entry::Dir { dir, clients } if (policy.made)(dir) && this.is_open(clients));
+        let open_to = self.open_to.clone();
+        let is_open = |e: &Entry| matches!(e, Entry::Dir { dir, clients } if (policy.made)(dir) && opens(&open_to, clients));
         let shut = policy.always || self.entries.iter().any(|e| !is_open(e));
         if !shut {
             self.entries.retain(|e| !is_open(e));
@@ -225,7 +218,6 @@ impl AuthAllow {
                 "the volume's auth.allow has entries the broker did not make: set [glusterfs] open_to to the app networks, or the broker would open its directories to everyone".into(),
             ));
         }
-        let open_to = self.open_to.clone();
         self.entries.retain(|e| match e {
             Entry::Dir { dir, .. } if complete && is_open(e) => open.contains(dir),
             _ => true,
@@ -233,7 +225,7 @@ impl AuthAllow {
         for e in &mut self.entries {
             if let Entry::Dir { dir, clients } = e
                 && (policy.made)(dir)
-                && this.is_open(clients)
+                && opens(&open_to, clients)
             {
                 *clients = open_to.clone();
             }
@@ -252,6 +244,15 @@ impl AuthAllow {
         }
         Ok(())
     }
+}
+
+/// Whether `clients` is what an open entry allows: `open_to` (sorted) in any order, or `*`
+/// (what open entries allowed before `open_to` was set; no client list is `*`).
+fn opens(open_to: &[String], clients: &[String]) -> bool {
+    let mut sorted = clients.to_vec();
+    sorted.sort();
+    sorted.dedup();
+    sorted == open_to || sorted == [ANYONE]
 }
 
 /// How a volume's entries are kept: which directories are the broker's, and whether every
