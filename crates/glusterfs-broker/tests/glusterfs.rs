@@ -11,7 +11,9 @@ use osb_testkit::{
     BrokerProcess, Client as Osb, PLAIN_CATALOG_SKIPS, Target, broker_command, check_all,
     check_backend_down, check_restart, fresh_id, orphan_rows, start_broker,
 };
-use support::{Mounted, TestVolume, deploy_config, fill, host, mount_as_client, write};
+use support::{
+    Mounted, TestVolume, deploy_config, fill, host, mount_as_client, refused_as_client, write,
+};
 
 const SERVICE: &str = "642e1a24-21c8-450d-b658-88089f34fa0c";
 const SMALL: &str = "b777040f-0d08-4ad4-a50a-614cf1d4b985";
@@ -147,7 +149,7 @@ async fn a_client_reaches_its_directory_and_never_the_volume_root_or_another_dir
         ])
     );
     assert!(
-        mount_as_client(vol, "", dir.path()).is_none(),
+        refused_as_client(vol, "", dir.path()),
         "a client mounted the volume root"
     );
     let app_a = mount_as_client(vol, &dir_of(&a), dir.path()).expect("a's directory");
@@ -383,6 +385,7 @@ async fn allow_lets_only_the_named_clients_mount_until_unbind() {
         c.provision_ready(i, SMALL).await.unwrap();
     }
     let client = |sub: &str| mount_as_client(vol, sub, dir.path());
+    let refused = |sub: &str| refused_as_client(vol, sub, dir.path());
     assert!(client(&name).is_some(), "nothing restricted, yet refused");
     let bind = |allow: serde_json::Value| {
         let mut body = c.bind_body(SMALL);
@@ -418,10 +421,10 @@ async fn allow_lets_only_the_named_clients_mount_until_unbind() {
         entries(vol),
         set_of(&[format!("/{name}(10.254.0.0/16)"), format!("/{open}(*)")])
     );
-    assert!(client(&name).is_none(), "a client off the list mounted");
+    assert!(refused(&name), "a client off the list mounted");
     assert!(client(&open).is_some(), "another directory was shut");
     assert!(
-        client("").is_none(),
+        refused(""),
         "the volume root is open while a directory is restricted"
     );
 
@@ -465,7 +468,7 @@ async fn allow_lets_only_the_named_clients_mount_until_unbind() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     drop(app);
-    assert!(client(&name).is_none(), "unbind left the client in");
+    assert!(refused(&name), "unbind left the client in");
 
     // The open instance goes while a restriction stands: its entry goes with it.
     c.deprovision_done(&other, SMALL).await.unwrap();
@@ -595,7 +598,7 @@ async fn a_dedicated_volume_is_made_held_to_its_quota_and_removed_with_its_brick
     assert_eq!(reply.status, 201, "{}", reply.body);
     assert_eq!(auth_allow(&name), "/(10.254.0.0/16)");
     assert!(
-        mount_as_client(&name, "", dir.path()).is_none(),
+        refused_as_client(&name, "", dir.path()),
         "a client off the list mounted"
     );
     c.unbind_done(&id, &restricted, DEDICATED_LARGE)

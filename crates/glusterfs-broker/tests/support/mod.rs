@@ -119,10 +119,42 @@ impl Drop for TestVolume {
     }
 }
 
-/// Mounts `subdir` of `volume` (`""`: its root) under `dir` the way a client that is no
+/// How long a change of `auth.allow` may take to reach the bricks: glusterd answers
+/// `volume set` before the bricks have reconfigured.
+const AUTH_SETTLES: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Mounts `subdir` of `volume` (`""`: its root) under `dir` as a client that is no Gluster
+/// server (see [`try_as_client`]), trying again while a change of `auth.allow` may still be on
+/// its way to the bricks. `None` when every try was refused.
+pub fn mount_as_client(volume: &str, subdir: &str, dir: &Path) -> Option<Mounted> {
+    let deadline = std::time::Instant::now() + AUTH_SETTLES;
+    loop {
+        let mounted = try_as_client(volume, subdir, dir);
+        if mounted.is_some() || std::time::Instant::now() >= deadline {
+            return mounted;
+        }
+    }
+}
+
+/// Whether such a client is refused `subdir` of `volume`, trying again while a change of
+/// `auth.allow` may still be on its way to the bricks.
+pub fn refused_as_client(volume: &str, subdir: &str, dir: &Path) -> bool {
+    let deadline = std::time::Instant::now() + AUTH_SETTLES;
+    loop {
+        if try_as_client(volume, subdir, dir).is_none() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+/// One mount of `subdir` of `volume` (`""`: its root) under `dir` the way a client that is no
 /// Gluster server does: with the volume's client volfile stripped of the login glusterd hands
 /// its own servers' clients (which `auth.allow` never stops). `None` when refused.
-pub fn mount_as_client(volume: &str, subdir: &str, dir: &Path) -> Option<Mounted> {
+fn try_as_client(volume: &str, subdir: &str, dir: &Path) -> Option<Mounted> {
     let spec = gluster(&["system", "getspec", volume]);
     assert!(spec.status.success(), "getspec {volume}");
     let volfile: String = String::from_utf8_lossy(&spec.stdout)
