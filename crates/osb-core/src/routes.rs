@@ -216,9 +216,9 @@ where
 }
 
 /// Runs a read (`GET`, `last_operation`): on the request's own thread when the store is a
-/// SQLite file, whose queries run on blocking threads and hold no socket (a read changes
-/// nothing a hang-up could leave half done, and two thread hops fewer are most of its cost);
-/// on the broker runtime otherwise, where the pool's network connections live.
+/// SQLite file, whose reader connections run their statements in place and hold no socket (a
+/// read changes nothing a hang-up could leave half done, and the thread hops were most of its
+/// cost); on the broker runtime otherwise, where the pool's network connections live.
 async fn read<B, F, Fut>(engine: &Engine<B>, work: F) -> Result<HttpResponse, OsbError>
 where
     B: ServiceBroker,

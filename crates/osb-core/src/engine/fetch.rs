@@ -103,7 +103,7 @@ impl<B: ServiceBroker> Engine<B> {
             .instance_with_operation(id.as_str())
             .await?
             .filter(|(row, _)| row.platform == caller.platform)
-            .map(|(row, op)| (row.operation_id, op));
+            .map(|(_, op)| op);
         self.last_operation(&caller, &id, None, current, query)
             .await
     }
@@ -121,7 +121,7 @@ impl<B: ServiceBroker> Engine<B> {
             .binding_with_operation(binding_id.as_str())
             .await?
             .filter(|(b, _)| b.instance_id == id.as_str() && b.platform == caller.platform)
-            .map(|(b, op)| (b.operation_id, op));
+            .map(|(_, op)| op);
         self.last_operation(&caller, &id, Some(&binding_id), current, query)
             .await
     }
@@ -131,8 +131,9 @@ impl<B: ServiceBroker> Engine<B> {
         caller: &Caller,
         id: &InstanceId,
         binding: Option<&BindingId>,
-        // The resource's current operation id, and its row when the same read brought it.
-        current: Option<(String, Option<OperationRow>)>,
+        // Whether the resource is there, and its current operation (the same read brought both:
+        // the operation is missing only if its record is).
+        current: Option<Option<OperationRow>>,
         query: FetchQuery,
     ) -> Result<Reply, OsbError> {
         let store = &self.inner.store;
@@ -180,10 +181,9 @@ impl<B: ServiceBroker> Engine<B> {
             });
             return Err(if deleted { OsbError::Gone } else { missing() });
         };
-        let op = match (requested, current) {
-            (Some(op), _) => op,
-            (None, (_, Some(op))) => op,
-            (None, (current, None)) => store.operation(&current).await?.ok_or_else(missing)?,
+        let op = match requested {
+            Some(op) => op,
+            None => current.ok_or_else(missing)?,
         };
         let state = op.state();
         let failed = state == Some(OperationState::Failed);
