@@ -218,8 +218,8 @@ pub struct QuotaLimit {
     pub used_space: u64,
 }
 
-/// Tries of a call glusterd refuses for another transaction in progress, and the first wait
-/// (doubled after each).
+/// Tries of a call glusterd refuses for a [`passing`] reason, and the first wait (doubled
+/// after each).
 const BUSY_TRIES: u32 = 8;
 const FIRST_WAIT: Duration = Duration::from_millis(100);
 /// How long one `gluster` (or `ssh`) command may run: glusterd's own transaction timeout.
@@ -271,7 +271,9 @@ impl Gluster {
     ) -> Result<T, GlusterError> {
         let op = args.iter().take(2).copied().collect::<Vec<_>>().join(" ");
         let mut wait = FIRST_WAIT;
-        for attempt in 1..=BUSY_TRIES {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
             let unreachable = |why: String| GlusterError::Unreachable {
                 node: self.label(),
                 why,
@@ -303,13 +305,15 @@ impl Gluster {
             }
             let stdout = String::from_utf8_lossy(&output.stdout);
             match parse::<T>(&op, &stdout) {
-                Err(GlusterError::Refused { message, .. })
-                    if message.contains("Another transaction is in progress")
-                        || message.contains("Locking failed") =>
+                Err(GlusterError::Refused { ref message, .. })
+                    if passing(message) && attempt < BUSY_TRIES =>
                 {
-                    tracing::debug!(%op, attempt, "glusterd busy with another transaction; again");
+                    tracing::debug!(%op, attempt, %message, "glusterd did nothing this time; again");
                     tokio::time::sleep(wait).await;
                     wait *= 2;
+                }
+                Err(GlusterError::Refused { message, .. }) if busy(&message) => {
+                    return Err(GlusterError::Busy { op });
                 }
                 Err(GlusterError::Unreadable { why, .. }) if !output.status.success() => {
                     // Not XML and a failure: the CLI's own complaint, e.g. no glusterd.
@@ -330,7 +334,6 @@ impl Gluster {
                 other => return other,
             }
         }
-        Err(GlusterError::Busy { op })
     }
 
     fn command(&self, args: &[&str]) -> tokio::process::Command {
@@ -353,6 +356,20 @@ impl Gluster {
             }
         }
     }
+}
+
+/// Whether glusterd refused because another transaction held the cluster lock.
+fn busy(message: &str) -> bool {
+    message.contains("Another transaction is in progress") || message.contains("Locking failed")
+}
+
+/// Whether a refusal says glusterd did nothing this time and a later try can work: the cluster
+/// lock was [`busy`], or a quota limit or removal found its FUSE mount not connected. glusterd
+/// mounts the volume for each such change and stops that mount after it; a change right after
+/// another can take the previous change's mount, still shutting down, for its own (seen with
+/// two replicas provisioning at once on a loaded host).
+fn passing(message: &str) -> bool {
+    busy(message) || message.contains("Transport endpoint is not connected")
 }
 
 /// `s` as one word for a POSIX shell.
@@ -472,6 +489,39 @@ mod tests {
     fn words_sent_over_ssh_stay_words() {
         assert_eq!(shell_quote("a b"), "'a b'");
         assert_eq!(shell_quote("x'; rm -rf /; '"), r"'x'\''; rm -rf /; '\'''");
+    }
+
+    /// A `gluster` whose first answer is the refusal glusterd gave a quota limit that took the
+    /// previous change's dying mount (from a CI run), and whose second is a success: the call
+    /// tries again and succeeds, having asked twice.
+    #[tokio::test]
+    async fn a_quota_change_that_found_its_mount_not_connected_is_tried_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let calls = dir.path().join("calls");
+        let script = dir.path().join("gluster");
+        std::fs::write(
+            &script,
+            format!(
+                r#"#!/bin/sh
+echo "$@" >> {calls}
+if [ "$(wc -l < {calls})" -eq 1 ]; then
+  echo '<cliOutput><opRet>-1</opRet><opErrno>30800</opErrno><opErrstr>Failed to find the directory /var/run/gluster/v_quota_limit/op_a. Reason : Transport endpoint is not connected</opErrstr></cliOutput>'
+  exit 1
+fi
+echo '<cliOutput><opRet>0</opRet><opErrno>0</opErrno><opErrstr/></cliOutput>'
+"#,
+                calls = calls.display()
+            ),
+        )
+        .unwrap();
+        let executable = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+        std::fs::set_permissions(&script, executable).unwrap();
+        let gluster = Gluster::new(Node::Local { binary: script });
+        let args = ["volume", "quota", "v", "limit-usage", "/op_a", "5242880"];
+        gluster.run::<Nothing>(&args).await.unwrap();
+        let asked = std::fs::read_to_string(&calls).unwrap();
+        let line = "--mode=script --xml volume quota v limit-usage /op_a 5242880";
+        assert_eq!(asked, format!("{line}\n{line}\n"));
     }
 
     /// The real `gluster` on this machine (scripts/backends.sh sets it up): the shared test
