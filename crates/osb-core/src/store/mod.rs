@@ -144,7 +144,9 @@ macro_rules! with_conn {
 }
 
 /// [`with_conn!`] for a statement that only reads: on SQLite, on a reader connection that runs
-/// it in place.
+/// it in place. A lookup by key reads with `get_result`, not `first`: SQLite plans with a
+/// bound `LIMIT`'s value and so prepares such a statement again at every execution (a read's
+/// largest cost, measured), and a key finds one row at most.
 macro_rules! with_reader {
     ($store:expr, |$conn:ident| $body:expr) => {
         match &$store.readers {
@@ -376,7 +378,7 @@ impl Store {
     pub async fn instance(&self, id: &str) -> Result<Option<InstanceRow>, StoreError> {
         with_reader!(self, |conn| Ok(osb_instances::table
             .find(id)
-            .first::<InstanceRow>(conn)
+            .get_result::<InstanceRow>(conn)
             .await
             .optional()?))
     }
@@ -394,7 +396,7 @@ impl Store {
                 InstanceRow::as_select(),
                 (facts::facts, facts::measured_at).nullable(),
             ))
-            .first::<(InstanceRow, Option<(String, i64)>)>(conn)
+            .get_result::<(InstanceRow, Option<(String, i64)>)>(conn)
             .await
             .optional()?))
     }
@@ -411,7 +413,7 @@ impl Store {
                 InstanceRow::as_select(),
                 Option::<OperationRow>::as_select()
             ))
-            .first::<(InstanceRow, Option<OperationRow>)>(conn)
+            .get_result::<(InstanceRow, Option<OperationRow>)>(conn)
             .await
             .optional()?))
     }
@@ -425,7 +427,7 @@ impl Store {
             .left_join(osb_operations::table.on(osb_operations::id.eq(osb_bindings::operation_id)))
             .filter(osb_bindings::id.eq(id))
             .select((BindingRow::as_select(), Option::<OperationRow>::as_select()))
-            .first::<(BindingRow, Option<OperationRow>)>(conn)
+            .get_result::<(BindingRow, Option<OperationRow>)>(conn)
             .await
             .optional()?))
     }
@@ -471,7 +473,7 @@ impl Store {
     pub async fn binding(&self, id: &str) -> Result<Option<BindingRow>, StoreError> {
         with_reader!(self, |conn| Ok(osb_bindings::table
             .find(id)
-            .first::<BindingRow>(conn)
+            .get_result::<BindingRow>(conn)
             .await
             .optional()?))
     }
@@ -537,7 +539,7 @@ impl Store {
     pub async fn operation(&self, id: &str) -> Result<Option<OperationRow>, StoreError> {
         with_reader!(self, |conn| Ok(osb_operations::table
             .find(id)
-            .first::<OperationRow>(conn)
+            .get_result::<OperationRow>(conn)
             .await
             .optional()?))
     }
