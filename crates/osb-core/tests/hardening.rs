@@ -1,5 +1,6 @@
 //! The security review's findings on osb-core (issue #7): metrics labels, fencing of late
-//! operations, update against binds in flight, pruning of operation records, platform routing.
+//! operations, update against binds in flight, pruning of operation records, platform routing;
+//! and a network store's pool outliving the server's end of its connections.
 
 mod common;
 
@@ -203,6 +204,63 @@ async fn late_operations_are_fenced_out_on_every_store() {
     let postgres = fresh_postgres().await;
     late_operations_are_fenced_out(&postgres).await;
     drop_database(&postgres).await;
+}
+
+/// Ends every connection to the database of `url` but the caller's, from the server's side.
+async fn server_drops_connections(url: &str) {
+    use diesel_async::{AsyncConnection, AsyncMysqlConnection, AsyncPgConnection, RunQueryDsl};
+    let (admin, name) = url.rsplit_once('/').unwrap();
+    if url.starts_with("mysql://") {
+        #[derive(diesel::QueryableByName)]
+        struct Id {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            id: i64,
+        }
+        let mut c = AsyncMysqlConnection::establish(&format!("{admin}/mysql"))
+            .await
+            .unwrap();
+        let ids: Vec<Id> = diesel::sql_query(format!(
+            "SELECT CAST(id AS SIGNED) AS id FROM information_schema.processlist WHERE db = '{name}'"
+        ))
+        .load(&mut c)
+        .await
+        .unwrap();
+        assert!(!ids.is_empty(), "the store holds no connection to {name}");
+        for Id { id } in ids {
+            diesel::sql_query(format!("KILL {id}"))
+                .execute(&mut c)
+                .await
+                .unwrap();
+        }
+    } else {
+        let mut c = AsyncPgConnection::establish(&format!("{admin}/postgres"))
+            .await
+            .unwrap();
+        let ended = diesel::sql_query(format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+        ))
+        .execute(&mut c)
+        .await
+        .unwrap();
+        assert!(ended > 0, "the store holds no connection to {name}");
+    }
+}
+
+/// A pooled connection is not checked with a round trip at every use (that doubled a read's
+/// cost); one idle for a while is, so a server that dropped it (a restart, a timeout) fails
+/// no request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_the_server_dropped_while_idle_are_replaced_before_use() {
+    for url in [fresh_mysql().await, fresh_postgres().await] {
+        let store = Store::connect(&url, 1).await.unwrap();
+        assert!(store.instance("no-such-instance").await.unwrap().is_none());
+        server_drops_connections(&url).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let read = store.instance("no-such-instance").await;
+        drop(store);
+        drop_database(&url).await;
+        assert!(read.unwrap().is_none(), "{url}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,9 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
-use diesel_async::pooled_connection::deadpool::{Pool, PoolError};
+use diesel_async::pooled_connection::deadpool::PoolError;
 use diesel_async::pooled_connection::{
-    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+    AsyncDieselConnectionManager, ManagerConfig, PoolableConnection, RecyclingMethod,
 };
 use diesel_async::scoped_futures::ScopedFutureExt;
 use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
@@ -1136,17 +1136,54 @@ fn private_file(path: &std::path::Path) -> Result<(), StoreError> {
         .map_err(|e| failed("cannot restrict the permissions of", e))
 }
 
+type Pool<C> = deadpool::managed::Pool<Checked<C>>;
+
+/// A connection used this recently goes out as it is (unless it knows itself broken).
+const FRESH: Duration = Duration::from_secs(1);
+
+/// The pool's manager: one idle past [`FRESH`] is checked as its [`RecyclingMethod`] says (a
+/// round trip on a network store, so a server restarted under the pool fails no request); a
+/// busy pool's connections are not, as that check on every checkout doubled a read's round
+/// trips. A server restarted within a second of a connection's use fails that one request.
+struct Checked<C: 'static>(AsyncDieselConnectionManager<C>);
+
+impl<C> deadpool::managed::Manager for Checked<C>
+where
+    C: PoolableConnection + Send + 'static,
+    diesel::dsl::select<diesel::dsl::AsExprOf<i32, diesel::sql_types::Integer>>:
+        diesel_async::methods::ExecuteDsl<C>,
+    diesel::query_builder::SqlQuery: diesel::query_builder::QueryFragment<C::Backend>,
+{
+    type Type = C;
+    type Error = diesel_async::pooled_connection::PoolError;
+
+    async fn create(&self) -> Result<C, Self::Error> {
+        self.0.create().await
+    }
+
+    async fn recycle(
+        &self,
+        conn: &mut C,
+        metrics: &deadpool::managed::Metrics,
+    ) -> deadpool::managed::RecycleResult<Self::Error> {
+        if metrics.last_used() < FRESH && !conn.is_broken() && !std::thread::panicking() {
+            return Ok(());
+        }
+        self.0.recycle(conn, metrics).await
+    }
+}
+
 fn build_pool<C>(
     manager: AsyncDieselConnectionManager<C>,
     size: usize,
 ) -> Result<Pool<C>, StoreError>
 where
-    C: diesel_async::pooled_connection::PoolableConnection + 'static,
+    C: PoolableConnection + 'static,
     diesel::dsl::select<diesel::dsl::AsExprOf<i32, diesel::sql_types::Integer>>:
         diesel_async::methods::ExecuteDsl<C>,
     diesel::query_builder::SqlQuery: diesel::query_builder::QueryFragment<C::Backend>,
 {
-    Pool::builder(manager)
+    Pool::builder(Checked(manager))
         .max_size(size.max(1))
         .wait_timeout(Some(Duration::from_secs(10)))
         .create_timeout(Some(Duration::from_secs(10)))
