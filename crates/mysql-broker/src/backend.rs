@@ -34,6 +34,8 @@ const ADMIN_LOCK_WAIT_SECS: u32 = 10;
 
 /// How long to wait for an admin connection (a new one, or a free one from the pool).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an idle admin connection stays in the pool.
+const IDLE_CONNECTION_TTL: Duration = Duration::from_secs(60);
 
 /// What credentials percent-encode: everything but RFC 3986's unreserved characters, which
 /// generated passwords and account names are made of.
@@ -80,9 +82,16 @@ impl Server {
             .setup(vec![format!(
                 "SET SESSION lock_wait_timeout = {ADMIN_LOCK_WAIT_SECS}, innodb_lock_wait_timeout = {ADMIN_LOCK_WAIT_SECS}"
             )])
-            .pool_opts(PoolOpts::default().with_constraints(
-                PoolConstraints::new(0, config.pool_size.max(1)).expect("0 <= max"),
-            ))
+            // Idle connections are kept for a minute (up to the maximum), then closed down to
+            // none. Without that TTL the pool keeps at most its minimum, none: every operation
+            // paid a new connection, its login and its init statements (most of a bind's time).
+            .pool_opts(
+                PoolOpts::default()
+                    .with_constraints(
+                        PoolConstraints::new(0, config.pool_size.max(1)).expect("0 <= max"),
+                    )
+                    .with_inactive_connection_ttl(IDLE_CONNECTION_TTL),
+            )
             .ssl_opts(config.tls.as_ref().map(|tls| {
                 SslOpts::default().with_root_certs(tls.ca.iter().cloned().map(Into::into).collect())
             }))
@@ -98,7 +107,8 @@ impl Server {
         }
     }
 
-    /// An admin connection; failing here means nothing was sent.
+    /// An admin connection; failing here means nothing was sent. The pool resets an idle
+    /// one before handing it out, and makes a new one when that fails (its server ended it).
     async fn conn(&self) -> Result<Conn, BrokerError> {
         match tokio::time::timeout(CONNECT_TIMEOUT, self.pool.get_conn()).await {
             Ok(conn) => conn.map_err(|e| unreachable(&self.name, e)),

@@ -374,3 +374,61 @@ async fn cf_push_port_variable_sets_the_listen_address() {
         .await
         .unwrap();
 }
+
+/// The local ports of process `pid`'s TCP connections to port `remote` (from `/proc`).
+fn local_ports_to(pid: u32, remote: u16) -> Vec<u16> {
+    let sockets: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|link| {
+            let link = link.to_string_lossy().into_owned();
+            Some(link.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let port = |addr: &str| u16::from_str_radix(addr.rsplit_once(':')?.1, 16).ok();
+            let (local, peer, inode) = (fields.get(1)?, fields.get(2)?, fields.get(9)?);
+            (port(peer)? == remote && sockets.contains(*inode)).then(|| port(local))?
+        })
+        .collect()
+}
+
+/// MariaDB ends the broker's idle admin connections (as a restart or a `KILL` does): the next
+/// operation finds them dead, makes new ones and succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_connections_the_server_ended_are_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), 0).await;
+    let c = Client::new(target(&broker));
+    let (id, bid) = (fresh_id(), fresh_id());
+    c.provision_ready(&id, PLAN1).await.unwrap();
+    let ports = local_ports_to(broker.pid(), 3306);
+    assert!(!ports.is_empty(), "the broker keeps no admin connection");
+    let mut admin = admin().await;
+    let mut ended = 0;
+    for port in ports {
+        let ids: Vec<u64> = admin
+            .exec(
+                "SELECT ID FROM information_schema.PROCESSLIST WHERE HOST = ?",
+                (format!("127.0.0.1:{port}"),),
+            )
+            .await
+            .unwrap();
+        for id in ids {
+            admin.query_drop(format!("KILL {id}")).await.unwrap();
+            ended += 1;
+        }
+    }
+    assert!(
+        ended > 0,
+        "none of the broker's connections was found on the server"
+    );
+    c.bind_ready(&id, &bid, PLAN1).await.unwrap();
+    c.unbind_done(&id, &bid, PLAN1).await.unwrap();
+    c.deprovision_done(&id, PLAN1).await.unwrap();
+}

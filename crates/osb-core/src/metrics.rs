@@ -96,6 +96,15 @@ impl Metrics {
             .observe(seconds);
     }
 
+    /// Shows the state store's statement and commit counts.
+    pub fn watch_store(&self, counters: &crate::store::StoreCounters) {
+        for counter in [&counters.statements, &counters.commits] {
+            self.registry
+                .register(Box::new(counter.clone()))
+                .expect("the store's counters registered once");
+        }
+    }
+
     /// `reason` is one of "error", "timeout", "out_of_time".
     pub fn upkeep_failed(&self, reason: &'static str) {
         self.upkeep_failures.with_label_values(&[reason]).inc();

@@ -95,6 +95,7 @@ pub async fn start<B: ServiceBroker>(
     )
     .await?;
     tracing::info!(store = store.kind(), "state store ready");
+    metrics.watch_store(store.counters());
     if let Some(claims) = broker.claims() {
         claims.attach(&store);
     }

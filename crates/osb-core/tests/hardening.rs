@@ -95,8 +95,13 @@ fn operation_row(id: &str, instance: &str) -> OperationRow {
 /// row over. When the stalled task wakes up, its outcome must not be written.
 async fn late_operations_are_fenced_out(url: &str) {
     let store = Store::connect(url, 2).await.unwrap();
+    let counts = || {
+        let c = store.counters();
+        (c.statements.get(), c.commits.get())
+    };
     let id = fresh_id();
     let (op1, op2) = (fresh_id(), fresh_id());
+    let before = counts();
     store
         .insert_operation(&operation_row(&op1, &id))
         .await
@@ -107,14 +112,26 @@ async fn late_operations_are_fenced_out(url: &str) {
             .await
             .unwrap()
     );
+    // Two writes outside a transaction: two statements, two commits.
+    assert_eq!(counts(), (before.0 + 2, before.1 + 2), "{url}");
+    assert!(store.instance(&id).await.unwrap().is_some());
+    assert_eq!(
+        counts(),
+        (before.0 + 3, before.1 + 2),
+        "{url}: a read commits nothing"
+    );
     // The reaper fails op1 and frees the row; the retry claims it for op2.
     let release = Release::Instance(&id, InstanceState::Failed);
+    let before = counts();
     assert!(
         store
             .fail(&op1, "replica-a/1", release, "died", None, None)
             .await
             .unwrap()
     );
+    let after = counts();
+    assert_eq!(after.1, before.1 + 1, "{url}: one transaction, one commit");
+    assert!(after.0 > before.0 + 2, "{url}: {before:?} -> {after:?}");
     store
         .insert_operation(&operation_row(&op2, &id))
         .await

@@ -15,6 +15,8 @@ use crate::{BrokerProcess, Client, PASSWORD, USERNAME, fresh_id, start_broker};
 /// Cycles per run and how many run at once.
 pub const CYCLES: usize = 200;
 pub const CONCURRENCY: usize = 8;
+/// Cycles of the run one at a time.
+pub const CYCLES_ONE_AT_A_TIME: usize = 50;
 
 /// One cycle through the broker on `plan`.
 pub async fn broker_cycle(c: &Client, plan: &str) -> anyhow::Result<()> {
@@ -79,14 +81,24 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
     status_kib(pid, "VmRSS")
 }
 
-/// What one run measured.
+/// Cycles at one concurrency: straight to the backend and through the broker, per second.
+pub struct Run {
+    pub cycles: usize,
+    pub width: usize,
+    pub direct: f64,
+    pub through: f64,
+}
+
+/// What one benchmark measured.
 pub struct Figures<'a> {
     pub broker: &'a str,
     pub backend: &'a str,
     /// The state store's scheme (`sqlite`, `mysql`, `postgres`).
     pub store: &'a str,
-    pub direct: f64,
-    pub through: f64,
+    pub runs: Vec<Run>,
+    /// Store statements and commits per cycle through the broker, one at a time.
+    pub statements_per_cycle: f64,
+    pub commits_per_cycle: f64,
     pub peak_rss_kib: Option<u64>,
 }
 
@@ -96,16 +108,31 @@ impl Figures<'_> {
             broker, backend, ..
         } = self;
         println!(
-            "{broker} cycles (provision + bind + unbind + deprovision), {CYCLES} cycles, concurrency {CONCURRENCY}, {} cores",
-            std::thread::available_parallelism().map_or(0, |n| n.get())
+            "{broker} cycles (provision + bind + unbind + deprovision), {} cores; state store: {}",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            self.store
         );
-        println!("  state store: {}", self.store);
         println!(
-            "  straight to {backend} (same commands): {:8.1} cycles/s",
-            self.direct
+            "  {:>6} {:>11} {:>16} {:>16} {:>8}",
+            "cycles", "concurrency", "direct/s", "through/s", "ratio"
         );
-        println!("  through {broker}: {:8.1} cycles/s", self.through);
-        println!("  broker / direct: {:8.2}", self.through / self.direct);
+        for run in &self.runs {
+            println!(
+                "  {:>6} {:>11} {:>16.1} {:>16.1} {:>8.2}",
+                run.cycles,
+                run.width,
+                run.direct,
+                run.through,
+                run.through / run.direct
+            );
+        }
+        println!(
+            "  (direct: the broker's {backend} commands sent straight; through: via {broker})"
+        );
+        println!(
+            "  state store per cycle: {:.1} statements, {:.1} commits",
+            self.statements_per_cycle, self.commits_per_cycle
+        );
         match self.peak_rss_kib {
             Some(kib) => println!("  broker peak RSS: {:8.1} MiB", kib as f64 / 1024.0),
             None => println!("  broker peak RSS: unavailable"),
@@ -142,20 +169,45 @@ where
     ]);
     let broker = start_broker(binary, config, dir.path(), &env, "/ready").await?;
     let client = Client::new(broker.target(service, plan));
-    let direct = rate(direct).await?;
-    let through = rate(|| {
-        let client = client.clone();
-        async move { broker_cycle(&client, plan).await }
-    })
-    .await?;
+    let store_counts = || async {
+        let statements = broker.metric("osb_store_statements_total").await?.0;
+        let commits = broker.metric("osb_store_commits_total").await?.0;
+        statements
+            .zip(commits)
+            .context("the broker's /metrics shows no store counts")
+    };
+    let mut runs = Vec::new();
+    let mut per_cycle = (0.0, 0.0);
+    for (count, width) in [(CYCLES, CONCURRENCY), (CYCLES_ONE_AT_A_TIME, 1)] {
+        let direct = rate_of(count, width, &direct).await?;
+        let before = store_counts().await?;
+        let through = rate_of(count, width, || {
+            let client = client.clone();
+            async move { broker_cycle(&client, plan).await }
+        })
+        .await?;
+        let after = store_counts().await?;
+        if width == 1 {
+            // One at a time, so nothing of another cycle is counted (upkeep aside).
+            let cycles = count as f64;
+            per_cycle = ((after.0 - before.0) / cycles, (after.1 - before.1) / cycles);
+        }
+        runs.push(Run {
+            cycles: count,
+            width,
+            direct,
+            through,
+        });
+    }
     let peak_rss_kib = peak_rss_kib(broker.pid());
     drop(broker);
     Figures {
         broker: broker_name,
         backend,
         store: store.split(':').next().unwrap_or("?"),
-        direct,
-        through,
+        runs,
+        statements_per_cycle: per_cycle.0,
+        commits_per_cycle: per_cycle.1,
         peak_rss_kib,
     }
     .print();

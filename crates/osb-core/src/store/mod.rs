@@ -1,6 +1,7 @@
 //! The broker's own state: instances, bindings and operations, on SQLite, MySQL/MariaDB or
 //! PostgreSQL through one set of diesel queries and one set of migrations.
 
+mod counting;
 mod rows;
 mod schema;
 
@@ -21,6 +22,7 @@ use diesel_async::{
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use futures::FutureExt;
 
+pub use counting::StoreCounters;
 pub use rows::{
     BindingRow, BindingState, InstanceRow, InstanceState, OperationRow, OperationState,
 };
@@ -93,6 +95,7 @@ pub struct Store {
     pools: std::sync::Arc<Pools>,
     /// SQLite only: connections that read on the calling thread (see [`InPlace`]).
     readers: Option<std::sync::Arc<Pool<SqliteReader>>>,
+    counters: StoreCounters,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -243,6 +246,7 @@ impl Store {
     }
 
     fn pools(url: &str, pool_size: usize, create: bool) -> Result<Self, StoreError> {
+        let counters = StoreCounters::new();
         let pools = if let Some(path) = url.strip_prefix("sqlite://") {
             if path.is_empty() || path.contains(":memory:") {
                 return Err(StoreError::BadUrl(
@@ -257,36 +261,23 @@ impl Store {
                     "the SQLite state store {path} does not exist"
                 )));
             }
-            let mut config = ManagerConfig::<SqliteConn>::default();
             // A file does not drop connections: no `SELECT 1` before every use (the default
-            // check doubled the statements of a read).
-            config.recycling_method = RecyclingMethod::Fast;
-            config.custom_setup = Box::new(|url| {
-                async move {
-                    let mut conn = SqliteConn::establish(url).await?;
-                    // WAL lets readers run beside the writer; the busy timeout makes concurrent
-                    // writers queue instead of failing with SQLITE_BUSY.
-                    conn.batch_execute(
-                        "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;",
-                    )
-                    .await
-                    .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
-                    Ok(conn)
-                }
-                .boxed()
-            });
-            let manager = AsyncDieselConnectionManager::new_with_config(path, config);
+            // check doubled the statements of a read). WAL lets readers run beside the writer;
+            // the busy timeout makes concurrent writers queue instead of failing with
+            // SQLITE_BUSY.
+            let manager = manager(
+                path,
+                &counters,
+                RecyclingMethod::Fast,
+                "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;",
+            );
             Pools::Sqlite(build_pool(manager, pool_size)?)
         } else if url.starts_with("mysql://") {
-            Pools::Mysql(build_pool(
-                AsyncDieselConnectionManager::new(url),
-                pool_size,
-            )?)
+            let manager = manager(url, &counters, RecyclingMethod::Verified, "");
+            Pools::Mysql(build_pool(manager, pool_size)?)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Pools::Postgres(build_pool(
-                AsyncDieselConnectionManager::new(url),
-                pool_size,
-            )?)
+            let manager = manager(url, &counters, RecyclingMethod::Verified, "");
+            Pools::Postgres(build_pool(manager, pool_size)?)
         } else {
             return Err(StoreError::BadUrl(match url.split_once("://") {
                 Some((scheme, _)) if scheme.chars().all(|c| c.is_ascii_alphanumeric()) => {
@@ -297,23 +288,15 @@ impl Store {
         };
         let readers = match (&pools, url.strip_prefix("sqlite://")) {
             (Pools::Sqlite(_), Some(path)) => {
-                let mut config = ManagerConfig::<SqliteReader>::default();
-                config.recycling_method = RecyclingMethod::Fast;
-                config.custom_setup = Box::new(|url| {
-                    async move {
-                        let mut conn = SqliteReader::establish(url).await?;
-                        // The writers' connections set WAL mode (kept in the file); these
-                        // only read.
-                        // A reader waits only if the file is not in WAL mode after all; then
-                        // briefly, as it waits on the caller's thread.
-                        conn.batch_execute("PRAGMA busy_timeout = 250; PRAGMA query_only = 1;")
-                            .await
-                            .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
-                        Ok(conn)
-                    }
-                    .boxed()
-                });
-                let manager = AsyncDieselConnectionManager::new_with_config(path, config);
+                // The writers' connections set WAL mode (kept in the file); these only read.
+                // A reader waits only if the file is not in WAL mode after all; then briefly,
+                // as it waits on the caller's thread.
+                let manager = manager(
+                    path,
+                    &counters,
+                    RecyclingMethod::Fast,
+                    "PRAGMA busy_timeout = 250; PRAGMA query_only = 1;",
+                );
                 Some(std::sync::Arc::new(build_pool(manager, pool_size)?))
             }
             _ => None,
@@ -321,7 +304,13 @@ impl Store {
         Ok(Self {
             pools: std::sync::Arc::new(pools),
             readers,
+            counters,
         })
+    }
+
+    /// What this store's connections have sent.
+    pub fn counters(&self) -> &StoreCounters {
+        &self.counters
     }
 
     /// Which database this store runs on, for logs.
@@ -1137,6 +1126,36 @@ fn private_file(path: &std::path::Path) -> Result<(), StoreError> {
 }
 
 type Pool<C> = deadpool::managed::Pool<Checked<C>>;
+
+/// Connections to `url` that run `setup` when made and count into `counters`.
+fn manager<C>(
+    url: &str,
+    counters: &StoreCounters,
+    recycling: RecyclingMethod<C>,
+    setup: &'static str,
+) -> AsyncDieselConnectionManager<C>
+where
+    C: AsyncConnection + SimpleAsyncConnection + Send + 'static,
+{
+    let mut config = ManagerConfig::<C>::default();
+    config.recycling_method = recycling;
+    let counters = counters.clone();
+    config.custom_setup = Box::new(move |url| {
+        let counters = counters.clone();
+        async move {
+            let mut conn = C::establish(url).await?;
+            if !setup.is_empty() {
+                conn.batch_execute(setup)
+                    .await
+                    .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+            }
+            conn.set_instrumentation(counting::Counting::new(counters));
+            Ok(conn)
+        }
+        .boxed()
+    });
+    AsyncDieselConnectionManager::new_with_config(url, config)
+}
 
 /// A connection used this recently goes out as it is (unless it knows itself broken).
 const FRESH: Duration = Duration::from_secs(1);
