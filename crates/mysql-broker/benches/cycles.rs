@@ -15,53 +15,172 @@ use osb_testkit::fresh_id;
 const SERVICE: &str = "96b9e707-0e2b-47e3-a21a-fd01a8eb0452";
 const PLAN1: &str = "411d0c3e-b086-4a24-b041-0aeef1a819d1";
 
-/// The statements mysql-broker sends for one cycle on an instance with one binding.
-async fn direct_cycle(pool: &mysql_async::Pool) -> anyhow::Result<()> {
+const OWNER: &str =
+    "SELECT platform, owner_id, parent FROM kpaas_broker.owners WHERE kind = ? AND name = ?";
+const MARK: &str = "INSERT IGNORE INTO kpaas_broker.owners (kind, name, platform, owner_id, parent) VALUES (?, ?, ?, ?, ?)";
+const TOUCH: &str =
+    "UPDATE kpaas_broker.owners SET created_at = CURRENT_TIMESTAMP WHERE kind = ? AND name = ?";
+const UNMARK: &str =
+    "DELETE FROM kpaas_broker.owners WHERE kind = ? AND name = ? AND platform = ? AND owner_id = ?";
+const MADE_USERS: &str = "SELECT o.name FROM kpaas_broker.owners o JOIN kpaas_broker.made m \
+    ON m.kind = o.kind AND m.name = o.name WHERE o.kind = 'user' AND o.parent = ?";
+const FORGET: &str = "DELETE FROM kpaas_broker.made WHERE kind = ? AND name = ? AND EXISTS (\
+    SELECT 1 FROM kpaas_broker.owners o \
+    WHERE o.kind = ? AND o.name = ? AND o.platform = ? AND o.owner_id = ?)";
+const GRANTEES: &str = "SELECT DISTINCT User FROM mysql.db WHERE Db = ? AND Host = '%'";
+const SESSION: &str = "SET SESSION lock_wait_timeout = 10, innodb_lock_wait_timeout = 10";
+
+/// One admin connection as the broker takes it from its pool for an operation (reset by the
+/// pool, then its session settings).
+async fn admin(pool: &mysql_async::Pool) -> anyhow::Result<mysql_async::Conn> {
     let mut conn = pool.get_conn().await?;
-    let id = fresh_id().replace('-', "_");
-    let (db, pattern, user) = (
-        format!("op_{id}"),
-        format!("op\\_{}", id.replace('_', "\\_")),
-        format!("k{}", &id[..15]),
-    );
+    conn.query_drop(SESSION).await?;
+    Ok(conn)
+}
+
+/// What mysql-broker sends MariaDB for one cycle on an instance with one binding, statement
+/// for statement (from the server's general log; its ownership records included), one pooled
+/// connection per operation as the broker takes them.
+async fn direct_cycle(pool: &mysql_async::Pool) -> anyhow::Result<()> {
+    let (id, bid) = (fresh_id(), fresh_id());
+    let db = format!("op_{}", id.replace('-', "_"));
+    let pattern = db.replace('_', "\\_");
+    let user = format!("b_{}", &bid.replace('-', "_")[..14]) + "abcdefghijklmnop";
     let account = format!("'{user}'@'%'");
+    let platform = "default";
+
+    // provision
+    let mut conn = admin(pool).await?;
+    conn.exec_drop(OWNER, ("database", &db)).await?;
+    conn.query_drop(
+        "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE 'op\\_%'",
+    )
+    .await?;
+    conn.exec_drop(MARK, ("database", &db, platform, &id, ""))
+        .await?;
+    conn.exec_drop(OWNER, ("database", &db)).await?;
+    conn.exec_drop(
+        "DELETE FROM kpaas_broker.made WHERE kind = ? AND name = ?",
+        ("database", &db),
+    )
+    .await?;
     conn.exec_drop(
         "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?",
         (&db,),
     )
     .await?;
-    conn.query_drop(
-        "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE 'op\\_%'",
+    conn.exec_drop(
+        "INSERT IGNORE INTO kpaas_broker.made (kind, name) VALUES (?, ?)",
+        ("database", &db),
     )
     .await?;
     conn.query_drop(format!(
         "CREATE DATABASE IF NOT EXISTS `{db}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
     ))
     .await?;
-    let users = "SELECT DISTINCT User FROM mysql.db WHERE Db = ? AND Host = '%'";
-    conn.exec_drop(users, (&pattern,)).await?;
-    conn.query_drop(format!("CREATE USER {account} IDENTIFIED BY 'Abcdefghijklmnopqrstuvwxyz0123456789ABCD' WITH MAX_USER_CONNECTIONS 10")).await?;
-    conn.query_drop(format!(
-        "GRANT ALL PRIVILEGES ON `{pattern}`.* TO {account}"
-    ))
-    .await?;
-    conn.exec_drop(users, (&pattern,)).await?;
-    conn.query_drop(format!("ALTER USER {account} WITH MAX_USER_CONNECTIONS 10"))
+    drop(conn);
+
+    // bind
+    let mut conn = admin(pool).await?;
+    conn.exec_drop(MARK, ("user", &user, platform, &bid, &db))
         .await?;
-    let size = "SELECT CAST(COALESCE(SUM(data_length + index_length), 0) AS UNSIGNED) FROM information_schema.TABLES WHERE table_schema = ?";
-    conn.exec_drop(size, (&db,)).await?;
+    conn.exec_drop(OWNER, ("user", &user)).await?;
     conn.exec_drop(
-        "SELECT User, Insert_priv FROM mysql.db WHERE Db = ? AND Host = '%'",
-        (&pattern,),
+        "DELETE FROM kpaas_broker.made WHERE kind = ? AND name = ?",
+        ("user", &user),
+    )
+    .await?;
+    conn.exec_drop(
+        "SELECT User FROM mysql.user WHERE User = ? AND Host = '%'",
+        (&user,),
+    )
+    .await?;
+    conn.exec_drop(
+        "INSERT IGNORE INTO kpaas_broker.made (kind, name) VALUES (?, ?)",
+        ("user", &user),
     )
     .await?;
     let processes = "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = ?";
     conn.exec_drop(processes, (&user,)).await?;
     conn.query_drop(format!("DROP USER IF EXISTS {account}"))
         .await?;
-    conn.exec_drop(users, (&pattern,)).await?;
-    conn.exec_drop(users, (&pattern,)).await?;
+    conn.exec_drop(MADE_USERS, (&db,)).await?;
+    conn.exec_drop(GRANTEES, (&pattern,)).await?;
+    conn.query_drop(format!("CREATE USER {account} IDENTIFIED BY 'Abcdefghijklmnopqrstuvwxyz0123456789ABCD' WITH MAX_USER_CONNECTIONS 10")).await?;
+    conn.query_drop(format!(
+        "GRANT ALL PRIVILEGES ON `{pattern}`.* TO {account}"
+    ))
+    .await?;
+    conn.exec_drop(MADE_USERS, (&db,)).await?;
+    conn.exec_drop(GRANTEES, (&pattern,)).await?;
+    conn.query_drop(format!("ALTER USER {account} WITH MAX_USER_CONNECTIONS 10"))
+        .await?;
+    conn.exec_drop(MADE_USERS, (&db,)).await?;
+    conn.exec_drop(GRANTEES, (&pattern,)).await?;
+    conn.exec_drop(
+        "SELECT User, Insert_priv, Update_priv, Create_priv, Alter_priv, Index_priv, \
+         Create_tmp_table_priv, Lock_tables_priv, Create_view_priv, Create_routine_priv, \
+         Alter_routine_priv, Event_priv, Trigger_priv FROM mysql.db WHERE Db = ? AND Host = '%'",
+        (&pattern,),
+    )
+    .await?;
+    conn.exec_drop(
+        "SELECT CAST(COALESCE(SUM(data_length + index_length), 0) AS UNSIGNED) FROM information_schema.TABLES WHERE table_schema = ?",
+        (&db,),
+    )
+    .await?;
+    drop(conn);
+
+    // unbind
+    let mut conn = admin(pool).await?;
+    conn.exec_drop(MARK, ("user", &user, platform, &bid, &db))
+        .await?;
+    conn.exec_drop(OWNER, ("user", &user)).await?;
+    conn.exec_drop(TOUCH, ("user", &user)).await?;
+    conn.exec_drop(
+        "SELECT 1 FROM kpaas_broker.made WHERE kind = ? AND name = ?",
+        ("user", &user),
+    )
+    .await?;
+    conn.exec_drop(processes, (&user,)).await?;
+    conn.query_drop(format!("DROP USER IF EXISTS {account}"))
+        .await?;
+    conn.exec_drop(FORGET, ("user", &user, "user", &user, platform, &bid))
+        .await?;
+    conn.exec_drop(UNMARK, ("user", &user, platform, &bid))
+        .await?;
+    conn.exec_drop(MADE_USERS, (&db,)).await?;
+    conn.exec_drop(GRANTEES, (&pattern,)).await?;
+    drop(conn);
+
+    // deprovision
+    let mut conn = admin(pool).await?;
+    conn.exec_drop(MARK, ("database", &db, platform, &id, ""))
+        .await?;
+    conn.exec_drop(OWNER, ("database", &db)).await?;
+    conn.exec_drop(TOUCH, ("database", &db)).await?;
+    conn.exec_drop(
+        "SELECT 1 FROM kpaas_broker.made WHERE kind = ? AND name = ?",
+        ("database", &db),
+    )
+    .await?;
+    conn.exec_drop(MADE_USERS, (&db,)).await?;
+    conn.exec_drop(
+        "DELETE FROM kpaas_broker.made WHERE kind = 'user' AND name IN (\
+         SELECT name FROM kpaas_broker.owners WHERE kind = 'user' AND parent = ?)",
+        (&db,),
+    )
+    .await?;
+    conn.exec_drop(
+        "DELETE FROM kpaas_broker.owners WHERE kind = 'user' AND parent = ?",
+        (&db,),
+    )
+    .await?;
     conn.query_drop(format!("DROP DATABASE IF EXISTS `{db}`"))
+        .await?;
+    conn.exec_drop(FORGET, ("database", &db, "database", &db, platform, &id))
+        .await?;
+    conn.exec_drop(UNMARK, ("database", &db, platform, &id))
         .await?;
     Ok(())
 }
@@ -70,7 +189,16 @@ async fn direct_cycle(pool: &mysql_async::Pool) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/mysql-broker.toml");
     let binary = Path::new(env!("CARGO_BIN_EXE_mysql-broker"));
-    let pool = Arc::new(mysql_async::Pool::new("mysql://root@127.0.0.1:3306/mysql"));
+    // The broker's own pool settings: up to 8 connections, idle ones kept.
+    let opts = mysql_async::OptsBuilder::from_opts(mysql_async::Opts::from_url(
+        "mysql://root@127.0.0.1:3306/mysql",
+    )?)
+    .pool_opts(
+        mysql_async::PoolOpts::default()
+            .with_constraints(mysql_async::PoolConstraints::new(0, 8).expect("0 <= 8"))
+            .with_inactive_connection_ttl(std::time::Duration::from_secs(60)),
+    );
+    let pool = Arc::new(mysql_async::Pool::new(opts));
     let direct = || {
         let pool = pool.clone();
         async move { direct_cycle(&pool).await }

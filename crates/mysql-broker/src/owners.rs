@@ -153,16 +153,26 @@ pub async fn made(conn: &mut Conn, kind: Kind, name: &str) -> Result<bool, Broke
     Ok(made.is_some())
 }
 
-/// Removes `owner`'s marker on `name`, once what it marked is gone.
+/// Removes `owner`'s marker on `name`, and the record that the broker made it, once what it
+/// marked is gone (names come from ids: left there, those records would pile up for good).
 pub async fn release(
     conn: &mut Conn,
     kind: Kind,
     name: &str,
     owner: Owner<'_>,
 ) -> Result<(), BrokerError> {
+    let (kind, platform, id) = (kind.as_str(), owner.platform, owner.id);
+    conn.exec_drop(
+        "DELETE FROM kpaas_broker.made WHERE kind = ? AND name = ? AND EXISTS (\
+         SELECT 1 FROM kpaas_broker.owners o \
+         WHERE o.kind = ? AND o.name = ? AND o.platform = ? AND o.owner_id = ?)",
+        (kind, name, kind, name, platform, id),
+    )
+    .await
+    .map_err(failed)?;
     conn.exec_drop(
         "DELETE FROM kpaas_broker.owners WHERE kind = ? AND name = ? AND platform = ? AND owner_id = ?",
-        (kind.as_str(), name, owner.platform, owner.id),
+        (kind, name, platform, id),
     )
     .await
     .map_err(failed)
@@ -180,8 +190,16 @@ pub async fn users_under(conn: &mut Conn, parent: &str) -> Result<Vec<String>, B
     .map_err(failed)
 }
 
-/// Removes the markers of every account made for bindings of database `parent`.
+/// Removes the markers of every account made for bindings of database `parent`, and their
+/// records of being made, as [`release`] does.
 pub async fn release_under(conn: &mut Conn, parent: &str) -> Result<(), BrokerError> {
+    conn.exec_drop(
+        "DELETE FROM kpaas_broker.made WHERE kind = 'user' AND name IN (\
+         SELECT name FROM kpaas_broker.owners WHERE kind = 'user' AND parent = ?)",
+        (parent,),
+    )
+    .await
+    .map_err(failed)?;
     conn.exec_drop(
         "DELETE FROM kpaas_broker.owners WHERE kind = 'user' AND parent = ?",
         (parent,),

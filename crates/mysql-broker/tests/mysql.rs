@@ -93,6 +93,21 @@ async fn bound_credentials_work_only_on_their_own_database() {
         !account_exists(0, &user2).await && !account_exists(1, &user2).await,
         "binding user left behind after deprovision"
     );
+    // Nor does the broker's bookkeeping keep anything of them (an unbind, a deprovision with a
+    // binding, the database).
+    let user1 = creds["username"].as_str().unwrap();
+    for i in 0..2 {
+        let kept: Vec<(String, String)> = admin_of(i)
+            .await
+            .exec(
+                "SELECT kind, name FROM kpaas_broker.made WHERE name IN (?, ?, ?) \
+                 UNION ALL SELECT kind, name FROM kpaas_broker.owners WHERE name IN (?, ?, ?)",
+                (&db, user1, &user2, &db, user1, &user2),
+            )
+            .await
+            .unwrap();
+        assert!(kept.is_empty(), "server {i} keeps {kept:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

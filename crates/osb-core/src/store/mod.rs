@@ -262,16 +262,18 @@ impl Store {
                 )));
             }
             // A file does not drop connections: no `SELECT 1` before every use (the default
-            // check doubled the statements of a read). WAL lets readers run beside the writer;
-            // the busy timeout makes concurrent writers queue instead of failing with
-            // SQLITE_BUSY.
+            // check doubled the statements of a read). WAL lets readers run beside the writer.
+            // One writer connection: this replica's writes queue for it in the pool, where
+            // writers on several connections met at SQLite's lock and slept in its busy
+            // handler (1 ms, 2 ms, 5 ms, ...); the busy timeout still makes another replica's
+            // writer wait instead of failing with SQLITE_BUSY.
             let manager = manager(
                 path,
                 &counters,
                 RecyclingMethod::Fast,
                 "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;",
             );
-            Pools::Sqlite(build_pool(manager, pool_size)?)
+            Pools::Sqlite(build_pool(manager, 1)?)
         } else if url.starts_with("mysql://") {
             let manager = manager(url, &counters, RecyclingMethod::Verified, "");
             Pools::Mysql(build_pool(manager, pool_size)?)
