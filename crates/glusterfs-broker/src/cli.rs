@@ -97,6 +97,10 @@ pub enum GlusterError {
     /// Another transaction held the cluster lock through every retry.
     #[error("Gluster stayed busy with another transaction during {op}")]
     Busy { op: String },
+    /// glusterd's own mount of the volume, which a quota change goes through, stayed
+    /// disconnected through every retry; nothing was changed.
+    #[error("glusterd's mount of the volume stayed disconnected during {op}")]
+    MountDown { op: String },
     /// An answer that is not the XML `gluster --xml` writes.
     #[error("gluster {op} answered what the broker cannot read: {why}")]
     Unreadable { op: String, why: String },
@@ -106,8 +110,11 @@ impl From<GlusterError> for BrokerError {
     fn from(e: GlusterError) -> Self {
         match e {
             GlusterError::Unreachable { .. } => BrokerError::Unavailable(e.to_string()),
-            // A busy cluster did nothing for this call: a retry later can work.
-            GlusterError::Busy { .. } => BrokerError::Unavailable(e.to_string()),
+            // A busy cluster or a disconnected quota mount did nothing for this call: a retry
+            // later can work.
+            GlusterError::Busy { .. } | GlusterError::MountDown { .. } => {
+                BrokerError::Unavailable(e.to_string())
+            }
             GlusterError::Refused { .. }
             | GlusterError::Unreadable { .. }
             | GlusterError::NoAnswer { .. } => BrokerError::Failed(e.to_string()),
@@ -306,7 +313,7 @@ impl Gluster {
             let stdout = String::from_utf8_lossy(&output.stdout);
             match parse::<T>(&op, &stdout) {
                 Err(GlusterError::Refused { ref message, .. })
-                    if passing(message) && attempt < BUSY_TRIES =>
+                    if passing(args, message) && attempt < BUSY_TRIES =>
                 {
                     tracing::debug!(%op, attempt, %message, "glusterd did nothing this time; again");
                     tokio::time::sleep(wait).await;
@@ -314,6 +321,9 @@ impl Gluster {
                 }
                 Err(GlusterError::Refused { message, .. }) if busy(&message) => {
                     return Err(GlusterError::Busy { op });
+                }
+                Err(GlusterError::Refused { message, .. }) if passing(args, &message) => {
+                    return Err(GlusterError::MountDown { op });
                 }
                 Err(GlusterError::Unreadable { why, .. }) if !output.status.success() => {
                     // Not XML and a failure: the CLI's own complaint, e.g. no glusterd.
@@ -363,13 +373,15 @@ fn busy(message: &str) -> bool {
     message.contains("Another transaction is in progress") || message.contains("Locking failed")
 }
 
-/// Whether a refusal says glusterd did nothing this time and a later try can work: the cluster
-/// lock was [`busy`], or a quota limit or removal found its FUSE mount not connected. glusterd
-/// mounts the volume for each such change and stops that mount after it; a change right after
-/// another can take the previous change's mount, still shutting down, for its own (seen with
-/// two replicas provisioning at once on a loaded host).
-fn passing(message: &str) -> bool {
-    busy(message) || message.contains("Transport endpoint is not connected")
+/// Whether a refusal of the call `args` says glusterd did nothing this time and a later try
+/// can work: the cluster lock was [`busy`], or a quota limit or removal found its FUSE mount
+/// not connected (refused before any change). glusterd mounts the volume for each such change
+/// and stops that mount after it; a change right after another can take the previous change's
+/// mount, still shutting down, for its own (seen with two replicas provisioning at once on a
+/// loaded host).
+fn passing(args: &[&str], message: &str) -> bool {
+    let quota_change = matches!(args, ["volume", "quota", _, "limit-usage" | "remove", ..]);
+    busy(message) || (quota_change && message.contains("Transport endpoint is not connected"))
 }
 
 /// `s` as one word for a POSIX shell.
@@ -522,6 +534,20 @@ echo '<cliOutput><opRet>0</opRet><opErrno>0</opErrno><opErrstr/></cliOutput>'
         let asked = std::fs::read_to_string(&calls).unwrap();
         let line = "--mode=script --xml volume quota v limit-usage /op_a 5242880";
         assert_eq!(asked, format!("{line}\n{line}\n"));
+    }
+
+    #[test]
+    fn only_a_quota_change_is_tried_again_when_glusterd_s_mount_is_down() {
+        let down = "Failed to find the directory /var/run/gluster/v_quota_limit/op_a. Reason : Transport endpoint is not connected";
+        assert!(passing(
+            &["volume", "quota", "v", "limit-usage", "/op_a", "1"],
+            down
+        ));
+        assert!(passing(&["volume", "quota", "v", "remove", "/op_a"], down));
+        assert!(!passing(&["volume", "set", "v", "auth.allow", "*"], down));
+        assert!(!passing(&["volume", "quota", "v", "list", "/op_a"], down));
+        let busy = "Another transaction is in progress for v. Please try again after some time.";
+        assert!(passing(&["volume", "set", "v", "auth.allow", "*"], busy));
     }
 
     /// The real `gluster` on this machine (scripts/backends.sh sets it up): the shared test

@@ -30,18 +30,24 @@ const FORGET: &str = "DELETE FROM kpaas_broker.made WHERE kind = ? AND name = ? 
 const GRANTEES: &str = "SELECT DISTINCT User FROM mysql.db WHERE Db = ? AND Host = '%'";
 const SESSION: &str = "SET SESSION lock_wait_timeout = 10, innodb_lock_wait_timeout = 10";
 
-/// One admin connection as the broker takes it from its pool for an operation (reset by the
-/// pool, then its session settings).
-async fn admin(pool: &mysql_async::Pool) -> anyhow::Result<mysql_async::Conn> {
-    let mut conn = pool.get_conn().await?;
-    conn.query_drop(SESSION).await?;
-    Ok(conn)
+/// An admin pool as the broker makes one for a server: up to 8 connections, idle ones kept,
+/// each reset when given back and its session settings sent again.
+fn admin_pool(url: &str) -> anyhow::Result<mysql_async::Pool> {
+    let opts = mysql_async::OptsBuilder::from_opts(mysql_async::Opts::from_url(url)?)
+        .setup(vec![SESSION])
+        .pool_opts(
+            mysql_async::PoolOpts::default()
+                .with_constraints(mysql_async::PoolConstraints::new(0, 8).expect("0 <= 8"))
+                .with_inactive_connection_ttl(std::time::Duration::from_secs(60)),
+        );
+    Ok(mysql_async::Pool::new(opts))
 }
 
 /// What mysql-broker sends MariaDB for one cycle on an instance with one binding, statement
 /// for statement (from the server's general log; its ownership records included), one pooled
-/// connection per operation as the broker takes them.
-async fn direct_cycle(pool: &mysql_async::Pool) -> anyhow::Result<()> {
+/// connection per operation as the broker takes them. The example config has two servers: a
+/// provision asks both how full they are, then makes the database on one (here `pool`).
+async fn direct_cycle(pool: &mysql_async::Pool, other: &mysql_async::Pool) -> anyhow::Result<()> {
     let (id, bid) = (fresh_id(), fresh_id());
     let db = format!("op_{}", id.replace('-', "_"));
     let pattern = db.replace('_', "\\_");
@@ -50,12 +56,15 @@ async fn direct_cycle(pool: &mysql_async::Pool) -> anyhow::Result<()> {
     let platform = "default";
 
     // provision
-    let mut conn = admin(pool).await?;
+    let placement =
+        "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE 'op\\_%'";
+    let mut asked = other.get_conn().await?;
+    asked.exec_drop(OWNER, ("database", &db)).await?;
+    asked.query_drop(placement).await?;
+    drop(asked);
+    let mut conn = pool.get_conn().await?;
     conn.exec_drop(OWNER, ("database", &db)).await?;
-    conn.query_drop(
-        "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE 'op\\_%'",
-    )
-    .await?;
+    conn.query_drop(placement).await?;
     conn.exec_drop(MARK, ("database", &db, platform, &id, ""))
         .await?;
     conn.exec_drop(OWNER, ("database", &db)).await?;
@@ -81,7 +90,7 @@ async fn direct_cycle(pool: &mysql_async::Pool) -> anyhow::Result<()> {
     drop(conn);
 
     // bind
-    let mut conn = admin(pool).await?;
+    let mut conn = pool.get_conn().await?;
     conn.exec_drop(MARK, ("user", &user, platform, &bid, &db))
         .await?;
     conn.exec_drop(OWNER, ("user", &user)).await?;
@@ -132,7 +141,7 @@ async fn direct_cycle(pool: &mysql_async::Pool) -> anyhow::Result<()> {
     drop(conn);
 
     // unbind
-    let mut conn = admin(pool).await?;
+    let mut conn = pool.get_conn().await?;
     conn.exec_drop(MARK, ("user", &user, platform, &bid, &db))
         .await?;
     conn.exec_drop(OWNER, ("user", &user)).await?;
@@ -154,7 +163,7 @@ async fn direct_cycle(pool: &mysql_async::Pool) -> anyhow::Result<()> {
     drop(conn);
 
     // deprovision
-    let mut conn = admin(pool).await?;
+    let mut conn = pool.get_conn().await?;
     conn.exec_drop(MARK, ("database", &db, platform, &id, ""))
         .await?;
     conn.exec_drop(OWNER, ("database", &db)).await?;
@@ -166,8 +175,10 @@ async fn direct_cycle(pool: &mysql_async::Pool) -> anyhow::Result<()> {
     .await?;
     conn.exec_drop(MADE_USERS, (&db,)).await?;
     conn.exec_drop(
-        "DELETE FROM kpaas_broker.made WHERE kind = 'user' AND name IN (\
-         SELECT name FROM kpaas_broker.owners WHERE kind = 'user' AND parent = ?)",
+        "DELETE kpaas_broker.made FROM kpaas_broker.made JOIN kpaas_broker.owners \
+         ON kpaas_broker.made.kind = kpaas_broker.owners.kind \
+         AND kpaas_broker.made.name = kpaas_broker.owners.name \
+         WHERE kpaas_broker.owners.kind = 'user' AND kpaas_broker.owners.parent = ?",
         (&db,),
     )
     .await?;
@@ -189,19 +200,11 @@ async fn direct_cycle(pool: &mysql_async::Pool) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/mysql-broker.toml");
     let binary = Path::new(env!("CARGO_BIN_EXE_mysql-broker"));
-    // The broker's own pool settings: up to 8 connections, idle ones kept.
-    let opts = mysql_async::OptsBuilder::from_opts(mysql_async::Opts::from_url(
-        "mysql://root@127.0.0.1:3306/mysql",
-    )?)
-    .pool_opts(
-        mysql_async::PoolOpts::default()
-            .with_constraints(mysql_async::PoolConstraints::new(0, 8).expect("0 <= 8"))
-            .with_inactive_connection_ttl(std::time::Duration::from_secs(60)),
-    );
-    let pool = Arc::new(mysql_async::Pool::new(opts));
+    let pool = Arc::new(admin_pool("mysql://root@127.0.0.1:3306/mysql")?);
+    let other = Arc::new(admin_pool("mysql://root@127.0.0.1:3307/mysql")?);
     let direct = || {
-        let pool = pool.clone();
-        async move { direct_cycle(&pool).await }
+        let (pool, other) = (pool.clone(), other.clone());
+        async move { direct_cycle(&pool, &other).await }
     };
     compare(
         "mysql-broker",

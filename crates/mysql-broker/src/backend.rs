@@ -107,8 +107,8 @@ impl Server {
         }
     }
 
-    /// An admin connection; failing here means nothing was sent. The pool resets an idle
-    /// one before handing it out, and makes a new one when that fails (its server ended it).
+    /// An admin connection; failing here means nothing was sent. The pool hands out no idle
+    /// one whose server closed it (a restart, a `KILL`): it makes a new one.
     async fn conn(&self) -> Result<Conn, BrokerError> {
         match tokio::time::timeout(CONNECT_TIMEOUT, self.pool.get_conn()).await {
             Ok(conn) => conn.map_err(|e| unreachable(&self.name, e)),

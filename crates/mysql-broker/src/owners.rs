@@ -194,8 +194,10 @@ pub async fn users_under(conn: &mut Conn, parent: &str) -> Result<Vec<String>, B
 /// records of being made, as [`release`] does.
 pub async fn release_under(conn: &mut Conn, parent: &str) -> Result<(), BrokerError> {
     conn.exec_drop(
-        "DELETE FROM kpaas_broker.made WHERE kind = 'user' AND name IN (\
-         SELECT name FROM kpaas_broker.owners WHERE kind = 'user' AND parent = ?)",
+        "DELETE kpaas_broker.made FROM kpaas_broker.made JOIN kpaas_broker.owners \
+         ON kpaas_broker.made.kind = kpaas_broker.owners.kind \
+         AND kpaas_broker.made.name = kpaas_broker.owners.name \
+         WHERE kpaas_broker.owners.kind = 'user' AND kpaas_broker.owners.parent = ?",
         (parent,),
     )
     .await

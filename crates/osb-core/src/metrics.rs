@@ -96,12 +96,13 @@ impl Metrics {
             .observe(seconds);
     }
 
-    /// Shows the state store's statement and commit counts.
+    /// Shows the state store's statement and commit counts (those of the first store, should
+    /// one `Metrics` serve several).
     pub fn watch_store(&self, counters: &crate::store::StoreCounters) {
         for counter in [&counters.statements, &counters.commits] {
-            self.registry
-                .register(Box::new(counter.clone()))
-                .expect("the store's counters registered once");
+            if let Err(e) = self.registry.register(Box::new(counter.clone())) {
+                tracing::warn!(error = %e, "state store counters not shown");
+            }
         }
     }
 

@@ -36,27 +36,41 @@ impl Default for StoreCounters {
     }
 }
 
-/// A connection's instrumentation: counts into its store's [`StoreCounters`].
+/// A connection's instrumentation: counts into its store's [`StoreCounters`], and remembers
+/// whether a statement failed since it was last asked (the connection may be dead).
 pub(super) struct Counting {
     counters: StoreCounters,
+    /// Whether the connection can write at all (SQLite's readers cannot): telling a write
+    /// apart renders the statement, a cost the read path need not pay.
+    writer: bool,
     in_transaction: bool,
+    failed: bool,
 }
 
 impl Counting {
-    pub(super) fn new(counters: StoreCounters) -> Self {
+    pub(super) fn new(counters: StoreCounters, writer: bool) -> Self {
         Self {
             counters,
+            writer,
             in_transaction: false,
+            failed: false,
         }
+    }
+
+    /// Whether a statement failed since the last call.
+    pub(super) fn take_failed(&mut self) -> bool {
+        std::mem::take(&mut self.failed)
     }
 }
 
 impl Instrumentation for Counting {
     fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
         match event {
-            InstrumentationEvent::StartQuery { query, .. } => {
-                self.counters.statements.inc();
-                if !self.in_transaction && writes(&query) {
+            InstrumentationEvent::StartQuery { .. } => self.counters.statements.inc(),
+            InstrumentationEvent::FinishQuery { query, error, .. } => {
+                if error.is_some() {
+                    self.failed = true;
+                } else if self.writer && !self.in_transaction && writes(&query) {
                     self.counters.commits.inc();
                 }
             }
@@ -75,8 +89,8 @@ impl Instrumentation for Counting {
     }
 }
 
-/// Whether a statement changes rows, from its first word: only that much of the query is
-/// rendered (the sink refuses more), so counting costs next to nothing.
+/// Whether a statement changes rows, from its first word (the sink refuses more; diesel still
+/// renders the statement's SQL first).
 fn writes(query: &dyn std::fmt::Display) -> bool {
     struct FirstWord(String);
     impl std::fmt::Write for FirstWord {

@@ -270,16 +270,18 @@ impl Store {
             let manager = manager(
                 path,
                 &counters,
+                true,
                 RecyclingMethod::Fast,
                 "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;",
             );
-            Pools::Sqlite(build_pool(manager, 1)?)
+            // Writes queued here may wait out another replica's busy timeout (10 s) in turn.
+            Pools::Sqlite(build_pool(manager, 1, Duration::from_secs(30), false)?)
         } else if url.starts_with("mysql://") {
-            let manager = manager(url, &counters, RecyclingMethod::Verified, "");
-            Pools::Mysql(build_pool(manager, pool_size)?)
+            let manager = manager(url, &counters, true, RecyclingMethod::Verified, "");
+            Pools::Mysql(build_pool(manager, pool_size, POOL_WAIT, true)?)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let manager = manager(url, &counters, RecyclingMethod::Verified, "");
-            Pools::Postgres(build_pool(manager, pool_size)?)
+            let manager = manager(url, &counters, true, RecyclingMethod::Verified, "");
+            Pools::Postgres(build_pool(manager, pool_size, POOL_WAIT, false)?)
         } else {
             return Err(StoreError::BadUrl(match url.split_once("://") {
                 Some((scheme, _)) if scheme.chars().all(|c| c.is_ascii_alphanumeric()) => {
@@ -296,10 +298,13 @@ impl Store {
                 let manager = manager(
                     path,
                     &counters,
+                    false,
                     RecyclingMethod::Fast,
                     "PRAGMA busy_timeout = 250; PRAGMA query_only = 1;",
                 );
-                Some(std::sync::Arc::new(build_pool(manager, pool_size)?))
+                Some(std::sync::Arc::new(build_pool(
+                    manager, pool_size, POOL_WAIT, false,
+                )?))
             }
             _ => None,
         };
@@ -1129,10 +1134,12 @@ fn private_file(path: &std::path::Path) -> Result<(), StoreError> {
 
 type Pool<C> = deadpool::managed::Pool<Checked<C>>;
 
-/// Connections to `url` that run `setup` when made and count into `counters`.
+/// Connections to `url` that run `setup` when made and count into `counters` (commits too
+/// when `writer`).
 fn manager<C>(
     url: &str,
     counters: &StoreCounters,
+    writer: bool,
     recycling: RecyclingMethod<C>,
     setup: &'static str,
 ) -> AsyncDieselConnectionManager<C>
@@ -1151,7 +1158,7 @@ where
                     .await
                     .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
             }
-            conn.set_instrumentation(counting::Counting::new(counters));
+            conn.set_instrumentation(counting::Counting::new(counters, writer));
             Ok(conn)
         }
         .boxed()
@@ -1162,11 +1169,21 @@ where
 /// A connection used this recently goes out as it is (unless it knows itself broken).
 const FRESH: Duration = Duration::from_secs(1);
 
-/// The pool's manager: one idle past [`FRESH`] is checked as its [`RecyclingMethod`] says (a
-/// round trip on a network store, so a server restarted under the pool fails no request); a
-/// busy pool's connections are not, as that check on every checkout doubled a read's round
-/// trips. A server restarted within a second of a connection's use fails that one request.
-struct Checked<C: 'static>(AsyncDieselConnectionManager<C>);
+/// The pool's manager: a connection idle past [`FRESH`], or one whose last statements failed,
+/// is checked as its [`RecyclingMethod`] says (a round trip on a network store, so a server
+/// restarted under the pool fails no request); a busy pool's connections are not, as that
+/// check on every checkout doubled a read's round trips. A server restarted within a second
+/// of a connection's use fails the one request that finds the connection dead.
+struct Checked<C: 'static> {
+    manager: AsyncDieselConnectionManager<C>,
+    /// MySQL's: a connection whose server ended it does not say it is broken, only its
+    /// statements fail (PostgreSQL's does; a SQLite file drops none, and asking a SQLite or
+    /// PostgreSQL connection for its instrumentation panics while a statement is in flight).
+    watch_failures: bool,
+}
+
+/// How long a request waits for a pooled connection.
+const POOL_WAIT: Duration = Duration::from_secs(10);
 
 impl<C> deadpool::managed::Manager for Checked<C>
 where
@@ -1179,7 +1196,7 @@ where
     type Error = diesel_async::pooled_connection::PoolError;
 
     async fn create(&self) -> Result<C, Self::Error> {
-        self.0.create().await
+        self.manager.create().await
     }
 
     async fn recycle(
@@ -1187,16 +1204,24 @@ where
         conn: &mut C,
         metrics: &deadpool::managed::Metrics,
     ) -> deadpool::managed::RecycleResult<Self::Error> {
-        if metrics.last_used() < FRESH && !conn.is_broken() && !std::thread::panicking() {
+        let failed = self.watch_failures
+            && conn
+                .instrumentation()
+                .downcast_mut::<counting::Counting>()
+                .is_none_or(counting::Counting::take_failed);
+        if metrics.last_used() < FRESH && !failed && !conn.is_broken() && !std::thread::panicking()
+        {
             return Ok(());
         }
-        self.0.recycle(conn, metrics).await
+        self.manager.recycle(conn, metrics).await
     }
 }
 
 fn build_pool<C>(
     manager: AsyncDieselConnectionManager<C>,
     size: usize,
+    wait: Duration,
+    watch_failures: bool,
 ) -> Result<Pool<C>, StoreError>
 where
     C: PoolableConnection + 'static,
@@ -1204,13 +1229,16 @@ where
         diesel_async::methods::ExecuteDsl<C>,
     diesel::query_builder::SqlQuery: diesel::query_builder::QueryFragment<C::Backend>,
 {
-    Pool::builder(Checked(manager))
-        .max_size(size.max(1))
-        .wait_timeout(Some(Duration::from_secs(10)))
-        .create_timeout(Some(Duration::from_secs(10)))
-        .runtime(deadpool::Runtime::Tokio1)
-        .build()
-        .map_err(|e| StoreError::Unavailable(e.to_string()))
+    Pool::builder(Checked {
+        manager,
+        watch_failures,
+    })
+    .max_size(size.max(1))
+    .wait_timeout(Some(wait))
+    .create_timeout(Some(Duration::from_secs(10)))
+    .runtime(deadpool::Runtime::Tokio1)
+    .build()
+    .map_err(|e| StoreError::Unavailable(e.to_string()))
 }
 
 fn run_migrations<C>(conn: C) -> Result<(), StoreError>
