@@ -1,6 +1,7 @@
 //! Reads under load (issue #14): `GET /v2/catalog`, `last_operation`, `GET` instance and `GET`
 //! binding through mysql-broker, driven by wrk, on the default SQLite state store and on a
-//! MariaDB one; each read's share of the catalog's rate; start to ready and idle RSS.
+//! MariaDB one; each read's share of the catalog's rate; the same reads again with 10,000 more
+//! instances and bindings in the store; start to ready and idle RSS.
 //! `cargo bench -p mysql-broker --bench reads` (or `make bench`); needs the local MariaDB
 //! (scripts/backends.sh) and wrk (scripts/bench-tools.sh). Prints figures; asserts nothing
 //! about speed.
@@ -57,7 +58,64 @@ async fn start_to_ready(dir: &Path, store: &str) -> anyhow::Result<Duration> {
     }
 }
 
-/// One store's run: an instance and a binding to read, then wrk on each read.
+/// Instances, and as many bindings, put in the store for the scale run.
+const SCALE_ROWS: usize = 10_000;
+
+/// [`SCALE_ROWS`] instances with a binding each, written straight to the store at `url`, in
+/// a state upkeep passes over (it measures ready instances on the backend).
+async fn fill(url: &str) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    use osb_core::store::{BindingRow, BindingState, InstanceRow, InstanceState, Store};
+    let store = Store::connect(url, 8).await?;
+    let store = &store;
+    let results: Vec<anyhow::Result<()>> = futures::stream::iter(0..SCALE_ROWS)
+        .map(|_| async move {
+            let (id, bid) = (fresh_id(), fresh_id());
+            let instance = InstanceRow {
+                id: id.clone(),
+                platform: "default".into(),
+                service_id: SERVICE.into(),
+                plan_id: PLAN1.into(),
+                fingerprint: "f".into(),
+                state: InstanceState::Failed.as_str().into(),
+                operation_id: fresh_id(),
+                parameters: "{}".into(),
+                context: "{}".into(),
+                maintenance_version: None,
+                dashboard_url: None,
+                metadata: None,
+                broker_state: "null".into(),
+                created_at: 1,
+                updated_at: 1,
+            };
+            anyhow::ensure!(store.insert_instance(&instance).await?, "{id} exists");
+            let binding = BindingRow {
+                id: bid.clone(),
+                instance_id: id,
+                platform: "default".into(),
+                service_id: SERVICE.into(),
+                plan_id: PLAN1.into(),
+                fingerprint: "f".into(),
+                state: BindingState::Failed.as_str().into(),
+                operation_id: fresh_id(),
+                parameters: "{}".into(),
+                response: None,
+                credentials: None,
+                broker_state: "null".into(),
+                created_at: 1,
+                updated_at: 1,
+            };
+            anyhow::ensure!(store.insert_binding(&binding).await?, "{bid} exists");
+            Ok(())
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+/// One store's run: an instance and a binding to read, then wrk on each read; then the store
+/// filled, and the three store reads again.
 async fn run(label: &str, store: &str) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let ready = start_to_ready(dir.path(), store).await?;
@@ -96,6 +154,7 @@ async fn run(label: &str, store: &str) -> anyhow::Result<()> {
         "request", "req/s", "p50 ms", "p99 ms", "of catalog"
     );
     let mut catalog = None;
+    let mut empty = Vec::new();
     for (name, path) in &reads {
         // wrk runs as a child process for WRK_SECS; nothing else runs here meanwhile.
         let load = wrk(&broker, path)?;
@@ -106,6 +165,27 @@ async fn run(label: &str, store: &str) -> anyhow::Result<()> {
             load.p50_ms,
             load.p99_ms,
             100.0 * load.requests_per_sec / base
+        );
+        empty.push(load);
+    }
+    let started = Instant::now();
+    fill(store).await?;
+    println!(
+        "  with {SCALE_ROWS} more instances and {SCALE_ROWS} more bindings in the store (written in {:.1} s):",
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "  {:<16} {:>10} {:>9} {:>9} {:>11}",
+        "request", "req/s", "p50 ms", "p99 ms", "p50 change"
+    );
+    for ((name, path), before) in reads.iter().zip(&empty).skip(1) {
+        let load = wrk(&broker, path)?;
+        println!(
+            "  {name:<16} {:>10.0} {:>9.2} {:>9.2} {:>+10.0}%",
+            load.requests_per_sec,
+            load.p50_ms,
+            load.p99_ms,
+            100.0 * (load.p50_ms / before.p50_ms - 1.0)
         );
     }
     c.unbind_done(&id, &bid, PLAN1).await?;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use osb_core::store::{
-    InstanceRow, InstanceState, OperationRow, OperationState, Outcome, Release, Store,
+    InstanceRow, InstanceState, OperationRow, OperationState, Outcome, Release, Start, Store,
 };
 use osb_testkit::{Client, fresh_id};
 use serde_json::json;
@@ -102,21 +102,23 @@ async fn late_operations_are_fenced_out(url: &str) {
     let id = fresh_id();
     let (op1, op2) = (fresh_id(), fresh_id());
     let before = counts();
-    store
-        .insert_operation(&operation_row(&op1, &id))
-        .await
-        .unwrap();
-    assert!(
-        store
-            .insert_instance(&instance_row(&id, &op1))
-            .await
-            .unwrap()
-    );
-    // Two writes outside a transaction: two commits (and at least two statements: a pooled
-    // connection idle for a while is checked with one of its own first).
+    let row = instance_row(&id, &op1);
+    let first = operation_row(&op1, &id);
+    assert!(store.start(&first, Start::NewInstance(&row)).await.unwrap());
+    // The record and its row in one transaction: one commit (and at least two statements).
     let after = counts();
-    assert_eq!(after.1, before.1 + 2, "{url}");
+    assert_eq!(after.1, before.1 + 1, "{url}");
     assert!(after.0 >= before.0 + 2, "{url}: {before:?} -> {after:?}");
+    // A second start on the same row writes nothing: not even its record.
+    let again = operation_row(&fresh_id(), &id);
+    assert!(!store.start(&again, Start::NewInstance(&row)).await.unwrap());
+    assert!(store.operation(&again.id).await.unwrap().is_none(), "{url}");
+    assert_eq!(
+        counts().1,
+        after.1,
+        "{url}: a rolled-back start commits nothing"
+    );
+    let after = counts();
     assert!(store.instance(&id).await.unwrap().is_some());
     let read = counts();
     assert_eq!(read.1, after.1, "{url}: a read commits nothing");
@@ -133,21 +135,13 @@ async fn late_operations_are_fenced_out(url: &str) {
     let after = counts();
     assert_eq!(after.1, before.1 + 1, "{url}: one transaction, one commit");
     assert!(after.0 > before.0 + 2, "{url}: {before:?} -> {after:?}");
-    store
-        .insert_operation(&operation_row(&op2, &id))
-        .await
-        .unwrap();
-    let claimed = store
-        .claim_instance(
-            &id,
-            &[InstanceState::Failed],
-            InstanceState::Provisioning,
-            &op2,
-            &op1,
-        )
-        .await
-        .unwrap();
-    assert!(claimed);
+    let claim = Start::Instance {
+        id: &id,
+        from: &[InstanceState::Failed],
+        to: InstanceState::Provisioning,
+        previous: &op1,
+    };
+    assert!(store.start(&operation_row(&op2, &id), claim).await.unwrap());
 
     let mut late = instance_row(&id, &op1);
     late.state = InstanceState::Ready.as_str().into();

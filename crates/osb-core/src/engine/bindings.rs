@@ -187,17 +187,15 @@ impl<B: ServiceBroker> Engine<B> {
             }
             // Only a binding about to be made needs its predecessor as the spec says.
             let req = self.predecessor(&id, req.clone()).await?;
-            let op = self
-                .new_operation(
-                    &caller,
-                    id.as_str(),
-                    Some(binding_id.as_str()),
-                    &fp,
-                    &Redo::Bind {
-                        request: req.clone(),
-                    },
-                )
-                .await?;
+            let op = self.new_operation(
+                &caller,
+                id.as_str(),
+                Some(binding_id.as_str()),
+                &fp,
+                &Redo::Bind {
+                    request: req.clone(),
+                },
+            );
             let now = now_ms();
             let row = BindingRow {
                 id: binding_id.to_string(),
@@ -215,11 +213,10 @@ impl<B: ServiceBroker> Engine<B> {
                 created_at: now,
                 updated_at: now,
             };
-            if self.inner.store.insert_binding(&row).await? {
+            if self.inner.store.start(&op, Start::NewBinding(&row)).await? {
                 return self.start_bind(mode, row, op.id, req, None).await;
             }
             // Another request made the row first: answer as its repeat.
-            self.inner.store.delete_operation(&op.id).await?;
         }
     }
 

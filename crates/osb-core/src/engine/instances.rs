@@ -46,9 +46,7 @@ impl<B: ServiceBroker> Engine<B> {
         let context = req.context.clone().unwrap_or_default();
         let started = Instant::now();
         loop {
-            let op = self
-                .new_operation(&caller, id.as_str(), None, &fp, &Redo::Provision)
-                .await?;
+            let op = self.new_operation(&caller, id.as_str(), None, &fp, &Redo::Provision);
             let now = now_ms();
             let row = InstanceRow {
                 id: id.to_string(),
@@ -67,10 +65,14 @@ impl<B: ServiceBroker> Engine<B> {
                 created_at: now,
                 updated_at: now,
             };
-            if self.inner.store.insert_instance(&row).await? {
+            if self
+                .inner
+                .store
+                .start(&op, Start::NewInstance(&row))
+                .await?
+            {
                 return self.start_provision(mode, row, op.id, false).await;
             }
-            self.inner.store.delete_operation(&op.id).await?;
             let Some(existing) = self.inner.store.instance(id.as_str()).await? else {
                 continue; // deleted meanwhile: try again
             };

@@ -28,7 +28,7 @@ use crate::ids::{BindingId, InstanceId, OperationId};
 use crate::runner::{Runner, Timing};
 use crate::store::{
     BindingRow, BindingState, InstanceRow, InstanceState, OperationRow, OperationState, Outcome,
-    Release, Store, StoreError, now_ms,
+    Release, Start, Store, StoreError, now_ms,
 };
 use crate::wire::{
     BindRequest, BindingResponse, DeleteQuery, FetchQuery, InstanceMetadata,
@@ -446,17 +446,18 @@ impl<B: ServiceBroker> Engine<B> {
             .filter(|row| row.platform == caller.platform))
     }
 
-    async fn new_operation(
+    /// A new operation's record, for [`Store::start`] to write with its row.
+    fn new_operation(
         &self,
         caller: &Caller,
         instance: &str,
         binding: Option<&str>,
         fingerprint: &str,
         redo: &Redo,
-    ) -> Result<OperationRow, OsbError> {
+    ) -> OperationRow {
         let now = now_ms();
         let kind = redo.kind();
-        let row = OperationRow {
+        OperationRow {
             id: OperationId::generate().to_string(),
             platform: caller.platform.clone(),
             instance_id: instance.to_owned(),
@@ -473,9 +474,7 @@ impl<B: ServiceBroker> Engine<B> {
             updated_at: now,
             runner: self.token().to_owned(),
             request: Some(to_text(redo)),
-        };
-        self.inner.store.insert_operation(&row).await?;
-        Ok(row)
+        }
     }
 
     /// Records a new operation and claims its instance or binding for it (atomically against
@@ -488,30 +487,25 @@ impl<B: ServiceBroker> Engine<B> {
         claim: Claim<'_>,
         redo: &Redo,
     ) -> Result<Option<OperationRow>, OsbError> {
-        let store = &self.inner.store;
         let binding = match &claim {
             Claim::Binding { id, .. } => Some(id.as_str()),
             Claim::Instance { .. } => None,
         };
-        let op = self
-            .new_operation(caller, id.as_str(), binding, fingerprint, redo)
-            .await?;
-        let won = match claim {
-            Claim::Instance { from, to, previous } => {
-                store
-                    .claim_instance(id.as_str(), from, to, &op.id, previous)
-                    .await?
-            }
-            Claim::Binding { id: bid, from, to } => {
-                store.claim_binding(bid.as_str(), from, to, &op.id).await?
-            }
+        let op = self.new_operation(caller, id.as_str(), binding, fingerprint, redo);
+        let start = match claim {
+            Claim::Instance { from, to, previous } => Start::Instance {
+                id: id.as_str(),
+                from,
+                to,
+                previous,
+            },
+            Claim::Binding { id: bid, from, to } => Start::Binding {
+                id: bid.as_str(),
+                from,
+                to,
+            },
         };
-        if won {
-            Ok(Some(op))
-        } else {
-            store.delete_operation(&op.id).await?;
-            Ok(None)
-        }
+        Ok(self.inner.store.start(&op, start).await?.then_some(op))
     }
 
     /// Runs `work` as operation `op`; a sync caller waits for its reply, an async one gets 202.

@@ -44,6 +44,28 @@ pub enum Outcome<'a> {
     DeleteBinding(&'a str),
 }
 
+/// What a new operation starts on, for [`Store::start`].
+#[derive(Clone, Copy)]
+pub enum Start<'a> {
+    /// Makes the instance row (the operation provisions it).
+    NewInstance(&'a InstanceRow),
+    /// Makes the binding row.
+    NewBinding(&'a BindingRow),
+    /// Moves instance `id` from one of `from` to `to`, if it is still on operation `previous`.
+    Instance {
+        id: &'a str,
+        from: &'a [InstanceState],
+        to: InstanceState,
+        previous: &'a str,
+    },
+    /// Moves binding `id` from one of `from` to `to`.
+    Binding {
+        id: &'a str,
+        from: &'a [BindingState],
+        to: BindingState,
+    },
+}
+
 /// Where a failed operation puts its row, for [`Store::fail`].
 #[derive(Debug, Clone, Copy)]
 pub enum Release<'a> {
@@ -428,35 +450,6 @@ impl Store {
             .optional()?))
     }
 
-    /// Moves an instance from one of `from` to `to` for operation `op`; `false` if it was not in
-    /// one of those states (another request got there first) or no longer on operation
-    /// `previous` (it changed since it was read).
-    pub async fn claim_instance(
-        &self,
-        id: &str,
-        from: &[InstanceState],
-        to: InstanceState,
-        op: &str,
-        previous: &str,
-    ) -> Result<bool, StoreError> {
-        use osb_instances::dsl;
-        let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
-        with_conn!(self, |conn| Ok(diesel::update(
-            dsl::osb_instances
-                .filter(dsl::id.eq(id))
-                .filter(dsl::state.eq_any(&from))
-                .filter(dsl::operation_id.eq(previous))
-        )
-        .set((
-            dsl::state.eq(to.as_str()),
-            dsl::operation_id.eq(op),
-            dsl::updated_at.eq(now_ms()),
-        ))
-        .execute(conn)
-        .await?
-            == 1))
-    }
-
     pub async fn insert_binding(&self, row: &BindingRow) -> Result<bool, StoreError> {
         with_conn!(self, |conn| inserted(
             diesel::insert_into(osb_bindings::table)
@@ -498,40 +491,6 @@ impl Store {
             > 0))
     }
 
-    pub async fn claim_binding(
-        &self,
-        id: &str,
-        from: &[BindingState],
-        to: BindingState,
-        op: &str,
-    ) -> Result<bool, StoreError> {
-        use osb_bindings::dsl;
-        let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
-        with_conn!(self, |conn| Ok(diesel::update(
-            dsl::osb_bindings
-                .filter(dsl::id.eq(id))
-                .filter(dsl::state.eq_any(&from))
-        )
-        .set((
-            dsl::state.eq(to.as_str()),
-            dsl::operation_id.eq(op),
-            dsl::updated_at.eq(now_ms()),
-        ))
-        .execute(conn)
-        .await?
-            == 1))
-    }
-
-    pub async fn insert_operation(&self, row: &OperationRow) -> Result<(), StoreError> {
-        with_conn!(self, |conn| {
-            diesel::insert_into(osb_operations::table)
-                .values(row)
-                .execute(conn)
-                .await?;
-            Ok(())
-        })
-    }
-
     pub async fn operation(&self, id: &str) -> Result<Option<OperationRow>, StoreError> {
         with_reader!(self, |conn| Ok(osb_operations::table
             .find(id)
@@ -558,6 +517,82 @@ impl Store {
             };
             Ok(query.first::<OperationRow>(conn).await.optional()?)
         })
+    }
+
+    /// Records operation `op` and makes or claims its instance or binding as `start` says, in
+    /// one transaction (one commit, and never a record without its row); `false`, with nothing
+    /// written, when the row exists already or is not in a state it may be claimed from.
+    pub async fn start(&self, op: &OperationRow, start: Start<'_>) -> Result<bool, StoreError> {
+        let result = with_conn!(self, |conn| {
+            conn.transaction::<_, DieselError, _>(|conn| {
+                async move {
+                    diesel::insert_into(osb_operations::table)
+                        .values(op)
+                        .execute(conn)
+                        .await?;
+                    let now = now_ms();
+                    let made = match start {
+                        Start::NewInstance(row) => diesel::insert_into(osb_instances::table)
+                            .values(row)
+                            .execute(conn)
+                            .await,
+                        Start::NewBinding(row) => diesel::insert_into(osb_bindings::table)
+                            .values(row)
+                            .execute(conn)
+                            .await,
+                        Start::Instance {
+                            id,
+                            from,
+                            to,
+                            previous,
+                        } => {
+                            use osb_instances::dsl;
+                            let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
+                            diesel::update(
+                                dsl::osb_instances
+                                    .filter(dsl::id.eq(id))
+                                    .filter(dsl::state.eq_any(&from))
+                                    .filter(dsl::operation_id.eq(previous)),
+                            )
+                            .set((
+                                dsl::state.eq(to.as_str()),
+                                dsl::operation_id.eq(&op.id),
+                                dsl::updated_at.eq(now),
+                            ))
+                            .execute(conn)
+                            .await
+                        }
+                        Start::Binding { id, from, to } => {
+                            use osb_bindings::dsl;
+                            let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
+                            diesel::update(
+                                dsl::osb_bindings
+                                    .filter(dsl::id.eq(id))
+                                    .filter(dsl::state.eq_any(&from)),
+                            )
+                            .set((
+                                dsl::state.eq(to.as_str()),
+                                dsl::operation_id.eq(&op.id),
+                                dsl::updated_at.eq(now),
+                            ))
+                            .execute(conn)
+                            .await
+                        }
+                    };
+                    match made {
+                        Ok(1) => Ok(()),
+                        Ok(_)
+                        | Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => {
+                            Err(DieselError::RollbackTransaction)
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                .scope_boxed()
+            })
+            .await
+        });
+        landed(result)
     }
 
     /// Ends operation `op` as failed and puts its row back as `release` says, in one
@@ -1325,15 +1360,5 @@ impl Store {
             .order(osb_instances::created_at.asc())
             .load::<InstanceRow>(conn)
             .await?))
-    }
-
-    /// Removes an operation that never started (its claim lost a race).
-    pub async fn delete_operation(&self, id: &str) -> Result<(), StoreError> {
-        with_conn!(self, |conn| {
-            diesel::delete(osb_operations::table.find(id))
-                .execute(conn)
-                .await?;
-            Ok(())
-        })
     }
 }
