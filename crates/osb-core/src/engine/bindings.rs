@@ -167,8 +167,8 @@ impl<B: ServiceBroker> Engine<B> {
                     }
                     Some(BindingState::Failed) => {
                         let req = self.predecessor(&id, req.clone()).await?;
-                        let claim = Claim::Binding {
-                            id: &binding_id,
+                        let claim = Start::Binding {
+                            id: binding_id.as_str(),
                             from: &[BindingState::Failed],
                             to: BindingState::Binding,
                         };
@@ -469,8 +469,8 @@ impl<B: ServiceBroker> Engine<B> {
             let redo = Redo::Unbind {
                 from: from.as_str().into(),
             };
-            let claim = Claim::Binding {
-                id: &binding_id,
+            let claim = Start::Binding {
+                id: binding_id.as_str(),
                 from: &[from],
                 to: BindingState::Unbinding,
             };

@@ -104,7 +104,8 @@ impl<B: ServiceBroker> Engine<B> {
                 }
                 Some(InstanceState::Failed) => {
                     // A retry of a provision that failed: run it again under a new operation.
-                    let claim = Claim::Instance {
+                    let claim = Start::Instance {
+                        id: id.as_str(),
                         from: &[InstanceState::Failed],
                         to: InstanceState::Provisioning,
                         previous: &existing.operation_id,
@@ -264,7 +265,8 @@ impl<B: ServiceBroker> Engine<B> {
         };
         let started = Instant::now();
         let op = loop {
-            let claim = Claim::Instance {
+            let claim = Start::Instance {
+                id: id.as_str(),
                 from: &[InstanceState::Ready],
                 to: InstanceState::Updating,
                 previous: &row.operation_id,
@@ -458,7 +460,8 @@ impl<B: ServiceBroker> Engine<B> {
             let redo = Redo::Deprovision {
                 from: from.as_str().into(),
             };
-            let claim = Claim::Instance {
+            let claim = Start::Instance {
+                id: id.as_str(),
                 from: &[from],
                 to: InstanceState::Deprovisioning,
                 previous: &row.operation_id,

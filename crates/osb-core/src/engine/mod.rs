@@ -87,21 +87,6 @@ struct Inner<B> {
     upkeep_cursor: Mutex<Option<String>>,
 }
 
-/// What an operation takes hold of: its instance, or one binding, moving between states.
-enum Claim<'a> {
-    Instance {
-        from: &'a [InstanceState],
-        to: InstanceState,
-        /// The operation the instance was on when read: the claim fails if it moved on since.
-        previous: &'a str,
-    },
-    Binding {
-        id: &'a BindingId,
-        from: &'a [BindingState],
-        to: BindingState,
-    },
-}
-
 /// What running an operation again needs beyond its rows, kept in its record
 /// (`osb_operations.request`), so that any replica can finish it after a crash.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -477,34 +462,23 @@ impl<B: ServiceBroker> Engine<B> {
         }
     }
 
-    /// Records a new operation and claims its instance or binding for it (atomically against
-    /// other requests); `None`, with the record removed, when another request holds it.
+    /// Records a new operation on instance `id` and takes its instance or binding for it as
+    /// `start` says (atomically against other requests); `None`, with nothing written, when
+    /// another request holds it.
     async fn claim(
         &self,
         caller: &Caller,
         id: &InstanceId,
         fingerprint: &str,
-        claim: Claim<'_>,
+        start: Start<'_>,
         redo: &Redo,
     ) -> Result<Option<OperationRow>, OsbError> {
-        let binding = match &claim {
-            Claim::Binding { id, .. } => Some(id.as_str()),
-            Claim::Instance { .. } => None,
+        let binding = match start {
+            Start::Binding { id, .. } => Some(id),
+            Start::NewBinding(row) => Some(row.id.as_str()),
+            Start::Instance { .. } | Start::NewInstance(_) => None,
         };
         let op = self.new_operation(caller, id.as_str(), binding, fingerprint, redo);
-        let start = match claim {
-            Claim::Instance { from, to, previous } => Start::Instance {
-                id: id.as_str(),
-                from,
-                to,
-                previous,
-            },
-            Claim::Binding { id: bid, from, to } => Start::Binding {
-                id: bid.as_str(),
-                from,
-                to,
-            },
-        };
         Ok(self.inner.store.start(&op, start).await?.then_some(op))
     }
 
