@@ -43,6 +43,70 @@ fn admin_pool(url: &str) -> anyhow::Result<mysql_async::Pool> {
     Ok(mysql_async::Pool::new(opts))
 }
 
+/// A name's ownership marker, as mysql-broker's `owners` module keeps it.
+struct Marker<'a> {
+    kind: &'a str,
+    name: &'a str,
+    id: &'a str,
+    parent: &'a str,
+}
+
+const PLATFORM: &str = "default";
+
+/// `owners::claim` of a name not claimed before, the check that nothing stands under it
+/// (`exists`, one parameter: the name), and `owners::set_made`.
+async fn claim_new(
+    conn: &mut mysql_async::Conn,
+    m: &Marker<'_>,
+    exists: &str,
+) -> anyhow::Result<()> {
+    conn.exec_drop(MARK, (m.kind, m.name, PLATFORM, m.id, m.parent))
+        .await?;
+    conn.exec_drop(OWNER, (m.kind, m.name)).await?;
+    conn.exec_drop(
+        "DELETE FROM kpaas_broker.made WHERE kind = ? AND name = ?",
+        (m.kind, m.name),
+    )
+    .await?;
+    conn.exec_drop(exists, (m.name,)).await?;
+    conn.exec_drop(
+        "INSERT IGNORE INTO kpaas_broker.made (kind, name) VALUES (?, ?)",
+        (m.kind, m.name),
+    )
+    .await?;
+    Ok(())
+}
+
+/// `owners::claim` of a name this owner holds already (a removal takes it again).
+async fn claim_again(conn: &mut mysql_async::Conn, m: &Marker<'_>) -> anyhow::Result<()> {
+    conn.exec_drop(MARK, (m.kind, m.name, PLATFORM, m.id, m.parent))
+        .await?;
+    conn.exec_drop(OWNER, (m.kind, m.name)).await?;
+    conn.exec_drop(TOUCH, (m.kind, m.name)).await?;
+    conn.exec_drop(
+        "SELECT 1 FROM kpaas_broker.made WHERE kind = ? AND name = ?",
+        (m.kind, m.name),
+    )
+    .await?;
+    Ok(())
+}
+
+/// `owners::release`.
+async fn release(conn: &mut mysql_async::Conn, m: &Marker<'_>) -> anyhow::Result<()> {
+    conn.exec_drop(FORGET, (m.kind, m.name, m.kind, m.name, PLATFORM, m.id))
+        .await?;
+    conn.exec_drop(UNMARK, (m.kind, m.name, PLATFORM, m.id))
+        .await?;
+    Ok(())
+}
+
+/// The database's accounts as the broker reads them: its own, then the server's grants.
+async fn accounts(conn: &mut mysql_async::Conn, db: &str, pattern: &str) -> anyhow::Result<()> {
+    conn.exec_drop(MADE_USERS, (db,)).await?;
+    conn.exec_drop(GRANTEES, (pattern,)).await?;
+    Ok(())
+}
+
 /// What mysql-broker sends MariaDB for one cycle on an instance with one binding, statement
 /// for statement (from the server's general log; its ownership records included), one pooled
 /// connection per operation as the broker takes them. The example config has two servers: a
@@ -53,7 +117,18 @@ async fn direct_cycle(pool: &mysql_async::Pool, other: &mysql_async::Pool) -> an
     let pattern = db.replace('_', "\\_");
     let user = format!("b_{}", &bid.replace('-', "_")[..14]) + "abcdefghijklmnop";
     let account = format!("'{user}'@'%'");
-    let platform = "default";
+    let database = Marker {
+        kind: "database",
+        name: &db,
+        id: &id,
+        parent: "",
+    };
+    let binding = Marker {
+        kind: "user",
+        name: &user,
+        id: &bid,
+        parent: &db,
+    };
 
     // provision
     let placement =
@@ -65,24 +140,8 @@ async fn direct_cycle(pool: &mysql_async::Pool, other: &mysql_async::Pool) -> an
     let mut conn = pool.get_conn().await?;
     conn.exec_drop(OWNER, ("database", &db)).await?;
     conn.query_drop(placement).await?;
-    conn.exec_drop(MARK, ("database", &db, platform, &id, ""))
-        .await?;
-    conn.exec_drop(OWNER, ("database", &db)).await?;
-    conn.exec_drop(
-        "DELETE FROM kpaas_broker.made WHERE kind = ? AND name = ?",
-        ("database", &db),
-    )
-    .await?;
-    conn.exec_drop(
-        "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?",
-        (&db,),
-    )
-    .await?;
-    conn.exec_drop(
-        "INSERT IGNORE INTO kpaas_broker.made (kind, name) VALUES (?, ?)",
-        ("database", &db),
-    )
-    .await?;
+    let schema = "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?";
+    claim_new(&mut conn, &database, schema).await?;
     conn.query_drop(format!(
         "CREATE DATABASE IF NOT EXISTS `{db}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
     ))
@@ -91,41 +150,22 @@ async fn direct_cycle(pool: &mysql_async::Pool, other: &mysql_async::Pool) -> an
 
     // bind
     let mut conn = pool.get_conn().await?;
-    conn.exec_drop(MARK, ("user", &user, platform, &bid, &db))
-        .await?;
-    conn.exec_drop(OWNER, ("user", &user)).await?;
-    conn.exec_drop(
-        "DELETE FROM kpaas_broker.made WHERE kind = ? AND name = ?",
-        ("user", &user),
-    )
-    .await?;
-    conn.exec_drop(
-        "SELECT User FROM mysql.user WHERE User = ? AND Host = '%'",
-        (&user,),
-    )
-    .await?;
-    conn.exec_drop(
-        "INSERT IGNORE INTO kpaas_broker.made (kind, name) VALUES (?, ?)",
-        ("user", &user),
-    )
-    .await?;
+    let account_named = "SELECT User FROM mysql.user WHERE User = ? AND Host = '%'";
+    claim_new(&mut conn, &binding, account_named).await?;
     let processes = "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = ?";
     conn.exec_drop(processes, (&user,)).await?;
     conn.query_drop(format!("DROP USER IF EXISTS {account}"))
         .await?;
-    conn.exec_drop(MADE_USERS, (&db,)).await?;
-    conn.exec_drop(GRANTEES, (&pattern,)).await?;
+    accounts(&mut conn, &db, &pattern).await?;
     conn.query_drop(format!("CREATE USER {account} IDENTIFIED BY 'Abcdefghijklmnopqrstuvwxyz0123456789ABCD' WITH MAX_USER_CONNECTIONS 10")).await?;
     conn.query_drop(format!(
         "GRANT ALL PRIVILEGES ON `{pattern}`.* TO {account}"
     ))
     .await?;
-    conn.exec_drop(MADE_USERS, (&db,)).await?;
-    conn.exec_drop(GRANTEES, (&pattern,)).await?;
+    accounts(&mut conn, &db, &pattern).await?;
     conn.query_drop(format!("ALTER USER {account} WITH MAX_USER_CONNECTIONS 10"))
         .await?;
-    conn.exec_drop(MADE_USERS, (&db,)).await?;
-    conn.exec_drop(GRANTEES, (&pattern,)).await?;
+    accounts(&mut conn, &db, &pattern).await?;
     conn.exec_drop(
         "SELECT User, Insert_priv, Update_priv, Create_priv, Alter_priv, Index_priv, \
          Create_tmp_table_priv, Lock_tables_priv, Create_view_priv, Create_routine_priv, \
@@ -142,37 +182,17 @@ async fn direct_cycle(pool: &mysql_async::Pool, other: &mysql_async::Pool) -> an
 
     // unbind
     let mut conn = pool.get_conn().await?;
-    conn.exec_drop(MARK, ("user", &user, platform, &bid, &db))
-        .await?;
-    conn.exec_drop(OWNER, ("user", &user)).await?;
-    conn.exec_drop(TOUCH, ("user", &user)).await?;
-    conn.exec_drop(
-        "SELECT 1 FROM kpaas_broker.made WHERE kind = ? AND name = ?",
-        ("user", &user),
-    )
-    .await?;
+    claim_again(&mut conn, &binding).await?;
     conn.exec_drop(processes, (&user,)).await?;
     conn.query_drop(format!("DROP USER IF EXISTS {account}"))
         .await?;
-    conn.exec_drop(FORGET, ("user", &user, "user", &user, platform, &bid))
-        .await?;
-    conn.exec_drop(UNMARK, ("user", &user, platform, &bid))
-        .await?;
-    conn.exec_drop(MADE_USERS, (&db,)).await?;
-    conn.exec_drop(GRANTEES, (&pattern,)).await?;
+    release(&mut conn, &binding).await?;
+    accounts(&mut conn, &db, &pattern).await?;
     drop(conn);
 
     // deprovision
     let mut conn = pool.get_conn().await?;
-    conn.exec_drop(MARK, ("database", &db, platform, &id, ""))
-        .await?;
-    conn.exec_drop(OWNER, ("database", &db)).await?;
-    conn.exec_drop(TOUCH, ("database", &db)).await?;
-    conn.exec_drop(
-        "SELECT 1 FROM kpaas_broker.made WHERE kind = ? AND name = ?",
-        ("database", &db),
-    )
-    .await?;
+    claim_again(&mut conn, &database).await?;
     conn.exec_drop(MADE_USERS, (&db,)).await?;
     conn.exec_drop(
         "DELETE kpaas_broker.made FROM kpaas_broker.made JOIN kpaas_broker.owners \
@@ -189,10 +209,7 @@ async fn direct_cycle(pool: &mysql_async::Pool, other: &mysql_async::Pool) -> an
     .await?;
     conn.query_drop(format!("DROP DATABASE IF EXISTS `{db}`"))
         .await?;
-    conn.exec_drop(FORGET, ("database", &db, "database", &db, platform, &id))
-        .await?;
-    conn.exec_drop(UNMARK, ("database", &db, platform, &id))
-        .await?;
+    release(&mut conn, &database).await?;
     Ok(())
 }
 

@@ -61,16 +61,45 @@ async fn start_to_ready(dir: &Path, store: &str) -> anyhow::Result<Duration> {
 /// Instances, and as many bindings, put in the store for the scale run.
 const SCALE_ROWS: usize = 10_000;
 
-/// [`SCALE_ROWS`] instances with a binding each, written straight to the store at `url`, in
-/// a state upkeep passes over (it measures ready instances on the backend).
+/// A finished operation's record on instance `id` (binding `binding`), kept with its row.
+fn finished(id: &str, binding: Option<&str>) -> osb_core::store::OperationRow {
+    osb_core::store::OperationRow {
+        id: fresh_id(),
+        platform: "default".into(),
+        instance_id: id.into(),
+        binding_id: binding.map(Into::into),
+        kind: if binding.is_some() {
+            "bind"
+        } else {
+            "provision"
+        }
+        .into(),
+        state: osb_core::store::OperationState::Failed.as_str().into(),
+        fingerprint: "f".into(),
+        description: None,
+        instance_usable: None,
+        update_repeatable: None,
+        owner: "bench".into(),
+        heartbeat_at: 1,
+        created_at: 1,
+        updated_at: 1,
+        runner: "bench/1".into(),
+        request: None,
+    }
+}
+
+/// [`SCALE_ROWS`] instances with a binding each, written straight to the store at `url` with
+/// their operations' records, as failed provisions and binds (upkeep measures ready instances
+/// on the backend; a finished operation is never run again).
 async fn fill(url: &str) -> anyhow::Result<()> {
     use futures::StreamExt;
-    use osb_core::store::{BindingRow, BindingState, InstanceRow, InstanceState, Store};
+    use osb_core::store::{BindingRow, BindingState, InstanceRow, InstanceState, Start, Store};
     let store = Store::connect(url, 8).await?;
     let store = &store;
     let results: Vec<anyhow::Result<()>> = futures::stream::iter(0..SCALE_ROWS)
         .map(|_| async move {
             let (id, bid) = (fresh_id(), fresh_id());
+            let (provision, bind) = (finished(&id, None), finished(&id, Some(&bid)));
             let instance = InstanceRow {
                 id: id.clone(),
                 platform: "default".into(),
@@ -78,7 +107,7 @@ async fn fill(url: &str) -> anyhow::Result<()> {
                 plan_id: PLAN1.into(),
                 fingerprint: "f".into(),
                 state: InstanceState::Failed.as_str().into(),
-                operation_id: fresh_id(),
+                operation_id: provision.id.clone(),
                 parameters: "{}".into(),
                 context: "{}".into(),
                 maintenance_version: None,
@@ -88,7 +117,8 @@ async fn fill(url: &str) -> anyhow::Result<()> {
                 created_at: 1,
                 updated_at: 1,
             };
-            anyhow::ensure!(store.insert_instance(&instance).await?, "{id} exists");
+            let made = store.start(&provision, Start::NewInstance(&instance));
+            anyhow::ensure!(made.await?, "{id} exists");
             let binding = BindingRow {
                 id: bid.clone(),
                 instance_id: id,
@@ -97,7 +127,7 @@ async fn fill(url: &str) -> anyhow::Result<()> {
                 plan_id: PLAN1.into(),
                 fingerprint: "f".into(),
                 state: BindingState::Failed.as_str().into(),
-                operation_id: fresh_id(),
+                operation_id: bind.id.clone(),
                 parameters: "{}".into(),
                 response: None,
                 credentials: None,
@@ -105,7 +135,8 @@ async fn fill(url: &str) -> anyhow::Result<()> {
                 created_at: 1,
                 updated_at: 1,
             };
-            anyhow::ensure!(store.insert_binding(&binding).await?, "{bid} exists");
+            let made = store.start(&bind, Start::NewBinding(&binding));
+            anyhow::ensure!(made.await?, "{bid} exists");
             Ok(())
         })
         .buffer_unordered(8)

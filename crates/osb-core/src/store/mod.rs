@@ -383,16 +383,6 @@ impl Store {
         })
     }
 
-    /// Inserts a new instance; `false` when one with this id exists already.
-    pub async fn insert_instance(&self, row: &InstanceRow) -> Result<bool, StoreError> {
-        with_conn!(self, |conn| inserted(
-            diesel::insert_into(osb_instances::table)
-                .values(row)
-                .execute(conn)
-                .await
-        ))
-    }
-
     pub async fn instance(&self, id: &str) -> Result<Option<InstanceRow>, StoreError> {
         with_reader!(self, |conn| Ok(osb_instances::table
             .find(id)
@@ -448,15 +438,6 @@ impl Store {
             .get_result::<(BindingRow, Option<OperationRow>)>(conn)
             .await
             .optional()?))
-    }
-
-    pub async fn insert_binding(&self, row: &BindingRow) -> Result<bool, StoreError> {
-        with_conn!(self, |conn| inserted(
-            diesel::insert_into(osb_bindings::table)
-                .values(row)
-                .execute(conn)
-                .await
-        ))
     }
 
     pub async fn binding(&self, id: &str) -> Result<Option<BindingRow>, StoreError> {
