@@ -12,6 +12,7 @@ pub struct Metrics {
     latency: HistogramVec,
     in_flight: IntGauge,
     upkeep_failures: IntCounterVec,
+    upkeep_passed: IntGauge,
     orphans: IntGauge,
 }
 
@@ -53,6 +54,11 @@ impl Metrics {
             &["reason"],
         )
         .expect("valid metric");
+        let upkeep_passed = IntGauge::new(
+            "osb_upkeep_last_pass_timestamp_seconds",
+            "When this replica last finished an upkeep pass (Unix time); 0 before the first",
+        )
+        .expect("valid metric");
         let orphans = IntGauge::new(
             "osb_orphaned_backend_objects",
             "Backend objects that no instance or binding claims, as of the last upkeep pass",
@@ -63,6 +69,7 @@ impl Metrics {
             Box::new(latency.clone()),
             Box::new(in_flight.clone()),
             Box::new(upkeep_failures.clone()),
+            Box::new(upkeep_passed.clone()),
             Box::new(orphans.clone()),
         ] {
             registry
@@ -75,6 +82,7 @@ impl Metrics {
             latency,
             in_flight,
             upkeep_failures,
+            upkeep_passed,
             orphans,
         }
     }
@@ -109,6 +117,12 @@ impl Metrics {
     /// `reason` is one of "error", "timeout", "out_of_time".
     pub fn upkeep_failed(&self, reason: &'static str) {
         self.upkeep_failures.with_label_values(&[reason]).inc();
+    }
+
+    /// Marks a finished upkeep pass: an alert on this timestamp's age catches an upkeep that
+    /// stalls without failing anything.
+    pub fn upkeep_passed(&self) {
+        self.upkeep_passed.set(crate::store::now_ms() / 1000);
     }
 
     pub fn set_orphans(&self, count: usize) {

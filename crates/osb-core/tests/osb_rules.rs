@@ -458,6 +458,26 @@ async fn one_replica_at_a_time_does_the_upkeep() {
     } else {
         (b, a, calls_a)
     };
+    // Only the holder's finished passes show, as the time of the last one.
+    let last_pass = |addr: std::net::SocketAddr| async move {
+        let text = reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("osb_upkeep_last_pass_timestamp_seconds "))
+            .map(|v| v.trim().parse::<i64>().unwrap())
+            .unwrap_or_else(|| panic!("no upkeep pass time in {text}"))
+    };
+    let now = osb_core::store::now_ms() / 1000;
+    let held = last_pass(holder.addr).await;
+    assert!(
+        (now - 3..=now).contains(&held),
+        "last pass at {held}, now {now}"
+    );
+    assert_eq!(last_pass(other.addr).await, 0);
     holder.stop().await;
     let before = other_calls.upkeep.load(Ordering::SeqCst);
     let deadline = std::time::Instant::now() + Duration::from_secs(15);

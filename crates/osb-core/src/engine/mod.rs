@@ -266,7 +266,8 @@ impl<B: ServiceBroker> Engine<B> {
             let this = engine.clone();
             // One replica does the upkeep: whoever holds the lease, renewed at every pass and
             // taken over by another replica once it lapses. It outlasts the longest pass (its
-            // budget plus one instance's timeout) so that two replicas never run at once.
+            // budget plus one instance's timeout), and is renewed again for the orphan count
+            // after it, so that two replicas never run at once.
             let budget = every.saturating_mul(2).max(Duration::from_secs(1));
             let ttl = (budget + engine.inner.timing.upkeep_timeout + every).as_millis() as i64;
             engine.inner.runner.every(every, move || {
@@ -275,15 +276,21 @@ impl<B: ServiceBroker> Engine<B> {
                     // Held by this process, not its replica id: two processes that share an id
                     // by mistake still never run upkeep at once.
                     let holder = this.inner.runner.token();
-                    match this.inner.store.acquire_lease("upkeep", holder, ttl).await {
-                        Ok(true) => {
-                            if let Err(e) = this.upkeep(budget).await {
-                                tracing::warn!(error = %e, "upkeep failed");
-                            }
+                    let held = || async {
+                        let lease = this.inner.store.acquire_lease("upkeep", holder, ttl);
+                        lease.await.unwrap_or_else(|e| {
+                            tracing::warn!(error = %e, "upkeep lease unavailable");
+                            false
+                        })
+                    };
+                    if held().await {
+                        if let Err(e) = this.upkeep(budget).await {
+                            tracing::warn!(error = %e, "upkeep failed");
+                        }
+                        if held().await {
                             this.count_orphans().await;
                         }
-                        Ok(false) => {}
-                        Err(e) => tracing::warn!(error = %e, "upkeep lease unavailable"),
+                        this.inner.runner.metrics().upkeep_passed();
                     }
                 }
             });
@@ -363,11 +370,14 @@ impl<B: ServiceBroker> Engine<B> {
         Ok(())
     }
 
-    /// Counts the backend objects nothing claims, for `/metrics`.
+    /// Counts the backend objects nothing claims, for `/metrics`. Bounded like one instance's
+    /// upkeep: a backend that never answers must not stop every later pass.
     async fn count_orphans(&self) {
-        match crate::orphans::find(&self.inner.broker, &self.inner.store, 0).await {
-            Ok(sweep) => self.inner.runner.metrics().set_orphans(sweep.orphans.len()),
-            Err(e) => tracing::warn!(error = %e, "counting orphans failed"),
+        let find = crate::orphans::find(&self.inner.broker, &self.inner.store, 0);
+        match tokio::time::timeout(self.inner.timing.upkeep_timeout, find).await {
+            Ok(Ok(sweep)) => self.inner.runner.metrics().set_orphans(sweep.orphans.len()),
+            Ok(Err(e)) => tracing::warn!(error = %e, "counting orphans failed"),
+            Err(_) => tracing::warn!("counting orphans timed out"),
         }
     }
 
