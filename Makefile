@@ -24,6 +24,7 @@ bench: backends
 	bash scripts/bench-tools.sh
 	cargo bench -p mysql-broker --bench reads
 	cargo bench -p mysql-broker --bench cycles
+	cargo bench -p mysql-broker --bench upkeep
 	cargo bench -p mongodb-broker --bench cycles
 	cargo bench -p rabbitmq-broker --bench cycles
 	cargo bench -p redis-broker --bench provision

@@ -1,7 +1,9 @@
 //! Binding accounts on a server: their rights on the instance's database, their sessions.
 
-use mysql_async::Conn;
+use std::collections::HashMap;
+
 use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Value};
 use osb_core::BrokerError;
 
 use crate::errors::failed;
@@ -88,27 +90,56 @@ pub async fn write_rights(
     conn: &mut Conn,
     db: &DatabaseName,
 ) -> Result<Vec<(UserName, Writes)>, BrokerError> {
+    Ok(write_rights_on(conn, std::slice::from_ref(db))
+        .await?
+        .into_iter()
+        .map(|(_, user, writes)| (user, writes))
+        .collect())
+}
+
+/// [`write_rights`] on each of `dbs` with one query: (the database, an account, its rights).
+pub async fn write_rights_on(
+    conn: &mut Conn,
+    dbs: &[DatabaseName],
+) -> Result<Vec<(String, UserName, Writes)>, BrokerError> {
+    // mysql.db holds the grant's pattern, `_` escaped.
+    let patterns: HashMap<String, &str> = dbs
+        .iter()
+        .map(|db| (db.grant_pattern_value(), db.as_str()))
+        .collect();
     let rows: Vec<mysql_async::Row> = conn
         .exec(
-            format!("SELECT User, {WRITE_COLUMNS} FROM mysql.db WHERE Db = ? AND Host = '%'"),
-            (db.grant_pattern_value(),),
+            format!(
+                "SELECT Db, User, {WRITE_COLUMNS} FROM mysql.db WHERE Host = '%' AND Db IN ({})",
+                placeholders(dbs.len())
+            ),
+            dbs.iter()
+                .map(|db| db.grant_pattern_value().into())
+                .collect::<Vec<Value>>(),
         )
         .await
         .map_err(failed)?;
     rows.into_iter()
-        .map(|row| {
-            let name: String = row.get(0).unwrap_or_default();
-            let held = (1..row.len())
+        .filter_map(|row| {
+            let pattern: String = row.get(0).unwrap_or_default();
+            let db = (*patterns.get(&pattern)?).to_owned();
+            let name: String = row.get(1).unwrap_or_default();
+            let held = (2..row.len())
                 .filter(|i| row.get::<String, _>(*i).as_deref() == Some("Y"))
                 .count();
             let writes = match held {
                 0 => Writes::None,
-                n if n == row.len() - 1 => Writes::All,
+                n if n == row.len() - 2 => Writes::All,
                 _ => Writes::Some,
             };
-            Ok((UserName::parse(&name)?, writes))
+            Some(UserName::parse(&name).map(|user| (db, user, writes)))
         })
         .collect()
+}
+
+/// `?, ?, …`: `n` statement parameters, for an `IN` list.
+pub fn placeholders(n: usize) -> String {
+    vec!["?"; n].join(", ")
 }
 
 /// Ends every session of `user`.

@@ -25,7 +25,7 @@ use crate::config::{MysqlConfig, PlanLimits, ServerConfig};
 use crate::errors::{failed, unreachable};
 use crate::names::{DatabaseName, UserName};
 use crate::owners::{self, Claimed, Kind, Owner};
-use crate::quota::{self, Usage};
+use crate::quota::{self, Survey, Usage};
 use osb_core::quota::QuotaPolicy;
 
 /// Seconds an admin statement waits for a lock an app holds (`LOCK TABLES`, a long
@@ -63,6 +63,8 @@ pub struct MysqlBroker {
     quota_policy: QuotaPolicy,
     over_quota: Mutex<HashSet<String>>,
     over_quota_gauge: IntGauge,
+    /// The running upkeep pass's look at each server's databases, by server name.
+    survey: Mutex<HashMap<String, Survey>>,
 }
 
 impl Server {
@@ -321,6 +323,7 @@ impl MysqlBroker {
             password_length: config.password_length,
             quota_policy: config.quota_policy,
             over_quota: Mutex::default(),
+            survey: Mutex::default(),
             over_quota_gauge,
         }
     }
@@ -640,6 +643,36 @@ impl ServiceBroker for MysqlBroker {
         Some(self.quota_every)
     }
 
+    /// Surveys the pass's databases, a few statements per server for all of them, so that
+    /// `upkeep` asks a server only about a database to freeze, thaw or measure afresh.
+    async fn upkeep_pass(&self, instances: &[InstanceView<'_>]) -> Result<(), BrokerError> {
+        // An earlier pass's look is never used again, whatever fails below.
+        self.survey.lock().unwrap().clear();
+        let mut wanted: HashMap<&str, Vec<DatabaseName>> = HashMap::new();
+        for instance in instances {
+            // An instance whose records are unusable fails in its own upkeep.
+            if let (Ok((db, _)), Ok(server)) = (database_of(instance), self.server_of(instance)) {
+                wanted.entry(server.name.as_str()).or_default().push(db);
+            }
+        }
+        let mut surveys = HashMap::new();
+        let mut failure = Ok(());
+        for server in &self.servers {
+            let Some(dbs) = wanted.get(server.name.as_str()) else {
+                continue;
+            };
+            let surveyed = async { quota::survey(&mut server.conn().await?, dbs).await };
+            match surveyed.await {
+                Ok(survey) => {
+                    surveys.insert(server.name.clone(), survey);
+                }
+                Err(e) => failure = Err(e),
+            }
+        }
+        *self.survey.lock().unwrap() = surveys;
+        failure
+    }
+
     /// Measures the database and enforces its plan's quota; a plan without one (any more)
     /// gets every right back. The usage against the quota is what `GET` shows.
     async fn upkeep(
@@ -648,8 +681,28 @@ impl ServiceBroker for MysqlBroker {
         _bindings: BindingsOf<'_>,
     ) -> Result<Option<InstanceMetadata>, BrokerError> {
         let (db, _) = database_of(&instance)?;
-        let mut conn = self.server_of(&instance)?.conn().await?;
-        let Some(quota_mb) = self.limits(instance.plan)?.quota_mb else {
+        let server = self.server_of(&instance)?;
+        let quota_mb = self.limits(instance.plan)?.quota_mb;
+        // Most databases, as the pass's survey saw them: every right held and under the quota
+        // (or none). Nothing to change, nothing more to ask the server.
+        let seen = self
+            .survey
+            .lock()
+            .unwrap()
+            .get(&server.name)
+            .and_then(|survey| survey.get(&db));
+        if let Some(seen) = seen.filter(|seen| !seen.frozen) {
+            let usage = quota_mb.map(|quota_mb| Usage::new(seen.used_bytes, quota_mb));
+            if usage.is_none_or(|usage| !usage.frozen(&self.quota_policy, false)) {
+                self.set_over_quota(instance.id.as_str(), false);
+                return Ok(usage.map(|usage| InstanceMetadata {
+                    labels: Default::default(),
+                    attributes: usage.attributes(false),
+                }));
+            }
+        }
+        let mut conn = server.conn().await?;
+        let Some(quota_mb) = quota_mb else {
             self.enforce(&mut conn, &db, false).await?;
             self.set_over_quota(instance.id.as_str(), false);
             return Ok(None);

@@ -181,10 +181,25 @@ pub async fn release(
 /// Accounts this broker made for bindings of database `parent`, whether or not their binding
 /// records survived (a marker that is only a claim names no account of the broker's).
 pub async fn users_under(conn: &mut Conn, parent: &str) -> Result<Vec<String>, BrokerError> {
+    Ok(users_under_each(conn, &[parent])
+        .await?
+        .into_iter()
+        .map(|(_, name)| name)
+        .collect())
+}
+
+/// [`users_under`] each of `parents` with one query: (the parent, an account).
+pub async fn users_under_each(
+    conn: &mut Conn,
+    parents: &[&str],
+) -> Result<Vec<(String, String)>, BrokerError> {
     conn.exec(
-        "SELECT o.name FROM kpaas_broker.owners o JOIN kpaas_broker.made m \
-         ON m.kind = o.kind AND m.name = o.name WHERE o.kind = 'user' AND o.parent = ?",
-        (parent,),
+        format!(
+            "SELECT o.parent, o.name FROM kpaas_broker.owners o JOIN kpaas_broker.made m \
+             ON m.kind = o.kind AND m.name = o.name WHERE o.kind = 'user' AND o.parent IN ({})",
+            crate::accounts::placeholders(parents.len())
+        ),
+        parents.to_vec(),
     )
     .await
     .map_err(failed)

@@ -2,15 +2,18 @@
 //! over its plan's quota its accounts keep SELECT, DELETE and DROP but lose every right that
 //! writes (`accounts::freeze`); back under, they get everything back.
 
+use std::collections::{HashMap, HashSet};
+
 use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
 use osb_core::BrokerError;
 use osb_core::quota::QuotaPolicy;
 use serde_json::{Map, Value, json};
 
-use crate::accounts::{Writes, freeze, grant_all, write_rights};
+use crate::accounts::{Writes, freeze, grant_all, placeholders, write_rights, write_rights_on};
 use crate::errors::failed;
 use crate::names::{DatabaseName, UserName, quote_identifier};
+use crate::owners;
 
 const MIB: u64 = 1024 * 1024;
 
@@ -58,6 +61,65 @@ pub async fn database_size(conn: &mut Conn, db: &DatabaseName) -> Result<u64, Br
         .await
         .map_err(failed)?;
     Ok(size.unwrap_or(0))
+}
+
+/// Databases a survey reads per statement: bounds a statement's size, not the count of
+/// statements for a server's usual number of databases.
+const SURVEY_CHUNK: usize = 1000;
+
+/// A database as a survey saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    pub used_bytes: u64,
+    /// One of the broker's accounts on it lacks a write right (see [`is_frozen`]).
+    pub frozen: bool,
+}
+
+/// Sizes and freezes of many databases on one server, read with three statements for up to
+/// [`SURVEY_CHUNK`] of them instead of four per database.
+#[derive(Debug, Default)]
+pub struct Survey(HashMap<String, Seen>);
+
+impl Survey {
+    pub fn get(&self, db: &DatabaseName) -> Option<Seen> {
+        self.0.get(db.as_str()).copied()
+    }
+}
+
+/// Surveys `dbs` on the server behind `conn`. A database without tables is 0 bytes.
+pub async fn survey(conn: &mut Conn, dbs: &[DatabaseName]) -> Result<Survey, BrokerError> {
+    let mut seen = HashMap::with_capacity(dbs.len());
+    for chunk in dbs.chunks(SURVEY_CHUNK) {
+        let names: Vec<&str> = chunk.iter().map(DatabaseName::as_str).collect();
+        let sizes: Vec<(String, u64)> = conn
+            .exec(
+                format!(
+                    "SELECT table_schema, CAST(COALESCE(SUM(data_length + index_length), 0) AS UNSIGNED) \
+                     FROM information_schema.TABLES WHERE table_schema IN ({}) GROUP BY table_schema",
+                    placeholders(names.len())
+                ),
+                names.clone(),
+            )
+            .await
+            .map_err(failed)?;
+        let mut sizes: HashMap<String, u64> = sizes.into_iter().collect();
+        let ours: HashSet<(String, String)> = owners::users_under_each(conn, &names)
+            .await?
+            .into_iter()
+            .collect();
+        let mut frozen = HashSet::new();
+        for (db, user, writes) in write_rights_on(conn, chunk).await? {
+            if writes != Writes::All && ours.contains(&(db.clone(), user.as_str().to_owned())) {
+                frozen.insert(db);
+            }
+        }
+        for name in names {
+            let used_bytes = sizes.remove(name).unwrap_or(0);
+            let frozen = frozen.contains(name);
+            seen.insert(name.to_owned(), Seen { used_bytes, frozen });
+        }
+    }
+    Ok(Survey(seen))
 }
 
 /// Refreshes InnoDB's statistics of every table in `db` and measures it again. Sizes are

@@ -95,10 +95,8 @@ async fn writes_stop_over_quota_and_resume_once_data_is_removed() {
     let c = Client::new(target(&broker));
     let (id, bid) = (fresh_id(), fresh_id());
     c.provision_ready(&id, PLAN1).await.unwrap();
-    let uri = c.bind_ready(&id, &bid, PLAN1).await.unwrap()["credentials"]["uri"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let credentials = c.bind_ready(&id, &bid, PLAN1).await.unwrap()["credentials"].clone();
+    let uri = credentials["uri"].as_str().unwrap().to_owned();
 
     let mut app = mysql_async::Conn::from_url(&uri).await.unwrap();
     app.query_drop("CREATE TABLE probe (id INT)").await.unwrap();
@@ -128,6 +126,30 @@ async fn writes_stop_over_quota_and_resume_once_data_is_removed() {
     drop(app);
     wait_for_insert(dir.path(), &broker, &uri, true).await;
     wait_for_facts(&c, &id, false).await;
+    // Under quota, a pass reads sizes for all databases of a server at once: GET shows the
+    // server's own figure for this one.
+    let server = usize::from(credentials["port"] == 3307);
+    let size: Option<u64> = admin_of(server)
+        .await
+        .exec_first(
+            "SELECT CAST(SUM(data_length + index_length) AS UNSIGNED) FROM information_schema.TABLES WHERE table_schema = ?",
+            (credentials["name"].as_str().unwrap(),),
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let fetched = c.fetch_instance(&id).await.unwrap().body;
+        let shown = &fetched["metadata"]["attributes"]["storage_used_bytes"];
+        if shown.as_u64() == size {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "GET shows {shown}, the server {size:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     c.unbind_done(&id, &bid, PLAN1).await.unwrap();
     c.deprovision_done(&id, PLAN1).await.unwrap();

@@ -276,6 +276,16 @@ pub trait ServiceBroker: Send + Sync + 'static {
         None
     }
 
+    /// Called at the start of each upkeep pass with the instances it is to visit, before
+    /// [`ServiceBroker::upkeep`] on each: a broker with many instances per backend server reads
+    /// here what their upkeep needs, for all of them at once (a query per server rather than
+    /// several per instance), and keeps it for the pass. Bounded like one instance's upkeep;
+    /// when it fails, the failure is logged and counted and the pass goes on, so `upkeep` must
+    /// do without what it would have read.
+    async fn upkeep_pass(&self, _instances: &[InstanceView<'_>]) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
     /// Periodic work on one ready instance (quota enforcement, ...), returning what it measured
     /// (usage against quota, ...): the store keeps it, and `GET` on the instance shows it in
     /// its metadata, so that reads never reach the backend. The engine calls it for every ready

@@ -2,7 +2,8 @@
 //! register their own gauges on the same registry.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 #[derive(Clone)]
@@ -13,6 +14,7 @@ pub struct Metrics {
     in_flight: IntGauge,
     upkeep_failures: IntCounterVec,
     upkeep_passed: IntGauge,
+    upkeep_took: Gauge,
     orphans: IntGauge,
 }
 
@@ -59,6 +61,11 @@ impl Metrics {
             "When this replica last finished an upkeep pass (Unix time); 0 before the first",
         )
         .expect("valid metric");
+        let upkeep_took = Gauge::new(
+            "osb_upkeep_pass_duration_seconds",
+            "How long this replica's last finished upkeep pass took, the orphan count included",
+        )
+        .expect("valid metric");
         let orphans = IntGauge::new(
             "osb_orphaned_backend_objects",
             "Backend objects that no instance or binding claims, as of the last upkeep pass",
@@ -70,6 +77,7 @@ impl Metrics {
             Box::new(in_flight.clone()),
             Box::new(upkeep_failures.clone()),
             Box::new(upkeep_passed.clone()),
+            Box::new(upkeep_took.clone()),
             Box::new(orphans.clone()),
         ] {
             registry
@@ -83,6 +91,7 @@ impl Metrics {
             in_flight,
             upkeep_failures,
             upkeep_passed,
+            upkeep_took,
             orphans,
         }
     }
@@ -119,10 +128,11 @@ impl Metrics {
         self.upkeep_failures.with_label_values(&[reason]).inc();
     }
 
-    /// Marks a finished upkeep pass: an alert on this timestamp's age catches an upkeep that
-    /// stalls without failing anything.
-    pub fn upkeep_passed(&self) {
+    /// Marks a finished upkeep pass, which `took` so long: an alert on this timestamp's age
+    /// catches an upkeep that stalls without failing anything.
+    pub fn upkeep_passed(&self, took: std::time::Duration) {
         self.upkeep_passed.set(crate::store::now_ms() / 1000);
+        self.upkeep_took.set(took.as_secs_f64());
     }
 
     pub fn set_orphans(&self, count: usize) {

@@ -218,6 +218,72 @@ async fn late_operations_are_fenced_out_on_every_store() {
     drop_database(&postgres).await;
 }
 
+/// A pass's upkeep figures: kept, replaced and forgotten in one commit, never for an instance
+/// that is gone.
+async fn upkeep_facts_are_kept_in_one_commit(url: &str) {
+    let store = Store::connect(url, 2).await.unwrap();
+    let (id, gone) = (fresh_id(), fresh_id());
+    let op = fresh_id();
+    let row = instance_row(&id, &op);
+    assert!(
+        store
+            .start(&operation_row(&op, &id), Start::NewInstance(&row))
+            .await
+            .unwrap()
+    );
+    let facts = |text: &str, at: i64| Some((text.to_owned(), at));
+    let commits = || store.counters().commits.get();
+    let before = commits();
+    store
+        .keep_facts(&[
+            (id.clone(), facts("{\"a\":1}", 5)),
+            (gone.clone(), facts("{}", 5)),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(commits(), before + 1, "{url}");
+    let kept = |id: String| {
+        let store = &store;
+        async move {
+            store
+                .instance_with_facts(&id)
+                .await
+                .unwrap()
+                .and_then(|(_, f)| f)
+        }
+    };
+    assert_eq!(kept(id.clone()).await, facts("{\"a\":1}", 5), "{url}");
+    // An instance made later under the id that was gone shows no figures.
+    let op = fresh_id();
+    let row = instance_row(&gone, &op);
+    assert!(
+        store
+            .start(&operation_row(&op, &gone), Start::NewInstance(&row))
+            .await
+            .unwrap()
+    );
+    assert_eq!(kept(gone.clone()).await, None, "{url}");
+    store
+        .keep_facts(&[(id.clone(), facts("{\"a\":2}", 6))])
+        .await
+        .unwrap();
+    assert_eq!(kept(id.clone()).await, facts("{\"a\":2}", 6), "{url}");
+    store.keep_facts(&[(id.clone(), None)]).await.unwrap();
+    assert_eq!(kept(id.clone()).await, None, "{url}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upkeep_facts_are_kept_in_one_commit_on_every_store() {
+    let dir = tempfile::tempdir().unwrap();
+    upkeep_facts_are_kept_in_one_commit(&sqlite_url(&dir)).await;
+    let mysql = fresh_mysql().await;
+    upkeep_facts_are_kept_in_one_commit(&mysql).await;
+    drop_database(&mysql).await;
+    let postgres = fresh_postgres().await;
+    upkeep_facts_are_kept_in_one_commit(&postgres).await;
+    drop_database(&postgres).await;
+}
+
 /// Ends every connection to the database of `url` but the caller's, from the server's side.
 async fn server_drops_connections(url: &str) {
     use diesel_async::{AsyncConnection, AsyncMysqlConnection, AsyncPgConnection, RunQueryDsl};
@@ -476,6 +542,8 @@ async fn get_shows_the_last_upkeep_measurement_with_its_time() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    // The pass showed the broker its instances before their upkeep.
+    assert_eq!(attributes["announced"], true, "{attributes}");
     let measured = attributes["measured_at"].as_str().unwrap();
     assert!(
         measured.ends_with('Z') && measured.contains('T'),

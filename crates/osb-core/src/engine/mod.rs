@@ -120,6 +120,10 @@ impl Redo {
     }
 }
 
+/// Instances whose upkeep figures one store transaction keeps: a pass over many instances
+/// commits a few times, while one transaction never holds the store's writer for long.
+const FACTS_PER_COMMIT: usize = 100;
+
 /// An instance row with its JSON columns parsed.
 struct Loaded {
     row: InstanceRow,
@@ -284,13 +288,14 @@ impl<B: ServiceBroker> Engine<B> {
                         })
                     };
                     if held().await {
+                        let started = Instant::now();
                         if let Err(e) = this.upkeep(budget).await {
                             tracing::warn!(error = %e, "upkeep failed");
                         }
                         if held().await {
                             this.count_orphans().await;
                         }
-                        this.inner.runner.metrics().upkeep_passed();
+                        this.inner.runner.metrics().upkeep_passed(started.elapsed());
                     }
                 }
             });
@@ -300,8 +305,9 @@ impl<B: ServiceBroker> Engine<B> {
 
     /// One pass of the broker's upkeep over the ready instances, each on its own: one that
     /// fails or hangs (bounded by `operations.upkeep_timeout_secs`) is logged and counted in
-    /// `/metrics`, and the pass goes on. The pass stops taking instances after `budget`; the
-    /// next one starts where it stopped.
+    /// `/metrics`, and the pass goes on. The broker first sees every instance of the pass at
+    /// once ([`ServiceBroker::upkeep_pass`]). The pass stops taking instances after `budget`;
+    /// the next one starts where it stopped.
     pub async fn upkeep(&self, budget: Duration) -> Result<(), OsbError> {
         let deadline = Instant::now() + budget;
         let mut rows = self.inner.store.instances_in(InstanceState::Ready).await?;
@@ -314,60 +320,84 @@ impl<B: ServiceBroker> Engine<B> {
         };
         rows.rotate_left(start);
         let metrics = self.inner.runner.metrics();
-        let total = rows.len();
-        for (done, row) in rows.into_iter().enumerate() {
+        // An instance whose plan left the catalog has nothing to keep up.
+        let mut visits = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id = row.id.clone();
+            match Loaded::new(row) {
+                Ok(loaded) => {
+                    if let Some((service, plan)) = self.inner.catalog.plan(&loaded.row.plan_id) {
+                        visits.push((loaded, service, plan));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(instance_id = %id, error = %e, "upkeep skipped an unreadable instance");
+                    metrics.upkeep_failed("error");
+                }
+            }
+        }
+        if visits.is_empty() {
+            return Ok(());
+        }
+        let views: Vec<InstanceView> = visits.iter().map(|(l, s, p)| l.view(s, p)).collect();
+        let prepared = self.inner.broker.upkeep_pass(&views);
+        match tokio::time::timeout(self.inner.timing.upkeep_timeout, prepared).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "upkeep pass preparation failed");
+                metrics.upkeep_failed("error");
+            }
+            Err(_) => {
+                tracing::warn!("upkeep pass preparation timed out");
+                metrics.upkeep_failed("timeout");
+            }
+        }
+        let total = views.len();
+        let mut facts = Vec::with_capacity(FACTS_PER_COMMIT);
+        for (done, view) in views.into_iter().enumerate() {
+            if facts.len() == FACTS_PER_COMMIT {
+                self.keep_facts(&mut facts).await;
+            }
             if Instant::now() >= deadline {
                 tracing::warn!(
                     left = total - done,
                     "upkeep pass ran out of time; the next pass goes on from here"
                 );
                 metrics.upkeep_failed("out_of_time");
-                return Ok(());
+                break;
             }
-            let id = row.id.clone();
-            let loaded = match Loaded::new(row) {
-                Ok(loaded) => loaded,
-                Err(e) => {
-                    tracing::warn!(instance_id = %id, error = %e, "upkeep skipped an unreadable instance");
+            let id = &visits[done].0.row.id;
+            let bindings = BindingsOf::new(&self.inner.store, id);
+            let work = self.inner.broker.upkeep(view, bindings);
+            match tokio::time::timeout(self.inner.timing.upkeep_timeout, work).await {
+                Ok(Ok(measured)) => {
+                    let kept = measured.map(|m| (to_text(&m), now_ms()));
+                    facts.push((id.clone(), kept));
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(instance_id = %id, error = %e, "upkeep of an instance failed");
                     metrics.upkeep_failed("error");
-                    continue;
                 }
-            };
-            if let Some((service, plan)) = self.inner.catalog.plan(&loaded.row.plan_id) {
-                let bindings = BindingsOf::new(&self.inner.store, &id);
-                let work = self
-                    .inner
-                    .broker
-                    .upkeep(loaded.view(service, plan), bindings);
-                match tokio::time::timeout(self.inner.timing.upkeep_timeout, work).await {
-                    Ok(Ok(None)) => {
-                        if let Err(e) = self.inner.store.delete_facts(&id).await {
-                            tracing::warn!(instance_id = %id, error = %e, "forgetting upkeep facts failed");
-                        }
-                    }
-                    Ok(Ok(Some(facts))) => {
-                        let saved = self
-                            .inner
-                            .store
-                            .save_facts(&id, &to_text(&facts), now_ms())
-                            .await;
-                        if let Err(e) = saved {
-                            tracing::warn!(instance_id = %id, error = %e, "keeping upkeep facts failed");
-                        }
-                    }
-                    Ok(Err(e)) => {
-                        tracing::warn!(instance_id = %id, error = %e, "upkeep of an instance failed");
-                        metrics.upkeep_failed("error");
-                    }
-                    Err(_) => {
-                        tracing::warn!(instance_id = %id, "upkeep of an instance timed out");
-                        metrics.upkeep_failed("timeout");
-                    }
+                Err(_) => {
+                    tracing::warn!(instance_id = %id, "upkeep of an instance timed out");
+                    metrics.upkeep_failed("timeout");
                 }
             }
-            *self.inner.upkeep_cursor.lock().unwrap() = Some(id);
+            *self.inner.upkeep_cursor.lock().unwrap() = Some(id.clone());
         }
+        self.keep_facts(&mut facts).await;
         Ok(())
+    }
+
+    /// Writes what the pass measured so far, and empties `facts`.
+    async fn keep_facts(&self, facts: &mut Vec<(String, Option<(String, i64)>)>) {
+        if facts.is_empty() {
+            return;
+        }
+        if let Err(e) = self.inner.store.keep_facts(facts).await {
+            tracing::warn!(instances = facts.len(), error = %e, "keeping upkeep facts failed");
+        }
+        facts.clear();
     }
 
     /// Counts the backend objects nothing claims, for `/metrics`. Bounded like one instance's

@@ -934,49 +934,53 @@ impl Store {
         })
     }
 
-    /// Records what upkeep measured of an instance (JSON) at `measured_at` (Unix ms).
-    pub async fn save_facts(
+    /// Keeps what upkeep measured of each instance (JSON, and when, in Unix ms), or forgets it
+    /// (`None`: it measures nothing any more), all in one transaction: a pass writes a few
+    /// commits, not one per instance. Never for an instance deleted meanwhile: a reused id
+    /// would show its figures. Should two passes race (a lease that moved), the later insert
+    /// fails the whole batch; the next pass writes it again.
+    pub async fn keep_facts(
         &self,
-        instance_id: &str,
-        facts: &str,
-        measured_at: i64,
+        facts: &[(String, Option<(String, i64)>)],
     ) -> Result<(), StoreError> {
         use osb_instance_facts::dsl;
         with_conn!(self, |conn| {
-            let updated = diesel::update(dsl::osb_instance_facts.find(instance_id))
-                .set((dsl::facts.eq(facts), dsl::measured_at.eq(measured_at)))
-                .execute(conn)
-                .await?;
-            let exists = osb_instances::table
-                .find(instance_id)
-                .count()
-                .get_result::<i64>(conn)
-                .await?
-                > 0;
-            // Never for an instance deleted meanwhile: a reused id would show its figures.
-            if updated == 0 && exists {
-                // Two passes racing to insert: the loser's figures are as fresh; either will do.
-                inserted(
-                    diesel::insert_into(dsl::osb_instance_facts)
-                        .values((
-                            dsl::instance_id.eq(instance_id),
-                            dsl::facts.eq(facts),
-                            dsl::measured_at.eq(measured_at),
-                        ))
-                        .execute(conn)
-                        .await,
-                )?;
-            }
-            Ok(())
-        })
-    }
-
-    /// Forgets what upkeep measured of an instance (it measures nothing any more).
-    pub async fn delete_facts(&self, instance_id: &str) -> Result<(), StoreError> {
-        with_conn!(self, |conn| {
-            diesel::delete(osb_instance_facts::table.find(instance_id))
-                .execute(conn)
-                .await?;
+            conn.transaction::<_, DieselError, _>(|conn| {
+                async move {
+                    for (instance_id, kept) in facts {
+                        let Some((facts, measured_at)) = kept else {
+                            diesel::delete(dsl::osb_instance_facts.find(instance_id))
+                                .execute(conn)
+                                .await?;
+                            continue;
+                        };
+                        let updated = diesel::update(dsl::osb_instance_facts.find(instance_id))
+                            .set((dsl::facts.eq(facts), dsl::measured_at.eq(measured_at)))
+                            .execute(conn)
+                            .await?;
+                        if updated == 0
+                            && osb_instances::table
+                                .find(instance_id)
+                                .count()
+                                .get_result::<i64>(conn)
+                                .await?
+                                > 0
+                        {
+                            diesel::insert_into(dsl::osb_instance_facts)
+                                .values((
+                                    dsl::instance_id.eq(instance_id),
+                                    dsl::facts.eq(facts),
+                                    dsl::measured_at.eq(measured_at),
+                                ))
+                                .execute(conn)
+                                .await?;
+                        }
+                    }
+                    Ok(())
+                }
+                .scope_boxed()
+            })
+            .await?;
             Ok(())
         })
     }

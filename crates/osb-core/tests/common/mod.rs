@@ -43,6 +43,8 @@ pub struct Calls {
     pub unbind: AtomicUsize,
     pub deprovision: AtomicUsize,
     pub upkeep: AtomicUsize,
+    /// The instances the last upkeep pass announced.
+    pub pass_saw: std::sync::Mutex<Vec<String>>,
 }
 
 /// Test-only backend: does nothing but count and wait.
@@ -85,14 +87,30 @@ impl ServiceBroker for FakeBroker {
         self.upkeep_every
     }
 
+    async fn upkeep_pass(&self, instances: &[InstanceView<'_>]) -> Result<(), BrokerError> {
+        *self.calls.pass_saw.lock().unwrap() =
+            instances.iter().map(|i| i.id.as_str().to_owned()).collect();
+        Ok(())
+    }
+
     async fn upkeep(
         &self,
-        _instance: InstanceView<'_>,
+        instance: InstanceView<'_>,
         _bindings: BindingsOf<'_>,
     ) -> Result<Option<osb_core::wire::InstanceMetadata>, BrokerError> {
         let n = self.calls.upkeep.fetch_add(1, Ordering::SeqCst);
+        let announced = self
+            .calls
+            .pass_saw
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|id| id == instance.id.as_str());
         let mut facts = osb_core::wire::InstanceMetadata::default();
         facts.attributes.insert("upkeep_pass".into(), json!(n));
+        facts
+            .attributes
+            .insert("announced".into(), json!(announced));
         Ok(Some(facts))
     }
 
