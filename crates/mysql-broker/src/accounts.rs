@@ -90,18 +90,19 @@ pub async fn write_rights(
     conn: &mut Conn,
     db: &DatabaseName,
 ) -> Result<Vec<(UserName, Writes)>, BrokerError> {
-    Ok(write_rights_on(conn, std::slice::from_ref(db))
+    write_rights_on(conn, std::slice::from_ref(db))
         .await?
         .into_iter()
-        .map(|(_, user, writes)| (user, writes))
-        .collect())
+        .map(|(_, user, writes)| Ok((UserName::parse(&user)?, writes)))
+        .collect()
 }
 
-/// [`write_rights`] on each of `dbs` with one query: (the database, an account, its rights).
+/// [`write_rights`] on each of `dbs` with one query: (the database, an account's name as the
+/// server has it, its rights).
 pub async fn write_rights_on(
     conn: &mut Conn,
     dbs: &[DatabaseName],
-) -> Result<Vec<(String, UserName, Writes)>, BrokerError> {
+) -> Result<Vec<(String, String, Writes)>, BrokerError> {
     // mysql.db holds the grant's pattern, `_` escaped.
     let patterns: HashMap<String, &str> = dbs
         .iter()
@@ -119,7 +120,8 @@ pub async fn write_rights_on(
         )
         .await
         .map_err(failed)?;
-    rows.into_iter()
+    Ok(rows
+        .into_iter()
         .filter_map(|row| {
             let pattern: String = row.get(0).unwrap_or_default();
             let db = (*patterns.get(&pattern)?).to_owned();
@@ -132,9 +134,9 @@ pub async fn write_rights_on(
                 n if n == row.len() - 2 => Writes::All,
                 _ => Writes::Some,
             };
-            Some(UserName::parse(&name).map(|user| (db, user, writes)))
+            Some((db, name, writes))
         })
-        .collect()
+        .collect())
 }
 
 /// `?, ?, …`: `n` statement parameters, for an `IN` list.

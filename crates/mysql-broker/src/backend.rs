@@ -655,22 +655,23 @@ impl ServiceBroker for MysqlBroker {
                 wanted.entry(server.name.as_str()).or_default().push(db);
             }
         }
-        let mut surveys = HashMap::new();
-        let mut failure = Ok(());
-        for server in &self.servers {
-            let Some(dbs) = wanted.get(server.name.as_str()) else {
-                continue;
-            };
-            let surveyed = async { quota::survey(&mut server.conn().await?, dbs).await };
-            match surveyed.await {
-                Ok(survey) => {
-                    surveys.insert(server.name.clone(), survey);
-                }
-                Err(e) => failure = Err(e),
-            }
-        }
-        *self.survey.lock().unwrap() = surveys;
-        failure
+        // The servers side by side, each kept as soon as read: one that is slow or down (the
+        // engine bounds the whole) holds up no other.
+        let surveys = self.servers.iter().filter_map(|server| {
+            let dbs = wanted.remove(server.name.as_str())?;
+            Some(async move {
+                let survey = quota::survey(&mut server.conn().await?, &dbs).await?;
+                self.survey
+                    .lock()
+                    .unwrap()
+                    .insert(server.name.clone(), survey);
+                Ok(())
+            })
+        });
+        futures::future::join_all(surveys)
+            .await
+            .into_iter()
+            .collect()
     }
 
     /// Measures the database and enforces its plan's quota; a plan without one (any more)

@@ -33,6 +33,19 @@ pub struct MysqlConfig {
     pub password_length: PasswordLength,
 }
 
+impl MysqlConfig {
+    /// A server name given twice: instances record their server by name, so a second server
+    /// of the same name would get none of its instances' upkeep right.
+    pub fn repeated_server(&self) -> Option<&str> {
+        let names = self.servers.iter().map(|s| s.name.as_str());
+        names
+            .clone()
+            .enumerate()
+            .find(|(i, name)| names.clone().take(*i).any(|earlier| earlier == *name))
+            .map(|(_, name)| name)
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
@@ -76,4 +89,24 @@ fn default_quota_check() -> u64 {
 
 fn default_pool() -> usize {
     8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn servers(names: &[&str]) -> MysqlConfig {
+        let entries: String = names
+            .iter()
+            .map(|n| format!("[[servers]]\nname = \"{n}\"\nhost = \"h\"\nadmin_user = \"u\"\nadmin_password = \"p\"\n"))
+            .collect();
+        toml::from_str(&format!("plans = {{}}\n{entries}")).unwrap()
+    }
+
+    #[test]
+    fn a_server_name_given_twice_is_found() {
+        assert_eq!(servers(&["a", "b"]).repeated_server(), None);
+        assert_eq!(servers(&["a", "b", "a"]).repeated_server(), Some("a"));
+        assert_eq!(servers(&["a", "b", "b"]).repeated_server(), Some("b"));
+    }
 }

@@ -28,6 +28,11 @@ impl osb_core::cli::App for MysqlApp {
         config: &config::Config,
         metrics: &Metrics,
     ) -> Result<backend::MysqlBroker, BuildError> {
+        if let Some(name) = config.mysql.repeated_server() {
+            return Err(BuildError::Backend(format!(
+                "mysql.servers: {name:?} is named twice; each server needs a name of its own"
+            )));
+        }
         Ok(backend::MysqlBroker::new(&config.mysql, metrics.registry()))
     }
 }

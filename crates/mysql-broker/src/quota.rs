@@ -91,25 +91,32 @@ pub async fn survey(conn: &mut Conn, dbs: &[DatabaseName]) -> Result<Survey, Bro
     let mut seen = HashMap::with_capacity(dbs.len());
     for chunk in dbs.chunks(SURVEY_CHUNK) {
         let names: Vec<&str> = chunk.iter().map(DatabaseName::as_str).collect();
-        let sizes: Vec<(String, u64)> = conn
+        // Names compared as bytes: given several, the server matches them without regard to
+        // case (listing `op_a` for `op_A` and leaving `op_a` out when both are asked for), and
+        // an instance must never be measured by another's tables. Summed here per exact name.
+        let tables: Vec<(String, u64)> = conn
             .exec(
                 format!(
-                    "SELECT table_schema, CAST(COALESCE(SUM(data_length + index_length), 0) AS UNSIGNED) \
-                     FROM information_schema.TABLES WHERE table_schema IN ({}) GROUP BY table_schema",
+                    "SELECT table_schema, CAST(COALESCE(data_length + index_length, 0) AS UNSIGNED) \
+                     FROM information_schema.TABLES WHERE table_schema COLLATE utf8mb3_bin IN ({})",
                     placeholders(names.len())
                 ),
                 names.clone(),
             )
             .await
             .map_err(failed)?;
-        let mut sizes: HashMap<String, u64> = sizes.into_iter().collect();
+        let mut sizes: HashMap<String, u64> = HashMap::new();
+        for (db, bytes) in tables {
+            let size = sizes.entry(db).or_default();
+            *size = size.saturating_add(bytes);
+        }
         let ours: HashSet<(String, String)> = owners::users_under_each(conn, &names)
             .await?
             .into_iter()
             .collect();
         let mut frozen = HashSet::new();
         for (db, user, writes) in write_rights_on(conn, chunk).await? {
-            if writes != Writes::All && ours.contains(&(db.clone(), user.as_str().to_owned())) {
+            if writes != Writes::All && ours.contains(&(db.clone(), user)) {
                 frozen.insert(db);
             }
         }

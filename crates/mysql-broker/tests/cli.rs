@@ -90,6 +90,21 @@ fn check_config_names_each_problem_and_sets_the_exit_code() {
     assert!(lines.lines().any(|l| l.contains("gone-db")), "{lines}");
     assert!(lines.lines().any(|l| l.contains("lease_secs")), "{lines}");
     assert!(!lines.lines().any(|l| l.contains("mysql-1")), "{lines}");
+
+    // Instances record their server by name: two servers of one name are refused.
+    let twice = format!(
+        "{}{}",
+        server_entry("mysql-1", 3306),
+        server_entry("mysql-1", 3307)
+    );
+    let refused = run(
+        dir.path(),
+        &config_with_servers(dir.path(), &twice),
+        &["check-config"],
+    );
+    assert!(!refused.status.success());
+    let lines = stdout(&refused);
+    assert!(lines.contains("\"mysql-1\" is named twice"), "{lines}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -128,17 +128,17 @@ async fn writes_stop_over_quota_and_resume_once_data_is_removed() {
     wait_for_facts(&c, &id, false).await;
     // Under quota, a pass reads sizes for all databases of a server at once: GET shows the
     // server's own figure for this one.
-    let server = usize::from(credentials["port"] == 3307);
-    let size: Option<u64> = admin_of(server)
-        .await
-        .exec_first(
-            "SELECT CAST(SUM(data_length + index_length) AS UNSIGNED) FROM information_schema.TABLES WHERE table_schema = ?",
-            (credentials["name"].as_str().unwrap(),),
-        )
-        .await
-        .unwrap();
+    let mut server = admin_of(usize::from(credentials["port"] == 3307)).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
+        // Read each time: InnoDB's statistics may still move after the DELETE.
+        let size: Option<u64> = server
+            .exec_first(
+                "SELECT CAST(SUM(data_length + index_length) AS UNSIGNED) FROM information_schema.TABLES WHERE table_schema = ?",
+                (credentials["name"].as_str().unwrap(),),
+            )
+            .await
+            .unwrap();
         let fetched = c.fetch_instance(&id).await.unwrap().body;
         let shown = &fetched["metadata"]["attributes"]["storage_used_bytes"];
         if shown.as_u64() == size {
@@ -272,5 +272,105 @@ async fn a_table_lock_neither_stalls_enforcement_nor_escapes_it_and_frozen_right
     for (id, bid) in &ids {
         c.unbind_done(id, bid, PLAN1).await.unwrap();
         c.deprovision_done(id, PLAN1).await.unwrap();
+    }
+}
+
+/// Puts a ready instance of plan 1 straight into the store at `url`, its database recorded as
+/// `database` on server `mysql-1`: how instances made before the naming rule look.
+async fn recorded_instance(url: &str, database: &str) -> String {
+    use osb_core::store::{InstanceRow, InstanceState, OperationRow, OperationState, Start, Store};
+    let store = Store::connect(url, 1).await.unwrap();
+    let (id, op) = (fresh_id(), fresh_id());
+    let operation = OperationRow {
+        id: op.clone(),
+        platform: "default".into(),
+        instance_id: id.clone(),
+        binding_id: None,
+        kind: "provision".into(),
+        state: OperationState::Succeeded.as_str().into(),
+        fingerprint: "f".into(),
+        description: None,
+        instance_usable: None,
+        update_repeatable: None,
+        owner: "test".into(),
+        heartbeat_at: 1,
+        created_at: 1,
+        updated_at: 1,
+        runner: "test/1".into(),
+        request: None,
+    };
+    let row = InstanceRow {
+        id: id.clone(),
+        platform: "default".into(),
+        service_id: SERVICE.into(),
+        plan_id: PLAN1.into(),
+        fingerprint: "f".into(),
+        state: InstanceState::Ready.as_str().into(),
+        operation_id: op,
+        parameters: "{}".into(),
+        context: "{}".into(),
+        maintenance_version: None,
+        dashboard_url: None,
+        metadata: None,
+        broker_state: serde_json::json!({"database": database, "server": "mysql-1"}).to_string(),
+        created_at: 1,
+        updated_at: 1,
+    };
+    assert!(
+        store
+            .start(&operation, Start::NewInstance(&row))
+            .await
+            .unwrap()
+    );
+    id
+}
+
+/// Two databases whose names differ only in case (one made before the naming rule), both over
+/// quota: each is measured as itself and frozen. The server compares names in a list without
+/// regard to case; had the two been counted as one, one of them would look empty and escape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn databases_whose_names_differ_in_case_are_measured_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let tag = &fresh_id().replace('-', "")[..12];
+    let (upper, lower) = (format!("op_Case_{tag}"), format!("op_case_{tag}"));
+    let mut admin = admin().await;
+    for (db, rows) in [(&upper, 15), (&lower, 30)] {
+        admin
+            .query_drop(format!(
+                "CREATE DATABASE `{db}`; \
+                 CREATE TABLE `{db}`.blobs (id INT AUTO_INCREMENT PRIMARY KEY, b LONGBLOB); \
+                 INSERT INTO `{db}`.blobs (b) VALUES {}; ANALYZE TABLE `{db}`.blobs",
+                vec!["(REPEAT('x', 100000))"; rows].join(", ")
+            ))
+            .await
+            .unwrap();
+    }
+    let url = format!("sqlite://{}", dir.path().join("state.db").display());
+    let ids = [
+        recorded_instance(&url, &upper).await,
+        recorded_instance(&url, &lower).await,
+    ];
+
+    let config = config_edited(
+        dir.path(),
+        &[
+            ("quota_mb = 100", "quota_mb = 1"),
+            ("quota_check_secs = 30", "quota_check_secs = 1"),
+        ],
+    );
+    let broker = start_with(dir.path(), 0, &config, true).await;
+    let c = Client::new(target(&broker));
+    let mut used = Vec::new();
+    for id in &ids {
+        let facts = wait_for_facts(&c, id, true).await;
+        used.push(facts["metadata"]["attributes"]["storage_used_bytes"].as_u64());
+    }
+    assert!(used[0] < used[1], "{used:?}");
+    drop(broker);
+    for db in [&upper, &lower] {
+        admin
+            .query_drop(format!("DROP DATABASE `{db}`"))
+            .await
+            .unwrap();
     }
 }

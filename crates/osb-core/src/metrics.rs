@@ -51,7 +51,7 @@ impl Metrics {
         let upkeep_failures = IntCounterVec::new(
             Opts::new(
                 "osb_upkeep_failures_total",
-                "Instances whose upkeep failed (error), hung (timeout), or passes that ran out of time",
+                "Upkeep of an instance, a pass's first look or its orphan count that failed (error) or hung (timeout); passes that ran out of time",
             ),
             &["reason"],
         )

@@ -471,8 +471,8 @@ async fn one_replica_at_a_time_does_the_upkeep() {
             .map(|v| v.trim().parse::<i64>().unwrap())
             .unwrap_or_else(|| panic!("no upkeep pass time in {text}"))
     };
-    let now = osb_core::store::now_ms() / 1000;
     let held = last_pass(holder.addr).await;
+    let now = osb_core::store::now_ms() / 1000;
     assert!(
         (now - 3..=now).contains(&held),
         "last pass at {held}, now {now}"
@@ -489,6 +489,45 @@ async fn one_replica_at_a_time_does_the_upkeep() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     other.stop().await;
+}
+
+/// A broker whose first look at a pass and whose object listing never answer still has its
+/// instances visited, pass after pass: both are bounded by the upkeep timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_sweep_stops_no_upkeep_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = single_platform(&sqlite_url(&dir));
+    config.operations.upkeep_timeout_secs = 1;
+    let (running, calls) = spawn_with_upkeep(&config, Some(Duration::from_millis(200))).await;
+    calls.hang_sweeps.store(true, Ordering::SeqCst);
+    let client = Client::new(target(running.addr, ""));
+    client
+        .provision_ready(&osb_testkit::fresh_id(), PLAN)
+        .await
+        .unwrap();
+    // A pass now takes about two timeouts: the first look, then the orphan count.
+    let before = calls.upkeep.load(Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while calls.upkeep.load(Ordering::SeqCst) < before + 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "upkeep visited {} times in 20 s",
+            calls.upkeep.load(Ordering::SeqCst) - before
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = reqwest::get(format!("http://{}/metrics", running.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let timeouts = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("osb_upkeep_failures_total{reason=\"timeout\"} "))
+        .map(|v| v.trim().parse::<f64>().unwrap());
+    assert!(timeouts >= Some(4.0), "{metrics}");
+    running.stop().await;
 }
 
 /// Spec: the predecessor "MUST be the ID of non-expired Service Binding of the same Service

@@ -269,9 +269,10 @@ impl<B: ServiceBroker> Engine<B> {
         if let Some(every) = engine.inner.broker.upkeep_interval() {
             let this = engine.clone();
             // One replica does the upkeep: whoever holds the lease, renewed at every pass and
-            // taken over by another replica once it lapses. It outlasts the longest pass (its
-            // budget plus one instance's timeout), and is renewed again for the orphan count
-            // after it, so that two replicas never run at once.
+            // taken over by another replica once it lapses, so that two replicas never run at
+            // once. Renewed before each part of a pass, it outlasts the longest: the broker's
+            // first look (one timeout), the visits (the budget plus one instance's timeout),
+            // the orphan count (one timeout).
             let budget = every.saturating_mul(2).max(Duration::from_secs(1));
             let ttl = (budget + engine.inner.timing.upkeep_timeout + every).as_millis() as i64;
             engine.inner.runner.every(every, move || {
@@ -287,15 +288,22 @@ impl<B: ServiceBroker> Engine<B> {
                             false
                         })
                     };
-                    if held().await {
-                        let started = Instant::now();
-                        if let Err(e) = this.upkeep(budget).await {
+                    if !held().await {
+                        return;
+                    }
+                    let started = Instant::now();
+                    match this.upkeep(budget, &held).await {
+                        Ok(true) => {
+                            if held().await {
+                                this.count_orphans().await;
+                            }
+                            this.inner.runner.metrics().upkeep_passed(started.elapsed());
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
                             tracing::warn!(error = %e, "upkeep failed");
+                            this.inner.runner.metrics().upkeep_failed("error");
                         }
-                        if held().await {
-                            this.count_orphans().await;
-                        }
-                        this.inner.runner.metrics().upkeep_passed(started.elapsed());
                     }
                 }
             });
@@ -306,10 +314,14 @@ impl<B: ServiceBroker> Engine<B> {
     /// One pass of the broker's upkeep over the ready instances, each on its own: one that
     /// fails or hangs (bounded by `operations.upkeep_timeout_secs`) is logged and counted in
     /// `/metrics`, and the pass goes on. The broker first sees every instance of the pass at
-    /// once ([`ServiceBroker::upkeep_pass`]). The pass stops taking instances after `budget`;
-    /// the next one starts where it stopped.
-    pub async fn upkeep(&self, budget: Duration) -> Result<(), OsbError> {
-        let deadline = Instant::now() + budget;
+    /// once ([`ServiceBroker::upkeep_pass`]), then `held` renews the lease (`false`: lost, and
+    /// the pass ends there). The visits stop after `budget`; the next pass starts where they
+    /// stopped. Whether the pass ran to its end (or out of time).
+    async fn upkeep<F, Held>(&self, budget: Duration, held: F) -> Result<bool, OsbError>
+    where
+        F: Fn() -> Held,
+        Held: Future<Output = bool>,
+    {
         let mut rows = self.inner.store.instances_in(InstanceState::Ready).await?;
         rows.sort_by(|a, b| a.id.cmp(&b.id));
         let start = {
@@ -337,7 +349,7 @@ impl<B: ServiceBroker> Engine<B> {
             }
         }
         if visits.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
         let views: Vec<InstanceView> = visits.iter().map(|(l, s, p)| l.view(s, p)).collect();
         let prepared = self.inner.broker.upkeep_pass(&views);
@@ -352,6 +364,11 @@ impl<B: ServiceBroker> Engine<B> {
                 metrics.upkeep_failed("timeout");
             }
         }
+        // The first look's time is not the visits': a slow one must not starve them.
+        if !held().await {
+            return Ok(false);
+        }
+        let deadline = Instant::now() + budget;
         let total = views.len();
         let mut facts = Vec::with_capacity(FACTS_PER_COMMIT);
         for (done, view) in views.into_iter().enumerate() {
@@ -386,16 +403,23 @@ impl<B: ServiceBroker> Engine<B> {
             *self.inner.upkeep_cursor.lock().unwrap() = Some(id.clone());
         }
         self.keep_facts(&mut facts).await;
-        Ok(())
+        Ok(true)
     }
 
-    /// Writes what the pass measured so far, and empties `facts`.
+    /// Writes what the pass measured so far, and empties `facts`. A batch that fails is
+    /// written instance by instance: one bad figure loses no other.
     async fn keep_facts(&self, facts: &mut Vec<(String, Option<(String, i64)>)>) {
         if facts.is_empty() {
             return;
         }
         if let Err(e) = self.inner.store.keep_facts(facts).await {
-            tracing::warn!(instances = facts.len(), error = %e, "keeping upkeep facts failed");
+            tracing::warn!(instances = facts.len(), error = %e, "keeping upkeep facts failed; keeping them one by one");
+            for one in facts.iter() {
+                if let Err(e) = self.inner.store.keep_facts(std::slice::from_ref(one)).await {
+                    tracing::warn!(instance_id = %one.0, error = %e, "keeping upkeep facts failed");
+                    self.inner.runner.metrics().upkeep_failed("error");
+                }
+            }
         }
         facts.clear();
     }
@@ -407,7 +431,10 @@ impl<B: ServiceBroker> Engine<B> {
         match tokio::time::timeout(self.inner.timing.upkeep_timeout, find).await {
             Ok(Ok(sweep)) => self.inner.runner.metrics().set_orphans(sweep.orphans.len()),
             Ok(Err(e)) => tracing::warn!(error = %e, "counting orphans failed"),
-            Err(_) => tracing::warn!("counting orphans timed out"),
+            Err(_) => {
+                tracing::warn!("counting orphans timed out");
+                self.inner.runner.metrics().upkeep_failed("timeout");
+            }
         }
     }
 

@@ -16,6 +16,7 @@ use osb_core::catalog::{Catalog, Plan};
 use osb_core::config::BrokerConfig;
 use osb_core::credentials::{Credentials, generate_password};
 use osb_core::metrics::Metrics;
+use osb_core::orphans::BackendObject;
 use osb_core::server::{Running, start};
 use serde_json::json;
 
@@ -45,6 +46,8 @@ pub struct Calls {
     pub upkeep: AtomicUsize,
     /// The instances the last upkeep pass announced.
     pub pass_saw: std::sync::Mutex<Vec<String>>,
+    /// Makes the first look at a pass and the object listing never answer.
+    pub hang_sweeps: std::sync::atomic::AtomicBool,
 }
 
 /// Test-only backend: does nothing but count and wait.
@@ -88,9 +91,19 @@ impl ServiceBroker for FakeBroker {
     }
 
     async fn upkeep_pass(&self, instances: &[InstanceView<'_>]) -> Result<(), BrokerError> {
+        if self.calls.hang_sweeps.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         *self.calls.pass_saw.lock().unwrap() =
             instances.iter().map(|i| i.id.as_str().to_owned()).collect();
         Ok(())
+    }
+
+    async fn objects(&self) -> Result<Vec<BackendObject>, BrokerError> {
+        if self.calls.hang_sweeps.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        Ok(Vec::new())
     }
 
     async fn upkeep(
