@@ -149,7 +149,10 @@ async fn fill(url: &str) -> anyhow::Result<()> {
 /// filled, and the three store reads again.
 async fn run(label: &str, store: &str) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let ready = start_to_ready(dir.path(), store).await?;
+    // The first start on an empty store makes its tables; a restart, or another replica,
+    // finds them.
+    let first = start_to_ready(dir.path(), store).await?;
+    let again = start_to_ready(dir.path(), store).await?;
     let env = [
         ("KPAAS_BROKER__STORE__URL", store),
         ("RUST_LOG", "warn,osb_core::server=info"),
@@ -173,8 +176,9 @@ async fn run(label: &str, store: &str) -> anyhow::Result<()> {
         ),
     ];
     println!(
-        "  state store: {label}; start to ready {:.0} ms; idle RSS {}",
-        ready.as_secs_f64() * 1000.0,
+        "  state store: {label}; start to ready {:.0} ms (first start, making the tables: {:.0} ms); idle RSS {}",
+        again.as_secs_f64() * 1000.0,
+        first.as_secs_f64() * 1000.0,
         idle.map_or("unavailable".into(), |k| format!(
             "{:.1} MiB",
             k as f64 / 1024.0
