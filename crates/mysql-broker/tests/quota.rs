@@ -63,6 +63,17 @@ async fn wait_for_insert(dir: &std::path::Path, broker: &Broker, uri: &str, want
     }
 }
 
+/// The shipped config with plan 1's quota at 1 MiB, checked every second.
+fn one_mib_quota(dir: &std::path::Path) -> std::path::PathBuf {
+    config_edited(
+        dir,
+        &[
+            ("quota_mb = 100", "quota_mb = 1"),
+            ("quota_check_secs = 30", "quota_check_secs = 1"),
+        ],
+    )
+}
+
 /// Polls GET on the instance until its last measurement says `over`; fails after 30 s.
 async fn wait_for_facts(c: &Client, id: &str, over: bool) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -83,14 +94,7 @@ async fn wait_for_facts(c: &Client, id: &str, over: bool) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_stop_over_quota_and_resume_once_data_is_removed() {
     let dir = tempfile::tempdir().unwrap();
-    // Plan 1 with a 1 MiB quota, checked every second.
-    let config = config_edited(
-        dir.path(),
-        &[
-            ("quota_mb = 100", "quota_mb = 1"),
-            ("quota_check_secs = 30", "quota_check_secs = 1"),
-        ],
-    );
+    let config = one_mib_quota(dir.path());
     let broker = start_with(dir.path(), 0, &config, true).await;
     let c = Client::new(target(&broker));
     let (id, bid) = (fresh_id(), fresh_id());
@@ -176,11 +180,7 @@ async fn fill(app: &mut mysql_async::Conn, rows: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_lock_neither_stalls_enforcement_nor_escapes_it_and_frozen_rights_stay_frozen() {
     let dir = tempfile::tempdir().unwrap();
-    let quota = [
-        ("quota_mb = 100", "quota_mb = 1"),
-        ("quota_check_secs = 30", "quota_check_secs = 1"),
-    ];
-    let config = config_edited(dir.path(), &quota);
+    let config = one_mib_quota(dir.path());
     let broker = start_with(dir.path(), 0, &config, true).await;
     let c = Client::new(target(&broker));
     let mut uris = Vec::new();
@@ -351,13 +351,7 @@ async fn databases_whose_names_differ_in_case_are_measured_apart() {
         recorded_instance(&url, &lower).await,
     ];
 
-    let config = config_edited(
-        dir.path(),
-        &[
-            ("quota_mb = 100", "quota_mb = 1"),
-            ("quota_check_secs = 30", "quota_check_secs = 1"),
-        ],
-    );
+    let config = one_mib_quota(dir.path());
     let broker = start_with(dir.path(), 0, &config, true).await;
     let c = Client::new(target(&broker));
     let mut used = Vec::new();
