@@ -21,7 +21,8 @@ const WRITE_COLUMNS: &str = "Insert_priv, Update_priv, Create_priv, Alter_priv, 
     Create_tmp_table_priv, Lock_tables_priv, Create_view_priv, Create_routine_priv, \
     Alter_routine_priv, Event_priv, Trigger_priv";
 
-/// Accounts holding privileges on the database (the server's own truth).
+/// Accounts holding privileges on the database (the server's own truth) under names the
+/// broker could have made; an operator's own account is none of its business.
 pub async fn users_of(conn: &mut Conn, db: &DatabaseName) -> Result<Vec<UserName>, BrokerError> {
     let names: Vec<String> = conn
         .exec(
@@ -30,7 +31,10 @@ pub async fn users_of(conn: &mut Conn, db: &DatabaseName) -> Result<Vec<UserName
         )
         .await
         .map_err(failed)?;
-    names.iter().map(|n| UserName::parse(n)).collect()
+    Ok(names
+        .iter()
+        .filter_map(|n| UserName::parse(n).ok())
+        .collect())
 }
 
 /// Whether the account exists on the server at all.
@@ -85,20 +89,9 @@ pub enum Writes {
     None,
 }
 
-/// Each account on `db` with the write privileges it holds there.
-pub async fn write_rights(
-    conn: &mut Conn,
-    db: &DatabaseName,
-) -> Result<Vec<(UserName, Writes)>, BrokerError> {
-    write_rights_on(conn, std::slice::from_ref(db))
-        .await?
-        .into_iter()
-        .map(|(_, user, writes)| Ok((UserName::parse(&user)?, writes)))
-        .collect()
-}
-
-/// [`write_rights`] on each of `dbs` with one query: (the database, an account's name as the
-/// server has it, its rights).
+/// Each account on each of `dbs` with the write privileges it holds there, in one query: (the
+/// database, the account's name as the server has it, its rights). Names are left raw: an
+/// operator's own account may hold grants there under a name the broker never makes.
 pub async fn write_rights_on(
     conn: &mut Conn,
     dbs: &[DatabaseName],

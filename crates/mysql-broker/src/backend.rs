@@ -660,12 +660,20 @@ impl ServiceBroker for MysqlBroker {
         let surveys = self.servers.iter().filter_map(|server| {
             let dbs = wanted.remove(server.name.as_str())?;
             Some(async move {
-                let survey = quota::survey(&mut server.conn().await?, &dbs).await?;
-                self.survey
-                    .lock()
-                    .unwrap()
-                    .insert(server.name.clone(), survey);
-                Ok(())
+                let surveyed = async { quota::survey(&mut server.conn().await?, &dbs).await };
+                match surveyed.await {
+                    Ok(survey) => {
+                        self.survey
+                            .lock()
+                            .unwrap()
+                            .insert(server.name.clone(), survey);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        tracing::warn!(server = %server.name, error = %e, "survey failed; its databases are checked one by one");
+                        Err(e)
+                    }
+                }
             })
         });
         futures::future::join_all(surveys)

@@ -10,7 +10,7 @@ use osb_core::BrokerError;
 use osb_core::quota::QuotaPolicy;
 use serde_json::{Map, Value, json};
 
-use crate::accounts::{Writes, freeze, grant_all, placeholders, write_rights, write_rights_on};
+use crate::accounts::{Writes, freeze, grant_all, placeholders, write_rights_on};
 use crate::errors::failed;
 use crate::names::{DatabaseName, UserName, quote_identifier};
 use crate::owners;
@@ -159,10 +159,13 @@ pub async fn rights(
     db: &DatabaseName,
     accounts: &[UserName],
 ) -> Result<Vec<(UserName, Writes)>, BrokerError> {
-    Ok(write_rights(conn, db)
+    Ok(write_rights_on(conn, std::slice::from_ref(db))
         .await?
         .into_iter()
-        .filter(|(user, _)| accounts.contains(user))
+        .filter_map(|(_, name, writes)| {
+            let account = accounts.iter().find(|a| a.as_str() == name)?;
+            Some((account.clone(), writes))
+        })
         .collect())
 }
 

@@ -101,6 +101,18 @@ async fn writes_stop_over_quota_and_resume_once_data_is_removed() {
     c.provision_ready(&id, PLAN1).await.unwrap();
     let credentials = c.bind_ready(&id, &bid, PLAN1).await.unwrap()["credentials"].clone();
     let uri = credentials["uri"].as_str().unwrap().to_owned();
+    // An operator's own account with a grant on the database, under a name the broker never
+    // makes: none of the broker's business, and no obstacle to it.
+    let mut server = admin_of(usize::from(credentials["port"] == 3307)).await;
+    let foreign = format!("Reporting_{}", &fresh_id()[..8]);
+    let pattern = credentials["name"].as_str().unwrap().replace('_', "\\_");
+    server
+        .query_drop(format!(
+            "CREATE USER '{foreign}'@'%' IDENTIFIED BY 'Report-1234-x'; \
+             GRANT SELECT ON `{pattern}`.* TO '{foreign}'@'%'"
+        ))
+        .await
+        .unwrap();
 
     let mut app = mysql_async::Conn::from_url(&uri).await.unwrap();
     app.query_drop("CREATE TABLE probe (id INT)").await.unwrap();
@@ -132,7 +144,6 @@ async fn writes_stop_over_quota_and_resume_once_data_is_removed() {
     wait_for_facts(&c, &id, false).await;
     // Under quota, a pass reads sizes for all databases of a server at once: GET shows the
     // server's own figure for this one.
-    let mut server = admin_of(usize::from(credentials["port"] == 3307)).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         // Read each time: InnoDB's statistics may still move after the DELETE.
@@ -157,6 +168,10 @@ async fn writes_stop_over_quota_and_resume_once_data_is_removed() {
 
     c.unbind_done(&id, &bid, PLAN1).await.unwrap();
     c.deprovision_done(&id, PLAN1).await.unwrap();
+    server
+        .query_drop(format!("DROP USER '{foreign}'@'%'"))
+        .await
+        .unwrap();
 }
 
 /// Puts `rows` blobs of 100 kB into table `blobs` behind `app`, in one statement: a check
@@ -325,22 +340,24 @@ async fn recorded_instance(url: &str, database: &str) -> String {
     id
 }
 
-/// Two databases whose names differ only in case (one made before the naming rule), both over
-/// quota: each is measured as itself and frozen. The server compares names in a list without
-/// regard to case; had the two been counted as one, one of them would look empty and escape.
+/// Two databases whose names differ only in case (one made before the naming rule), one under
+/// its quota and one over: each is measured as itself. The server compares names in a list
+/// without regard to case: counted together, or one for the other, one of them shows another
+/// size, or looks empty and escapes its quota.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn databases_whose_names_differ_in_case_are_measured_apart() {
     let dir = tempfile::tempdir().unwrap();
     let tag = &fresh_id().replace('-', "")[..12];
     let (upper, lower) = (format!("op_Case_{tag}"), format!("op_case_{tag}"));
     let mut admin = admin().await;
-    for (db, rows) in [(&upper, 15), (&lower, 30)] {
+    // 20 kB, far under 1 MiB; 3 MB, far over.
+    for (db, rows, bytes) in [(&upper, 20, 1000), (&lower, 30, 100000)] {
         admin
             .query_drop(format!(
                 "CREATE DATABASE `{db}`; \
                  CREATE TABLE `{db}`.blobs (id INT AUTO_INCREMENT PRIMARY KEY, b LONGBLOB); \
                  INSERT INTO `{db}`.blobs (b) VALUES {}; ANALYZE TABLE `{db}`.blobs",
-                vec!["(REPEAT('x', 100000))"; rows].join(", ")
+                vec![format!("(REPEAT('x', {bytes}))"); rows].join(", ")
             ))
             .await
             .unwrap();
@@ -354,12 +371,28 @@ async fn databases_whose_names_differ_in_case_are_measured_apart() {
     let config = one_mib_quota(dir.path());
     let broker = start_with(dir.path(), 0, &config, true).await;
     let c = Client::new(target(&broker));
-    let mut used = Vec::new();
-    for id in &ids {
-        let facts = wait_for_facts(&c, id, true).await;
-        used.push(facts["metadata"]["attributes"]["storage_used_bytes"].as_u64());
+    wait_for_facts(&c, &ids[1], true).await;
+    // Under quota, the figure is the pass's survey's: the server's own for that name alone.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let size: Option<u64> = admin
+            .exec_first(
+                "SELECT CAST(SUM(data_length + index_length) AS UNSIGNED) FROM information_schema.TABLES WHERE table_schema = ?",
+                (&upper,),
+            )
+            .await
+            .unwrap();
+        let facts = wait_for_facts(&c, &ids[0], false).await;
+        let shown = facts["metadata"]["attributes"]["storage_used_bytes"].as_u64();
+        if shown == size && size > Some(0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "GET shows {shown:?}, the server {size:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(used[0] < used[1], "{used:?}");
     drop(broker);
     for db in [&upper, &lower] {
         admin

@@ -279,8 +279,9 @@ pub trait ServiceBroker: Send + Sync + 'static {
     /// Called at the start of each upkeep pass with the instances it is to visit, before
     /// [`ServiceBroker::upkeep`] on each: a broker with many instances per backend server reads
     /// here what their upkeep needs, for all of them at once (a query per server rather than
-    /// several per instance), and keeps it for the pass. Bounded like one instance's upkeep;
-    /// when it fails, the failure is logged and counted and the pass goes on, so `upkeep` must
+    /// several per instance), and keeps it for the pass. Bounded like one instance's upkeep:
+    /// the future may be dropped part way, so what it keeps must be whole at every await. When
+    /// it fails or times out, that is logged and counted and the pass goes on, so `upkeep` must
     /// do without what it would have read.
     async fn upkeep_pass(&self, _instances: &[InstanceView<'_>]) -> Result<(), BrokerError> {
         Ok(())

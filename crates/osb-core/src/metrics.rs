@@ -51,7 +51,7 @@ impl Metrics {
         let upkeep_failures = IntCounterVec::new(
             Opts::new(
                 "osb_upkeep_failures_total",
-                "Upkeep of an instance, a pass's first look or its orphan count that failed (error) or hung (timeout); passes that ran out of time",
+                "Upkeep work that failed (error) or hung (timeout): an instance's, a pass's first look, the orphan count, keeping the figures, a pass that could not start; passes that ran out of time (out_of_time)",
             ),
             &["reason"],
         )

@@ -268,11 +268,11 @@ impl<B: ServiceBroker> Engine<B> {
         engine.start_recovery();
         if let Some(every) = engine.inner.broker.upkeep_interval() {
             let this = engine.clone();
-            // One replica does the upkeep: whoever holds the lease, renewed at every pass and
-            // taken over by another replica once it lapses, so that two replicas never run at
-            // once. Renewed before each part of a pass, it outlasts the longest: the broker's
-            // first look (one timeout), the visits (the budget plus one instance's timeout),
-            // the orphan count (one timeout).
+            // One replica does the upkeep: whoever holds the lease, taken over by another
+            // replica once it lapses, so that two replicas never run at once. Renewed before
+            // each part of a pass, it outlasts the longest: the broker's first look (one
+            // timeout), the visits (the budget plus one instance's timeout; `every` to spare
+            // for writing their figures), the orphan count (one timeout).
             let budget = every.saturating_mul(2).max(Duration::from_secs(1));
             let ttl = (budget + engine.inner.timing.upkeep_timeout + every).as_millis() as i64;
             engine.inner.runner.every(every, move || {
@@ -292,14 +292,15 @@ impl<B: ServiceBroker> Engine<B> {
                         return;
                     }
                     let started = Instant::now();
+                    let lost =
+                        || tracing::info!("upkeep lease lost; another replica does the upkeep");
                     match this.upkeep(budget, &held).await {
-                        Ok(true) => {
-                            if held().await {
-                                this.count_orphans().await;
-                            }
+                        // Only a pass whose lease held to its end counts as finished.
+                        Ok(true) if held().await => {
+                            this.count_orphans().await;
                             this.inner.runner.metrics().upkeep_passed(started.elapsed());
                         }
-                        Ok(false) => {}
+                        Ok(_) => lost(),
                         Err(e) => {
                             tracing::warn!(error = %e, "upkeep failed");
                             this.inner.runner.metrics().upkeep_failed("error");
@@ -406,19 +407,27 @@ impl<B: ServiceBroker> Engine<B> {
         Ok(true)
     }
 
-    /// Writes what the pass measured so far, and empties `facts`. A batch that fails is
-    /// written instance by instance: one bad figure loses no other.
+    /// Writes what the pass measured so far, and empties `facts`. A batch the store refused
+    /// is written instance by instance: one bad figure loses no other. A store that cannot be
+    /// reached is not asked again a hundred times (each would wait out the pool).
     async fn keep_facts(&self, facts: &mut Vec<(String, Option<(String, i64)>)>) {
         if facts.is_empty() {
             return;
         }
-        if let Err(e) = self.inner.store.keep_facts(facts).await {
-            tracing::warn!(instances = facts.len(), error = %e, "keeping upkeep facts failed; keeping them one by one");
-            for one in facts.iter() {
-                if let Err(e) = self.inner.store.keep_facts(std::slice::from_ref(one)).await {
-                    tracing::warn!(instance_id = %one.0, error = %e, "keeping upkeep facts failed");
-                    self.inner.runner.metrics().upkeep_failed("error");
+        match self.inner.store.keep_facts(facts).await {
+            Ok(()) => {}
+            Err(e @ (StoreError::Query(_) | StoreError::Corrupt(_))) => {
+                tracing::warn!(instances = facts.len(), error = %e, "keeping upkeep facts failed; keeping them one by one");
+                for one in facts.iter() {
+                    if let Err(e) = self.inner.store.keep_facts(std::slice::from_ref(one)).await {
+                        tracing::warn!(instance_id = %one.0, error = %e, "keeping upkeep facts failed");
+                        self.inner.runner.metrics().upkeep_failed("error");
+                    }
                 }
+            }
+            Err(e) => {
+                tracing::warn!(instances = facts.len(), error = %e, "keeping upkeep facts failed");
+                self.inner.runner.metrics().upkeep_failed("error");
             }
         }
         facts.clear();
@@ -430,7 +439,10 @@ impl<B: ServiceBroker> Engine<B> {
         let find = crate::orphans::find(&self.inner.broker, &self.inner.store, 0);
         match tokio::time::timeout(self.inner.timing.upkeep_timeout, find).await {
             Ok(Ok(sweep)) => self.inner.runner.metrics().set_orphans(sweep.orphans.len()),
-            Ok(Err(e)) => tracing::warn!(error = %e, "counting orphans failed"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "counting orphans failed");
+                self.inner.runner.metrics().upkeep_failed("error");
+            }
             Err(_) => {
                 tracing::warn!("counting orphans timed out");
                 self.inner.runner.metrics().upkeep_failed("timeout");
