@@ -315,9 +315,9 @@ impl<B: ServiceBroker> Engine<B> {
     /// One pass of the broker's upkeep over the ready instances, each on its own: one that
     /// fails or hangs (bounded by `operations.upkeep_timeout_secs`) is logged and counted in
     /// `/metrics`, and the pass goes on. The broker first sees every instance of the pass at
-    /// once ([`ServiceBroker::upkeep_pass`]), then `held` renews the lease (`false`: lost, and
-    /// the pass ends there). The visits stop after `budget`; the next pass starts where they
-    /// stopped. Whether the pass ran to its end (or out of time).
+    /// once ([`ServiceBroker::upkeep_pass`]), then `held` renews the lease. The visits stop
+    /// after `budget`; the next pass starts where they stopped. `Ok(false)`: the lease was lost
+    /// after the first look, and nothing was visited.
     async fn upkeep<F, Held>(&self, budget: Duration, held: F) -> Result<bool, OsbError>
     where
         F: Fn() -> Held,
