@@ -218,6 +218,43 @@ async fn late_operations_are_fenced_out_on_every_store() {
     drop_database(&postgres).await;
 }
 
+/// SQLite writes run in place and give up at once on a locked file; another process holding
+/// the write lock (a second broker on the same file, a migration, an operator's `sqlite3`)
+/// must make them wait for it, not fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_write_waits_for_another_process_lock() {
+    use diesel::Connection;
+    use diesel::connection::SimpleConnection;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::connect(&sqlite_url(&dir), 2).await.unwrap();
+    let path = dir.path().join("state.db");
+    let (locked, held) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn(move || {
+        let mut other = diesel::SqliteConnection::establish(path.to_str().unwrap()).unwrap();
+        other.batch_execute("BEGIN IMMEDIATE").unwrap();
+        locked.send(()).unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        other.batch_execute("COMMIT").unwrap();
+    });
+    held.recv().unwrap();
+    let started = Instant::now();
+    let (id, op) = (fresh_id(), fresh_id());
+    let made = store
+        .start(
+            &operation_row(&op, &id),
+            Start::NewInstance(&instance_row(&id, &op)),
+        )
+        .await
+        .unwrap();
+    assert!(made);
+    assert!(
+        started.elapsed() >= Duration::from_millis(1000),
+        "written while another process held the lock"
+    );
+    assert!(store.instance(&id).await.unwrap().is_some());
+    holder.join().unwrap();
+}
+
 /// A pass's upkeep figures: kept, replaced and forgotten in one commit, never for an instance
 /// that is gone.
 async fn upkeep_facts_are_kept_in_one_commit(url: &str) {

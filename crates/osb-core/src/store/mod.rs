@@ -82,11 +82,12 @@ enum End {
 }
 
 type SqliteConn = SyncConnectionWrapper<diesel::SqliteConnection>;
-type SqliteReader = SyncConnectionWrapper<diesel::SqliteConnection, InPlace>;
+type SqliteInPlace = SyncConnectionWrapper<diesel::SqliteConnection, InPlace>;
 
-/// Runs a SQLite statement on the calling thread. Only for reads: in WAL mode a reader never
-/// waits for a writer, and the two thread hops of a blocking task cost more than the statement
-/// (most of a read's time, measured). Writes keep the blocking pool: one can wait for the lock.
+/// Runs a SQLite statement on the calling thread: the two thread hops of a blocking task cost
+/// more than the statement (most of a read's time, and of a write's, measured). Only for what
+/// never waits: reads (in WAL mode a reader never waits for a writer), and writes that give up
+/// at once when another connection holds the file's write lock (see [`SqliteWriters`]).
 struct InPlace;
 
 impl diesel_async::sync_connection_wrapper::SpawnBlocking for InPlace {
@@ -105,8 +106,20 @@ impl diesel_async::sync_connection_wrapper::SpawnBlocking for InPlace {
     }
 }
 
+/// A SQLite store's writers, one connection each, so that this replica's writes queue in a
+/// pool rather than meet at SQLite's lock and sleep in its busy handler. A write runs in place
+/// and fails at once if the file's write lock is taken (another process on the same file, or
+/// the other writer here); then it runs again on the waiting writer, on a blocking thread,
+/// which waits up to 10 s for the lock. Running a write again is safe: the statement SQLite
+/// refused changed nothing, a transaction is rolled back whole, and the two writes that are
+/// neither (the lease, the catalog's date) come to the same when run twice.
+struct SqliteWriters {
+    in_place: Pool<SqliteInPlace>,
+    waiting: Pool<SqliteConn>,
+}
+
 enum Pools {
-    Sqlite(Pool<SqliteConn>),
+    Sqlite(SqliteWriters),
     Mysql(Pool<AsyncMysqlConnection>),
     Postgres(Pool<AsyncPgConnection>),
 }
@@ -116,7 +129,7 @@ enum Pools {
 pub struct Store {
     pools: std::sync::Arc<Pools>,
     /// SQLite only: connections that read on the calling thread (see [`InPlace`]).
-    readers: Option<std::sync::Arc<Pool<SqliteReader>>>,
+    readers: Option<std::sync::Arc<Pool<SqliteInPlace>>>,
     counters: StoreCounters,
 }
 
@@ -138,6 +151,17 @@ pub enum StoreError {
     NotSetUp(String),
 }
 
+impl StoreError {
+    /// SQLite's "database is locked": another connection holds the write lock.
+    fn is_busy(&self) -> bool {
+        matches!(
+            self,
+            Self::Query(DieselError::DatabaseError(diesel::result::DatabaseErrorKind::Unknown, info))
+                if info.message().contains("is locked")
+        )
+    }
+}
+
 impl From<PoolError> for StoreError {
     fn from(err: PoolError) -> Self {
         Self::Unavailable(err.to_string())
@@ -145,14 +169,26 @@ impl From<PoolError> for StoreError {
 }
 
 /// Runs `$body` with `$conn` bound to a pooled connection of whichever database is configured;
-/// the body is compiled once per backend, so every query is checked against all three.
+/// the body is compiled once per backend, so every query is checked against all three. On
+/// SQLite, first in place, and again on the waiting writer if the file was locked.
 macro_rules! with_conn {
     ($store:expr, |$conn:ident| $body:expr) => {
         match &*$store.pools {
-            Pools::Sqlite(pool) => {
-                let mut pooled = pool.get().await?;
-                let $conn = &mut *pooled;
-                $body
+            Pools::Sqlite(writers) => {
+                let first: Result<_, StoreError> = async {
+                    let mut pooled = writers.in_place.get().await?;
+                    let $conn = &mut *pooled;
+                    $body
+                }
+                .await;
+                match first {
+                    Err(e) if e.is_busy() => {
+                        let mut pooled = writers.waiting.get().await?;
+                        let $conn = &mut *pooled;
+                        $body
+                    }
+                    done => done,
+                }
             }
             Pools::Mysql(pool) => {
                 let mut pooled = pool.get().await?;
@@ -194,11 +230,11 @@ pub fn now_ms() -> i64 {
 }
 
 /// The outcome of a fenced write: `false` when its fence rolled the transaction back.
-fn landed(result: Result<(), DieselError>) -> Result<bool, StoreError> {
+fn landed(result: Result<(), StoreError>) -> Result<bool, StoreError> {
     match result {
         Ok(()) => Ok(true),
-        Err(DieselError::RollbackTransaction) => Ok(false),
-        Err(e) => Err(e.into()),
+        Err(StoreError::Query(DieselError::RollbackTransaction)) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -228,10 +264,10 @@ impl Store {
             #[diesel(sql_type = diesel::sql_types::Text)]
             journal_mode: String,
         }
-        let Pools::Sqlite(pool) = &*self.pools else {
+        let Pools::Sqlite(writers) = &*self.pools else {
             return Ok(());
         };
-        let mut conn = pool.get().await?;
+        let mut conn = writers.in_place.get().await?;
         let mode: JournalMode = diesel::sql_query("PRAGMA journal_mode")
             .get_result(&mut *conn)
             .await?;
@@ -284,20 +320,27 @@ impl Store {
                 )));
             }
             // A file does not drop connections: no `SELECT 1` before every use (the default
-            // check doubled the statements of a read). WAL lets readers run beside the writer.
-            // One writer connection: this replica's writes queue for it in the pool, where
-            // writers on several connections met at SQLite's lock and slept in its busy
-            // handler (1 ms, 2 ms, 5 ms, ...); the busy timeout still makes another replica's
-            // writer wait instead of failing with SQLITE_BUSY.
-            let manager = manager(
+            // check doubled the statements of a read). WAL lets readers run beside the writers.
+            let in_place = manager(
+                path,
+                &counters,
+                true,
+                RecyclingMethod::Fast,
+                "PRAGMA busy_timeout = 0; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;",
+            );
+            let waiting = manager(
                 path,
                 &counters,
                 true,
                 RecyclingMethod::Fast,
                 "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;",
             );
-            // Writes queued here may wait out another replica's busy timeout (10 s) in turn.
-            Pools::Sqlite(build_pool(manager, 1, Duration::from_secs(30), false)?)
+            // Writes queued for the waiting writer may wait out the lock (10 s) in turn.
+            let wait = Duration::from_secs(30);
+            Pools::Sqlite(SqliteWriters {
+                in_place: build_pool(in_place, 1, wait, false)?,
+                waiting: build_pool(waiting, 1, wait, false)?,
+            })
         } else if url.starts_with("mysql://") {
             let manager = manager(url, &counters, true, RecyclingMethod::Verified, "");
             Pools::Mysql(build_pool(manager, pool_size, POOL_WAIT, true)?)
@@ -357,7 +400,7 @@ impl Store {
         let mut attempt = 0;
         loop {
             let result: Result<(), StoreError> = match &*self.pools {
-                Pools::Sqlite(p) => run_migrations(p.get().await?),
+                Pools::Sqlite(w) => run_migrations(w.waiting.get().await?),
                 Pools::Mysql(p) => match run_migrations(p.get().await?) {
                     Ok(()) => run_migrations_from(p.get().await?, MYSQL_MIGRATIONS),
                     failed => failed,
@@ -572,6 +615,7 @@ impl Store {
                 .scope_boxed()
             })
             .await
+            .map_err(StoreError::from)
         });
         landed(result)
     }
@@ -643,6 +687,7 @@ impl Store {
                 .scope_boxed()
             })
             .await
+            .map_err(StoreError::from)
         });
         landed(result)
     }
@@ -768,6 +813,7 @@ impl Store {
                 .scope_boxed()
             })
             .await
+            .map_err(StoreError::from)
         });
         landed(result)
     }
