@@ -86,8 +86,10 @@ type SqliteInPlace = SyncConnectionWrapper<diesel::SqliteConnection, InPlace>;
 
 /// Runs a SQLite statement on the calling thread: the two thread hops of a blocking task cost
 /// more than the statement (most of a read's time, and of a write's, measured). Only for what
-/// never waits: reads (in WAL mode a reader never waits for a writer), and writes that give up
-/// at once when another connection holds the file's write lock (see [`SqliteWriters`]).
+/// never waits for a lock: reads (in WAL mode a reader never waits for a writer), and writes
+/// that give up at once when another connection holds the file's write lock (see
+/// [`SqliteWriters`]). What such a write still does on the calling thread: now and then the
+/// WAL checkpoint after a commit, with its fsyncs.
 struct InPlace;
 
 impl diesel_async::sync_connection_wrapper::SpawnBlocking for InPlace {
@@ -110,9 +112,12 @@ impl diesel_async::sync_connection_wrapper::SpawnBlocking for InPlace {
 /// pool rather than meet at SQLite's lock and sleep in its busy handler. A write runs in place
 /// and fails at once if the file's write lock is taken (another process on the same file, or
 /// the other writer here); then it runs again on the waiting writer, on a blocking thread,
-/// which waits up to 10 s for the lock. Running a write again is safe: the statement SQLite
-/// refused changed nothing, a transaction is rolled back whole, and the two writes that are
-/// neither (the lease, the catalog's date) come to the same when run twice.
+/// which waits up to 10 s for the lock (sleeping in the busy handler, and overtaken by
+/// in-place writes while another process comes and goes: the rare case). Running a write
+/// again is safe: in WAL mode only a write that has changed nothing yet meets the lock (the
+/// first write of a transaction, whose rollback undoes nothing, or a single statement), and
+/// the bodies that write twice without a transaction (the lease, a pooled item's claim, the
+/// catalog's date) only write again after a write that changed nothing.
 struct SqliteWriters {
     in_place: Pool<SqliteInPlace>,
     waiting: Pool<SqliteConn>,
@@ -152,7 +157,8 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// SQLite's "database is locked": another connection holds the write lock.
+    /// SQLite's "database is locked" (another connection holds the write lock, or recovers
+    /// the WAL) or "database table is locked": nothing was changed by the statement.
     fn is_busy(&self) -> bool {
         matches!(
             self,
