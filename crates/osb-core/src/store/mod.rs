@@ -327,12 +327,14 @@ impl Store {
             }
             // A file does not drop connections: no `SELECT 1` before every use (the default
             // check doubled the statements of a read). WAL lets readers run beside the writers.
+            // Its setup waits for the file like the waiting writer's (once, when connecting);
+            // its writes then give up at once.
             let in_place = manager(
                 path,
                 &counters,
                 true,
                 RecyclingMethod::Fast,
-                "PRAGMA busy_timeout = 0; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;",
+                "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 0;",
             );
             let waiting = manager(
                 path,
