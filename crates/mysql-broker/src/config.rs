@@ -1,6 +1,6 @@
 //! mysql-broker's config file: the shared `[broker]` section and `[mysql]`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use osb_core::backend_tls::BackendTls;
 use osb_core::config::{BrokerConfig, Secret};
@@ -37,12 +37,11 @@ impl MysqlConfig {
     /// A server name given twice: instances record their server by name, so a second server
     /// of the same name would get none of its instances' upkeep right.
     pub fn repeated_server(&self) -> Option<&str> {
-        let names = self.servers.iter().map(|s| s.name.as_str());
-        names
-            .clone()
-            .enumerate()
-            .find(|(i, name)| names.clone().take(*i).any(|earlier| earlier == *name))
-            .map(|(_, name)| name)
+        let mut seen = HashSet::new();
+        self.servers
+            .iter()
+            .map(|s| s.name.as_str())
+            .find(|name| !seen.insert(*name))
     }
 }
 

@@ -384,13 +384,13 @@ impl<B: ServiceBroker> Engine<B> {
                 metrics.upkeep_failed("out_of_time");
                 break;
             }
-            let id = &visits[done].0.row.id;
+            let id = view.id.as_str();
             let bindings = BindingsOf::new(&self.inner.store, id);
             let work = self.inner.broker.upkeep(view, bindings);
             match tokio::time::timeout(self.inner.timing.upkeep_timeout, work).await {
                 Ok(Ok(measured)) => {
                     let kept = measured.map(|m| (to_text(&m), now_ms()));
-                    facts.push((id.clone(), kept));
+                    facts.push((id.to_owned(), kept));
                 }
                 Ok(Err(e)) => {
                     tracing::warn!(instance_id = %id, error = %e, "upkeep of an instance failed");
@@ -401,7 +401,7 @@ impl<B: ServiceBroker> Engine<B> {
                     metrics.upkeep_failed("timeout");
                 }
             }
-            *self.inner.upkeep_cursor.lock().unwrap() = Some(id.clone());
+            *self.inner.upkeep_cursor.lock().unwrap() = Some(id.to_owned());
         }
         self.keep_facts(&mut facts).await;
         Ok(true)
