@@ -9,8 +9,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use mysql_async::prelude::Queryable;
-use osb_testkit::bench::{WRK_CONNECTIONS, WRK_SECS, WRK_THREADS, rss_kib, wrk};
+use osb_testkit::bench::{WRK_CONNECTIONS, WRK_SECS, WRK_THREADS, cpu_secs, rss_kib, wrk};
 use osb_testkit::{Client, free_port, fresh_id, start_broker};
 
 const SERVICE: &str = "96b9e707-0e2b-47e3-a21a-fd01a8eb0452";
@@ -145,9 +146,11 @@ async fn fill(url: &str) -> anyhow::Result<()> {
     results.into_iter().collect()
 }
 
-/// One store's run: an instance and a binding to read, then wrk on each read; then the store
-/// filled, and the three store reads again.
-async fn run(label: &str, store: &str) -> anyhow::Result<()> {
+/// One store's run: an instance and a binding to read, then wrk on each read and the catalog
+/// again (each read's share is of the two catalog runs' mean: the rate of one path moves by a
+/// fifth between runs here); then the store filled, and the three store reads again. With the
+/// store server's `pid`, what it spent per request too.
+async fn run(label: &str, store: &str, server: Option<u32>) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     // The first start on an empty store makes its tables; a restart, or another replica,
     // finds them.
@@ -185,23 +188,32 @@ async fn run(label: &str, store: &str) -> anyhow::Result<()> {
         ))
     );
     println!(
-        "  {:<16} {:>10} {:>9} {:>9} {:>11}",
-        "request", "req/s", "p50 ms", "p99 ms", "of catalog"
+        "  {:<16} {:>10} {:>9} {:>9} {:>11} {:>12} {:>12}",
+        "request", "req/s", "p50 ms", "p99 ms", "of catalog", "broker µs", "server µs"
     );
-    let mut catalog = None;
     let mut empty = Vec::new();
-    for (name, path) in &reads {
-        // wrk runs as a child process for WRK_SECS; nothing else runs here meanwhile.
+    // The catalog first and last; wrk runs as a child process for WRK_SECS, nothing else
+    // runs here meanwhile.
+    for (_, path) in reads.iter().chain(&reads[..1]) {
+        let server_before = server.and_then(cpu_secs);
         let load = wrk(&broker, path)?;
-        let base = *catalog.get_or_insert(load.requests_per_sec);
+        let server_cpu = server_before
+            .zip(server.and_then(cpu_secs))
+            .map(|(a, b)| (b - a) * 1e6 / (load.requests_per_sec * f64::from(WRK_SECS)));
+        empty.push((load, server_cpu));
+    }
+    let catalog = (empty[0].0.requests_per_sec + empty[reads.len()].0.requests_per_sec) / 2.0;
+    let per_request = |us: Option<f64>| us.map_or("-".into(), |us| format!("{us:.1}"));
+    for ((name, _), (load, server_cpu)) in reads.iter().chain(&reads[..1]).zip(&empty) {
         println!(
-            "  {name:<16} {:>10.0} {:>9.2} {:>9.2} {:>10.0}%",
+            "  {name:<16} {:>10.0} {:>9.2} {:>9.2} {:>10.0}% {:>12} {:>12}",
             load.requests_per_sec,
             load.p50_ms,
             load.p99_ms,
-            100.0 * load.requests_per_sec / base
+            100.0 * load.requests_per_sec / catalog,
+            per_request(load.broker_cpu_us),
+            per_request(*server_cpu),
         );
-        empty.push(load);
     }
     let started = Instant::now();
     fill(store).await?;
@@ -213,7 +225,7 @@ async fn run(label: &str, store: &str) -> anyhow::Result<()> {
         "  {:<16} {:>10} {:>9} {:>9} {:>11}",
         "request", "req/s", "p50 ms", "p99 ms", "p50 change"
     );
-    for ((name, path), before) in reads.iter().zip(&empty).skip(1) {
+    for ((name, path), (before, _)) in reads.iter().zip(&empty).skip(1) {
         let load = wrk(&broker, path)?;
         println!(
             "  {name:<16} {:>10.0} {:>9.2} {:>9.2} {:>+10.0}%",
@@ -236,14 +248,28 @@ async fn main() -> anyhow::Result<()> {
     );
     let dir = tempfile::tempdir()?;
     let sqlite = format!("sqlite://{}", dir.path().join("state.db").display());
-    run("SQLite", &sqlite).await?;
+    run("SQLite", &sqlite, None).await?;
     let name = format!("kpaas_bench_state_{}", &fresh_id().replace('-', "")[..12]);
     let pool = mysql_async::Pool::new(ADMIN);
     let mut admin = pool.get_conn().await?;
     admin
         .query_drop(format!("CREATE DATABASE `{name}`"))
         .await?;
-    let result = run("MariaDB", &format!("mysql://root@127.0.0.1:3306/{name}")).await;
+    // The server's process, to measure what a read costs it (it shares the cores).
+    let pid_file: String = admin
+        .query_first("SELECT @@pid_file")
+        .await?
+        .context("MariaDB names no pid file")?;
+    let server = std::fs::read_to_string(&pid_file)
+        .with_context(|| format!("MariaDB's pid file {pid_file}"))?
+        .trim()
+        .parse()?;
+    let result = run(
+        "MariaDB",
+        &format!("mysql://root@127.0.0.1:3306/{name}"),
+        Some(server),
+    )
+    .await;
     admin.query_drop(format!("DROP DATABASE `{name}`")).await?;
     result
 }

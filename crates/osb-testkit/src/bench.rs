@@ -81,6 +81,28 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
     status_kib(pid, "VmRSS")
 }
 
+/// CPU time process `pid` has used so far, all its threads (Linux), in seconds; readable for
+/// another user's process too (e.g. a database server's).
+pub fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name, in parentheses, may hold spaces: fields are counted after it.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let (user, system): (u64, u64) = (fields.get(11)?.parse().ok()?, fields.get(12)?.parse().ok()?);
+    Some((user + system) as f64 / clock_ticks()?)
+}
+
+/// The kernel's clock ticks per second, the unit of `/proc/<pid>/stat`'s times.
+fn clock_ticks() -> Option<f64> {
+    static TICKS: std::sync::OnceLock<Option<f64>> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        let out = std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    })
+}
+
 /// Cycles at one concurrency: straight to the backend and through the broker, per second.
 pub struct Run {
     pub cycles: usize,
@@ -219,6 +241,9 @@ pub struct Load {
     pub requests_per_sec: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
+    /// The broker's CPU time per request, in microseconds: its own cost, which moves less
+    /// than a rate from run to run when the load generator shares its cores.
+    pub broker_cpu_us: Option<f64>,
 }
 
 /// wrk's threads and connections, and seconds per path.
@@ -232,6 +257,7 @@ pub const WRK_SECS: u32 = 5;
 pub fn wrk(broker: &BrokerProcess, path: &str) -> anyhow::Result<Load> {
     use base64::Engine as _;
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USERNAME}:{PASSWORD}"));
+    let cpu_before = cpu_secs(broker.pid());
     let out = std::process::Command::new("wrk")
         .arg(format!("-t{WRK_THREADS}"))
         .arg(format!("-c{WRK_CONNECTIONS}"))
@@ -254,10 +280,12 @@ pub fn wrk(broker: &BrokerProcess, path: &str) -> anyhow::Result<Load> {
             .with_context(|| format!("no {key:?} in wrk's output: {text}"))
     };
     let rate: f64 = field("Requests/sec:")?.parse()?;
+    let cpu = cpu_before.zip(cpu_secs(broker.pid())).map(|(a, b)| b - a);
     Ok(Load {
         requests_per_sec: rate,
         p50_ms: millis(field("50%")?)?,
         p99_ms: millis(field("99%")?)?,
+        broker_cpu_us: cpu.map(|secs| secs * 1e6 / (rate * f64::from(WRK_SECS))),
     })
 }
 
@@ -287,6 +315,19 @@ mod tests {
         );
         assert!(now.is_some_and(|kib| kib > 0), "{now:?}");
         assert!(peak >= now, "{peak:?} < {now:?}");
+    }
+
+    #[test]
+    fn this_process_has_used_cpu_time() {
+        let start = cpu_secs(std::process::id()).expect("own /proc stat");
+        let spun = std::time::Instant::now();
+        let mut now = start;
+        // Spins until the kernel has counted a clock tick of it, for 5 s at most.
+        while now <= start && spun.elapsed() < std::time::Duration::from_secs(5) {
+            std::hint::black_box((0..10_000u64).sum::<u64>());
+            now = cpu_secs(std::process::id()).expect("own /proc stat");
+        }
+        assert!(now > start, "{start} -> {now} after spinning 5 s");
     }
 
     #[test]
