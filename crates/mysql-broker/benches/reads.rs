@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use mysql_async::prelude::Queryable;
-use osb_testkit::bench::{WRK_CONNECTIONS, WRK_SECS, WRK_THREADS, cpu_secs, rss_kib, wrk};
+use osb_testkit::bench::{WRK_CONNECTIONS, WRK_SECS, WRK_THREADS, rss_kib, wrk};
 use osb_testkit::{Client, free_port, fresh_id, start_broker};
 
 const SERVICE: &str = "96b9e707-0e2b-47e3-a21a-fd01a8eb0452";
@@ -191,20 +191,16 @@ async fn run(label: &str, store: &str, server: Option<u32>) -> anyhow::Result<()
         "  {:<16} {:>10} {:>9} {:>9} {:>11} {:>12} {:>12}",
         "request", "req/s", "p50 ms", "p99 ms", "of catalog", "broker µs", "server µs"
     );
-    let mut empty = Vec::new();
     // The catalog first and last; wrk runs as a child process for WRK_SECS, nothing else
     // runs here meanwhile.
-    for (_, path) in reads.iter().chain(&reads[..1]) {
-        let server_before = server.and_then(cpu_secs);
-        let load = wrk(&broker, path)?;
-        let server_cpu = server_before
-            .zip(server.and_then(cpu_secs))
-            .map(|(a, b)| (b - a) * 1e6 / (load.requests_per_sec * f64::from(WRK_SECS)));
-        empty.push((load, server_cpu));
-    }
-    let catalog = (empty[0].0.requests_per_sec + empty[reads.len()].0.requests_per_sec) / 2.0;
+    let order: Vec<_> = reads.iter().chain(&reads[..1]).collect();
+    let empty = order
+        .iter()
+        .map(|(_, path)| wrk(&broker, path, server))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let catalog = (empty[0].requests_per_sec + empty[order.len() - 1].requests_per_sec) / 2.0;
     let per_request = |us: Option<f64>| us.map_or("-".into(), |us| format!("{us:.1}"));
-    for ((name, _), (load, server_cpu)) in reads.iter().chain(&reads[..1]).zip(&empty) {
+    for ((name, _), load) in order.iter().zip(&empty) {
         println!(
             "  {name:<16} {:>10.0} {:>9.2} {:>9.2} {:>10.0}% {:>12} {:>12}",
             load.requests_per_sec,
@@ -212,7 +208,7 @@ async fn run(label: &str, store: &str, server: Option<u32>) -> anyhow::Result<()
             load.p99_ms,
             100.0 * load.requests_per_sec / catalog,
             per_request(load.broker_cpu_us),
-            per_request(*server_cpu),
+            per_request(load.server_cpu_us),
         );
     }
     let started = Instant::now();
@@ -225,8 +221,8 @@ async fn run(label: &str, store: &str, server: Option<u32>) -> anyhow::Result<()
         "  {:<16} {:>10} {:>9} {:>9} {:>11}",
         "request", "req/s", "p50 ms", "p99 ms", "p50 change"
     );
-    for ((name, path), (before, _)) in reads.iter().zip(&empty).skip(1) {
-        let load = wrk(&broker, path)?;
+    for ((name, path), before) in reads.iter().zip(&empty).skip(1) {
+        let load = wrk(&broker, path, server)?;
         println!(
             "  {name:<16} {:>10.0} {:>9.2} {:>9.2} {:>+10.0}%",
             load.requests_per_sec,

@@ -83,7 +83,7 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 
 /// CPU time process `pid` has used so far, all its threads (Linux), in seconds; readable for
 /// another user's process too (e.g. a database server's).
-pub fn cpu_secs(pid: u32) -> Option<f64> {
+fn cpu_secs(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name, in parentheses, may hold spaces: fields are counted after it.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
@@ -244,6 +244,8 @@ pub struct Load {
     /// The broker's CPU time per request, in microseconds: its own cost, which moves less
     /// than a rate from run to run when the load generator shares its cores.
     pub broker_cpu_us: Option<f64>,
+    /// The same for the `server` process given to [`wrk`] (the broker's state store).
+    pub server_cpu_us: Option<f64>,
 }
 
 /// wrk's threads and connections, and seconds per path.
@@ -253,11 +255,13 @@ pub const WRK_SECS: u32 = 5;
 
 /// Drives `GET path` of `broker` with wrk (scripts/bench-tools.sh installs it), with the
 /// broker's credentials and API version; fails when any answer is not a 2xx (a rate of errors
-/// means nothing).
-pub fn wrk(broker: &BrokerProcess, path: &str) -> anyhow::Result<Load> {
+/// means nothing). Measures the CPU time of the broker, and of process `server` if given,
+/// meanwhile.
+pub fn wrk(broker: &BrokerProcess, path: &str, server: Option<u32>) -> anyhow::Result<Load> {
     use base64::Engine as _;
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USERNAME}:{PASSWORD}"));
-    let cpu_before = cpu_secs(broker.pid());
+    let cpu = |pid: Option<u32>| pid.and_then(cpu_secs);
+    let before = (cpu(Some(broker.pid())), cpu(server));
     let out = std::process::Command::new("wrk")
         .arg(format!("-t{WRK_THREADS}"))
         .arg(format!("-c{WRK_CONNECTIONS}"))
@@ -280,12 +284,15 @@ pub fn wrk(broker: &BrokerProcess, path: &str) -> anyhow::Result<Load> {
             .with_context(|| format!("no {key:?} in wrk's output: {text}"))
     };
     let rate: f64 = field("Requests/sec:")?.parse()?;
-    let cpu = cpu_before.zip(cpu_secs(broker.pid())).map(|(a, b)| b - a);
+    let requests = rate * f64::from(WRK_SECS);
+    let per_request =
+        |before: Option<f64>, pid| before.zip(cpu(pid)).map(|(a, b)| (b - a) * 1e6 / requests);
     Ok(Load {
         requests_per_sec: rate,
         p50_ms: millis(field("50%")?)?,
         p99_ms: millis(field("99%")?)?,
-        broker_cpu_us: cpu.map(|secs| secs * 1e6 / (rate * f64::from(WRK_SECS))),
+        broker_cpu_us: per_request(before.0, Some(broker.pid())),
+        server_cpu_us: per_request(before.1, server),
     })
 }
 
