@@ -85,10 +85,9 @@ type SqliteConn = SyncConnectionWrapper<diesel::SqliteConnection>;
 type SqliteInPlace = SyncConnectionWrapper<diesel::SqliteConnection, InPlace>;
 
 /// Runs a SQLite statement on the calling thread: the two thread hops of a blocking task cost
-/// more than the statement (most of a read's time, and of a write's, measured). Only for what
-/// never waits for a lock: reads (in WAL mode a reader never waits for a writer), and writes
-/// that give up at once when another connection holds the file's write lock (see
-/// [`SqliteWriters`]). What such a write still does on the calling thread: now and then the
+/// more than the statement (most of a write's time, measured). Only for what never waits for a
+/// lock: writes that give up at once when another connection holds the file's write lock (see
+/// [`SqliteWriters`]); readers run in place too (see [`SqliteReaders`]). What such a write still does on the calling thread: now and then the
 /// WAL checkpoint after a commit, with its fsyncs.
 struct InPlace;
 
@@ -123,6 +122,49 @@ struct SqliteWriters {
     waiting: Pool<SqliteConn>,
 }
 
+/// A SQLite store's readers: diesel's own connections, each statement run on the calling thread
+/// (in WAL mode a reader never waits for a writer). Not diesel-async's wrapper, which renders
+/// every statement's SQL to find it in the statement cache and copies every row it reads, to
+/// hand both across threads: together a third of a read's CPU time, measured. Here a statement
+/// is found by its type and its rows are decoded where they lie.
+struct SqliteReaders {
+    path: String,
+    counters: StoreCounters,
+}
+
+impl deadpool::managed::Manager for SqliteReaders {
+    type Type = diesel::SqliteConnection;
+    type Error = diesel::ConnectionError;
+
+    async fn create(&self) -> Result<diesel::SqliteConnection, diesel::ConnectionError> {
+        use diesel::connection::SimpleConnection;
+        let (path, counters) = (self.path.clone(), self.counters.clone());
+        // Opening reads the file: not on the caller's thread.
+        tokio::task::spawn_blocking(move || {
+            let mut conn = diesel::SqliteConnection::establish(&path)?;
+            // The writers' connections set WAL mode (kept in the file); these only read. A
+            // reader waits only if the file is not in WAL mode after all; then briefly, as it
+            // waits on the caller's thread.
+            conn.batch_execute("PRAGMA busy_timeout = 250; PRAGMA query_only = 1;")
+                .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+            conn.set_instrumentation(counting::Counting::new(counters, false));
+            Ok(conn)
+        })
+        .await
+        .unwrap_or_else(|e| Err(diesel::ConnectionError::BadConnection(e.to_string())))
+    }
+
+    async fn recycle(
+        &self,
+        _: &mut diesel::SqliteConnection,
+        _: &deadpool::managed::Metrics,
+    ) -> deadpool::managed::RecycleResult<diesel::ConnectionError> {
+        // A statement runs to its end before the connection goes back: none is left open, and
+        // a file drops no connection.
+        Ok(())
+    }
+}
+
 enum Pools {
     Sqlite(SqliteWriters),
     Mysql(Pool<AsyncMysqlConnection>),
@@ -133,8 +175,8 @@ enum Pools {
 #[derive(Clone)]
 pub struct Store {
     pools: std::sync::Arc<Pools>,
-    /// SQLite only: connections that read on the calling thread (see [`InPlace`]).
-    readers: Option<std::sync::Arc<Pool<SqliteInPlace>>>,
+    /// SQLite only: connections that read on the calling thread (see [`SqliteReaders`]).
+    readers: Option<std::sync::Arc<deadpool::managed::Pool<SqliteReaders>>>,
     counters: StoreCounters,
 }
 
@@ -210,21 +252,26 @@ macro_rules! with_conn {
     };
 }
 
-/// [`with_conn!`] for a statement that only reads: on SQLite, on a reader connection that runs
-/// it in place. A lookup by key reads with `get_result`, not `first`: SQLite plans with a
-/// bound `LIMIT`'s value and so prepares such a statement again at every execution (a read's
-/// largest cost, measured), and a key finds one row at most.
-macro_rules! with_reader {
-    ($store:expr, |$conn:ident| $body:expr) => {
-        match &$store.readers {
-            Some(pool) => {
-                let mut pooled = pool.get().await?;
-                let $conn = &mut *pooled;
-                $body
-            }
-            None => with_conn!($store, |$conn| $body),
-        }
-    };
+/// Runs a statement that only reads, `$load($query)` (diesel's `get_result`, `first`...): on
+/// SQLite, on a reader connection on the calling thread (see [`SqliteReaders`]); elsewhere as
+/// [`with_conn!`] does. The query is built in each arm, for that arm's backend. A lookup by key
+/// reads with `get_result`, not `first`: SQLite plans with a bound `LIMIT`'s value and so
+/// prepares such a statement again at every execution (a read's largest cost, measured), and
+/// a key finds one row at most.
+macro_rules! read {
+    ($store:expr, $load:ident($query:expr)) => {{
+        let read: Result<diesel::QueryResult<_>, StoreError> = match &$store.readers {
+            Some(pool) => match pool.get().await {
+                Ok(mut conn) => Ok(diesel::RunQueryDsl::$load($query, &mut *conn)),
+                Err(e) => Err(StoreError::Unavailable(e.to_string())),
+            },
+            None => with_conn!($store, |conn| Ok(diesel_async::RunQueryDsl::$load(
+                $query, conn
+            )
+            .await)),
+        };
+        read?
+    }};
 }
 
 /// Milliseconds since the Unix epoch, the store's clock.
@@ -365,19 +412,18 @@ impl Store {
         };
         let readers = match (&pools, url.strip_prefix("sqlite://")) {
             (Pools::Sqlite(_), Some(path)) => {
-                // The writers' connections set WAL mode (kept in the file); these only read.
-                // A reader waits only if the file is not in WAL mode after all; then briefly,
-                // as it waits on the caller's thread.
-                let manager = manager(
-                    path,
-                    &counters,
-                    false,
-                    RecyclingMethod::Fast,
-                    "PRAGMA busy_timeout = 250; PRAGMA query_only = 1;",
-                );
-                Some(std::sync::Arc::new(build_pool(
-                    manager, pool_size, POOL_WAIT, false,
-                )?))
+                let manager = SqliteReaders {
+                    path: path.to_owned(),
+                    counters: counters.clone(),
+                };
+                let pool = deadpool::managed::Pool::builder(manager)
+                    .max_size(pool_size.max(1))
+                    .wait_timeout(Some(POOL_WAIT))
+                    .create_timeout(Some(Duration::from_secs(10)))
+                    .runtime(deadpool::Runtime::Tokio1)
+                    .build()
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                Some(std::sync::Arc::new(pool))
             }
             _ => None,
         };
@@ -435,11 +481,7 @@ impl Store {
     }
 
     pub async fn instance(&self, id: &str) -> Result<Option<InstanceRow>, StoreError> {
-        with_reader!(self, |conn| Ok(osb_instances::table
-            .find(id)
-            .get_result::<InstanceRow>(conn)
-            .await
-            .optional()?))
+        Ok(read!(self, get_result(osb_instances::table.find(id))).optional()?)
     }
 
     /// An instance and what upkeep last measured of it (its facts and when), in one read.
@@ -448,16 +490,21 @@ impl Store {
         id: &str,
     ) -> Result<Option<(InstanceRow, Option<(String, i64)>)>, StoreError> {
         use osb_instance_facts::dsl as facts;
-        with_reader!(self, |conn| Ok(osb_instances::table
-            .left_join(facts::osb_instance_facts.on(facts::instance_id.eq(osb_instances::id)))
-            .filter(osb_instances::id.eq(id))
-            .select((
-                InstanceRow::as_select(),
-                (facts::facts, facts::measured_at).nullable(),
-            ))
-            .get_result::<(InstanceRow, Option<(String, i64)>)>(conn)
-            .await
-            .optional()?))
+        Ok(read!(
+            self,
+            get_result(
+                osb_instances::table
+                    .left_join(
+                        facts::osb_instance_facts.on(facts::instance_id.eq(osb_instances::id))
+                    )
+                    .filter(osb_instances::id.eq(id))
+                    .select((
+                        InstanceRow::as_select(),
+                        (facts::facts, facts::measured_at).nullable(),
+                    ))
+            )
+        )
+        .optional()?)
     }
 
     /// An instance and the operation it is on, in one read.
@@ -465,16 +512,22 @@ impl Store {
         &self,
         id: &str,
     ) -> Result<Option<(InstanceRow, Option<OperationRow>)>, StoreError> {
-        with_reader!(self, |conn| Ok(osb_instances::table
-            .left_join(osb_operations::table.on(osb_operations::id.eq(osb_instances::operation_id)))
-            .filter(osb_instances::id.eq(id))
-            .select((
-                InstanceRow::as_select(),
-                Option::<OperationRow>::as_select()
-            ))
-            .get_result::<(InstanceRow, Option<OperationRow>)>(conn)
-            .await
-            .optional()?))
+        Ok(read!(
+            self,
+            get_result(
+                osb_instances::table
+                    .left_join(
+                        osb_operations::table
+                            .on(osb_operations::id.eq(osb_instances::operation_id))
+                    )
+                    .filter(osb_instances::id.eq(id))
+                    .select((
+                        InstanceRow::as_select(),
+                        Option::<OperationRow>::as_select()
+                    ))
+            )
+        )
+        .optional()?)
     }
 
     /// A binding and the operation it is on, in one read.
@@ -482,21 +535,22 @@ impl Store {
         &self,
         id: &str,
     ) -> Result<Option<(BindingRow, Option<OperationRow>)>, StoreError> {
-        with_reader!(self, |conn| Ok(osb_bindings::table
-            .left_join(osb_operations::table.on(osb_operations::id.eq(osb_bindings::operation_id)))
-            .filter(osb_bindings::id.eq(id))
-            .select((BindingRow::as_select(), Option::<OperationRow>::as_select()))
-            .get_result::<(BindingRow, Option<OperationRow>)>(conn)
-            .await
-            .optional()?))
+        Ok(read!(
+            self,
+            get_result(
+                osb_bindings::table
+                    .left_join(
+                        osb_operations::table.on(osb_operations::id.eq(osb_bindings::operation_id))
+                    )
+                    .filter(osb_bindings::id.eq(id))
+                    .select((BindingRow::as_select(), Option::<OperationRow>::as_select()))
+            )
+        )
+        .optional()?)
     }
 
     pub async fn binding(&self, id: &str) -> Result<Option<BindingRow>, StoreError> {
-        with_reader!(self, |conn| Ok(osb_bindings::table
-            .find(id)
-            .get_result::<BindingRow>(conn)
-            .await
-            .optional()?))
+        Ok(read!(self, get_result(osb_bindings::table.find(id))).optional()?)
     }
 
     pub async fn bindings_of(&self, instance_id: &str) -> Result<Vec<BindingRow>, StoreError> {
@@ -524,11 +578,7 @@ impl Store {
     }
 
     pub async fn operation(&self, id: &str) -> Result<Option<OperationRow>, StoreError> {
-        with_reader!(self, |conn| Ok(osb_operations::table
-            .find(id)
-            .get_result::<OperationRow>(conn)
-            .await
-            .optional()?))
+        Ok(read!(self, get_result(osb_operations::table.find(id))).optional()?)
     }
 
     /// The newest operation on an instance (`binding_id: None`) or on one of its bindings.
@@ -538,17 +588,20 @@ impl Store {
         binding_id: Option<&str>,
     ) -> Result<Option<OperationRow>, StoreError> {
         use osb_operations::dsl;
-        with_reader!(self, |conn| {
-            let query = dsl::osb_operations
-                .filter(dsl::instance_id.eq(instance_id))
-                .order((dsl::created_at.desc(), dsl::id.desc()))
-                .into_boxed();
-            let query = match binding_id {
-                Some(b) => query.filter(dsl::binding_id.eq(b)),
-                None => query.filter(dsl::binding_id.is_null()),
-            };
-            Ok(query.first::<OperationRow>(conn).await.optional()?)
-        })
+        Ok(read!(
+            self,
+            first({
+                let query = dsl::osb_operations
+                    .filter(dsl::instance_id.eq(instance_id))
+                    .order((dsl::created_at.desc(), dsl::id.desc()))
+                    .into_boxed();
+                match binding_id {
+                    Some(b) => query.filter(dsl::binding_id.eq(b)),
+                    None => query.filter(dsl::binding_id.is_null()),
+                }
+            })
+        )
+        .optional()?)
     }
 
     /// Records operation `op` and makes or claims its instance or binding as `start` says, in
