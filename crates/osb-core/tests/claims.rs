@@ -124,7 +124,8 @@ async fn one_replica_at_a_time_runs_an_exclusive_section(url: &str) {
             .is_err(),
         "a stopped section's lease was taken before it expired"
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Past the lease's end (2 s after it was taken): a takeover, not a wait for a holder.
+    tokio::time::sleep(Duration::from_millis(600)).await;
     replicas[1]
         .exclusive("slow", Duration::from_secs(2), || async { Ok(()) })
         .await

@@ -255,6 +255,74 @@ async fn a_sqlite_write_waits_for_another_process_lock() {
     holder.join().unwrap();
 }
 
+/// SQLite reads run on the request's thread: one must neither wait for a write lock another
+/// process holds (nor see what that process has not committed), nor keep a read transaction
+/// open after it, which would stop checkpoints and grow the WAL without end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_reads_neither_wait_for_a_writer_nor_stay_open() {
+    use diesel::connection::SimpleConnection;
+    use diesel::{Connection, RunQueryDsl};
+    #[derive(diesel::QueryableByName)]
+    struct Checkpoint {
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        busy: i32,
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::connect(&sqlite_url(&dir), 2).await.unwrap();
+    let path = dir.path().join("state.db");
+    let (id, op) = (fresh_id(), fresh_id());
+    let row = instance_row(&id, &op);
+    assert!(
+        store
+            .start(&operation_row(&op, &id), Start::NewInstance(&row))
+            .await
+            .unwrap()
+    );
+    let released = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (locked, held) = std::sync::mpsc::channel();
+    let holder = {
+        let (path, id, released) = (path.clone(), id.clone(), released.clone());
+        std::thread::spawn(move || {
+            let mut other = diesel::SqliteConnection::establish(path.to_str().unwrap()).unwrap();
+            other.batch_execute("BEGIN IMMEDIATE").unwrap();
+            other
+                .batch_execute(&format!(
+                    "UPDATE osb_instances SET plan_id = 'changed' WHERE id = '{id}'"
+                ))
+                .unwrap();
+            locked.send(()).unwrap();
+            std::thread::sleep(Duration::from_millis(1500));
+            other.batch_execute("COMMIT").unwrap();
+            released.store(true, std::sync::atomic::Ordering::SeqCst);
+        })
+    };
+    held.recv().unwrap();
+    let read = store
+        .instance(&id)
+        .await
+        .unwrap()
+        .expect("the committed row");
+    assert!(
+        !released.load(std::sync::atomic::Ordering::SeqCst),
+        "the read waited for the other process's write lock"
+    );
+    assert_eq!(read.plan_id, row.plan_id, "an uncommitted change was read");
+    holder.join().unwrap();
+    let read = store.instance(&id).await.unwrap().unwrap();
+    assert_eq!(read.plan_id, "changed", "a committed change was not read");
+    // Every kind of read, then a checkpoint that no open read may hold back.
+    assert!(store.instance_with_facts(&id).await.unwrap().is_some());
+    assert!(store.instance_with_operation(&id).await.unwrap().is_some());
+    assert!(store.operation(&op).await.unwrap().is_some());
+    assert!(store.latest_operation(&id, None).await.unwrap().is_some());
+    assert!(store.binding(&fresh_id()).await.unwrap().is_none());
+    let mut other = diesel::SqliteConnection::establish(path.to_str().unwrap()).unwrap();
+    let checkpoint: Checkpoint = diesel::sql_query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .get_result(&mut other)
+        .unwrap();
+    assert_eq!(checkpoint.busy, 0, "a read transaction was left open");
+}
+
 /// A pass's upkeep figures: kept, replaced and forgotten in one commit, never for an instance
 /// that is gone.
 async fn upkeep_facts_are_kept_in_one_commit(url: &str) {

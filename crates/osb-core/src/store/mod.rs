@@ -87,7 +87,7 @@ type SqliteInPlace = SyncConnectionWrapper<diesel::SqliteConnection, InPlace>;
 /// Runs a SQLite statement on the calling thread: the two thread hops of a blocking task cost
 /// more than the statement (most of a write's time, measured). Only for what never waits for a
 /// lock: writes that give up at once when another connection holds the file's write lock (see
-/// [`SqliteWriters`]); readers run in place too (see [`SqliteReaders`]). What such a write still does on the calling thread: now and then the
+/// [`SqliteWriters`]). Readers do not use it (see [`SqliteReaders`]). What such a write still does on the calling thread: now and then the
 /// WAL checkpoint after a commit, with its fsyncs.
 struct InPlace;
 
