@@ -218,25 +218,44 @@ async fn late_operations_are_fenced_out_on_every_store() {
     drop_database(&postgres).await;
 }
 
+/// Another process on the SQLite store's file: holds its write lock for 1.5 s, having run
+/// `sql` in that transaction. Returns once the lock is taken; the flag says it was let go.
+fn hold_write_lock(
+    path: &std::path::Path,
+    sql: String,
+) -> (
+    std::thread::JoinHandle<()>,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use diesel::Connection;
+    use diesel::connection::SimpleConnection;
+    let path = path.to_owned();
+    let released = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (locked, held) = std::sync::mpsc::channel();
+    let holder = {
+        let released = released.clone();
+        std::thread::spawn(move || {
+            let mut other = diesel::SqliteConnection::establish(path.to_str().unwrap()).unwrap();
+            other.batch_execute("BEGIN IMMEDIATE").unwrap();
+            other.batch_execute(&sql).unwrap();
+            locked.send(()).unwrap();
+            std::thread::sleep(Duration::from_millis(1500));
+            other.batch_execute("COMMIT").unwrap();
+            released.store(true, std::sync::atomic::Ordering::SeqCst);
+        })
+    };
+    held.recv().unwrap();
+    (holder, released)
+}
+
 /// SQLite writes run in place and give up at once on a locked file; another process holding
 /// the write lock (a second broker on the same file, a migration, an operator's `sqlite3`)
 /// must make them wait for it, not fail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sqlite_write_waits_for_another_process_lock() {
-    use diesel::Connection;
-    use diesel::connection::SimpleConnection;
     let dir = tempfile::tempdir().unwrap();
     let store = Store::connect(&sqlite_url(&dir), 2).await.unwrap();
-    let path = dir.path().join("state.db");
-    let (locked, held) = std::sync::mpsc::channel();
-    let holder = std::thread::spawn(move || {
-        let mut other = diesel::SqliteConnection::establish(path.to_str().unwrap()).unwrap();
-        other.batch_execute("BEGIN IMMEDIATE").unwrap();
-        locked.send(()).unwrap();
-        std::thread::sleep(Duration::from_millis(1500));
-        other.batch_execute("COMMIT").unwrap();
-    });
-    held.recv().unwrap();
+    let (holder, _) = hold_write_lock(&dir.path().join("state.db"), String::new());
     let started = Instant::now();
     let (id, op) = (fresh_id(), fresh_id());
     let made = store
@@ -260,7 +279,6 @@ async fn a_sqlite_write_waits_for_another_process_lock() {
 /// open after it, which would stop checkpoints and grow the WAL without end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_reads_neither_wait_for_a_writer_nor_stay_open() {
-    use diesel::connection::SimpleConnection;
     use diesel::{Connection, RunQueryDsl};
     #[derive(diesel::QueryableByName)]
     struct Checkpoint {
@@ -278,25 +296,10 @@ async fn sqlite_reads_neither_wait_for_a_writer_nor_stay_open() {
             .await
             .unwrap()
     );
-    let released = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (locked, held) = std::sync::mpsc::channel();
-    let holder = {
-        let (path, id, released) = (path.clone(), id.clone(), released.clone());
-        std::thread::spawn(move || {
-            let mut other = diesel::SqliteConnection::establish(path.to_str().unwrap()).unwrap();
-            other.batch_execute("BEGIN IMMEDIATE").unwrap();
-            other
-                .batch_execute(&format!(
-                    "UPDATE osb_instances SET plan_id = 'changed' WHERE id = '{id}'"
-                ))
-                .unwrap();
-            locked.send(()).unwrap();
-            std::thread::sleep(Duration::from_millis(1500));
-            other.batch_execute("COMMIT").unwrap();
-            released.store(true, std::sync::atomic::Ordering::SeqCst);
-        })
-    };
-    held.recv().unwrap();
+    let (holder, released) = hold_write_lock(
+        &path,
+        format!("UPDATE osb_instances SET plan_id = 'changed' WHERE id = '{id}'"),
+    );
     let read = store
         .instance(&id)
         .await

@@ -9,7 +9,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
-use diesel_async::pooled_connection::deadpool::PoolError;
 use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, PoolableConnection, RecyclingMethod,
 };
@@ -87,8 +86,8 @@ type SqliteInPlace = SyncConnectionWrapper<diesel::SqliteConnection, InPlace>;
 /// Runs a SQLite statement on the calling thread: the two thread hops of a blocking task cost
 /// more than the statement (most of a write's time, measured). Only for what never waits for a
 /// lock: writes that give up at once when another connection holds the file's write lock (see
-/// [`SqliteWriters`]). Readers do not use it (see [`SqliteReaders`]). What such a write still does on the calling thread: now and then the
-/// WAL checkpoint after a commit, with its fsyncs.
+/// [`SqliteWriters`]). Readers do not use it (see [`SqliteReaders`]). What such a write still
+/// does on the calling thread: now and then the WAL checkpoint after a commit, with its fsyncs.
 struct InPlace;
 
 impl diesel_async::sync_connection_wrapper::SpawnBlocking for InPlace {
@@ -210,8 +209,8 @@ impl StoreError {
     }
 }
 
-impl From<PoolError> for StoreError {
-    fn from(err: PoolError) -> Self {
+impl<E: std::fmt::Display> From<deadpool::managed::PoolError<E>> for StoreError {
+    fn from(err: deadpool::managed::PoolError<E>) -> Self {
         Self::Unavailable(err.to_string())
     }
 }
@@ -261,10 +260,7 @@ macro_rules! with_conn {
 macro_rules! read {
     ($store:expr, $load:ident($query:expr)) => {{
         let read: Result<diesel::QueryResult<_>, StoreError> = match &$store.readers {
-            Some(pool) => match pool.get().await {
-                Ok(mut conn) => Ok(diesel::RunQueryDsl::$load($query, &mut *conn)),
-                Err(e) => Err(StoreError::Unavailable(e.to_string())),
-            },
+            Some(pool) => Ok(diesel::RunQueryDsl::$load($query, &mut *pool.get().await?)),
             None => with_conn!($store, |conn| Ok(diesel_async::RunQueryDsl::$load(
                 $query, conn
             )
@@ -416,14 +412,7 @@ impl Store {
                     path: path.to_owned(),
                     counters: counters.clone(),
                 };
-                let pool = deadpool::managed::Pool::builder(manager)
-                    .max_size(pool_size.max(1))
-                    .wait_timeout(Some(POOL_WAIT))
-                    .create_timeout(Some(Duration::from_secs(10)))
-                    .runtime(deadpool::Runtime::Tokio1)
-                    .build()
-                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-                Some(std::sync::Arc::new(pool))
+                Some(std::sync::Arc::new(pool(manager, pool_size, POOL_WAIT)?))
             }
             _ => None,
         };
@@ -1356,16 +1345,29 @@ where
         diesel_async::methods::ExecuteDsl<C>,
     diesel::query_builder::SqlQuery: diesel::query_builder::QueryFragment<C::Backend>,
 {
-    Pool::builder(Checked {
-        manager,
-        watch_failures,
-    })
-    .max_size(size.max(1))
-    .wait_timeout(Some(wait))
-    .create_timeout(Some(Duration::from_secs(10)))
-    .runtime(deadpool::Runtime::Tokio1)
-    .build()
-    .map_err(|e| StoreError::Unavailable(e.to_string()))
+    pool(
+        Checked {
+            manager,
+            watch_failures,
+        },
+        size,
+        wait,
+    )
+}
+
+/// A pool of at most `size` connections, a request waiting `wait` for one.
+fn pool<M: deadpool::managed::Manager>(
+    manager: M,
+    size: usize,
+    wait: Duration,
+) -> Result<deadpool::managed::Pool<M>, StoreError> {
+    deadpool::managed::Pool::builder(manager)
+        .max_size(size.max(1))
+        .wait_timeout(Some(wait))
+        .create_timeout(Some(Duration::from_secs(10)))
+        .runtime(deadpool::Runtime::Tokio1)
+        .build()
+        .map_err(|e| StoreError::Unavailable(e.to_string()))
 }
 
 fn run_migrations<C>(conn: C) -> Result<(), StoreError>
