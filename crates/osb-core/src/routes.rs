@@ -195,7 +195,9 @@ fn respond(reply: Reply) -> HttpResponse {
     if let Some(secs) = reply.retry_after {
         response.insert_header(("Retry-After", secs.to_string()));
     }
-    response.json(reply.body)
+    response
+        .content_type(actix_web::http::header::ContentType::json())
+        .body(reply.body)
 }
 
 /// Runs the engine's work on the broker runtime (see `Runner::spawn`).

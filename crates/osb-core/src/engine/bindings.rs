@@ -155,7 +155,7 @@ impl<B: ServiceBroker> Engine<B> {
                 }
                 match existing.state() {
                     Some(BindingState::Bound) => {
-                        return Ok(Reply::new(200, self.binding_body(&existing)?));
+                        return Ok(Reply::new(200, self.binding_body(&existing, false)?));
                     }
                     Some(BindingState::Binding) if caller.accepts_incomplete => {
                         return Ok(accepted(&existing.operation_id));
@@ -409,21 +409,42 @@ impl<B: ServiceBroker> Engine<B> {
         }
     }
 
-    pub(super) fn binding_body(&self, row: &BindingRow) -> Result<Value, OsbError> {
-        let mut body: Value = match &row.response {
+    /// A bound binding's body from its row: the stored response, its credentials opened, and
+    /// its parameters when `with_parameters` (a `GET`). The stored texts are checked as JSON
+    /// objects and written out as they are, with no tree built of them.
+    pub(super) fn binding_body(
+        &self,
+        row: &BindingRow,
+        with_parameters: bool,
+    ) -> Result<StoredBinding, OsbError> {
+        let mut response: BTreeMap<String, Box<RawValue>> = match &row.response {
             Some(text) => parse_json(text, "binding response")?,
-            None => json!({}),
+            None => BTreeMap::new(),
         };
-        if let Some(sealed) = &row.credentials {
-            let plain = self.inner.sealer.open(sealed).map_err(|e| {
-                tracing::error!(binding_id = %row.id, error = %e, "cannot open binding credentials");
-                OsbError::Internal("binding credentials cannot be decrypted".into())
-            })?;
-            let credentials: Map<String, Value> = serde_json::from_slice(&plain)
-                .map_err(|e| StoreError::Corrupt(format!("binding credentials: {e}")))?;
-            body["credentials"] = Value::Object(Credentials::from_map(credentials).into_map());
-        }
-        Ok(body)
+        // Filled in below, never from the stored response (which is written without them).
+        response.remove("credentials");
+        response.remove("parameters");
+        let credentials = match &row.credentials {
+            Some(sealed) => {
+                let plain = self.inner.sealer.open(sealed).map_err(|e| {
+                    tracing::error!(binding_id = %row.id, error = %e, "cannot open binding credentials");
+                    OsbError::Internal("binding credentials cannot be decrypted".into())
+                })?;
+                let text = String::from_utf8(plain)
+                    .map_err(|_| StoreError::Corrupt("binding credentials: not UTF-8".into()))?;
+                Some(json_object(text, "binding credentials")?)
+            }
+            None => None,
+        };
+        let parameters = match with_parameters {
+            true => Some(json_object(row.parameters.clone(), "binding parameters")?),
+            false => None,
+        };
+        Ok(StoredBinding {
+            response,
+            credentials,
+            parameters,
+        })
     }
 
     // ---- unbind ------------------------------------------------------------------------

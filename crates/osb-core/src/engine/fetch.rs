@@ -84,9 +84,7 @@ impl<B: ServiceBroker> Engine<B> {
             .filter(|b| b.instance_id == id.as_str() && b.platform == caller.platform)
             .filter(|b| b.state() == Some(BindingState::Bound))
             .ok_or_else(|| OsbError::NotFound("service binding does not exist".into()))?;
-        let mut body = self.binding_body(&row)?;
-        body["parameters"] = Value::Object(parse_json(&row.parameters, "binding parameters")?);
-        Ok(Reply::new(200, body))
+        Ok(Reply::new(200, self.binding_body(&row, true)?))
     }
 
     // ---- last_operation ----------------------------------------------------------------

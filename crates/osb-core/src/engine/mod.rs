@@ -9,10 +9,12 @@ mod fetch;
 mod instances;
 mod recovery;
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use crate::broker::{
@@ -20,7 +22,6 @@ use crate::broker::{
     Operation, ProvisionInput, ServiceBroker, UnbindInput, UpdateInput,
 };
 use crate::catalog::{CatalogIndex, Plan, SchemaUse, Service};
-use crate::credentials::Credentials;
 use crate::crypto::Sealer;
 use crate::error::OsbError;
 use crate::fingerprint::fingerprint;
@@ -40,7 +41,8 @@ use crate::wire::{
 #[derive(Debug)]
 pub struct Reply {
     pub status: u16,
-    pub body: Value,
+    /// The JSON body, written out once here (never a tree first: a `GET` builds none).
+    pub body: Vec<u8>,
     /// Seconds the platform should wait before polling again.
     pub retry_after: Option<u64>,
 }
@@ -49,7 +51,7 @@ impl Reply {
     fn new(status: u16, body: impl Serialize) -> Self {
         Self {
             status,
-            body: serde_json::to_value(body).unwrap_or_else(|_| json!({})),
+            body: serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec()),
             retry_after: None,
         }
     }
@@ -135,6 +137,27 @@ struct Loaded {
 
 fn parse_json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T, StoreError> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+/// A stored JSON text that must be an object, kept as text.
+fn json_object(text: String, what: &str) -> Result<Box<RawValue>, StoreError> {
+    let raw =
+        RawValue::from_string(text).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))?;
+    match raw.get().starts_with('{') {
+        true => Ok(raw),
+        false => Err(StoreError::Corrupt(format!("{what}: not a JSON object"))),
+    }
+}
+
+/// A binding's body as answered from the store (see `Engine::binding_body`).
+#[derive(Serialize)]
+struct StoredBinding {
+    #[serde(flatten)]
+    response: BTreeMap<String, Box<RawValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    credentials: Option<Box<RawValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<Box<RawValue>>,
 }
 
 fn to_text(value: &impl Serialize) -> String {
@@ -660,4 +683,48 @@ fn instance_body(row: &InstanceRow) -> Result<InstanceOperationResponse, OsbErro
             None => None,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_binding_is_one_object_of_the_texts_as_stored() {
+        let response: BTreeMap<String, Box<RawValue>> = parse_json(
+            r#"{"syslog_drain_url":"syslog://d","metadata":{"expires_at":"x"}}"#,
+            "r",
+        )
+        .unwrap();
+        let body = StoredBinding {
+            response,
+            credentials: Some(
+                json_object(r#"{"password":"p\"w","port":3306}"#.into(), "c").unwrap(),
+            ),
+            parameters: Some(json_object("{}".into(), "p").unwrap()),
+        };
+        let written = String::from_utf8(Reply::new(200, body).body).unwrap();
+        assert_eq!(
+            written,
+            r#"{"metadata":{"expires_at":"x"},"syslog_drain_url":"syslog://d","credentials":{"password":"p\"w","port":3306},"parameters":{}}"#
+        );
+        let absent = StoredBinding {
+            response: BTreeMap::new(),
+            credentials: None,
+            parameters: None,
+        };
+        assert_eq!(Reply::new(200, absent).body, b"{}");
+    }
+
+    #[test]
+    fn a_stored_text_that_is_no_json_object_is_corrupt() {
+        for text in ["[1]", "\"s\"", "{\"a\":", "null"] {
+            assert!(
+                matches!(json_object(text.into(), "t"), Err(StoreError::Corrupt(_))),
+                "{text}"
+            );
+        }
+        let padded = json_object(" {\"a\":1} ".into(), "t").unwrap();
+        assert_eq!(padded.get(), "{\"a\":1}", "written out without the padding");
+    }
 }
