@@ -97,10 +97,6 @@ impl Credentials {
     pub fn into_map(self) -> Map<String, Value> {
         self.0
     }
-
-    pub fn from_map(map: Map<String, Value>) -> Self {
-        Self(map)
-    }
 }
 
 impl fmt::Debug for Credentials {

@@ -742,3 +742,62 @@ async fn an_operation_past_the_maximum_polling_duration_ends_failed_and_can_be_d
     c.deprovision_done(&id, PLAN_HANG).await.unwrap();
     running.stop().await;
 }
+
+/// A binding is answered from its stored texts as they are: keys the stored response must not
+/// carry never come out twice or in place of the real ones, and a stored text that is not a
+/// JSON object is a clean 500, never a malformed body. (The client refuses any body with a key
+/// twice or not sent as `application/json`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binding_is_answered_from_its_stored_texts_and_a_corrupt_one_is_refused() {
+    use diesel::{Connection, RunQueryDsl};
+    let dir = tempfile::tempdir().unwrap();
+    let (running, _) = spawn(&single_platform(&sqlite_url(&dir))).await;
+    let c = Client::new(target(running.addr, ""));
+    let (id, bid) = (fresh_id(), fresh_id());
+    c.provision_ready(&id, PLAN).await.unwrap();
+    let bound = c.bind_ready(&id, &bid, PLAN).await.unwrap();
+    let password = bound["credentials"]["password"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut db =
+        diesel::SqliteConnection::establish(dir.path().join("state.db").to_str().unwrap()).unwrap();
+    let mut set = |column: &str, text: &str| {
+        diesel::sql_query(format!("UPDATE osb_bindings SET {column} = ? WHERE id = ?"))
+            .bind::<diesel::sql_types::Text, _>(text)
+            .bind::<diesel::sql_types::Text, _>(&bid)
+            .execute(&mut db)
+            .unwrap();
+    };
+    set(
+        "response",
+        r#"{"credentials":{"planted":1},"parameters":{"planted":2},"syslog_drain_url":"syslog://kept"}"#,
+    );
+    set("parameters", r#"{"from":"the column"}"#);
+    let fetched = c.fetch_binding(&id, &bid).await.unwrap();
+    assert_eq!(fetched.status, 200, "{}", fetched.body);
+    assert_eq!(fetched.body["credentials"]["password"], password.as_str());
+    assert!(fetched.body["credentials"].get("planted").is_none());
+    assert_eq!(fetched.body["parameters"], json!({"from": "the column"}));
+    assert_eq!(fetched.body["syslog_drain_url"], "syslog://kept");
+    // The repeated bind answers the same credentials, without parameters.
+    let again = c.bind(&id, &bid, &c.bind_body(PLAN), true).await.unwrap();
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(again.body["credentials"]["password"], password.as_str());
+    assert!(again.body.get("parameters").is_none(), "{}", again.body);
+    for (column, text) in [
+        ("parameters", "[1]"),
+        ("response", "null"),
+        ("response", "{"),
+    ] {
+        set(column, text);
+        let refused = c.fetch_binding(&id, &bid).await.unwrap();
+        assert_eq!(refused.status, 500, "{column} = {text}: {}", refused.body);
+        assert!(
+            !refused.body.to_string().contains(&password),
+            "a secret in an error body"
+        );
+        set(column, "{}");
+    }
+    running.stop().await;
+}

@@ -168,6 +168,16 @@ impl Client {
         let body = if text.is_empty() {
             Value::Null
         } else {
+            let json = headers
+                .get(reqwest::header::CONTENT_TYPE)
+                .and_then(|t| t.to_str().ok())
+                .is_some_and(|t| t.starts_with("application/json"));
+            if !json {
+                bail!("a body not sent as application/json ({status}): {text}");
+            }
+            if let Some(key) = crate::body::duplicate_key(&text) {
+                bail!("a body with the key `{key}` twice ({status}): {text}");
+            }
             serde_json::from_str(&text)
                 .with_context(|| format!("body is not JSON ({status}): {text}"))?
         };

@@ -5,6 +5,7 @@
 //! checks that need more than one broker process: [`check_restart`], [`check_isolation`]).
 
 pub mod bench;
+mod body;
 mod client;
 mod process;
 pub mod proxy;

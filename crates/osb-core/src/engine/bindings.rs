@@ -388,9 +388,13 @@ impl<B: ServiceBroker> Engine<B> {
                     return Err(superseded(&op));
                 }
                 tracing::info!(instance_id = %row.instance_id, binding_id = %row.id, "bound");
-                let mut body = serde_json::to_value(&response).unwrap_or_else(|_| json!({}));
-                body["credentials"] = Value::Object(credentials);
-                Ok(Reply::new(201, body))
+                Ok(Reply::new(
+                    201,
+                    BindingResponse {
+                        credentials: Some(credentials),
+                        ..response
+                    },
+                ))
             }
             Err(err) => {
                 tracing::warn!(binding_id = %row.id, error = %err, "bind failed");
@@ -436,9 +440,10 @@ impl<B: ServiceBroker> Engine<B> {
             }
             None => None,
         };
-        let parameters = match with_parameters {
-            true => Some(json_object(row.parameters.clone(), "binding parameters")?),
-            false => None,
+        let parameters = if with_parameters {
+            Some(json_object(row.parameters.clone(), "binding parameters")?)
+        } else {
+            None
         };
         Ok(StoredBinding {
             response,

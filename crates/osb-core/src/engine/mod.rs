@@ -41,7 +41,7 @@ use crate::wire::{
 #[derive(Debug)]
 pub struct Reply {
     pub status: u16,
-    /// The JSON body, written out once here (never a tree first: a `GET` builds none).
+    /// The JSON body, written out once from its typed value (not through a `Value` tree).
     pub body: Vec<u8>,
     /// Seconds the platform should wait before polling again.
     pub retry_after: Option<u64>,
@@ -143,9 +143,10 @@ fn parse_json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<
 fn json_object(text: String, what: &str) -> Result<Box<RawValue>, StoreError> {
     let raw =
         RawValue::from_string(text).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))?;
-    match raw.get().starts_with('{') {
-        true => Ok(raw),
-        false => Err(StoreError::Corrupt(format!("{what}: not a JSON object"))),
+    if raw.get().starts_with('{') {
+        Ok(raw)
+    } else {
+        Err(StoreError::Corrupt(format!("{what}: not a JSON object")))
     }
 }
 
