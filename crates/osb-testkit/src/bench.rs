@@ -17,6 +17,10 @@ pub const CYCLES: usize = 200;
 pub const CONCURRENCY: usize = 8;
 /// Cycles of the run one at a time.
 pub const CYCLES_ONE_AT_A_TIME: usize = 50;
+/// Rounds at each concurrency. A rate moves by a fifth within minutes on a shared machine, so
+/// the two sides alternate (each going first in turn) and the median round's ratio is the
+/// figure.
+pub const ROUNDS: usize = 3;
 
 /// One cycle through the broker on `plan`.
 pub async fn broker_cycle(c: &Client, plan: &str) -> anyhow::Result<()> {
@@ -103,12 +107,31 @@ fn clock_ticks() -> Option<f64> {
     })
 }
 
-/// Cycles at one concurrency: straight to the backend and through the broker, per second.
+/// Cycles at one concurrency: straight to the backend and through the broker, per second, one
+/// pair per round.
 pub struct Run {
     pub cycles: usize,
     pub width: usize,
-    pub direct: f64,
-    pub through: f64,
+    pub rounds: Vec<(f64, f64)>,
+}
+
+impl Run {
+    /// The ratios of the rounds, lowest first.
+    fn ratios(&self) -> Vec<f64> {
+        let mut ratios: Vec<f64> = self.rounds.iter().map(|(d, t)| t / d).collect();
+        ratios.sort_by(f64::total_cmp);
+        ratios
+    }
+
+    /// The round whose ratio is the median (the lower middle one of an even count).
+    fn median(&self) -> (f64, f64) {
+        let median = self.ratios()[(self.rounds.len() - 1) / 2];
+        *self
+            .rounds
+            .iter()
+            .find(|(d, t)| t / d == median)
+            .expect("the median is one of the rounds' ratios")
+    }
 }
 
 /// What one benchmark measured.
@@ -135,21 +158,25 @@ impl Figures<'_> {
             self.store
         );
         println!(
-            "  {:>6} {:>11} {:>16} {:>16} {:>8}",
-            "cycles", "concurrency", "direct/s", "through/s", "ratio"
+            "  {:>6} {:>11} {:>16} {:>16} {:>8} {:>16}",
+            "cycles", "concurrency", "direct/s", "through/s", "ratio", "rounds' ratios"
         );
         for run in &self.runs {
+            let (direct, through) = run.median();
+            let ratios: Vec<String> = run.ratios().iter().map(|r| format!("{r:.2}")).collect();
             println!(
-                "  {:>6} {:>11} {:>16.1} {:>16.1} {:>8.2}",
+                "  {:>6} {:>11} {:>16.1} {:>16.1} {:>8.2} {:>16}",
                 run.cycles,
                 run.width,
-                run.direct,
-                run.through,
-                run.through / run.direct
+                direct,
+                through,
+                through / direct,
+                ratios.join(" ")
             );
         }
         println!(
-            "  (direct: the broker's {backend} commands sent straight; through: via {broker})"
+            "  (direct: the broker's {backend} commands sent straight; through: via {broker}; \
+             the median of {ROUNDS} rounds, each side going first in turn)"
         );
         println!(
             "  state store per cycle: {:.1} statements, {:.1} commits",
@@ -199,28 +226,41 @@ where
             .context("the broker's /metrics shows no store counts")
     };
     let mut runs = Vec::new();
-    let mut per_cycle = (0.0, 0.0);
+    let mut counted = (0.0, 0.0);
     for (count, width) in [(CYCLES, CONCURRENCY), (CYCLES_ONE_AT_A_TIME, 1)] {
-        let direct = rate_of(count, width, &direct).await?;
-        let before = store_counts().await?;
-        let through = rate_of(count, width, || {
-            let client = client.clone();
-            async move { broker_cycle(&client, plan).await }
-        })
-        .await?;
-        let after = store_counts().await?;
-        if width == 1 {
-            // One at a time, so nothing of another cycle is counted (upkeep aside).
-            let cycles = count as f64;
-            per_cycle = ((after.0 - before.0) / cycles, (after.1 - before.1) / cycles);
+        let mut rounds = Vec::with_capacity(ROUNDS);
+        for round in 0..ROUNDS {
+            let through = async {
+                let before = store_counts().await?;
+                let rate = rate_of(count, width, || {
+                    let client = client.clone();
+                    async move { broker_cycle(&client, plan).await }
+                })
+                .await?;
+                let after = store_counts().await?;
+                if width == 1 {
+                    // One at a time, so nothing of another cycle is counted (upkeep aside).
+                    counted.0 += after.0 - before.0;
+                    counted.1 += after.1 - before.1;
+                }
+                anyhow::Ok(rate)
+            };
+            rounds.push(if round % 2 == 0 {
+                let direct = rate_of(count, width, &direct).await?;
+                (direct, through.await?)
+            } else {
+                let through = through.await?;
+                (rate_of(count, width, &direct).await?, through)
+            });
         }
         runs.push(Run {
             cycles: count,
             width,
-            direct,
-            through,
+            rounds,
         });
     }
+    let cycles = (CYCLES_ONE_AT_A_TIME * ROUNDS) as f64;
+    let per_cycle = (counted.0 / cycles, counted.1 / cycles);
     let peak_rss_kib = peak_rss_kib(broker.pid());
     drop(broker);
     Figures {
@@ -335,6 +375,22 @@ mod tests {
             now = cpu_secs(std::process::id()).expect("own /proc stat");
         }
         assert!(now > start, "{start} -> {now} after spinning 5 s");
+    }
+
+    #[test]
+    fn a_run_reports_the_round_of_the_median_ratio() {
+        let run = Run {
+            cycles: 10,
+            width: 1,
+            rounds: vec![(100.0, 90.0), (200.0, 100.0), (80.0, 60.0)],
+        };
+        assert_eq!(run.ratios(), [0.5, 0.75, 0.9]);
+        assert_eq!(run.median(), (80.0, 60.0));
+        let even = Run {
+            rounds: vec![(100.0, 90.0), (200.0, 100.0)],
+            ..run
+        };
+        assert_eq!(even.median(), (200.0, 100.0), "the lower middle one");
     }
 
     #[test]
