@@ -1,6 +1,7 @@
 //! The broker's own state: instances, bindings and operations, on SQLite, MySQL/MariaDB or
 //! PostgreSQL through one set of diesel queries and one set of migrations.
 
+mod cached;
 mod counting;
 mod rows;
 mod schema;
@@ -21,6 +22,7 @@ use diesel_async::{
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use futures::FutureExt;
 
+use cached::CacheByText;
 pub use counting::StoreCounters;
 pub use rows::{
     BindingRow, BindingState, InstanceRow, InstanceState, OperationRow, OperationState,
@@ -561,6 +563,7 @@ impl Store {
             .filter(dsl::instance_id.eq(instance_id))
             .filter(dsl::state.eq_any(busy))
             .count()
+            .cached()
             .get_result::<i64>(conn)
             .await?
             > 0))
@@ -602,17 +605,17 @@ impl Store {
                 async move {
                     diesel::insert_into(osb_operations::table)
                         .values(op)
-                        .execute(conn)
+                        .cached().execute(conn)
                         .await?;
                     let now = now_ms();
                     let made = match start {
                         Start::NewInstance(row) => diesel::insert_into(osb_instances::table)
                             .values(row)
-                            .execute(conn)
+                            .cached().execute(conn)
                             .await,
                         Start::NewBinding(row) => diesel::insert_into(osb_bindings::table)
                             .values(row)
-                            .execute(conn)
+                            .cached().execute(conn)
                             .await,
                         Start::Instance {
                             id,
@@ -633,7 +636,7 @@ impl Store {
                                 dsl::operation_id.eq(&op.id),
                                 dsl::updated_at.eq(now),
                             ))
-                            .execute(conn)
+                            .cached().execute(conn)
                             .await
                         }
                         Start::Binding { id, from, to } => {
@@ -649,7 +652,7 @@ impl Store {
                                 dsl::operation_id.eq(&op.id),
                                 dsl::updated_at.eq(now),
                             ))
-                            .execute(conn)
+                            .cached().execute(conn)
                             .await
                         }
                     };
@@ -699,6 +702,7 @@ impl Store {
                         dsl::update_repeatable.eq(update_repeatable),
                         dsl::updated_at.eq(now_ms()),
                     ))
+                    .cached()
                     .execute(conn)
                     .await?;
                     let released = match release {
@@ -712,6 +716,7 @@ impl Store {
                                 osb_instances::state.eq(to.as_str()),
                                 osb_instances::updated_at.eq(now_ms()),
                             ))
+                            .cached()
                             .execute(conn)
                             .await?
                         }
@@ -725,6 +730,7 @@ impl Store {
                                 osb_bindings::state.eq(to.as_str()),
                                 osb_bindings::updated_at.eq(now_ms()),
                             ))
+                            .cached()
                             .execute(conn)
                             .await?
                         }
@@ -786,6 +792,7 @@ impl Store {
                                     .filter(osb_instances::operation_id.eq(op)),
                             )
                             .set(row)
+                            .cached()
                             .execute(conn)
                             .await?
                         }
@@ -816,6 +823,7 @@ impl Store {
                                     .filter(osb_bindings::operation_id.eq(op)),
                             )
                             .set(row)
+                            .cached()
                             .execute(conn)
                             .await?
                         }
@@ -841,6 +849,7 @@ impl Store {
                                 dsl::state.eq(OperationState::Succeeded.as_str()),
                                 dsl::updated_at.eq(now_ms()),
                             ))
+                            .cached()
                             .execute(conn)
                             .await?
                         }
@@ -902,6 +911,7 @@ impl Store {
                         dsl::owner.eq(owner),
                         dsl::expires_at.eq(now + ttl_ms),
                     ))
+                    .cached()
                     .execute(conn)
                     .await,
             )?;
@@ -914,6 +924,7 @@ impl Store {
                     .filter(dsl::owner.eq(owner).or(dsl::expires_at.lt(now))),
             )
             .set((dsl::owner.eq(owner), dsl::expires_at.eq(now + ttl_ms)))
+            .cached()
             .execute(conn)
             .await?
                 == 1)
@@ -956,6 +967,7 @@ impl Store {
                         dsl::owner_id.eq(owner_id),
                         dsl::claimed_at.eq(now),
                     ))
+                    .cached()
                     .execute(conn)
                     .await,
             )?;
@@ -1052,6 +1064,7 @@ impl Store {
                         };
                         let updated = diesel::update(dsl::osb_instance_facts.find(instance_id))
                             .set((dsl::facts.eq(facts), dsl::measured_at.eq(measured_at)))
+                            .cached()
                             .execute(conn)
                             .await?;
                         if updated == 0
@@ -1068,6 +1081,7 @@ impl Store {
                                     dsl::facts.eq(facts),
                                     dsl::measured_at.eq(measured_at),
                                 ))
+                                .cached()
                                 .execute(conn)
                                 .await?;
                         }
@@ -1101,12 +1115,14 @@ impl Store {
             let now = now_ms();
             let updated = diesel::update(dsl::osb_catalogs.find(etag))
                 .set(dsl::first_served.eq(now))
+                .cached()
                 .execute(conn)
                 .await?;
             if updated == 0 {
                 inserted(
                     diesel::insert_into(dsl::osb_catalogs)
                         .values((dsl::etag.eq(etag), dsl::first_served.eq(now)))
+                        .cached()
                         .execute(conn)
                         .await,
                 )?;
@@ -1173,6 +1189,7 @@ impl Store {
             dsl::description.eq(description),
             dsl::updated_at.eq(now_ms()),
         ))
+        .cached()
         .execute(conn)
         .await?
             == 1))
@@ -1214,6 +1231,7 @@ impl Store {
             dsl::runner.eq(runner),
             dsl::heartbeat_at.eq(now_ms()),
         ))
+        .cached()
         .execute(conn)
         .await?
             == 1))
@@ -1416,6 +1434,7 @@ impl Store {
                                 dsl::operation_id.eq(previous),
                                 dsl::updated_at.eq(now_ms()),
                             ))
+                            .cached()
                             .execute(conn)
                             .await?
                         }
@@ -1431,6 +1450,7 @@ impl Store {
                                 dsl::operation_id.eq(previous),
                                 dsl::updated_at.eq(now_ms()),
                             ))
+                            .cached()
                             .execute(conn)
                             .await?
                         }
@@ -1454,5 +1474,63 @@ impl Store {
             .order(osb_instances::created_at.asc())
             .load::<InstanceRow>(conn)
             .await?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use diesel::sql_types::Text;
+
+    use super::*;
+
+    #[derive(QueryableByName)]
+    struct Status {
+        #[diesel(sql_type = Text, column_name = "Value")]
+        value: String,
+    }
+
+    /// Statements this connection has had the server prepare (`Com_stmt_prepare` of its
+    /// session), the status query's own included.
+    async fn prepared(store: &Store) -> u64 {
+        let status: Result<Status, StoreError> = async {
+            with_conn!(store, |conn| Ok(diesel::sql_query(
+                "SHOW SESSION STATUS LIKE 'Com_stmt_prepare'"
+            )
+            .get_result(conn)
+            .await?))
+        }
+        .await;
+        let status = status.expect("session status");
+        status.value.parse().expect("a count")
+    }
+
+    /// The local MariaDB (scripts/backends.sh); fails, never skips, without it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_and_in_lists_are_prepared_once_per_mysql_connection() {
+        let admin = std::env::var("KPAAS_TEST_MYSQL_URL")
+            .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
+        let name = format!("osb_test_{}", uuid::Uuid::new_v4().simple());
+        let mut root = AsyncMysqlConnection::establish(&format!("{admin}/mysql"))
+            .await
+            .unwrap_or_else(|e| panic!("MariaDB at {admin} is required: {e}"));
+        root.batch_execute(&format!("CREATE DATABASE `{name}`"))
+            .await
+            .unwrap();
+        // One connection, so the session's count is every statement's.
+        let store = Store::connect(&format!("{admin}/{name}"), 1).await.unwrap();
+        // An insert, an update (the insert meets the row), a read with an `IN` list.
+        let statements = async || {
+            assert!(store.acquire_lease("l", "me", 60_000).await.unwrap());
+            assert!(store.acquire_lease("l", "me", 60_000).await.unwrap());
+            assert!(!store.has_busy_bindings("i").await.unwrap());
+        };
+        statements().await;
+        let before = prepared(&store).await;
+        statements().await;
+        let again = prepared(&store).await - before;
+        root.batch_execute(&format!("DROP DATABASE `{name}`"))
+            .await
+            .unwrap();
+        assert_eq!(again, 1, "only the status query is prepared again");
     }
 }
