@@ -1518,7 +1518,7 @@ mod tests {
             .unwrap();
         // One connection, so the session's count is every statement's.
         let store = Store::connect(&format!("{admin}/{name}"), 1).await.unwrap();
-        // An insert, an update (the insert meets the row), a read with an `IN` list.
+        // Updates (the second call's insert meets the row) and a read with an `IN` list.
         let statements = async || {
             assert!(store.acquire_lease("l", "me", 60_000).await.unwrap());
             assert!(store.acquire_lease("l", "me", 60_000).await.unwrap());
