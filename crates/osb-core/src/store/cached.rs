@@ -1,18 +1,21 @@
 //! Statements kept prepared on their connection, found again by their SQL text.
 //!
-//! diesel will not cache a prepared `UPDATE`, an `INSERT` of a struct or an `IN (...)` list:
-//! their text can change with the values, and a cache keyed by it could grow without end. So
-//! each execution prepared the statement anew; on MySQL that is a prepare and, at the next
-//! statement, a close, two more round trips to the server around every write (seen in
-//! MariaDB's general log: every write of a lifecycle prepared again). The store's statements
-//! take a handful of texts each, so keeping them by text keeps the cache small.
+//! diesel will not cache a prepared `UPDATE`, an `INSERT` of a struct with optional fields or
+//! an `IN (...)` list: their text can change with the values, and a cache keyed by it could
+//! grow without end. So each execution prepared the statement anew; on MySQL that is one more
+//! round trip to the server before every write, and a close sent after it (MariaDB's general
+//! log showed every write of a lifecycle prepared again). The store's statements take a
+//! handful of texts each (an `IN` list holds a few of the engine's fixed states), so keeping
+//! them by text keeps the cache small: about 20 more prepared statements per connection, which
+//! a server's `max_prepared_stmt_count` must allow for.
 
 use diesel::QueryResult;
 use diesel::backend::Backend;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 
 /// `Q`, cached by its SQL text and its binds' types (see the module's doc). Only for statements
-/// whose text takes a few forms: never a list of caller-chosen length.
+/// whose text takes a few forms: never a list of caller-chosen length (such as the ids of
+/// [`super::Store::heartbeat`]). diesel already caches what it can (reads, inserts of tuples).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Cached<Q>(Q);
 

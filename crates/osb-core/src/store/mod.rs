@@ -911,7 +911,6 @@ impl Store {
                         dsl::owner.eq(owner),
                         dsl::expires_at.eq(now + ttl_ms),
                     ))
-                    .cached()
                     .execute(conn)
                     .await,
             )?;
@@ -967,7 +966,6 @@ impl Store {
                         dsl::owner_id.eq(owner_id),
                         dsl::claimed_at.eq(now),
                     ))
-                    .cached()
                     .execute(conn)
                     .await,
             )?;
@@ -1081,7 +1079,6 @@ impl Store {
                                     dsl::facts.eq(facts),
                                     dsl::measured_at.eq(measured_at),
                                 ))
-                                .cached()
                                 .execute(conn)
                                 .await?;
                         }
@@ -1122,7 +1119,6 @@ impl Store {
                 inserted(
                     diesel::insert_into(dsl::osb_catalogs)
                         .values((dsl::etag.eq(etag), dsl::first_served.eq(now)))
-                        .cached()
                         .execute(conn)
                         .await,
                 )?;
@@ -1479,34 +1475,199 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use diesel::sql_types::Text;
+    use diesel::sql_types::BigInt;
 
     use super::*;
 
     #[derive(QueryableByName)]
-    struct Status {
-        #[diesel(sql_type = Text, column_name = "Value")]
-        value: String,
+    struct Session {
+        #[diesel(sql_type = BigInt)]
+        id: i64,
+        #[diesel(sql_type = BigInt)]
+        prepared: i64,
     }
 
-    /// Statements this connection has had the server prepare (`Com_stmt_prepare` of its
-    /// session), the status query's own included.
-    async fn prepared(store: &Store) -> u64 {
-        let status: Result<Status, StoreError> = async {
-            with_conn!(store, |conn| Ok(diesel::sql_query(
-                "SHOW SESSION STATUS LIKE 'Com_stmt_prepare'"
-            )
-            .get_result(conn)
-            .await?))
+    /// This connection's id and how many statements its session has had the server prepare
+    /// (`Com_stmt_prepare`), this query included.
+    async fn session(store: &Store) -> Result<Session, StoreError> {
+        with_conn!(store, |conn| Ok(diesel::sql_query(
+            "SELECT CONNECTION_ID() AS id, CAST(VARIABLE_VALUE AS SIGNED) AS prepared \
+             FROM information_schema.SESSION_STATUS WHERE VARIABLE_NAME = 'COM_STMT_PREPARE'"
+        )
+        .get_result(conn)
+        .await?))
+    }
+
+    fn operation(id: &str, instance: &str, binding: Option<&str>) -> OperationRow {
+        OperationRow {
+            id: id.into(),
+            platform: "default".into(),
+            instance_id: instance.into(),
+            binding_id: binding.map(Into::into),
+            kind: "k".into(),
+            state: OperationState::InProgress.as_str().into(),
+            fingerprint: "f".into(),
+            description: None,
+            instance_usable: None,
+            update_repeatable: None,
+            owner: "me".into(),
+            heartbeat_at: 1,
+            created_at: 1,
+            updated_at: 1,
+            runner: "me/1".into(),
+            request: None,
         }
-        .await;
-        let status = status.expect("session status");
-        status.value.parse().expect("a count")
+    }
+
+    /// Every write a lifecycle makes, and the reads with an `IN` list: provision, bind, a claim
+    /// given back, a failed unbind, unbind, a failed update, deprovision; the lease's, upkeep's
+    /// and recovery's writes.
+    async fn lifecycle(store: &Store) -> Result<(), StoreError> {
+        let fresh = || uuid::Uuid::new_v4().to_string();
+        let (id, bid) = (fresh(), fresh());
+        let ops: Vec<String> = (0..8).map(|_| fresh()).collect();
+        let mut instance = InstanceRow {
+            id: id.clone(),
+            platform: "default".into(),
+            service_id: "s".into(),
+            plan_id: "p".into(),
+            fingerprint: "f".into(),
+            state: InstanceState::Provisioning.as_str().into(),
+            operation_id: ops[0].clone(),
+            parameters: "{}".into(),
+            context: "{}".into(),
+            maintenance_version: None,
+            dashboard_url: None,
+            metadata: None,
+            broker_state: "null".into(),
+            created_at: 1,
+            updated_at: 1,
+        };
+        let mut binding = BindingRow {
+            id: bid.clone(),
+            instance_id: id.clone(),
+            platform: "default".into(),
+            service_id: "s".into(),
+            plan_id: "p".into(),
+            fingerprint: "f".into(),
+            state: BindingState::Binding.as_str().into(),
+            operation_id: ops[1].clone(),
+            parameters: "{}".into(),
+            response: None,
+            credentials: None,
+            broker_state: "null".into(),
+            created_at: 1,
+            updated_at: 1,
+        };
+        let landed = |done: bool, what: &str| assert!(done, "{what} did not land");
+        let op = |i: usize, b: Option<&str>| operation(&ops[i], &id, b);
+        landed(
+            store
+                .start(&op(0, None), Start::NewInstance(&instance))
+                .await?,
+            "provision",
+        );
+        instance.state = InstanceState::Ready.as_str().into();
+        landed(
+            store
+                .succeed(&ops[0], "me/1", Outcome::SaveInstance(&instance))
+                .await?,
+            "ready",
+        );
+        landed(
+            store
+                .start(&op(1, Some(&bid)), Start::NewBinding(&binding))
+                .await?,
+            "bind",
+        );
+        binding.state = BindingState::Bound.as_str().into();
+        landed(
+            store
+                .succeed(&ops[1], "me/1", Outcome::SaveBinding(&binding))
+                .await?,
+            "bound",
+        );
+        let unbind = Start::Binding {
+            id: &bid,
+            from: &[BindingState::Bound],
+            to: BindingState::Unbinding,
+        };
+        landed(
+            store.start(&op(7, Some(&bid)), unbind).await?,
+            "binding claim",
+        );
+        let bound = Release::Binding(&bid, BindingState::Bound);
+        store.unclaim(&ops[7], bound, &ops[1]).await?;
+        landed(store.start(&op(2, Some(&bid)), unbind).await?, "unbind");
+        assert!(store.has_busy_bindings(&id).await?);
+        let kept = Release::Binding(&bid, BindingState::Bound);
+        landed(
+            store.fail(&ops[2], "me/1", kept, "no", None, None).await?,
+            "kept",
+        );
+        landed(
+            store.start(&op(6, Some(&bid)), unbind).await?,
+            "unbind again",
+        );
+        landed(
+            store
+                .succeed(&ops[6], "me/1", Outcome::DeleteBinding(&bid))
+                .await?,
+            "unbound",
+        );
+        let update = Start::Instance {
+            id: &id,
+            from: &[InstanceState::Ready],
+            to: InstanceState::Updating,
+            previous: &ops[0],
+        };
+        landed(store.start(&op(3, None), update).await?, "update");
+        let release = Release::Instance(&id, InstanceState::Ready);
+        landed(
+            store
+                .fail(&ops[3], "me/1", release, "no", None, Some(true))
+                .await?,
+            "failed",
+        );
+        // Upkeep's facts: made, then measured again.
+        let facts = [(id.clone(), Some(("{}".to_owned(), 1)))];
+        store.keep_facts(&facts).await?;
+        store.keep_facts(&facts).await?;
+        // A start whose work turned out to be needless gives the row back.
+        let claim = Start::Instance {
+            id: &id,
+            from: &[InstanceState::Ready],
+            to: InstanceState::Updating,
+            previous: &ops[3],
+        };
+        landed(store.start(&op(5, None), claim).await?, "claim");
+        let back = Release::Instance(&id, InstanceState::Ready);
+        store.unclaim(&ops[5], back, &ops[3]).await?;
+        let deprovision = Start::Instance {
+            id: &id,
+            from: &[InstanceState::Ready],
+            to: InstanceState::Deprovisioning,
+            previous: &ops[3],
+        };
+        landed(store.start(&op(4, None), deprovision).await?, "deprovision");
+        assert!(!store.take_over(&ops[4], "other/1", 0, "me", "me/2").await?);
+        assert!(!store.fail_record(&fresh(), "me/1", "gone").await?);
+        landed(
+            store
+                .succeed(&ops[4], "me/1", Outcome::DeleteInstance(&id))
+                .await?,
+            "gone",
+        );
+        assert!(store.acquire_lease("l", "me", 60_000).await?);
+        assert!(store.acquire_lease("l", "me", 60_000).await?);
+        store.keep_facts(&[(id.clone(), None)]).await?;
+        store.catalog_first_served(&fresh()).await?;
+        Ok(())
     }
 
     /// The local MariaDB (scripts/backends.sh); fails, never skips, without it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn writes_and_in_lists_are_prepared_once_per_mysql_connection() {
+    async fn a_lifecycle_prepares_its_statements_once_per_mysql_connection() {
         let admin = std::env::var("KPAAS_TEST_MYSQL_URL")
             .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
         let name = format!("osb_test_{}", uuid::Uuid::new_v4().simple());
@@ -1517,20 +1678,24 @@ mod tests {
             .await
             .unwrap();
         // One connection, so the session's count is every statement's.
-        let store = Store::connect(&format!("{admin}/{name}"), 1).await.unwrap();
-        // Updates (the second call's insert meets the row) and a read with an `IN` list.
-        let statements = async || {
-            assert!(store.acquire_lease("l", "me", 60_000).await.unwrap());
-            assert!(store.acquire_lease("l", "me", 60_000).await.unwrap());
-            assert!(!store.has_busy_bindings("i").await.unwrap());
-        };
-        statements().await;
-        let before = prepared(&store).await;
-        statements().await;
-        let again = prepared(&store).await - before;
+        let measured = async {
+            let store = Store::connect(&format!("{admin}/{name}"), 1).await?;
+            lifecycle(&store).await?;
+            let before = session(&store).await?;
+            lifecycle(&store).await?;
+            let after = session(&store).await?;
+            Ok::<_, StoreError>((before, after))
+        }
+        .await;
         root.batch_execute(&format!("DROP DATABASE `{name}`"))
             .await
             .unwrap();
-        assert_eq!(again, 1, "only the status query is prepared again");
+        let (before, after) = measured.unwrap();
+        assert_eq!(before.id, after.id, "one connection throughout");
+        assert_eq!(
+            after.prepared - before.prepared,
+            1,
+            "only the status query is prepared again"
+        );
     }
 }
