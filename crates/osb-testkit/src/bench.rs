@@ -116,17 +116,21 @@ pub struct Run {
 }
 
 impl Run {
+    /// The rounds, lowest ratio first.
+    fn by_ratio(&self) -> Vec<(f64, f64)> {
+        let mut rounds = self.rounds.clone();
+        rounds.sort_by(|(d1, t1), (d2, t2)| (t1 / d1).total_cmp(&(t2 / d2)));
+        rounds
+    }
+
     /// The ratios of the rounds, lowest first.
     fn ratios(&self) -> Vec<f64> {
-        let mut ratios: Vec<f64> = self.rounds.iter().map(|(d, t)| t / d).collect();
-        ratios.sort_by(f64::total_cmp);
-        ratios
+        self.by_ratio().iter().map(|(d, t)| t / d).collect()
     }
 
     /// The round whose ratio is the median (the lower middle one of an even count).
     fn median(&self) -> (f64, f64) {
-        let mut rounds = self.rounds.clone();
-        rounds.sort_by(|(d1, t1), (d2, t2)| (t1 / d1).total_cmp(&(t2 / d2)));
+        let rounds = self.by_ratio();
         rounds[(rounds.len() - 1) / 2]
     }
 }
