@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use mysql_async::prelude::Queryable;
-use osb_testkit::bench::{WRK_CONNECTIONS, WRK_SECS, WRK_THREADS, rss_kib, wrk};
+use osb_testkit::bench::{Load, WRK_CONNECTIONS, WRK_SECS, WRK_THREADS, rss_kib, wrk};
 use osb_testkit::{Client, free_port, fresh_id, start_broker};
 
 const SERVICE: &str = "96b9e707-0e2b-47e3-a21a-fd01a8eb0452";
@@ -146,10 +146,14 @@ async fn fill(url: &str) -> anyhow::Result<()> {
     results.into_iter().collect()
 }
 
-/// One store's run: an instance and a binding to read, then wrk on each read and the catalog
-/// again (each read's share is of the two catalog runs' mean: the rate of one path moves by a
-/// fifth between runs here); then the store filled, and the three store reads again. With the
-/// store server's `pid`, what it spent per request too.
+/// Rounds of the three reads, each between two catalog runs.
+const READ_ROUNDS: usize = 3;
+
+/// One store's run: an instance and a binding to read, then [`READ_ROUNDS`] rounds of wrk on
+/// each read, with the catalog before and after each round. A read's share in a round is of the
+/// mean of the catalog runs on either side (the rate of one path moves by a fifth within
+/// minutes here), and its figure is its median round's. Then the store filled, and the three
+/// store reads again. With the store server's `pid`, what it spent per request too.
 async fn run(label: &str, store: &str, server: Option<u32>) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     // The first start on an empty store makes its tables; a restart, or another replica,
@@ -188,30 +192,68 @@ async fn run(label: &str, store: &str, server: Option<u32>) -> anyhow::Result<()
         ))
     );
     println!(
-        "  {:<16} {:>10} {:>9} {:>9} {:>11} {:>12} {:>12}",
+        "  {:<16} {:>10} {:>9} {:>9} {:>11} {:>12} {:>12}  (the median round's run)",
         "request", "req/s", "p50 ms", "p99 ms", "of catalog", "broker µs", "server µs"
     );
     // A run not counted first: a fresh broker's first run was a fifth below its later ones
-    // (its code paged in, its allocator's arenas grown). Then the catalog first and last; wrk
-    // runs as a child process for WRK_SECS, nothing else runs here meanwhile.
+    // (its code paged in, its allocator's arenas grown). Then rounds of the three reads, with
+    // the catalog before, between and after them; wrk runs as a child process for WRK_SECS,
+    // nothing else runs here meanwhile.
     wrk(&broker, &reads[0].1, server)?;
-    let order: Vec<_> = reads.iter().chain(&reads[..1]).collect();
-    let empty = order
-        .iter()
-        .map(|(_, path)| wrk(&broker, path, server))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let catalog = (empty[0].requests_per_sec + empty[order.len() - 1].requests_per_sec) / 2.0;
+    let mut catalogs = vec![wrk(&broker, &reads[0].1, server)?];
+    let mut rounds = Vec::with_capacity(READ_ROUNDS);
+    for _ in 0..READ_ROUNDS {
+        let round = reads[1..]
+            .iter()
+            .map(|(_, path)| wrk(&broker, path, server))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        rounds.push(round);
+        catalogs.push(wrk(&broker, &reads[0].1, server)?);
+    }
     let per_request = |us: Option<f64>| us.map_or("-".into(), |us| format!("{us:.1}"));
-    for ((name, _), load) in order.iter().zip(&empty) {
+    let row = |name: &str, load: &Load, share: f64, shares: &str| {
         println!(
-            "  {name:<16} {:>10.0} {:>9.2} {:>9.2} {:>10.0}% {:>12} {:>12}",
+            "  {name:<16} {:>10.0} {:>9.2} {:>9.2} {:>10.0}% {:>12} {:>12}  {shares}",
             load.requests_per_sec,
             load.p50_ms,
             load.p99_ms,
-            100.0 * load.requests_per_sec / catalog,
+            100.0 * share,
             per_request(load.broker_cpu_us),
             per_request(load.server_cpu_us),
         );
+    };
+    let mut by_rate: Vec<&Load> = catalogs.iter().collect();
+    by_rate.sort_by(|a, b| a.requests_per_sec.total_cmp(&b.requests_per_sec));
+    let rates: Vec<String> = catalogs
+        .iter()
+        .map(|load| format!("{:.0}", load.requests_per_sec))
+        .collect();
+    row(
+        reads[0].0,
+        by_rate[(by_rate.len() - 1) / 2],
+        1.0,
+        &format!("runs: {}", rates.join(", ")),
+    );
+    let mut typical = Vec::with_capacity(reads.len() - 1);
+    for (i, (name, _)) in reads[1..].iter().enumerate() {
+        // Each read's share of the catalog runs on either side of its round.
+        let mut shares: Vec<(f64, &Load)> = rounds
+            .iter()
+            .enumerate()
+            .map(|(r, round)| {
+                let catalog =
+                    (catalogs[r].requests_per_sec + catalogs[r + 1].requests_per_sec) / 2.0;
+                (round[i].requests_per_sec / catalog, &round[i])
+            })
+            .collect();
+        shares.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let (share, load) = shares[(shares.len() - 1) / 2];
+        let all: Vec<String> = shares
+            .iter()
+            .map(|(s, _)| format!("{:.0}%", 100.0 * s))
+            .collect();
+        row(name, load, share, &format!("rounds: {}", all.join(", ")));
+        typical.push(load);
     }
     let started = Instant::now();
     fill(store).await?;
@@ -223,7 +265,7 @@ async fn run(label: &str, store: &str, server: Option<u32>) -> anyhow::Result<()
         "  {:<16} {:>10} {:>9} {:>9} {:>11}",
         "request", "req/s", "p50 ms", "p99 ms", "p50 change"
     );
-    for ((name, path), before) in reads.iter().zip(&empty).skip(1) {
+    for ((name, path), before) in reads[1..].iter().zip(&typical) {
         let load = wrk(&broker, path, server)?;
         println!(
             "  {name:<16} {:>10.0} {:>9.2} {:>9.2} {:>+10.0}%",

@@ -24,31 +24,35 @@ use crate::wire::{
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimit(pub usize);
 
-/// Registers the `/v2` routes on a platform's scope.
+/// Registers the `/v2` routes on a platform's scope. An instance's routes share one scope, so
+/// that its id is matched once and a binding's path is not first tried against each instance
+/// route: actix matches a route with a regex at every route it tries, which was 4% of a `GET`
+/// binding's CPU time.
 pub fn configure<B: ServiceBroker>(cfg: &mut web::ServiceConfig) {
-    const INSTANCE: &str = "/v2/service_instances/{instance_id}";
-    const BINDING: &str = "/v2/service_instances/{instance_id}/service_bindings/{binding_id}";
+    const BINDING: &str = "/service_bindings/{binding_id}";
     cfg.service(resource("/v2/catalog").route(web::get().to(catalog::<B>)))
         .service(
-            resource(INSTANCE)
-                .route(web::put().to(provision::<B>))
-                .route(web::patch().to(update::<B>))
-                .route(web::delete().to(deprovision::<B>))
-                .route(web::get().to(fetch_instance::<B>)),
-        )
-        .service(
-            resource(&format!("{INSTANCE}/last_operation"))
-                .route(web::get().to(instance_last_operation::<B>)),
-        )
-        .service(
-            resource(BINDING)
-                .route(web::put().to(bind::<B>))
-                .route(web::delete().to(unbind::<B>))
-                .route(web::get().to(fetch_binding::<B>)),
-        )
-        .service(
-            resource(&format!("{BINDING}/last_operation"))
-                .route(web::get().to(binding_last_operation::<B>)),
+            web::scope("/v2/service_instances/{instance_id}")
+                .service(
+                    resource("")
+                        .route(web::put().to(provision::<B>))
+                        .route(web::patch().to(update::<B>))
+                        .route(web::delete().to(deprovision::<B>))
+                        .route(web::get().to(fetch_instance::<B>)),
+                )
+                .service(
+                    resource("/last_operation").route(web::get().to(instance_last_operation::<B>)),
+                )
+                .service(
+                    resource(BINDING)
+                        .route(web::put().to(bind::<B>))
+                        .route(web::delete().to(unbind::<B>))
+                        .route(web::get().to(fetch_binding::<B>)),
+                )
+                .service(
+                    resource(&format!("{BINDING}/last_operation"))
+                        .route(web::get().to(binding_last_operation::<B>)),
+                ),
         );
 }
 
