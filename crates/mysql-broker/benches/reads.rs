@@ -222,6 +222,8 @@ async fn run(label: &str, store: &str, server: Option<u32>) -> anyhow::Result<()
             per_request(load.server_cpu_us),
         );
     };
+    // The catalog's row: its middle run by rate (of an even count, the lower one); every run's
+    // rate follows.
     let mut by_rate: Vec<&Load> = catalogs.iter().collect();
     by_rate.sort_by(|a, b| a.requests_per_sec.total_cmp(&b.requests_per_sec));
     let rates: Vec<String> = catalogs

@@ -332,6 +332,8 @@ async fn operational_endpoints_answer_without_auth() {
         .send(reqwest::Method::GET, "/v2/catalog", None)
         .await
         .unwrap();
+    let (id, bid) = (osb_testkit::fresh_id(), osb_testkit::fresh_id());
+    assert_eq!(client.fetch_binding(&id, &bid).await.unwrap().status, 404);
     let metrics = http
         .get(format!("{base}/metrics"))
         .send()
@@ -343,6 +345,13 @@ async fn operational_endpoints_answer_without_auth() {
     assert!(
         metrics.contains(
             "osb_http_requests_total{method=\"GET\",route=\"/v2/catalog\",status=\"200\"}"
+        ),
+        "{metrics}"
+    );
+    // A route of the instance scope is labelled with its whole pattern.
+    assert!(
+        metrics.contains(
+            "osb_http_requests_total{method=\"GET\",route=\"/v2/service_instances/{instance_id}/service_bindings/{binding_id}\",status=\"404\"}"
         ),
         "{metrics}"
     );

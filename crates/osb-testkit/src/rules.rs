@@ -659,6 +659,22 @@ async fn malformed_requests_return_400_with_error_body(c: &Client) -> anyhow::Re
     expect_error(&reply, 400, None, "accepts_incomplete=maybe")?;
     let reply = c.send(Method::POST, "/v2/catalog", None).await?;
     expect_error(&reply, 405, None, "POST on the catalog")?;
+    // An instance's routes share one scope: what they do not serve still gets an OSB body.
+    let binding = format!("/v2/service_instances/{id}/service_bindings/{}", fresh_id());
+    let reply = c.send(Method::PATCH, &binding, None).await?;
+    expect_error(&reply, 405, None, "PATCH on a binding")?;
+    let last_operation = format!("/v2/service_instances/{id}/last_operation");
+    let reply = c.send(Method::POST, &last_operation, None).await?;
+    expect_error(&reply, 405, None, "POST on last_operation")?;
+    for path in [
+        format!("/v2/service_instances/{id}/"),
+        format!("/v2/service_instances/{id}/service_bindings"),
+        format!("{binding}/"),
+        format!("/v2/service_instances/{id}/nowhere"),
+    ] {
+        let reply = c.send(Method::GET, &path, None).await?;
+        expect_error(&reply, 404, None, &format!("GET {path}"))?;
+    }
     let reply = c
         .send(Method::DELETE, &format!("/v2/service_instances/{id}"), None)
         .await?;
