@@ -448,9 +448,10 @@ async fn admin_connections_the_server_ended_are_replaced() {
         !ended.is_empty(),
         "none of the broker's connections was found on the server"
     );
-    // KILL returns before the killed connection's thread has ended it: on a busy machine the
-    // bind below once took a connection that passed the pool's check and was closed under its
-    // first statement (a failure to report, not to retry). Ended means gone from the server.
+    // Ended means gone from the server. Right after KILL the broker may not have seen the close
+    // yet (the pool's check only reads a socket its I/O driver has marked readable): once, on a
+    // busy machine, the bind below took such a connection and failed at its first statement,
+    // which the broker reports and does not retry (errors.rs).
     let gone = format!(
         "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID IN ({})",
         ended.join(",")
