@@ -30,4 +30,25 @@ mod tests {
         }
         assert_eq!(super::encode(&[0xfb, 0xff]), "+/8=");
     }
+
+    /// Cargo only warns when a patch no longer matches what the graph asks for (say
+    /// rabbitmq_http_client moves to rbase64 3), and the registry's rbase64 would bring mimalloc
+    /// back unseen.
+    #[test]
+    fn the_patch_is_in_use_and_mimalloc_out_of_the_build() {
+        let lock = include_str!("../../../Cargo.lock");
+        assert!(!lock.contains("[[patch.unused]]"), "a patch is unused");
+        assert!(
+            !lock.contains("name = \"mimalloc\""),
+            "mimalloc is in the build"
+        );
+        let rbase64 = lock
+            .split("[[package]]")
+            .find(|p| p.contains("name = \"rbase64\""))
+            .expect("rbase64 is in the build");
+        assert!(
+            !rbase64.contains("source ="),
+            "rbase64 comes from a registry"
+        );
+    }
 }
