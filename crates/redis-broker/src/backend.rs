@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 
 use crate::acl::{self, Scope};
 use crate::config::{LocalConfig, PlanConfig, PlanKind, RedisConfig};
-use crate::local::{self, Process};
+use crate::local::{self, Process, StartError};
 use crate::markers::{self, Claimed, Kind, Owner};
 use crate::names::{AclUser, KeyPrefix};
 use crate::server::{self, Admin};
@@ -32,6 +32,10 @@ const POOL: &str = "redis-pool";
 
 /// The store's name for the ports of local processes.
 const PORTS: &str = "redis-local-ports";
+
+/// How many times a new local instance moves to another port when the one it claimed was
+/// taken before its server could listen on it.
+const PORT_MOVES: u32 = 3;
 
 /// RFC 3986 unreserved characters stay as they are in URIs; everything else is encoded.
 const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
@@ -447,16 +451,37 @@ impl ServiceBroker for RedisBroker {
             }
             PlanKind::Local => {
                 let local = self.local()?;
-                let port = self.claim_port(owner).await?;
                 let name = KeyPrefix::for_instance(input.platform, input.instance_id);
-                let process = Process::new(local, &name, port);
-                process.write_conf(local, plan)?;
+                // The port is claimed within the turn, so that the server starts on it right
+                // after it was found free, not after every start queued before this one.
                 let _turn = self.local_turn.lock().await;
-                process.ensure_running(local).await.map_err(after_claim)?;
-                Ok(Provisioned {
-                    state: json!({"port": port}),
-                    ..Provisioned::default()
-                })
+                let mut moves = 0;
+                loop {
+                    let port = self.claim_port(owner).await?;
+                    let process = Process::new(local, &name, port);
+                    process.write_conf(local, plan)?;
+                    match process.ensure_running(local).await {
+                        Ok(()) => {
+                            return Ok(Provisioned {
+                                state: json!({"port": port}),
+                                ..Provisioned::default()
+                            });
+                        }
+                        // Taken since it was found free. Nothing names the port yet: the
+                        // directory goes (nothing ran there), then the claim, and the next free
+                        // port is tried, as a new provision would (a crash in between leaves
+                        // what deprovision removes).
+                        Err(StartError::PortTaken(_)) if moves < PORT_MOVES => {
+                            moves += 1;
+                            process.remove().await.map_err(after_claim)?;
+                            self.claims
+                                .release(PORTS, &port.to_string(), owner)
+                                .await
+                                .map_err(after_claim)?;
+                        }
+                        Err(err) => return Err(after_claim(err.into())),
+                    }
+                }
             }
         }
     }

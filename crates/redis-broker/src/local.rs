@@ -1,12 +1,13 @@
 //! `local` plans: a `redis-server` process per instance on the broker's own host, with its own
-//! port (claimed in the store), config file, data directory and pid file. The processes
-//! daemonize, so a broker restart leaves them running and finds them again by pid file and
-//! port; upkeep starts one that died again, on its data (the append-only file of plans that
-//! keep one).
+//! port (claimed in the store), config file, data directory and pid file. The processes run in
+//! a process group of their own, so a broker restart leaves them running and finds them again
+//! by pid file and port; upkeep starts one that died again, on its data (the append-only file
+//! of plans that keep one).
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::PathBuf;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use osb_core::BrokerError;
@@ -17,6 +18,28 @@ use secrecy::ExposeSecret;
 use crate::config::{LocalConfig, Persistence, PlanConfig, Server};
 use crate::names::KeyPrefix;
 use crate::server::Admin;
+
+/// Why a process did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Something else holds the port now: it was free when claimed, but an outgoing
+    /// connection (the kernel gives those ports from a range an operator's may overlap) or
+    /// another program took it since. A new instance can move to another port; a made one
+    /// cannot, its bindings name the port.
+    #[error("port {0} is held by another program: redis-server could not listen on it")]
+    PortTaken(u16),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+impl From<StartError> for BrokerError {
+    fn from(err: StartError) -> Self {
+        match err {
+            StartError::PortTaken(_) => BrokerError::Failed(err.to_string()),
+            StartError::Broker(err) => err,
+        }
+    }
+}
 
 /// Where an instance's process lives: its directory (named like a shared instance's prefix,
 /// from the instance id) and its port.
@@ -102,7 +125,7 @@ impl Process {
         let maxmemory = plan.maxmemory_mb.map_or(0, |mb| mb * 1024 * 1024);
         let text = format!(
             "# Made by redis-broker; rewritten on plan changes.\n\
-             port {port}\nbind {bind}\nprotected-mode yes\ndaemonize yes\n\
+             port {port}\nbind {bind}\nprotected-mode yes\n\
              pidfile {pid}\ndir {dir}\nlogfile {log}\n\
              requirepass \"{password}\"\n\
              maxmemory {maxmemory}\nmaxmemory-policy {policy}\n\
@@ -111,7 +134,7 @@ impl Process {
             bind = config.bind,
             pid = self.pidfile().display(),
             dir = self.dir.display(),
-            log = self.dir.join("redis.log").display(),
+            log = self.log().display(),
             policy = plan.maxmemory_policy.as_str(),
         );
         let conf = self.conf();
@@ -144,33 +167,19 @@ impl Process {
 
     /// Starts the process unless its pid file names a live one, and waits until it answers
     /// its admin login.
-    pub async fn ensure_running(&self, config: &LocalConfig) -> Result<(), BrokerError> {
+    pub async fn ensure_running(&self, config: &LocalConfig) -> Result<(), StartError> {
         let admin = self.admin(config)?;
-        if self.running_pid().is_some() && admin.conn().await.is_ok() {
+        let running = self.running_pid().is_some();
+        if running && admin.conn().await.is_ok() {
             return Ok(());
         }
-        if !self.configured() {
-            return Err(BrokerError::Failed(format!(
-                "{} is being removed",
-                self.dir.display()
-            )));
-        }
-        // Nothing of the broker's environment (its keys and passwords) for the server.
-        let status = tokio::process::Command::new(&config.redis_server)
-            .env_clear()
-            .arg(self.conf())
-            .status()
-            .await
-            .map_err(|e| {
-                BrokerError::Failed(format!("starting {}: {e}", config.redis_server.display()))
-            })?;
-        if !status.success() {
-            return Err(BrokerError::Failed(format!(
-                "{} exited with {status}; see {}",
-                config.redis_server.display(),
-                self.dir.join("redis.log").display()
-            )));
-        }
+        // A live one that does not answer yet (loading its data) is waited for, not started
+        // twice.
+        let mut child = if running {
+            None
+        } else {
+            Some(self.start(config)?)
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             // Loading a large append-only file takes a while; LOADING answers until it is read.
@@ -182,15 +191,63 @@ impl Process {
             {
                 return Ok(());
             }
+            let exited = match child.as_mut() {
+                Some(child) => child
+                    .try_wait()
+                    .map_err(|e| BrokerError::Failed(format!("waiting for redis-server: {e}")))?,
+                None => None,
+            };
+            if let Some(status) = exited {
+                if !port_free(&config.bind, self.port) {
+                    return Err(StartError::PortTaken(self.port));
+                }
+                return Err(BrokerError::Failed(format!(
+                    "{} exited with {status}; see {}",
+                    config.redis_server.display(),
+                    self.log().display()
+                ))
+                .into());
+            }
             if Instant::now() > deadline {
                 return Err(BrokerError::Failed(format!(
                     "redis-server on port {} did not answer within 30 s; see {}",
                     self.port,
-                    self.dir.join("redis.log").display()
-                )));
+                    self.log().display()
+                ))
+                .into());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Starts `redis-server` on the config file. In the foreground (whatever an older config
+    /// file says), so that one that cannot start is seen exiting at once; in a process group
+    /// of its own, so that a signal to the broker's group (a Ctrl-C) does not reach it. Once
+    /// it answers, the handle is let go: the server keeps running, and tokio reaps it when it
+    /// ends. None of the broker's environment (its keys and passwords) for the server.
+    fn start(&self, config: &LocalConfig) -> Result<tokio::process::Child, BrokerError> {
+        if !self.configured() {
+            return Err(BrokerError::Failed(format!(
+                "{} is being removed",
+                self.dir.display()
+            )));
+        }
+        tokio::process::Command::new(&config.redis_server)
+            .env_clear()
+            .arg(self.conf())
+            .args(["--daemonize", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .map_err(|e| {
+                BrokerError::Failed(format!("starting {}: {e}", config.redis_server.display()))
+            })
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.join("redis.log")
     }
 
     /// Stops the process (without saving) and removes its directory, whatever is left. The
@@ -239,4 +296,44 @@ impl Process {
 /// is skipped, not fought over).
 pub fn port_free(bind: &str, port: u16) -> bool {
     std::net::TcpListener::bind((bind, port)).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The race a claimed port can lose: found free, then given to an outgoing connection
+    /// before the server listens. The server's exit is seen and named as such (a new instance
+    /// moves on), nothing of it keeps running, and it starts once the port is free again.
+    #[tokio::test]
+    async fn a_port_taken_after_it_was_found_free_is_named() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let held = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let port = held.local_addr().unwrap().port();
+        let data = tempfile::tempdir().unwrap();
+        let config: LocalConfig = serde_json::from_value(serde_json::json!({
+            "data_dir": data.path(),
+            "ports": [port, port],
+        }))
+        .unwrap();
+        let plan: PlanConfig =
+            serde_json::from_value(serde_json::json!({"kind": "local"})).unwrap();
+        let process = Process {
+            dir: data.path().join("op_taken"),
+            port,
+        };
+        process.write_conf(&config, &plan).unwrap();
+        let err = process.ensure_running(&config).await.unwrap_err();
+        assert!(
+            matches!(err, StartError::PortTaken(p) if p == port),
+            "{err:?}"
+        );
+        assert_eq!(process.running_pid(), None);
+        drop(held);
+        drop(listener);
+        process.ensure_running(&config).await.unwrap();
+        let pid = process.running_pid().expect("a pid file naming the server");
+        process.remove().await.unwrap();
+        assert!(!std::path::Path::new(&format!("/proc/{pid}/cwd")).exists());
+    }
 }

@@ -482,6 +482,10 @@ async fn thirty_concurrent_local_provisions_each_get_a_server() {
         .count();
     let ids: Vec<String> = (0..30).map(|_| fresh_id()).collect();
     let made = futures::future::join_all(ids.iter().map(|id| c.provision_ready(id, LOCAL))).await;
+    let failed: Vec<String> = made
+        .iter()
+        .filter_map(|r| r.as_ref().err().map(|e| format!("{e:#}")))
+        .collect();
     let made: Vec<&String> = ids
         .iter()
         .zip(&made)
@@ -490,7 +494,7 @@ async fn thirty_concurrent_local_provisions_each_get_a_server() {
     assert_eq!(
         made.len(),
         free.min(30),
-        "{} of 30 local provisions worked",
+        "{} of 30 local provisions worked; the others: {failed:?}",
         made.len()
     );
     let mut seen = std::collections::HashSet::new();

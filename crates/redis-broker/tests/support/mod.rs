@@ -29,17 +29,23 @@ pub struct RedisProcess {
 
 impl RedisProcess {
     pub async fn start(password: &'static str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let child = Self::spawn(port, dir.path(), password);
-        let server = Self {
-            port,
-            password,
-            dir,
-            child,
-        };
-        server.wait_up().await;
-        server
+        // A port found free can go to an outgoing connection before the server listens on
+        // it: the server exits then, and another port is tried.
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let port = free_port();
+            let child = Self::spawn(port, dir.path(), password);
+            let mut server = Self {
+                port,
+                password,
+                dir,
+                child,
+            };
+            if server.came_up().await {
+                return server;
+            }
+        }
+        panic!("redis-server exited on five free ports in a row");
     }
 
     pub fn spawn(port: u16, dir: &Path, password: &str) -> Child {
@@ -62,9 +68,13 @@ impl RedisProcess {
             .expect("redis-server (scripts/backends.sh installs it)")
     }
 
-    pub async fn wait_up(&self) {
+    /// Whether the server answers; `false` when it exited first.
+    async fn came_up(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.try_admin().await.is_err() {
+            if self.child.try_wait().unwrap().is_some() {
+                return false;
+            }
             assert!(
                 Instant::now() < deadline,
                 "redis-server on {} never answered",
@@ -72,6 +82,7 @@ impl RedisProcess {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        true
     }
 
     pub async fn try_admin(&self) -> redis::RedisResult<MultiplexedConnection> {
@@ -97,7 +108,11 @@ impl RedisProcess {
     /// The same server again, on its port and directory.
     pub async fn restart(&mut self) {
         self.child = Self::spawn(self.port, self.dir.path(), self.password);
-        self.wait_up().await;
+        assert!(
+            self.came_up().await,
+            "redis-server exited on its port {}",
+            self.port
+        );
     }
 }
 
@@ -266,10 +281,21 @@ impl Drop for LocalData {
     }
 }
 
-/// `count` consecutive ports from a random base, for a test's local range.
+/// `count` consecutive ports for a test's local range: apart from every other range this test
+/// binary hands out (its tests run at once), and below the kernel's ephemeral ports (32768 and
+/// up by default), which outgoing connections take at random. A random start per run keeps
+/// two runs at once (a developer's and CI's) apart too, mostly.
 pub fn port_range(count: u16) -> [u16; 2] {
-    let base = 20_000 + (rand_u16() % 30_000);
-    [base, base + count - 1]
+    static BASE: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+    static HANDED_OUT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let base = *BASE.get_or_init(|| 20_000 + rand_u16() % 12_000);
+    let first = base + HANDED_OUT.fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+    let last = first + count - 1;
+    assert!(
+        last < 32_768,
+        "test port ranges ran into the ephemeral ports"
+    );
+    [first, last]
 }
 
 pub fn rand_u16() -> u16 {
