@@ -307,13 +307,14 @@ impl RedisBroker {
             .ok_or_else(|| BrokerError::Failed("[redis.local] is missing".into()))
     }
 
-    /// A free port of the local range, claimed for `owner` (the one it holds already, on a
-    /// retry); a port another program listens on is skipped.
-    async fn claim_port(&self, owner: Owner<'_>) -> Result<u16, BrokerError> {
+    /// A free port of the local range, claimed for `owner`, and `true`; or the one it holds
+    /// already (on a retry) and `false`. A port another program listens on is skipped.
+    async fn claim_port(&self, owner: Owner<'_>) -> Result<(u16, bool), BrokerError> {
         if let Some(port) = self.claims.held_by(PORTS, owner).await? {
-            return port
+            let port = port
                 .parse()
-                .map_err(|_| BrokerError::Failed(format!("claimed port {port:?} is no port")));
+                .map_err(|_| BrokerError::Failed(format!("claimed port {port:?} is no port")))?;
+            return Ok((port, false));
         }
         let local = self.local()?;
         let taken = self.claims.all(PORTS).await?;
@@ -324,7 +325,7 @@ impl RedisBroker {
                 continue;
             }
             if self.claims.claim(PORTS, &item, owner).await? {
-                return Ok(port);
+                return Ok((port, true));
             }
         }
         Err(BrokerError::Unprocessable(format!(
@@ -457,7 +458,7 @@ impl ServiceBroker for RedisBroker {
                 let _turn = self.local_turn.lock().await;
                 let mut moves = 0;
                 loop {
-                    let port = self.claim_port(owner).await?;
+                    let (port, fresh) = self.claim_port(owner).await?;
                     let process = Process::new(local, &name, port);
                     process.write_conf(local, plan)?;
                     match process.ensure_running(local).await {
@@ -467,11 +468,12 @@ impl ServiceBroker for RedisBroker {
                                 ..Provisioned::default()
                             });
                         }
-                        // Taken since it was found free. Nothing names the port yet: the
-                        // directory goes (nothing ran there), then the claim, and the next free
-                        // port is tried, as a new provision would (a crash in between leaves
-                        // what deprovision removes).
-                        Err(StartError::PortTaken(_)) if moves < PORT_MOVES => {
+                        // Taken since this attempt found it free. Nothing names the port
+                        // yet: the directory goes (nothing ran there), then the claim, and the
+                        // next free port is tried, as a new provision would (a crash in between
+                        // leaves what deprovision removes). A port an earlier attempt claimed
+                        // stays: the server that attempt started may be what holds it.
+                        Err(StartError::PortTaken(_)) if fresh && moves < PORT_MOVES => {
                             moves += 1;
                             process.remove().await.map_err(after_claim)?;
                             self.claims

@@ -1,8 +1,8 @@
 //! `local` plans: a `redis-server` process per instance on the broker's own host, with its own
-//! port (claimed in the store), config file, data directory and pid file. The processes run in
-//! a process group of their own, so a broker restart leaves them running and finds them again
-//! by pid file and port; upkeep starts one that died again, on its data (the append-only file
-//! of plans that keep one).
+//! port (claimed in the store), config file, data directory and pid file. The processes
+//! outlive the broker (under systemd with `KillMode=process`), so a broker restart finds them
+//! again by pid file and port; upkeep starts one that died again, on its data (the
+//! append-only file of plans that keep one).
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -175,13 +175,23 @@ impl Process {
         }
         // A live one that does not answer yet (loading its data) is waited for, not started
         // twice.
-        let mut child = if running {
-            None
-        } else {
-            Some(self.start(config)?)
-        };
+        let mut child = None;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
+            // Whether it ended comes before each login: the login sends the admin password
+            // to whatever listens on the port.
+            match child.as_mut() {
+                None if self.running_pid().is_none() => child = Some(self.start(config)?),
+                None => {}
+                Some(child) => {
+                    let exited = child.try_wait().map_err(|e| {
+                        BrokerError::Failed(format!("waiting for redis-server: {e}"))
+                    })?;
+                    if let Some(status) = exited {
+                        return Err(self.exited(config, status));
+                    }
+                }
+            }
             // Loading a large append-only file takes a while; LOADING answers until it is read.
             if let Ok(mut conn) = admin.conn().await
                 && redis::cmd("PING")
@@ -190,23 +200,6 @@ impl Process {
                     .is_ok()
             {
                 return Ok(());
-            }
-            let exited = match child.as_mut() {
-                Some(child) => child
-                    .try_wait()
-                    .map_err(|e| BrokerError::Failed(format!("waiting for redis-server: {e}")))?,
-                None => None,
-            };
-            if let Some(status) = exited {
-                if !port_free(&config.bind, self.port) {
-                    return Err(StartError::PortTaken(self.port));
-                }
-                return Err(BrokerError::Failed(format!(
-                    "{} exited with {status}; see {}",
-                    config.redis_server.display(),
-                    self.log().display()
-                ))
-                .into());
             }
             if Instant::now() > deadline {
                 return Err(BrokerError::Failed(format!(
@@ -220,11 +213,27 @@ impl Process {
         }
     }
 
+    /// Why the server this broker started ended before it answered: its port taken (it
+    /// failed, and something else holds the port now), or whatever its logs say.
+    fn exited(&self, config: &LocalConfig, status: std::process::ExitStatus) -> StartError {
+        if !status.success() && !port_free(&config.bind, self.port) {
+            return StartError::PortTaken(self.port);
+        }
+        BrokerError::Failed(format!(
+            "{} exited with {status}; see {} and {}",
+            config.redis_server.display(),
+            self.log().display(),
+            self.stderr().display()
+        ))
+        .into()
+    }
+
     /// Starts `redis-server` on the config file. In the foreground (whatever an older config
     /// file says), so that one that cannot start is seen exiting at once; in a process group
-    /// of its own, so that a signal to the broker's group (a Ctrl-C) does not reach it. Once
-    /// it answers, the handle is let go: the server keeps running, and tokio reaps it when it
-    /// ends. None of the broker's environment (its keys and passwords) for the server.
+    /// of its own, so that a Ctrl-C to the broker does not reach it. Once it answers, the
+    /// handle is let go: the server keeps running, and tokio reaps it when it ends. What it
+    /// says before its log is open (a config file it refuses) goes to a file beside the log.
+    /// None of the broker's environment (its keys and passwords) for the server.
     fn start(&self, config: &LocalConfig) -> Result<tokio::process::Child, BrokerError> {
         if !self.configured() {
             return Err(BrokerError::Failed(format!(
@@ -232,18 +241,29 @@ impl Process {
                 self.dir.display()
             )));
         }
+        let stderr = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(self.stderr())
+            .map_err(|e| BrokerError::Failed(format!("{}: {e}", self.stderr().display())))?;
         tokio::process::Command::new(&config.redis_server)
             .env_clear()
             .arg(self.conf())
             .args(["--daemonize", "no"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .process_group(0)
             .spawn()
             .map_err(|e| {
                 BrokerError::Failed(format!("starting {}: {e}", config.redis_server.display()))
             })
+    }
+
+    fn stderr(&self) -> PathBuf {
+        self.dir.join("redis.stderr")
     }
 
     fn log(&self) -> PathBuf {
@@ -302,9 +322,36 @@ pub fn port_free(bind: &str, port: u16) -> bool {
 mod tests {
     use super::*;
 
+    /// The processes whose working directory is `dir`: every redis-server of that instance.
+    fn processes_in(dir: &std::path::Path) -> Vec<u32> {
+        let Ok(dir) = std::fs::canonicalize(dir) else {
+            return Vec::new();
+        };
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| std::fs::read_link(format!("/proc/{pid}/cwd")).ok() == Some(dir.clone()))
+            .collect()
+    }
+
+    /// Kills what runs in the directory when the test ends, a failed one included.
+    struct Reaper(PathBuf);
+
+    impl Drop for Reaper {
+        fn drop(&mut self) {
+            for pid in processes_in(&self.0) {
+                let _ = std::process::Command::new("kill")
+                    .args(["-9", &pid.to_string()])
+                    .status();
+            }
+        }
+    }
+
     /// The race a claimed port can lose: found free, then given to an outgoing connection
     /// before the server listens. The server's exit is seen and named as such (a new instance
-    /// moves on), nothing of it keeps running, and it starts once the port is free again.
+    /// moves on) though its config file asks it to daemonize, nothing of it keeps running,
+    /// and it starts once the port is free again.
     #[tokio::test]
     async fn a_port_taken_after_it_was_found_free_is_named() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -323,16 +370,24 @@ mod tests {
             port,
         };
         process.write_conf(&config, &plan).unwrap();
+        // What the broker's earlier releases wrote.
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(process.conf())
+            .unwrap();
+        conf.write_all(b"daemonize yes\n").unwrap();
+        let _reaper = Reaper(process.dir.clone());
         let err = process.ensure_running(&config).await.unwrap_err();
         assert!(
             matches!(err, StartError::PortTaken(p) if p == port),
             "{err:?}"
         );
-        assert_eq!(process.running_pid(), None);
+        assert_eq!(processes_in(&process.dir), Vec::<u32>::new());
         drop(held);
         drop(listener);
         process.ensure_running(&config).await.unwrap();
         let pid = process.running_pid().expect("a pid file naming the server");
+        assert_eq!(processes_in(&process.dir), vec![pid as u32]);
         process.remove().await.unwrap();
         assert!(!std::path::Path::new(&format!("/proc/{pid}/cwd")).exists());
     }

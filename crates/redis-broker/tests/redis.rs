@@ -527,6 +527,76 @@ async fn thirty_concurrent_local_provisions_each_get_a_server() {
     assert!(std::fs::read_dir(data.path()).unwrap().next().is_none());
 }
 
+/// A port taken after it was found free and before the server listens on it (by an outgoing
+/// connection, another program): the new instance moves to the next free port and gives the
+/// taken one back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_whose_port_is_taken_before_its_server_listens_moves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = LocalData::new();
+    let servers = servers(1).await;
+    let ports = port_range(2);
+    let config = local_config(dir.path(), &servers, data.path(), ports);
+    // Its first start lets another redis-server take the port, then fails as redis-server
+    // does on a taken port; every later start is redis-server's own.
+    let holder = data.path().join("holder");
+    let stub = dir.path().join("redis-server-stub");
+    std::fs::write(
+        &stub,
+        format!(
+            r#"#!/bin/sh
+holder="{holder}"
+if [ ! -d "$holder" ]; then
+    port=$(/usr/bin/awk '$1 == "port" {{ print $2 }}' "$1")
+    /bin/mkdir "$holder"
+    /usr/bin/redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
+        --daemonize yes --dir "$holder" --pidfile "$holder/redis.pid" --logfile "$holder/redis.log"
+    until /usr/bin/redis-cli -p "$port" ping >/dev/null 2>&1; do /bin/sleep 0.05; done
+    exit 1
+fi
+exec /usr/bin/redis-server "$@"
+"#,
+            holder = holder.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&stub, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "[redis.local]\n",
+        &format!("[redis.local]\nredis_server = \"{}\"\n", stub.display()),
+    );
+    std::fs::write(&config, text).unwrap();
+    let broker = start(dir.path(), &config).await;
+    let c = Osb::new(target(&broker, LOCAL));
+    let id = fresh_id();
+    c.provision_ready(&id, LOCAL).await.unwrap();
+    let squatter =
+        std::fs::read_to_string(holder.join("redis.pid")).expect("the stub took no port");
+    let creds = c.bind_ready(&id, &fresh_id(), LOCAL).await.unwrap()["credentials"].clone();
+    assert_eq!(creds["port"], ports[1]);
+    let mut conn = app(&creds).await.unwrap();
+    run(&mut conn, &["SET", "mine", &id]).await.unwrap();
+
+    // With the other program gone, the next instance gets the port the first one gave back.
+    Command::new("kill")
+        .args(["-9", squatter.trim()])
+        .status()
+        .unwrap();
+    std::fs::remove_file(holder.join("redis.pid")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpListener::bind(("127.0.0.1", ports[0])).is_err() {
+        assert!(Instant::now() < deadline, "port {} stayed taken", ports[0]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let other = fresh_id();
+    c.provision_ready(&other, LOCAL).await.unwrap();
+    let creds = c.bind_ready(&other, &fresh_id(), LOCAL).await.unwrap()["credentials"].clone();
+    assert_eq!(creds["port"], ports[0]);
+    for id in [&id, &other] {
+        c.deprovision_done(id, LOCAL).await.unwrap();
+    }
+}
+
 /// Local mode on a state store other replicas share is refused, saying why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_mode_refuses_a_shared_state_store() {
