@@ -23,6 +23,22 @@ fn gluster_answers() -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Whether glusterd answers and reports every process of the volume (brick, quota daemon)
+/// online: what the tests that come after need.
+fn volume_online() -> bool {
+    Command::new("gluster")
+        .args(["--mode=script", "--xml", "volume", "status", "kpaas-shared"])
+        .stderr(Stdio::null())
+        .output()
+        .is_ok_and(|out| {
+            let xml = String::from_utf8_lossy(&out.stdout);
+            out.status.success()
+                && xml.contains("<opRet>0</opRet>")
+                && xml.contains("<status>1</status>")
+                && !xml.contains("<status>0</status>")
+        })
+}
+
 /// glusterd stopped; started again (as scripts/backends.sh starts it) when dropped, a failed
 /// test included.
 struct Stopped;
@@ -49,8 +65,15 @@ impl Drop for Stopped {
             .args(["-p", "/run/glusterd.pid"])
             .status();
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !gluster_answers() && Instant::now() < deadline {
+        while !volume_online() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(200));
+        }
+        // Panicking again while a failed test unwinds would abort the run.
+        if !std::thread::panicking() {
+            assert!(
+                volume_online(),
+                "glusterd or the volume's processes did not come back within 60 s"
+            );
         }
     }
 }

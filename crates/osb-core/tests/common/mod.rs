@@ -60,7 +60,7 @@ impl FakeBroker {
     async fn pause(plan: &Plan, op: Operation) {
         let ms = match (plan.id.as_str(), op) {
             // Long enough for the testkit to send its requests while it runs, even on a busy CI.
-            (PLAN_ASYNC, _) => 1200,
+            (PLAN_ASYNC, _) => 2000,
             (PLAN_HANG, Operation::Provision) => 3_600_000,
             _ => 50,
         };

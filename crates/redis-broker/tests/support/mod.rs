@@ -194,11 +194,17 @@ pub fn config(dir: &Path, servers: &Servers, upkeep_secs: u64) -> PathBuf {
 }
 
 pub async fn start(dir: &Path, config: &Path) -> BrokerProcess {
+    start_with(dir, config, &[]).await
+}
+
+/// [`start`] with more environment.
+pub async fn start_with(dir: &Path, config: &Path, more: &[(&str, &str)]) -> BrokerProcess {
     let binary = Path::new(env!("CARGO_BIN_EXE_redis-broker"));
-    let env = [
+    let mut env = vec![
         ("REDIS_BROKER_POOL_PASSWORD", POOL_PASSWORD),
         ("REDIS_BROKER_SHARED_PASSWORD", SHARED_PASSWORD),
     ];
+    env.extend_from_slice(more);
     start_broker(binary, config, dir, &env, "/ready")
         .await
         .unwrap()
@@ -281,21 +287,27 @@ impl Drop for LocalData {
     }
 }
 
-/// `count` consecutive ports for a test's local range: apart from every other range this test
-/// binary hands out (its tests run at once), and below the kernel's ephemeral ports (32768 and
-/// up by default), which outgoing connections take at random. A random start per run keeps
+/// `count` consecutive free ports for a test's local range: apart from every other range this
+/// test binary hands out (its tests run at once), and below the kernel's ephemeral ports (32768
+/// and up by default), which outgoing connections take at random. A random start per run keeps
 /// two runs at once (a developer's and CI's) apart too, mostly.
 pub fn port_range(count: u16) -> [u16; 2] {
     static BASE: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
     static HANDED_OUT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
     let base = *BASE.get_or_init(|| 20_000 + rand_u16() % 12_000);
-    let first = base + HANDED_OUT.fetch_add(count, std::sync::atomic::Ordering::Relaxed);
-    let last = first + count - 1;
-    assert!(
-        last < 32_768,
-        "test port ranges ran into the ephemeral ports"
-    );
-    [first, last]
+    loop {
+        let first = base + HANDED_OUT.fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+        let last = first + count - 1;
+        assert!(
+            last < 32_768,
+            "test port ranges ran into the ephemeral ports"
+        );
+        // A port a server of the machine holds (RabbitMQ's 25672, MongoDB's 27017, ...)
+        // would be skipped by the broker and shift the ports a test expects.
+        if (first..=last).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+            return [first, last];
+        }
+    }
 }
 
 pub fn rand_u16() -> u16 {
