@@ -103,6 +103,7 @@ fn parse_age(text: &str) -> Result<Duration, String> {
 
 /// Parses the command line, loads the config and runs the command.
 pub async fn main<A: App>() -> ExitCode {
+    crate::allocator::tune();
     // Every TLS client in the process uses ring, as the server does; a library that builds a
     // client without a config of its own would otherwise find no provider and panic.
     let _ = rustls::crypto::ring::default_provider().install_default();

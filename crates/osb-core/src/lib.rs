@@ -4,6 +4,7 @@
 //! [`server::serve`]; everything of HTTP and of the OSB rules lives here. ARCHITECTURE.md at the
 //! workspace root has the map.
 
+pub mod allocator;
 pub mod backend_tls;
 pub mod broker;
 pub mod catalog;
