@@ -23,7 +23,6 @@ impl osb_core::cli::App for GlusterApp {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    osb_core::cli::main::<GlusterApp>().await
+fn main() -> ExitCode {
+    osb_core::cli::run::<GlusterApp>()
 }

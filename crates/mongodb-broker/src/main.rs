@@ -33,7 +33,6 @@ impl osb_core::cli::App for MongoApp {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    osb_core::cli::main::<MongoApp>().await
+fn main() -> ExitCode {
+    osb_core::cli::run::<MongoApp>()
 }

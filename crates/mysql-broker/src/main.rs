@@ -37,7 +37,6 @@ impl osb_core::cli::App for MysqlApp {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    osb_core::cli::main::<MysqlApp>().await
+fn main() -> ExitCode {
+    osb_core::cli::run::<MysqlApp>()
 }

@@ -186,8 +186,12 @@ async fn retry_then_clean_up(c: &Client, pairs: &[(String, String)]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_broker_finishes_its_operations_as_soon_as_it_restarts() {
     let dir = tempfile::tempdir().unwrap();
-    // A fixed replica id: the restarted process is the same replica on another port.
-    let same = [("KPAAS_BROKER__REPLICA_ID", "replica-1")];
+    // A fixed replica id: the restarted process is the same replica on another port. A lease
+    // far longer than the wait below: a replica that waited for its own lease would fail.
+    let same = [
+        ("KPAAS_BROKER__REPLICA_ID", "replica-1"),
+        ("KPAAS_BROKER__OPERATIONS__LEASE_SECS", "600"),
+    ];
     let broker = start_env(dir.path(), 0, &deploy_config(), true, &same).await;
     let c = Client::new(target(&broker));
     let (pairs, tasks) = start_pairs(&c);
@@ -201,8 +205,8 @@ async fn a_killed_broker_finishes_its_operations_as_soon_as_it_restarts() {
         "the kill left no operation in flight; nothing was tested"
     );
 
-    // The same replica comes back; the lease is the default 60 s, so settling within 45 s
-    // (seconds, unloaded) shows it took its own operations back at once.
+    // The same replica comes back; settling within 45 s (seconds, unloaded), with the lease
+    // at 600 s, shows it took its own operations back at once.
     let broker = start_env(dir.path(), 0, &deploy_config(), true, &same).await;
     let c = Client::new(target(&broker));
     let took = all_settled(&c, &pairs, Duration::from_secs(45)).await;

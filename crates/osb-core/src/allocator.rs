@@ -10,26 +10,30 @@
 //! but made reads on a MariaDB store a tenth slower: the arenas are left as they are.)
 //!
 //! An operator's own threshold wins: `MALLOC_MMAP_THRESHOLD_`, or `GLIBC_TUNABLES` naming
-//! `glibc.malloc.mmap_threshold`, leave it as they set it.
+//! `glibc.malloc.mmap_threshold`, leave it as they set it (glibc has no setting that brings
+//! its moving threshold back).
 
 /// Blocks from this size up are mapped on their own and unmapped when freed.
 pub const MMAP_THRESHOLD: usize = 64 * 1024;
 
-/// Sets the allocator up, first thing in `main`.
+/// Sets the allocator up. Only while the process has one thread ([`crate::cli::run`]): glibc
+/// marks `mallopt` MT-unsafe (a `free` elsewhere writes the same threshold unlocked).
 pub fn tune() {
-    if operator_tuned(|name| std::env::var(name).ok()) {
+    if operator_tuned(|name| std::env::var_os(name)) {
         return;
     }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: `mallopt` only sets the allocator's parameters, under the allocator's own lock.
+    // SAFETY: `mallopt` sets one of the allocator's parameters; no other thread exists yet to
+    // allocate or free meanwhile (see above).
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD as libc::c_int);
     }
 }
 
-fn operator_tuned(env: impl Fn(&str) -> Option<String>) -> bool {
+fn operator_tuned(env: impl Fn(&str) -> Option<std::ffi::OsString>) -> bool {
     env("MALLOC_MMAP_THRESHOLD_").is_some()
-        || env("GLIBC_TUNABLES").is_some_and(|t| t.contains("glibc.malloc.mmap_threshold"))
+        || env("GLIBC_TUNABLES")
+            .is_some_and(|t| t.to_string_lossy().contains("glibc.malloc.mmap_threshold"))
 }
 
 #[cfg(test)]
@@ -39,7 +43,7 @@ mod tests {
     #[test]
     fn an_operators_threshold_is_left_alone() {
         let only = |name: &'static str, value: &'static str| {
-            move |n: &str| (n == name).then(|| value.to_owned())
+            move |n: &str| (n == name).then(|| value.into())
         };
         assert!(!operator_tuned(|_| None));
         assert!(operator_tuned(only("MALLOC_MMAP_THRESHOLD_", "131072")));

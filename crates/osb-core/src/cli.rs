@@ -101,9 +101,25 @@ fn parse_age(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(n.saturating_mul(secs)))
 }
 
+/// A broker binary's `main`: the allocator set up while the process has one thread (glibc's
+/// `mallopt` is not safe against other threads' frees), then [`main`] on a multi-threaded
+/// tokio runtime.
+pub fn run<A: App>() -> ExitCode {
+    crate::allocator::tune();
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(main::<A>()),
+        Err(e) => {
+            eprintln!("starting the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Parses the command line, loads the config and runs the command.
 pub async fn main<A: App>() -> ExitCode {
-    crate::allocator::tune();
     // Every TLS client in the process uses ring, as the server does; a library that builds a
     // client without a config of its own would otherwise find no provider and panic.
     let _ = rustls::crypto::ring::default_provider().install_default();

@@ -30,7 +30,6 @@ impl osb_core::cli::App for RabbitApp {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    osb_core::cli::main::<RabbitApp>().await
+fn main() -> ExitCode {
+    osb_core::cli::run::<RabbitApp>()
 }

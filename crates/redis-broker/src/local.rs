@@ -178,8 +178,9 @@ impl Process {
         let mut child = None;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            // Whether it ended comes before each login: the login sends the admin password
-            // to whatever listens on the port.
+            // Whether it ended comes before each login: once it has, a login would send the
+            // admin password to whatever holds the port now. (Before it binds, a program
+            // already listening there gets the login all the same: docs/redis-broker.md.)
             match child.as_mut() {
                 None if self.running_pid().is_none() => child = Some(self.start(config)?),
                 None => {}

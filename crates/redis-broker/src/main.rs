@@ -33,7 +33,6 @@ impl osb_core::cli::App for RedisApp {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    osb_core::cli::main::<RedisApp>().await
+fn main() -> ExitCode {
+    osb_core::cli::run::<RedisApp>()
 }

@@ -203,7 +203,7 @@ async fn shared_users_stay_under_their_prefix_and_come_back_after_a_restart() {
     let mut servers = servers(1).await;
     let config = config(dir.path(), &servers, 1);
     // The broker is restarted below; the upkeep lease its killed process held lapses in
-    // seconds (two passes and one instance's timeout).
+    // seconds (three upkeep intervals and one instance's timeout).
     let quick = [("KPAAS_BROKER__OPERATIONS__UPKEEP_TIMEOUT_SECS", "3")];
     let broker = start_with(dir.path(), &config, &quick).await;
     let c = Osb::new(target(&broker, SHARED));
