@@ -44,6 +44,23 @@ fn encode(s: &str) -> String {
     utf8_percent_encode(s, COMPONENT).to_string()
 }
 
+/// An AMQP URI: `user` on `vhost` of `host`, every part percent-encoded.
+fn amqp_uri(
+    scheme: &str,
+    user: &str,
+    password: &SecretString,
+    host: &str,
+    port: u16,
+    vhost: &str,
+) -> String {
+    format!(
+        "{scheme}://{}:{}@{host}:{port}/{}",
+        encode(user),
+        encode(password.expose_secret()),
+        encode(vhost),
+    )
+}
+
 /// The URI of an AMQP check: the admin account on `vhost`, with AMQP's smallest frames. lapin
 /// keeps room for 32 frames of the negotiated size in each direction, zeroed as the connection
 /// opens: at RabbitMQ's default 128 KiB frames a check took 8 MiB of the broker's memory (kept
@@ -57,10 +74,8 @@ fn check_uri(
     vhost: &str,
 ) -> String {
     format!(
-        "{scheme}://{}:{}@{host}:{port}/{}?frame_max={}",
-        encode(user),
-        encode(password.expose_secret()),
-        encode(vhost),
+        "{}?frame_max={}",
+        amqp_uri(scheme, user, password, host, port, vhost),
         lapin::protocol::constants::FRAME_MIN_SIZE,
     )
 }
@@ -289,11 +304,7 @@ impl RabbitBroker {
         user: &UserName,
         password: &SecretString,
     ) -> Credentials {
-        let (u, p, v) = (
-            encode(user.as_str()),
-            encode(password.expose_secret()),
-            encode(vhost.as_str()),
-        );
+        let (u, p) = (encode(user.as_str()), encode(password.expose_secret()));
         let ssl = self.tls.is_some();
         let hosts: Vec<&str> = self.nodes.iter().map(|n| n.host.as_str()).collect();
         let amqp_uris: Vec<String> = self
@@ -301,7 +312,14 @@ impl RabbitBroker {
             .iter()
             .map(|n| {
                 let (scheme, port) = self.amqp_of(n);
-                format!("{scheme}://{u}:{p}@{}:{port}/{v}", n.host)
+                amqp_uri(
+                    scheme,
+                    user.as_str(),
+                    password,
+                    &n.host,
+                    port,
+                    vhost.as_str(),
+                )
             })
             .collect();
         let http = if ssl { "https" } else { "http" };

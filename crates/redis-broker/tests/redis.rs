@@ -486,9 +486,7 @@ async fn thirty_concurrent_local_provisions_each_get_a_server() {
     let broker = start(dir.path(), &config).await;
     let c = Osb::new(target(&broker, LOCAL));
     // A port of the range another program holds is skipped: that many fewer can be made.
-    let free = (ports[0]..=ports[1])
-        .filter(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
-        .count();
+    let free = (ports[0]..=ports[1]).filter(|p| port_free(*p)).count();
     let ids: Vec<String> = (0..30).map(|_| fresh_id()).collect();
     let made = futures::future::join_all(ids.iter().map(|id| c.provision_ready(id, LOCAL))).await;
     let failed: Vec<String> = made
@@ -593,7 +591,7 @@ exec /usr/bin/redis-server "$@"
         .unwrap();
     std::fs::remove_file(holder.join("redis.pid")).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpListener::bind(("127.0.0.1", ports[0])).is_err() {
+    while !port_free(ports[0]) {
         assert!(Instant::now() < deadline, "port {} stayed taken", ports[0]);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

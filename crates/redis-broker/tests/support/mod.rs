@@ -304,10 +304,15 @@ pub fn port_range(count: u16) -> [u16; 2] {
         );
         // A port a server of the machine holds (RabbitMQ's 25672, MongoDB's 27017, ...)
         // would be skipped by the broker and shift the ports a test expects.
-        if (first..=last).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+        if (first..=last).all(port_free) {
             return [first, last];
         }
     }
+}
+
+/// Whether nothing holds `port` on 127.0.0.1: the broker's own test before it claims a port.
+pub fn port_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
 pub fn rand_u16() -> u16 {
