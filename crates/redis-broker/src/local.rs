@@ -349,14 +349,41 @@ mod tests {
         }
     }
 
+    /// An outgoing connection, and the listener it reaches. Its local port is one found free
+    /// and bound before connecting: a port the kernel picks for a connection may still have a
+    /// TIME_WAIT of an earlier connection on it (a run of tests leaves thousands), and that
+    /// would keep the port from the server after this connection is gone. It is reset when
+    /// dropped (linger 0), so it leaves no TIME_WAIT of its own.
+    async fn outgoing_connection_from_a_free_port() -> (std::net::TcpListener, tokio::net::TcpStream)
+    {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        for _ in 0..20 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            if socket.bind(([127, 0, 0, 1], port).into()).is_err() {
+                continue;
+            }
+            socket.set_zero_linger().unwrap();
+            let held = socket
+                .connect(listener.local_addr().unwrap())
+                .await
+                .unwrap();
+            return (listener, held);
+        }
+        panic!("no free port to connect from in 20 tries");
+    }
+
     /// The race a claimed port can lose: found free, then given to an outgoing connection
     /// before the server listens. The server's exit is seen and named as such (a new instance
     /// moves on) though its config file asks it to daemonize, nothing of it keeps running,
     /// and it starts once the port is free again.
     #[tokio::test]
     async fn a_port_taken_after_it_was_found_free_is_named() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let held = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (listener, held) = outgoing_connection_from_a_free_port().await;
         let port = held.local_addr().unwrap().port();
         let data = tempfile::tempdir().unwrap();
         let config: LocalConfig = serde_json::from_value(serde_json::json!({
