@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use osb_testkit::{BrokerProcess, PLAIN_CATALOG_SKIPS, Target, free_port, fresh_id, start_broker};
+use osb_testkit::{BrokerProcess, PLAIN_CATALOG_SKIPS, Target, fresh_id, start_broker};
 use redis::aio::MultiplexedConnection;
 use serde_json::Value;
 
@@ -29,11 +29,12 @@ pub struct RedisProcess {
 
 impl RedisProcess {
     pub async fn start(password: &'static str) -> Self {
-        // A port found free can go to an outgoing connection before the server listens on
-        // it: the server exits then, and another port is tried.
+        // Below the ephemeral ports, so that no outgoing connection takes the port while the
+        // server is down between a crash and its restart. Another run's server may still
+        // take it first: the server exits then, and another port is tried.
         for _ in 0..5 {
             let dir = tempfile::tempdir().unwrap();
-            let port = free_port();
+            let [port, _] = port_range(1);
             let child = Self::spawn(port, dir.path(), password);
             let mut server = Self {
                 port,
