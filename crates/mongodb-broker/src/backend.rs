@@ -17,8 +17,8 @@ use osb_core::credentials::{Credentials, PasswordLength, generate_password};
 use osb_core::ids::BindingId;
 use osb_core::orphans::BackendObject;
 use osb_core::quota::QuotaPolicy;
+use osb_core::uri;
 use osb_core::wire::InstanceMetadata;
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use prometheus::{IntGauge, Registry};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value, json};
@@ -30,13 +30,6 @@ use crate::errors::{
 };
 use crate::names::{DatabaseName, UserName};
 use crate::owners::{self, Claimed, Kind, Owner};
-
-/// RFC 3986 unreserved characters stay as they are in URIs; everything else is encoded.
-const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
 
 /// Options of the admin URI that apps need as well (topology and transport, not identity).
 const CARRIED: [&str; 8] = [
@@ -143,13 +136,12 @@ impl MongoBroker {
         user: &UserName,
         password: &SecretString,
     ) -> Credentials {
-        let encode = |s: &str| utf8_percent_encode(s, COMPONENT).to_string();
         let uri = format!(
             // The users have SCRAM-SHA-256 only: naming it saves drivers a negotiation that
             // some servers answer poorly (and SCRAM-SHA-1 would fail).
             "mongodb://{}:{}@{}/{db}?authSource={db}&authMechanism=SCRAM-SHA-256{}",
-            encode(user.as_str()),
-            encode(password.expose_secret()),
+            uri::component(user.as_str()),
+            uri::component(password.expose_secret()),
             self.hosts.join(","),
             self.carried
         );
@@ -250,13 +242,16 @@ fn carried_options(uri: &str) -> String {
         .collect()
 }
 
-/// `host:port` → host and port (27017 when absent).
+/// `host:port` → host and port (27017 when absent); an IPv6 address without its brackets, as
+/// the `host` field of other brokers' credentials holds it.
 fn split_host(host: &str) -> (&str, u16) {
-    match host.rsplit_once(':') {
+    let (h, port) = match host.rsplit_once(':') {
         // `[::1]` alone has colons but no port; `[::1]:27018` has one after the bracket.
         Some((h, p)) if !host.ends_with(']') => (h, p.parse().unwrap_or(27017)),
         _ => (host, 27017),
-    }
+    };
+    let bare = h.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+    (bare.unwrap_or(h), port)
 }
 
 /// The two rights a binding's user can hold on its database.
@@ -735,7 +730,7 @@ mod tests {
         assert_eq!(carried_options("mongodb://a"), "");
         assert_eq!(split_host("db.example:27018"), ("db.example", 27018));
         assert_eq!(split_host("db.example"), ("db.example", 27017));
-        assert_eq!(split_host("[::1]"), ("[::1]", 27017));
-        assert_eq!(split_host("[::1]:27018"), ("[::1]", 27018));
+        assert_eq!(split_host("[::1]"), ("::1", 27017));
+        assert_eq!(split_host("[::1]:27018"), ("::1", 27018));
     }
 }

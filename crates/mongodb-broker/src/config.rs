@@ -2,10 +2,11 @@
 
 use std::collections::HashMap;
 
-use mongodb::options::{ConnectionString, HostInfo};
+use mongodb::options::{ConnectionString, HostInfo, ServerAddress};
 use osb_core::config::{BrokerConfig, Secret};
 use osb_core::credentials::PasswordLength;
 use osb_core::quota::QuotaPolicy;
+use osb_core::uri;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
@@ -87,10 +88,19 @@ impl TryFrom<Secret> for AdminUri {
             return Err("mongodb+srv is not supported: list the hosts".into());
         };
         Ok(Self {
-            hosts: hosts.iter().map(ToString::to_string).collect(),
+            hosts: hosts.iter().map(host_and_port).collect(),
             replica_set: parsed.replica_set.clone(),
             secret: secret.0,
         })
+    }
+}
+
+/// `host:port` as it stands in a URI: the driver's own `Display` drops an IPv6 address's
+/// brackets.
+fn host_and_port(address: &ServerAddress) -> String {
+    match address {
+        ServerAddress::Tcp { host, port } => uri::authority(host, port.unwrap_or(27017)),
+        other => other.to_string(),
     }
 }
 
@@ -106,6 +116,8 @@ mod tests {
     fn the_admin_uri_is_checked_without_echoing_its_password() {
         let ok = uri("mongodb://root:pw@a:1,b/?replicaSet=rs0").unwrap();
         assert_eq!(ok.hosts, ["a:1", "b:27017"]);
+        let v6 = uri("mongodb://root:pw@[fd00::5]:27018,[::1]/").unwrap();
+        assert_eq!(v6.hosts, ["[fd00::5]:27018", "[::1]:27017"]);
         assert_eq!(ok.replica_set.as_deref(), Some("rs0"));
         assert!(
             uri("mongodb+srv://root:pw@cluster.example/")

@@ -14,8 +14,8 @@ use osb_core::catalog::Plan;
 use osb_core::credentials::{Credentials, PasswordLength, generate_password};
 use osb_core::ids::BindingId;
 use osb_core::orphans::{BackendObject, Claim};
+use osb_core::uri;
 use osb_core::wire::InstanceMetadata;
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use prometheus::{IntGauge, Registry};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
@@ -36,14 +36,6 @@ const ADMIN_LOCK_WAIT_SECS: u32 = 10;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an idle admin connection stays in the pool.
 const IDLE_CONNECTION_TTL: Duration = Duration::from_secs(60);
-
-/// What credentials percent-encode: everything but RFC 3986's unreserved characters, which
-/// generated passwords and account names are made of.
-const URI_ENCODE: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
 
 /// One configured server.
 struct Server {
@@ -127,19 +119,21 @@ impl Server {
         user: &UserName,
         password: &SecretString,
     ) -> Credentials {
-        let enc = |s: &str| utf8_percent_encode(s, URI_ENCODE).to_string();
-        let (u, p) = (enc(user.as_str()), enc(password.expose_secret()));
-        let (host, port, name) = (&self.host, self.port, db.as_str());
+        let (u, p) = (
+            uri::component(user.as_str()),
+            uri::component(password.expose_secret()),
+        );
+        let (at, name) = (uri::authority(&self.host, self.port), db.as_str());
         Credentials::new()
             .with("name", name)
-            .with("hostname", host.as_str())
-            .with("port", port)
+            .with("hostname", self.host.as_str())
+            .with("port", self.port)
             .with("username", user.as_str())
             .with_secret("password", password)
-            .with("uri", format!("mysql://{u}:{p}@{host}:{port}/{name}"))
+            .with("uri", format!("mysql://{u}:{p}@{at}/{name}"))
             .with(
                 "jdbcUrl",
-                format!("jdbc:mysql://{host}:{port}/{name}?user={u}&password={p}"),
+                format!("jdbc:mysql://{at}/{name}?user={u}&password={p}"),
             )
     }
 }
@@ -867,5 +861,36 @@ impl ServiceBroker for MysqlBroker {
         }
         Err(last_error
             .unwrap_or_else(|| BrokerError::Unavailable("no MySQL server is configured".into())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An IPv6 server address stands bare in `hostname` and in brackets in both URIs, so that
+    /// its colons are not read as the port's.
+    #[tokio::test]
+    async fn an_ipv6_host_is_bracketed_in_the_uris() {
+        let server = Server {
+            name: "v6".into(),
+            pool: Pool::new(OptsBuilder::default()),
+            host: "fd00::5".into(),
+            port: 3306,
+        };
+        let db = DatabaseName::recorded("op_a").unwrap();
+        let user = UserName::parse("b_a").unwrap();
+        let creds = server.credentials(&db, &user, &SecretString::from("p-w"));
+        assert_eq!(creds.get("hostname"), Some(&json!("fd00::5")));
+        assert_eq!(
+            creds.get("uri"),
+            Some(&json!("mysql://b_a:p-w@[fd00::5]:3306/op_a"))
+        );
+        assert_eq!(
+            creds.get("jdbcUrl"),
+            Some(&json!(
+                "jdbc:mysql://[fd00::5]:3306/op_a?user=b_a&password=p-w"
+            ))
+        );
     }
 }

@@ -27,6 +27,7 @@ mod runner;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod uri;
 pub mod wire;
 
 pub use broker::{BrokerError, Mode, Operation, ServiceBroker};

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use lapin::tcp::OwnedTLSConfig;
+use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
 use osb_core::backend_tls::{BackendTls, Trust};
 use osb_core::broker::*;
 use osb_core::catalog::{Catalog, Plan};
@@ -15,7 +16,7 @@ use osb_core::cli::BuildError;
 use osb_core::credentials::{Credentials, PasswordLength, generate_password};
 use osb_core::ids::BindingId;
 use osb_core::orphans::BackendObject;
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use osb_core::uri;
 use rabbitmq_http_client::api::ClientBuilder;
 use rabbitmq_http_client::commons::{PolicyTarget, VirtualHostLimitTarget};
 use rabbitmq_http_client::password_hashing;
@@ -30,19 +31,8 @@ use crate::errors::{failed, not_found};
 use crate::markers::{self, Api, Claimed, Kind, Owner};
 use crate::names::{UserName, VhostName};
 
-/// RFC 3986 unreserved characters stay as they are in URIs; everything else is encoded.
-const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
-
 /// The policy that carries a plan's queue limits in each vhost.
 const PLAN_POLICY: &str = "kpaas-plan";
-
-fn encode(s: &str) -> String {
-    utf8_percent_encode(s, COMPONENT).to_string()
-}
 
 /// An AMQP URI: `user` on `vhost` of `host`, every part percent-encoded.
 fn amqp_uri(
@@ -54,30 +44,48 @@ fn amqp_uri(
     vhost: &str,
 ) -> String {
     format!(
-        "{scheme}://{}:{}@{host}:{port}/{}",
-        encode(user),
-        encode(password.expose_secret()),
-        encode(vhost),
+        "{scheme}://{}:{}@{}/{}",
+        uri::component(user),
+        uri::component(password.expose_secret()),
+        uri::authority(host, port),
+        uri::component(vhost),
     )
 }
 
-/// The URI of an AMQP check: the admin account on `vhost`, with AMQP's smallest frames. lapin
-/// keeps room for 32 frames of the negotiated size in each direction, zeroed as the connection
-/// opens: at RabbitMQ's default 128 KiB frames a check took 8 MiB of the broker's memory (kept
-/// by the allocator after), for a connection that sends nothing but its handshake.
-fn check_uri(
-    scheme: &str,
+/// Where an AMQP check connects: the admin account on `vhost`, with AMQP's smallest frames.
+/// lapin keeps room for 32 frames of the negotiated size in each direction, zeroed as the
+/// connection opens: at RabbitMQ's default 128 KiB frames a check took 8 MiB of the broker's
+/// memory (kept by the allocator after), for a connection that sends nothing but its
+/// handshake. Built as lapin's parts rather than a URI string: lapin reads an IPv6 host in a
+/// URI as `localhost`, and the admin's password would go there.
+fn check_target(
+    tls: bool,
     user: &str,
     password: &SecretString,
     host: &str,
     port: u16,
     vhost: &str,
-) -> String {
-    format!(
-        "{}?frame_max={}",
-        amqp_uri(scheme, user, password, host, port, vhost),
-        lapin::protocol::constants::FRAME_MIN_SIZE,
-    )
+) -> AMQPUri {
+    AMQPUri {
+        scheme: if tls {
+            AMQPScheme::AMQPS
+        } else {
+            AMQPScheme::AMQP
+        },
+        authority: AMQPAuthority {
+            userinfo: AMQPUserInfo {
+                username: user.to_owned(),
+                password: password.expose_secret().to_owned(),
+            },
+            host: host.to_owned(),
+            port,
+        },
+        vhost: vhost.to_owned(),
+        query: AMQPQueryString {
+            frame_max: Some(lapin::protocol::constants::FRAME_MIN_SIZE),
+            ..AMQPQueryString::default()
+        },
+    }
 }
 
 pub struct RabbitBroker {
@@ -124,7 +132,7 @@ impl RabbitBroker {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let mut clients = Vec::new();
         for node in &config.nodes {
-            let name = format!("{}:{}", node.host, node.management_port);
+            let name = uri::authority(&node.host, node.management_port);
             let http = reqwest_rabbitmq::Client::builder()
                 .connect_timeout(Duration::from_secs(10))
                 .timeout(Duration::from_secs(30))
@@ -168,7 +176,7 @@ impl RabbitBroker {
     fn names(&self) -> String {
         self.nodes
             .iter()
-            .map(|n| format!("{}:{}", n.host, n.management_port))
+            .map(|n| uri::authority(&n.host, n.management_port))
             .collect::<Vec<_>>()
             .join(", ")
     }
@@ -264,9 +272,9 @@ impl RabbitBroker {
     /// An AMQP connection to `vhost` on `node`, closed at once; why not, when it fails.
     async fn amqp_on(&self, node: &Node, vhost: &str) -> Result<(), String> {
         let runtime = lapin::runtime::default_runtime().map_err(|e| e.to_string())?;
-        let (scheme, port) = self.amqp_of(node);
-        let uri = check_uri(
-            scheme,
+        let (_, port) = self.amqp_of(node);
+        let target = check_target(
+            self.tls.is_some(),
             &self.admin_user,
             &self.admin_password,
             &node.host,
@@ -280,8 +288,8 @@ impl RabbitBroker {
                 .as_ref()
                 .and_then(|t| t.ca_pem().map(str::to_owned)),
         };
-        let connect = lapin::Connection::connect_with_config(
-            &uri,
+        let connect = lapin::Connection::connect_uri_with_config(
+            target,
             lapin::ConnectionProperties::default(),
             tls,
             runtime,
@@ -304,7 +312,10 @@ impl RabbitBroker {
         user: &UserName,
         password: &SecretString,
     ) -> Credentials {
-        let (u, p) = (encode(user.as_str()), encode(password.expose_secret()));
+        let (u, p) = (
+            uri::component(user.as_str()),
+            uri::component(password.expose_secret()),
+        );
         let ssl = self.tls.is_some();
         let hosts: Vec<&str> = self.nodes.iter().map(|n| n.host.as_str()).collect();
         let amqp_uris: Vec<String> = self
@@ -326,7 +337,10 @@ impl RabbitBroker {
         let api_uris: Vec<String> = self
             .nodes
             .iter()
-            .map(|n| format!("{http}://{u}:{p}@{}:{}/api/", n.host, n.management_port))
+            .map(|n| {
+                let at = uri::authority(&n.host, n.management_port);
+                format!("{http}://{u}:{p}@{at}/api/")
+            })
             .collect();
         let protocol = |port: u16, uris: &[String]| {
             json!({
@@ -745,20 +759,34 @@ impl ServiceBroker for RabbitBroker {
 mod tests {
     use super::*;
 
-    /// What lapin reads from a check's URI: every part as given (a password or vhost with
-    /// URI delimiters in it included) and the smallest frames.
+    /// A check connects with every part as given (a password or vhost with URI delimiters in
+    /// it included), an IPv6 host as itself, and the smallest frames.
     #[test]
-    fn a_check_uri_keeps_its_parts_and_asks_for_the_smallest_frames() {
+    fn a_check_keeps_its_parts_and_asks_for_the_smallest_frames() {
         let password = SecretString::from("p@ss:w/rd?#%");
-        let uri = check_uri("amqp", "ad min", &password, "10.0.0.7", 5672, "/");
-        let parsed: lapin::uri::AMQPUri = uri.parse().unwrap();
-        assert_eq!(parsed.authority.userinfo.username, "ad min");
-        assert_eq!(parsed.authority.userinfo.password, "p@ss:w/rd?#%");
+        let target = check_target(true, "ad min", &password, "fd00::5", 5671, "/");
+        assert_eq!(target.scheme, AMQPScheme::AMQPS);
+        assert_eq!(target.authority.userinfo.username, "ad min");
+        assert_eq!(target.authority.userinfo.password, "p@ss:w/rd?#%");
         assert_eq!(
-            (parsed.authority.host.as_str(), parsed.authority.port),
-            ("10.0.0.7", 5672)
+            (target.authority.host.as_str(), target.authority.port),
+            ("fd00::5", 5671)
         );
-        assert_eq!(parsed.vhost, "/");
-        assert_eq!(parsed.query.frame_max, Some(8192));
+        assert_eq!(target.vhost, "/");
+        assert_eq!(target.query.frame_max, Some(8192));
+    }
+
+    /// Apps' URIs: every part percent-encoded, an IPv6 host in brackets.
+    #[test]
+    fn an_app_uri_encodes_its_parts_and_brackets_an_ipv6_host() {
+        let password = SecretString::from("p@ss:w/rd");
+        assert_eq!(
+            amqp_uri("amqp", "u", &password, "fd00::5", 5672, "/"),
+            "amqp://u:p%40ss%3Aw%2Frd@[fd00::5]:5672/%2F"
+        );
+        assert_eq!(
+            amqp_uri("amqps", "u", &password, "mq.example", 5671, "v1"),
+            "amqps://u:p%40ss%3Aw%2Frd@mq.example:5671/v1"
+        );
     }
 }

@@ -15,7 +15,7 @@ use osb_core::config::BrokerConfig;
 use osb_core::credentials::{Credentials, PasswordLength, generate_password};
 use osb_core::ids::BindingId;
 use osb_core::orphans::{BackendObject, Claim};
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use osb_core::uri;
 use redis::aio::MultiplexedConnection;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
@@ -36,17 +36,6 @@ const PORTS: &str = "redis-local-ports";
 /// How many times a new local instance moves to another port when the one it claimed was
 /// taken before its server could listen on it.
 const PORT_MOVES: u32 = 3;
-
-/// RFC 3986 unreserved characters stay as they are in URIs; everything else is encoded.
-const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
-
-fn encode(s: &str) -> String {
-    utf8_percent_encode(s, COMPONENT).to_string()
-}
 
 pub struct RedisBroker {
     shared: Option<Admin>,
@@ -359,10 +348,10 @@ impl RedisBroker {
         let server = &home.admin().server;
         let host = server.public_host.as_deref().unwrap_or(&server.host);
         let uri = format!(
-            "redis://{}:{}@{host}:{}",
-            encode(user.as_str()),
-            encode(password.expose_secret()),
-            server.port
+            "redis://{}:{}@{}",
+            uri::component(user.as_str()),
+            uri::component(password.expose_secret()),
+            uri::authority(host, server.port)
         );
         let mut credentials = Credentials::new()
             .with("host", host)
@@ -756,6 +745,15 @@ impl ServiceBroker for RedisBroker {
     /// keeping every key (its markers among them) rather than evicting any.
     async fn check_backends(&self) -> Vec<String> {
         let mut problems = Vec::new();
+        if let Some(local) = &self.local
+            && local.data_dir.as_os_str().len() > local::DATA_DIR_FOR_SOCKETS
+        {
+            problems.push(format!(
+                "[redis.local] data_dir {} is longer than {} bytes: instances' admin sockets do not fit there, so the broker logs in to their servers over TCP (docs/redis-broker.md, Known limits)",
+                local.data_dir.display(),
+                local::DATA_DIR_FOR_SOCKETS
+            ));
+        }
         if let Some(admin) = &self.shared
             && let Ok(mut conn) = admin.conn().await
         {

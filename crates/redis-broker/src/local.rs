@@ -41,6 +41,11 @@ impl From<StartError> for BrokerError {
     }
 }
 
+/// The longest `data_dir` in which a platform GUID's instance (`op_` and 36 characters) has
+/// its admin socket: a Unix socket's path holds 107 bytes. (A broker of several platforms
+/// names its instances' directories with the platform too: less room.)
+pub const DATA_DIR_FOR_SOCKETS: usize = 107 - "/op_/redis.sock".len() - 36;
+
 /// Where an instance's process lives: its directory (named like a shared instance's prefix,
 /// from the instance id) and its port.
 pub struct Process {
@@ -70,11 +75,28 @@ impl Process {
         self.dir.join("redis.pid")
     }
 
+    /// The socket the broker logs in through: in the instance's own 0700 directory, where no
+    /// other user can listen first (as one could on the TCP port before the server does).
+    fn socket(&self) -> PathBuf {
+        self.dir.join("redis.sock")
+    }
+
+    /// Whether the socket's path fits a Unix socket address (107 bytes and a NUL): with a
+    /// `data_dir` longer than 56 bytes a platform GUID's directory no longer fits, and the
+    /// broker logs in over TCP (docs/redis-broker.md).
+    fn socket_fits(&self) -> bool {
+        self.socket().as_os_str().len() <= 107
+    }
+
+    fn conf_text(&self) -> Result<String, BrokerError> {
+        std::fs::read_to_string(self.conf())
+            .map_err(|e| BrokerError::Failed(format!("reading {}: {e}", self.conf().display())))
+    }
+
     /// The admin password the process was made with (kept in its config file, 0600).
     fn password(&self) -> Result<String, BrokerError> {
-        let text = std::fs::read_to_string(self.conf())
-            .map_err(|e| BrokerError::Failed(format!("reading {}: {e}", self.conf().display())))?;
-        text.lines()
+        self.conf_text()?
+            .lines()
             .find_map(|l| l.strip_prefix("requirepass "))
             .map(|p| p.trim_matches('"').to_owned())
             .ok_or_else(|| {
@@ -82,8 +104,25 @@ impl Process {
             })
     }
 
-    /// An admin client for the process.
+    /// Whether the config file has the process listen on [`Process::socket`]. One written
+    /// before the broker did so has not, and its running process has no socket: it gets one
+    /// at its next start.
+    fn conf_names_socket(&self) -> bool {
+        self.conf_text()
+            .is_ok_and(|text| text.lines().any(|l| l.starts_with("unixsocket ")))
+    }
+
+    fn socket_lines(&self) -> String {
+        format!(
+            "unixsocket {}\nunixsocketperm 700\n",
+            self.socket().display()
+        )
+    }
+
+    /// An admin client for the process: over its socket when its config names one, else over
+    /// TCP.
     pub fn admin(&self, config: &LocalConfig) -> Result<Admin, BrokerError> {
+        let socket = self.conf_names_socket().then(|| self.socket());
         let server = Server {
             name: self
                 .dir
@@ -96,7 +135,11 @@ impl Process {
             public_host: config.public_host.clone(),
             tls_port: None,
         };
-        Admin::new(&server).map_err(BrokerError::Failed)
+        match socket {
+            Some(path) => Admin::over_socket(&server, path),
+            None => Admin::new(&server),
+        }
+        .map_err(BrokerError::Failed)
     }
 
     /// Writes the process's config (the first time with a new admin password; later keeping
@@ -108,6 +151,11 @@ impl Process {
             .mode(0o700)
             .create(&self.dir)
             .map_err(io)?;
+        // A config without the socket stays so: the process it runs (if any) has none.
+        let socket = match self.conf_text() {
+            Ok(_) => self.conf_names_socket(),
+            Err(_) => self.socket_fits(),
+        };
         let password = match self.password() {
             Ok(p) => p,
             // Only the broker ever logs in with it: the longest the generator makes.
@@ -129,15 +177,25 @@ impl Process {
              pidfile {pid}\ndir {dir}\nlogfile {log}\n\
              requirepass \"{password}\"\n\
              maxmemory {maxmemory}\nmaxmemory-policy {policy}\n\
-             appendonly {appendonly}\nappendfsync everysec\nsave {save}\n",
+             appendonly {appendonly}\nappendfsync everysec\nsave {save}\n{socket}",
             port = self.port,
             bind = config.bind,
             pid = self.pidfile().display(),
             dir = self.dir.display(),
             log = self.log().display(),
             policy = plan.maxmemory_policy.as_str(),
+            socket = if socket {
+                self.socket_lines()
+            } else {
+                String::new()
+            },
         );
-        let conf = self.conf();
+        self.replace_conf(&text)
+    }
+
+    /// The config file replaced by `text` at once (a process starting meanwhile reads either).
+    fn replace_conf(&self, text: &str) -> Result<(), BrokerError> {
+        let io = |e: std::io::Error| BrokerError::Failed(format!("{}: {e}", self.dir.display()));
         let tmp = self.dir.join("redis.conf.new");
         let mut file = std::fs::OpenOptions::new()
             .write(true)
@@ -148,7 +206,7 @@ impl Process {
             .map_err(io)?;
         file.write_all(text.as_bytes()).map_err(io)?;
         file.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, &conf).map_err(io)
+        std::fs::rename(&tmp, self.conf()).map_err(io)
     }
 
     /// The pid in the pid file, when that process is alive and is this instance's server: a
@@ -168,7 +226,7 @@ impl Process {
     /// Starts the process unless its pid file names a live one, and waits until it answers
     /// its admin login.
     pub async fn ensure_running(&self, config: &LocalConfig) -> Result<(), StartError> {
-        let admin = self.admin(config)?;
+        let mut admin = self.admin(config)?;
         let running = self.running_pid().is_some();
         if running && admin.conn().await.is_ok() {
             return Ok(());
@@ -178,11 +236,15 @@ impl Process {
         let mut child = None;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            // Whether it ended comes before each login: once it has, a login would send the
-            // admin password to whatever holds the port now. (Before it binds, a program
-            // already listening there gets the login all the same: docs/redis-broker.md.)
+            // Whether it ended comes before each login: once it has, a login over TCP (a
+            // process whose config predates its socket) would send the admin password to
+            // whatever holds the port now.
             match child.as_mut() {
-                None if self.running_pid().is_none() => child = Some(self.start(config)?),
+                None if self.running_pid().is_none() => {
+                    child = Some(self.start(config)?);
+                    // The start may have given it its socket.
+                    admin = self.admin(config)?;
+                }
                 None => {}
                 Some(child) => {
                     let exited = child.try_wait().map_err(|e| {
@@ -234,13 +296,17 @@ impl Process {
     /// of its own, so that a Ctrl-C to the broker does not reach it. Once it answers, the
     /// handle is let go: the server keeps running, and tokio reaps it when it ends. What it
     /// says before its log is open (a config file it refuses) goes to a file beside the log.
-    /// None of the broker's environment (its keys and passwords) for the server.
+    /// None of the broker's environment (its keys and passwords) for the server. A config
+    /// file from before the admin socket gets it now, while no process runs on it.
     fn start(&self, config: &LocalConfig) -> Result<tokio::process::Child, BrokerError> {
         if !self.configured() {
             return Err(BrokerError::Failed(format!(
                 "{} is being removed",
                 self.dir.display()
             )));
+        }
+        if !self.conf_names_socket() && self.socket_fits() {
+            self.replace_conf(&(self.conf_text()? + &self.socket_lines()))?;
         }
         let stderr = std::fs::OpenOptions::new()
             .write(true)
@@ -321,6 +387,8 @@ pub fn port_free(bind: &str, port: u16) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     /// The processes whose working directory is `dir`: every redis-server of that instance.
@@ -385,14 +453,7 @@ mod tests {
     async fn a_port_taken_after_it_was_found_free_is_named() {
         let (listener, held) = outgoing_connection_from_a_free_port().await;
         let port = held.local_addr().unwrap().port();
-        let data = tempfile::tempdir().unwrap();
-        let config: LocalConfig = serde_json::from_value(serde_json::json!({
-            "data_dir": data.path(),
-            "ports": [port, port],
-        }))
-        .unwrap();
-        let plan: PlanConfig =
-            serde_json::from_value(serde_json::json!({"kind": "local"})).unwrap();
+        let (data, config, plan) = local([port, port]);
         let process = Process {
             dir: data.path().join("op_taken"),
             port,
@@ -418,5 +479,108 @@ mod tests {
         assert_eq!(processes_in(&process.dir), vec![pid as u32]);
         process.remove().await.unwrap();
         assert!(!std::path::Path::new(&format!("/proc/{pid}/cwd")).exists());
+    }
+
+    /// A local config with `ports` in a fresh data directory, and the default plan.
+    fn local(ports: [u16; 2]) -> (tempfile::TempDir, LocalConfig, PlanConfig) {
+        let data = tempfile::tempdir().unwrap();
+        let config = serde_json::from_value(serde_json::json!({
+            "data_dir": data.path(),
+            "ports": ports,
+        }))
+        .unwrap();
+        let plan = serde_json::from_value(serde_json::json!({"kind": "local"})).unwrap();
+        (data, config, plan)
+    }
+
+    /// A program that listens on the port before the server does gets no login: the broker
+    /// logs in through the socket in the instance's directory, which no one else can hold.
+    #[tokio::test]
+    async fn a_program_on_the_port_never_gets_the_admin_login() {
+        let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = squatter.local_addr().unwrap().port();
+        let (data, config, plan) = local([port, port]);
+        let process = Process {
+            dir: data.path().join("op_squatted"),
+            port,
+        };
+        process.write_conf(&config, &plan).unwrap();
+        let _reaper = Reaper(process.dir.clone());
+        let err = process.ensure_running(&config).await.unwrap_err();
+        assert!(
+            matches!(err, StartError::PortTaken(p) if p == port),
+            "{err:?}"
+        );
+        // A connection the broker made would wait in the listener's queue.
+        squatter.set_nonblocking(true).unwrap();
+        match squatter.accept() {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("{e}"),
+            Ok((mut conn, _)) => {
+                conn.set_nonblocking(false).unwrap();
+                conn.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+                let mut sent = Vec::new();
+                let _ = std::io::Read::read_to_end(&mut conn, &mut sent);
+                let login = String::from_utf8_lossy(&sent).contains("AUTH");
+                panic!("the broker connected to the program on its port (an AUTH sent: {login})");
+            }
+        }
+    }
+
+    /// An instance whose config file predates the socket gets it at its next start, and the
+    /// broker's logins go through it from then on.
+    #[tokio::test]
+    async fn a_config_without_the_socket_gets_it_at_the_next_start() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let (data, config, plan) = local([port, port]);
+        let process = Process {
+            dir: data.path().join("op_older"),
+            port,
+        };
+        process.write_conf(&config, &plan).unwrap();
+        let older: String = process
+            .conf_text()
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with("unixsocket"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        process.replace_conf(&older).unwrap();
+        // A plan change keeps it so: a process started from it would have no socket.
+        process.write_conf(&config, &plan).unwrap();
+        assert!(!process.conf_names_socket());
+        let _reaper = Reaper(process.dir.clone());
+        process.ensure_running(&config).await.unwrap();
+        assert!(process.conf_names_socket());
+        let mut conn = process.admin(&config).unwrap().conn().await.unwrap();
+        let info: String = redis::cmd("CLIENT")
+            .arg("INFO")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let socket = process.socket();
+        assert!(info.contains(&socket.display().to_string()), "{info}");
+        let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        process.remove().await.unwrap();
+    }
+
+    /// The `data_dir` that `check-config` allows is the longest in which a platform GUID's
+    /// instance still has its socket.
+    #[test]
+    fn a_guid_instance_has_its_socket_up_to_the_data_dir_check_config_allows() {
+        let id = osb_core::ids::InstanceId::parse("6b1b5cfd-2d33-4a63-9b7c-bb1cd2bc0e5b").unwrap();
+        let name = KeyPrefix::for_instance(osb_core::naming::DEFAULT_PLATFORM, &id);
+        let fits = |len: usize| {
+            let (_, mut config, _) = local([1, 1]);
+            config.data_dir = PathBuf::from(format!("/{}", "d".repeat(len - 1)));
+            Process::new(&config, &name, 1).socket_fits()
+        };
+        assert!(fits(DATA_DIR_FOR_SOCKETS));
+        assert!(!fits(DATA_DIR_FOR_SOCKETS + 1));
     }
 }

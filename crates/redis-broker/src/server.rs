@@ -1,6 +1,7 @@
 //! One Redis server the broker administers: its settings, a client for the admin account, and
 //! the commands the broker sends as admin.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use osb_core::BrokerError;
@@ -21,6 +22,18 @@ pub struct Admin {
 
 impl Admin {
     pub fn new(server: &Server) -> Result<Self, String> {
+        Self::at(
+            server,
+            ConnectionAddr::Tcp(server.host.clone(), server.port),
+        )
+    }
+
+    /// A client that logs in to `server` through the Unix socket at `path`.
+    pub fn over_socket(server: &Server, path: PathBuf) -> Result<Self, String> {
+        Self::at(server, ConnectionAddr::Unix(path))
+    }
+
+    fn at(server: &Server, address: ConnectionAddr) -> Result<Self, String> {
         // Always `AUTH user password`: a bare `AUTH password` is an error once `default` has
         // no password, and the broker must still log in to say so.
         let mut redis = RedisConnectionInfo::default()
@@ -28,7 +41,7 @@ impl Admin {
         if let Some(password) = &server.admin_password {
             redis = redis.set_password(password.0.expose_secret());
         }
-        let info = ConnectionAddr::Tcp(server.host.clone(), server.port)
+        let info = address
             .into_connection_info()
             .map_err(|e| format!("Redis {}: {e}", server.address()))?
             .set_redis_settings(redis);
