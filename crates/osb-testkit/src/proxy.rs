@@ -108,13 +108,17 @@ async fn relay(client: TcpStream, upstream: u16, armed: Armed, fired: Arc<Mutex<
     // Set when the armed statement passes: the server's answer to it must not reach the client.
     let mute = Arc::new(AtomicBool::new(false));
     let muted = mute.clone();
+    // Told when that answer came (and was swallowed): the statement has run.
+    let answered = Arc::new(tokio::sync::Notify::new());
+    let answer = answered.clone();
     let back = AbortOnDrop(tokio::spawn(async move {
         let mut buf = vec![0u8; 64 * 1024];
         while let Ok(n) = from_server.read(&mut buf).await {
-            if n == 0
-                || muted.load(Ordering::SeqCst)
-                || to_client.write_all(&buf[..n]).await.is_err()
-            {
+            if n > 0 && muted.load(Ordering::SeqCst) {
+                answer.notify_one();
+                break;
+            }
+            if n == 0 || to_client.write_all(&buf[..n]).await.is_err() {
                 break;
             }
         }
@@ -149,8 +153,9 @@ async fn relay(client: TcpStream, upstream: u16, armed: Armed, fired: Arc<Mutex<
             Some(Action::Cut) => {
                 mute.store(true, Ordering::SeqCst);
                 let _ = to_server.write_all(&buf[..n]).await;
-                // Long enough for the server to run it; then both ends close.
-                tokio::time::sleep(Duration::from_millis(300)).await;
+                // Until the server has run it (its answer came), then both ends close. A
+                // statement that waits on a lock is cut after a while all the same.
+                let _ = tokio::time::timeout(Duration::from_secs(10), answered.notified()).await;
                 *fired.lock().unwrap() += 1;
                 drop(back);
                 return;
