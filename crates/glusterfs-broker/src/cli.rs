@@ -6,7 +6,7 @@
 //! `opErrstr` become a [`GlusterError`] that says what Gluster said.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use osb_core::BrokerError;
 use serde::Deserialize;
@@ -225,10 +225,13 @@ pub struct QuotaLimit {
     pub used_space: u64,
 }
 
-/// Tries of a call glusterd refuses for a [`passing`] reason, and the first wait (doubled
-/// after each).
-const BUSY_TRIES: u32 = 8;
+/// How long a call glusterd refuses for a [`passing`] reason is tried again: a cluster lock
+/// another transaction holds (a quota change, another replica's provision) lasts seconds, and
+/// this stays well under a platform's 60 s request timeout. The waits start short and double
+/// up to a cap, so a lock let go is seen within that much.
+const PASSING_BUDGET: Duration = Duration::from_secs(30);
 const FIRST_WAIT: Duration = Duration::from_millis(100);
+const LONGEST_WAIT: Duration = Duration::from_secs(2);
 /// How long one `gluster` (or `ssh`) command may run: glusterd's own transaction timeout.
 /// A query past it is an unreachable node; a change past it may still have been made.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(120);
@@ -279,6 +282,7 @@ impl Gluster {
         let op = args.iter().take(2).copied().collect::<Vec<_>>().join(" ");
         let mut wait = FIRST_WAIT;
         let mut attempt = 0;
+        let retry_until = Instant::now() + PASSING_BUDGET;
         loop {
             attempt += 1;
             let unreachable = |why: String| GlusterError::Unreachable {
@@ -313,11 +317,11 @@ impl Gluster {
             let stdout = String::from_utf8_lossy(&output.stdout);
             match parse::<T>(&op, &stdout) {
                 Err(GlusterError::Refused { ref message, .. })
-                    if passing(args, message) && attempt < BUSY_TRIES =>
+                    if passing(args, message) && Instant::now() + wait < retry_until =>
                 {
                     tracing::debug!(%op, attempt, %message, "glusterd did nothing this time; again");
                     tokio::time::sleep(wait).await;
-                    wait *= 2;
+                    wait = (wait * 2).min(LONGEST_WAIT);
                 }
                 Err(GlusterError::Refused { message, .. }) if busy(&message) => {
                     return Err(GlusterError::Busy { op });
@@ -567,5 +571,36 @@ echo '<cliOutput><opRet>0</opRet><opErrno>0</opErrno><opErrstr/></cliOutput>'
             .await
             .unwrap_err();
         assert!(matches!(err, GlusterError::Refused { .. }), "{err}");
+    }
+
+    /// A cluster lock held through more tries than a fixed count allowed (eight) is waited
+    /// out, within the time budget.
+    #[tokio::test]
+    async fn a_change_waits_out_a_cluster_lock_held_through_many_tries() {
+        let dir = tempfile::tempdir().unwrap();
+        let (stub, count) = (dir.path().join("gluster"), dir.path().join("count"));
+        std::fs::write(
+            &stub,
+            format!(
+                r#"#!/bin/sh
+n=$(cat "{count}" 2>/dev/null || echo 0); n=$((n + 1)); echo "$n" > "{count}"
+if [ "$n" -le 8 ]; then
+    echo '<cliOutput><opRet>-1</opRet><opErrno>30800</opErrno><opErrstr>Another transaction is in progress for v. Please try again after some time.</opErrstr></cliOutput>'
+    exit 1
+fi
+echo '<cliOutput><opRet>0</opRet><opErrno>0</opErrno><opErrstr/></cliOutput>'
+"#,
+                count = count.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&stub, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let gluster = Gluster::new(Node::Local { binary: stub });
+        let done = gluster
+            .run::<Nothing>(&["volume", "set", "v", "auth.allow", "*"])
+            .await;
+        assert!(done.is_ok(), "{done:?}");
+        assert_eq!(std::fs::read_to_string(&count).unwrap().trim(), "9");
     }
 }
