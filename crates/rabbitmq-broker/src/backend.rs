@@ -655,8 +655,9 @@ impl ServiceBroker for RabbitBroker {
             if let Err(e) = self.amqp_on(node, &self.ready_vhost).await {
                 let (_, port) = self.amqp_of(node);
                 problems.push(format!(
-                    "RabbitMQ AMQP {}:{port} (vhost {:?}): {e}",
-                    node.host, self.ready_vhost
+                    "RabbitMQ AMQP {} (vhost {:?}): {e}",
+                    uri::authority(&node.host, port),
+                    self.ready_vhost
                 ));
             }
         }

@@ -193,6 +193,15 @@ impl RedisBroker {
             )));
         }
         if let Some(local) = &config.local
+            && local.data_dir.as_os_str().len() > local::DATA_DIR_FOR_SOCKETS
+        {
+            tracing::warn!(
+                data_dir = %local.data_dir.display(),
+                "[redis.local] data_dir is longer than {} bytes: instances whose admin socket does not fit in it are logged in to over TCP (docs/redis-broker.md, Known limits)",
+                local::DATA_DIR_FOR_SOCKETS
+            );
+        }
+        if let Some(local) = &config.local
             && local.ports[0] > local.ports[1]
         {
             return Err(bad(format!(
@@ -502,7 +511,9 @@ impl ServiceBroker for RedisBroker {
             }
         }
         if let Home::Local(_, process) = &home {
-            // Kept for the process's next start.
+            // Kept for the process's next start; not while upkeep starts it (and may give its
+            // config the socket).
+            let _turn = self.local_turn.lock().await;
             process.write_conf(self.local()?, after)?;
         }
         server::configure(&mut conn, after).await?;
@@ -745,15 +756,6 @@ impl ServiceBroker for RedisBroker {
     /// keeping every key (its markers among them) rather than evicting any.
     async fn check_backends(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        if let Some(local) = &self.local
-            && local.data_dir.as_os_str().len() > local::DATA_DIR_FOR_SOCKETS
-        {
-            problems.push(format!(
-                "[redis.local] data_dir {} is longer than {} bytes: instances' admin sockets do not fit there, so the broker logs in to their servers over TCP (docs/redis-broker.md, Known limits)",
-                local.data_dir.display(),
-                local::DATA_DIR_FOR_SOCKETS
-            ));
-        }
         if let Some(admin) = &self.shared
             && let Ok(mut conn) = admin.conn().await
         {

@@ -62,7 +62,7 @@ pub struct Server {
 impl Server {
     /// `host:port`, as errors name it.
     pub fn address(&self) -> String {
-        format!("{}:{}", self.host, self.port)
+        osb_core::uri::authority(&self.host, self.port)
     }
 }
 

@@ -5,7 +5,7 @@
 //! append-only file of plans that keep one).
 
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -41,10 +41,9 @@ impl From<StartError> for BrokerError {
     }
 }
 
-/// The longest `data_dir` in which a platform GUID's instance (`op_` and 36 characters) has
-/// its admin socket: a Unix socket's path holds 107 bytes. (A broker of several platforms
-/// names its instances' directories with the platform too: less room.)
-pub const DATA_DIR_FOR_SOCKETS: usize = 107 - "/op_/redis.sock".len() - 36;
+/// The longest `data_dir` in which every instance has its admin socket, whatever its id and
+/// platform: a Unix socket's path holds 107 bytes.
+pub const DATA_DIR_FOR_SOCKETS: usize = 107 - "//redis.sock".len() - KeyPrefix::MAX_LEN;
 
 /// Where an instance's process lives: its directory (named like a shared instance's prefix,
 /// from the instance id) and its port.
@@ -81,11 +80,27 @@ impl Process {
         self.dir.join("redis.sock")
     }
 
-    /// Whether the socket's path fits a Unix socket address (107 bytes and a NUL): with a
-    /// `data_dir` longer than 56 bytes a platform GUID's directory no longer fits, and the
-    /// broker logs in over TCP (docs/redis-broker.md).
+    /// Whether the socket's path fits a Unix socket address (107 bytes and a NUL); when it
+    /// does not, the broker logs in over TCP (docs/redis-broker.md).
     fn socket_fits(&self) -> bool {
         self.socket().as_os_str().len() <= 107
+    }
+
+    /// The directory holds the config (the admin password) and the socket: it must be the
+    /// broker's own and closed to everyone else. One that existed already (made by another user
+    /// in a `data_dir` others can write to, with an id known ahead) is refused.
+    fn check_dir_is_own(&self) -> Result<(), BrokerError> {
+        let io = |e: std::io::Error| BrokerError::Failed(format!("{}: {e}", self.dir.display()));
+        let dir = std::fs::symlink_metadata(&self.dir).map_err(io)?;
+        // /proc/self belongs to the process's effective user.
+        let me = std::fs::metadata("/proc/self").map_err(io)?.uid();
+        if !dir.is_dir() || dir.uid() != me || dir.mode() & 0o077 != 0 {
+            return Err(BrokerError::Failed(format!(
+                "{} is not a directory of the broker's own, closed to other users (mode 0700)",
+                self.dir.display()
+            )));
+        }
+        Ok(())
     }
 
     fn conf_text(&self) -> Result<String, BrokerError> {
@@ -151,11 +166,15 @@ impl Process {
             .mode(0o700)
             .create(&self.dir)
             .map_err(io)?;
+        self.check_dir_is_own()?;
         // A config without the socket stays so: the process it runs (if any) has none.
         let socket = match self.conf_text() {
             Ok(_) => self.conf_names_socket(),
             Err(_) => self.socket_fits(),
         };
+        if !socket {
+            tracing::warn!(dir = %self.dir.display(), "no room for the admin socket in the instance's path: the broker logs in over TCP");
+        }
         let password = match self.password() {
             Ok(p) => p,
             // Only the broker ever logs in with it: the longest the generator makes.
@@ -569,12 +588,13 @@ mod tests {
         process.remove().await.unwrap();
     }
 
-    /// The `data_dir` that `check-config` allows is the longest in which a platform GUID's
-    /// instance still has its socket.
+    /// Up to the `data_dir` the broker warns beyond, an instance of the longest name still has
+    /// its socket.
     #[test]
-    fn a_guid_instance_has_its_socket_up_to_the_data_dir_check_config_allows() {
-        let id = osb_core::ids::InstanceId::parse("6b1b5cfd-2d33-4a63-9b7c-bb1cd2bc0e5b").unwrap();
-        let name = KeyPrefix::for_instance(osb_core::naming::DEFAULT_PLATFORM, &id);
+    fn the_longest_name_has_its_socket_up_to_the_data_dir_the_broker_warns_beyond() {
+        let id = osb_core::ids::InstanceId::parse(&"Long-Id".repeat(18)).unwrap();
+        let name = KeyPrefix::for_instance("platform-b", &id);
+        assert_eq!(name.as_str().len(), KeyPrefix::MAX_LEN);
         let fits = |len: usize| {
             let (_, mut config, _) = local([1, 1]);
             config.data_dir = PathBuf::from(format!("/{}", "d".repeat(len - 1)));
@@ -582,5 +602,23 @@ mod tests {
         };
         assert!(fits(DATA_DIR_FOR_SOCKETS));
         assert!(!fits(DATA_DIR_FOR_SOCKETS + 1));
+    }
+
+    /// An instance directory someone else made first (or left open) is not written to: it
+    /// would hold the admin password and socket where others reach them.
+    #[test]
+    fn a_directory_open_to_others_is_refused() {
+        let (data, config, plan) = local([1, 1]);
+        let process = Process {
+            dir: data.path().join("op_made_before"),
+            port: 1,
+        };
+        std::fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&process.dir)
+            .unwrap();
+        let err = process.write_conf(&config, &plan).unwrap_err();
+        assert!(err.to_string().contains("closed to other users"), "{err}");
+        assert!(!process.configured());
     }
 }

@@ -7,8 +7,9 @@ use std::fmt;
 use osb_core::ids::{BindingId, InstanceId};
 use osb_core::naming::NameRule;
 
-/// `op_` + the instance id: the key prefix of a shared instance (`<prefix>:*`).
-const PREFIXES: NameRule = NameRule::new("op_", 64);
+/// `op_` + the instance id: the key prefix of a shared instance (`<prefix>:*`), and a local
+/// instance's directory.
+const PREFIXES: NameRule = NameRule::new("op_", KeyPrefix::MAX_LEN);
 
 /// `b_` + the binding id: the binding's ACL user. Derived, so unbind finds it even when the
 /// bind that made it died before recording anything.
@@ -19,6 +20,9 @@ const USERS: NameRule = NameRule::new("b_", 64);
 pub struct KeyPrefix(String);
 
 impl KeyPrefix {
+    /// The longest a prefix is (a long id's is cut to it, with a hash).
+    pub const MAX_LEN: usize = 64;
+
     pub fn for_instance(platform: &str, id: &InstanceId) -> Self {
         Self(PREFIXES.name(platform, id.as_str()))
     }

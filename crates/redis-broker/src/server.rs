@@ -17,6 +17,8 @@ use crate::names::AclUser;
 
 pub struct Admin {
     pub server: Server,
+    /// Where the client logs in (`host:port`, or a socket's path), as errors name it.
+    address: String,
     client: Client,
 }
 
@@ -33,7 +35,11 @@ impl Admin {
         Self::at(server, ConnectionAddr::Unix(path))
     }
 
-    fn at(server: &Server, address: ConnectionAddr) -> Result<Self, String> {
+    fn at(server: &Server, at: ConnectionAddr) -> Result<Self, String> {
+        let address = match &at {
+            ConnectionAddr::Unix(path) => path.display().to_string(),
+            _ => server.address(),
+        };
         // Always `AUTH user password`: a bare `AUTH password` is an error once `default` has
         // no password, and the broker must still log in to say so.
         let mut redis = RedisConnectionInfo::default()
@@ -41,20 +47,21 @@ impl Admin {
         if let Some(password) = &server.admin_password {
             redis = redis.set_password(password.0.expose_secret());
         }
-        let info = address
+        let info = at
             .into_connection_info()
-            .map_err(|e| format!("Redis {}: {e}", server.address()))?
+            .map_err(|e| format!("Redis {address}: {e}"))?
             .set_redis_settings(redis);
-        let client = Client::open(info).map_err(|e| format!("Redis {}: {e}", server.address()))?;
+        let client = Client::open(info).map_err(|e| format!("Redis {address}: {e}"))?;
         Ok(Self {
             server: server.clone(),
+            address,
             client,
         })
     }
 
-    /// `name (host:port)`, as errors name the server.
+    /// `name (host:port)`, or `name (socket path)`, as errors name the server.
     pub fn label(&self) -> String {
-        format!("{} ({})", self.server.name, self.server.address())
+        format!("{} ({})", self.server.name, self.address)
     }
 
     /// A logged-in admin connection; failing to get one is a 503 that names the server.
