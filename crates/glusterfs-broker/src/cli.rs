@@ -507,21 +507,17 @@ mod tests {
         assert_eq!(shell_quote("x'; rm -rf /; '"), r"'x'\''; rm -rf /; '\'''");
     }
 
-    /// A `gluster` whose first answer is the refusal glusterd gave a quota limit that took the
-    /// previous change's dying mount (from a CI run), and whose second is a success: the call
-    /// tries again and succeeds, having asked twice.
-    #[tokio::test]
-    async fn a_quota_change_that_found_its_mount_not_connected_is_tried_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let calls = dir.path().join("calls");
-        let script = dir.path().join("gluster");
+    /// A `gluster` in `dir` that refuses its first `refusals` calls with `message`, then
+    /// succeeds; each call's arguments are a line of the file returned second.
+    fn stub_gluster(dir: &std::path::Path, refusals: usize, message: &str) -> (Gluster, PathBuf) {
+        let (script, calls) = (dir.join("gluster"), dir.join("calls"));
         std::fs::write(
             &script,
             format!(
                 r#"#!/bin/sh
 echo "$@" >> {calls}
-if [ "$(wc -l < {calls})" -eq 1 ]; then
-  echo '<cliOutput><opRet>-1</opRet><opErrno>30800</opErrno><opErrstr>Failed to find the directory /var/run/gluster/v_quota_limit/op_a. Reason : Transport endpoint is not connected</opErrstr></cliOutput>'
+if [ "$(wc -l < {calls})" -le {refusals} ]; then
+  echo '<cliOutput><opRet>-1</opRet><opErrno>30800</opErrno><opErrstr>{message}</opErrstr></cliOutput>'
   exit 1
 fi
 echo '<cliOutput><opRet>0</opRet><opErrno>0</opErrno><opErrstr/></cliOutput>'
@@ -532,12 +528,36 @@ echo '<cliOutput><opRet>0</opRet><opErrno>0</opErrno><opErrstr/></cliOutput>'
         .unwrap();
         let executable = std::os::unix::fs::PermissionsExt::from_mode(0o755);
         std::fs::set_permissions(&script, executable).unwrap();
-        let gluster = Gluster::new(Node::Local { binary: script });
+        (Gluster::new(Node::Local { binary: script }), calls)
+    }
+
+    /// A `gluster` whose first answer is the refusal glusterd gave a quota limit that took the
+    /// previous change's dying mount (from a CI run), and whose second is a success: the call
+    /// tries again and succeeds, having asked twice.
+    #[tokio::test]
+    async fn a_quota_change_that_found_its_mount_not_connected_is_tried_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let down = "Failed to find the directory /var/run/gluster/v_quota_limit/op_a. Reason : Transport endpoint is not connected";
+        let (gluster, calls) = stub_gluster(dir.path(), 1, down);
         let args = ["volume", "quota", "v", "limit-usage", "/op_a", "5242880"];
         gluster.run::<Nothing>(&args).await.unwrap();
         let asked = std::fs::read_to_string(&calls).unwrap();
         let line = "--mode=script --xml volume quota v limit-usage /op_a 5242880";
         assert_eq!(asked, format!("{line}\n{line}\n"));
+    }
+
+    /// A cluster lock held through more tries than a fixed count allowed (eight) is waited
+    /// out, within the time budget.
+    #[tokio::test]
+    async fn a_change_waits_out_a_cluster_lock_held_through_many_tries() {
+        let dir = tempfile::tempdir().unwrap();
+        let busy = "Another transaction is in progress for v. Please try again after some time.";
+        let (gluster, calls) = stub_gluster(dir.path(), 8, busy);
+        let done = gluster
+            .run::<Nothing>(&["volume", "set", "v", "auth.allow", "*"])
+            .await;
+        assert!(done.is_ok(), "{done:?}");
+        assert_eq!(std::fs::read_to_string(&calls).unwrap().lines().count(), 9);
     }
 
     #[test]
@@ -571,36 +591,5 @@ echo '<cliOutput><opRet>0</opRet><opErrno>0</opErrno><opErrstr/></cliOutput>'
             .await
             .unwrap_err();
         assert!(matches!(err, GlusterError::Refused { .. }), "{err}");
-    }
-
-    /// A cluster lock held through more tries than a fixed count allowed (eight) is waited
-    /// out, within the time budget.
-    #[tokio::test]
-    async fn a_change_waits_out_a_cluster_lock_held_through_many_tries() {
-        let dir = tempfile::tempdir().unwrap();
-        let (stub, count) = (dir.path().join("gluster"), dir.path().join("count"));
-        std::fs::write(
-            &stub,
-            format!(
-                r#"#!/bin/sh
-n=$(cat "{count}" 2>/dev/null || echo 0); n=$((n + 1)); echo "$n" > "{count}"
-if [ "$n" -le 8 ]; then
-    echo '<cliOutput><opRet>-1</opRet><opErrno>30800</opErrno><opErrstr>Another transaction is in progress for v. Please try again after some time.</opErrstr></cliOutput>'
-    exit 1
-fi
-echo '<cliOutput><opRet>0</opRet><opErrno>0</opErrno><opErrstr/></cliOutput>'
-"#,
-                count = count.display()
-            ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&stub, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
-        let gluster = Gluster::new(Node::Local { binary: stub });
-        let done = gluster
-            .run::<Nothing>(&["volume", "set", "v", "auth.allow", "*"])
-            .await;
-        assert!(done.is_ok(), "{done:?}");
-        assert_eq!(std::fs::read_to_string(&count).unwrap().trim(), "9");
     }
 }
