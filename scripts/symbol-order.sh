@@ -21,10 +21,15 @@ out=crates/$broker/symbol-order.txt
 if ! command -v valgrind >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q valgrind >/dev/null
 fi
-# Without the old file, so the builds whose names are listed are the ones measured.
-rm -f "$out"
-work=$(mktemp -d)
-trap 'pkill -INT -f "callgrind-out-file=$work" 2>/dev/null || true; rm -rf "$work"' EXIT
+# The list goes into place only once it is whole (a function's name does not depend on where
+# the linker puts it, so the builds below may use the old one).
+work=$(realpath "$(mktemp -d)")
+running=""
+cleanup() {
+    stop_broker
+    rm -rf "$work"
+}
+trap cleanup EXIT
 # Two builds of the binary: `cargo build --release` (what is deployed) and the one `cargo bench`
 # makes for the benchmarks, whose dependencies have the dev-dependencies' features too. Their
 # crates differ, so do the hashes in their functions' names: the list holds both builds'
@@ -36,21 +41,39 @@ cp "target/release/$broker" "$work/bench"
 port=18557
 base=http://127.0.0.1:$port
 
+# Stops the broker under valgrind, if one runs: SIGTERM (a clean exit writes the profile),
+# then SIGKILL after 60 s.
+stop_broker() {
+    [ -n "$running" ] || return 0
+    kill -TERM "$running" 2>/dev/null || true
+    for _ in $(seq 1 600); do
+        kill -0 "$running" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$running" 2>/dev/null || true
+    wait "$running" 2>/dev/null || true
+    running=""
+}
+
 # One run of $binary under callgrind: until it is ready, then `$2` (a command), then a clean
 # stop. Its profile goes to $work/$1.out.
 profile() {
+    if curl -s -o /dev/null --max-time 2 "$base/"; then
+        echo "something already listens on 127.0.0.1:$port" >&2
+        exit 1
+    fi
     KPAAS_BROKER__USERNAME=broker KPAAS_BROKER__PASSWORD=broker-secret \
     KPAAS_BROKER__ENCRYPTION_KEY=MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY= \
     KPAAS_BROKER__STORE__URL="sqlite://$work/$1.db" KPAAS_BROKER__LISTEN=127.0.0.1:$port \
     RUST_LOG=warn valgrind --tool=callgrind --demangle=no --compress-strings=no \
         --compress-pos=no --callgrind-out-file="$work/$1.out" \
         "$binary" --config "$config" >"$work/$1.log" 2>&1 &
-    local pid=$!
+    running=$!
     local tries=0
-    until [ "$(curl -s -o /dev/null -w '%{http_code}' -u broker:broker-secret \
+    until [ "$(curl -s -o /dev/null --max-time 5 -w '%{http_code}' -u broker:broker-secret \
         -H 'X-Broker-API-Version: 2.17' "$base/ready")" = 200 ]; do
         tries=$((tries + 1))
-        if [ $tries -gt 600 ] || ! kill -0 $pid 2>/dev/null; then
+        if [ $tries -gt 600 ] || ! kill -0 "$running" 2>/dev/null; then
             echo "$broker did not get ready under valgrind; its output:" >&2
             cat "$work/$1.log" >&2
             exit 1
@@ -58,22 +81,27 @@ profile() {
         sleep 0.1
     done
     "$2"
-    kill -INT $pid
-    wait $pid || true
+    stop_broker
 }
 
 osb() {
-    curl -sS -u broker:broker-secret -H 'X-Broker-API-Version: 2.17' \
+    curl -sSf --max-time 60 -u broker:broker-secret -H 'X-Broker-API-Version: 2.17' \
         -H 'Content-Type: application/json' "$@"
 }
 
-# Polls last_operation (of an instance, or `$2` binding) until it is no longer in progress.
+# Polls last_operation (of an instance, or `$2` binding) until it succeeded; a sync operation
+# has none (410 or 404 after a removal, 200 "succeeded" after a creation).
 settle() {
-    local url="$base/v2/service_instances/$1"
+    local url="$base/v2/service_instances/$1" state
     [ -n "${2:-}" ] && url="$url/service_bindings/$2"
     for _ in $(seq 1 300); do
-        osb "$url/last_operation" | grep -q '"in progress"' || return 0
-        sleep 0.2
+        state=$(curl -s --max-time 60 -u broker:broker-secret -H 'X-Broker-API-Version: 2.17' \
+            "$url/last_operation")
+        case "$state" in
+            *'"in progress"'*) sleep 0.2 ;;
+            *'"failed"'*) echo "operation on $url failed: $state" >&2; exit 1 ;;
+            *) return 0 ;;
+        esac
     done
     echo "operation on $url still in progress after 60 s" >&2
     exit 1
@@ -113,7 +141,7 @@ done
 
 # The functions of the broker's own binary each profile ran, in the binary's address order
 # (which keeps a crate's functions near each other): the start's first, then the rest.
-python3 - "$work" "$out" <<'PY'
+python3 - "$work" "$work/symbol-order.txt" <<'PY'
 import subprocess, sys
 work, out = sys.argv[1:]
 
@@ -144,10 +172,14 @@ for build in ("release", "bench"):
     started = set(first)
     rest = [n for n in ran(binary, f"{work}/{build}-lifecycle.out", address) if n not in started]
     print(f"{build} build: {len(first)} functions of the start, then {len(rest)} more of a lifecycle")
+    if not first or not rest:
+        sys.exit(f"{build} build: a profile named none of the binary's functions")
     firsts.append(first)
     rests.append(rest)
 listed = list(dict.fromkeys(name for names in firsts + rests for name in names))
 with open(out, "w") as f:
     f.writelines(name + "\n" for name in listed)
-print(f"{out}: {len(listed)} names")
+print(f"{len(listed)} names")
 PY
+mv "$work/symbol-order.txt" "$out"
+echo "$out written with $(rustc -V)"
