@@ -90,10 +90,11 @@ impl Process {
     /// broker's own and closed to everyone else. One that existed already (made by another user
     /// in a `data_dir` others can write to, with an id known ahead) is refused.
     fn check_dir_is_own(&self) -> Result<(), BrokerError> {
-        let io = |e: std::io::Error| BrokerError::Failed(format!("{}: {e}", self.dir.display()));
-        let dir = std::fs::symlink_metadata(&self.dir).map_err(io)?;
+        let dir = std::fs::symlink_metadata(&self.dir).map_err(|e| self.io(e))?;
         // /proc/self belongs to the process's effective user.
-        let me = std::fs::metadata("/proc/self").map_err(io)?.uid();
+        let me = std::fs::metadata("/proc/self")
+            .map_err(|e| self.io(e))?
+            .uid();
         if !dir.is_dir() || dir.uid() != me || dir.mode() & 0o077 != 0 {
             return Err(BrokerError::Failed(format!(
                 "{} is not a directory of the broker's own, closed to other users (mode 0700)",
@@ -103,15 +104,19 @@ impl Process {
         Ok(())
     }
 
+    /// An I/O error in the instance's directory.
+    fn io(&self, e: std::io::Error) -> BrokerError {
+        BrokerError::Failed(format!("{}: {e}", self.dir.display()))
+    }
+
     fn conf_text(&self) -> Result<String, BrokerError> {
         std::fs::read_to_string(self.conf())
             .map_err(|e| BrokerError::Failed(format!("reading {}: {e}", self.conf().display())))
     }
 
-    /// The admin password the process was made with (kept in its config file, 0600).
-    fn password(&self) -> Result<String, BrokerError> {
-        self.conf_text()?
-            .lines()
+    /// The admin password the process was made with, in its config file's `text` (0600).
+    fn password_in(&self, text: &str) -> Result<String, BrokerError> {
+        text.lines()
             .find_map(|l| l.strip_prefix("requirepass "))
             .map(|p| p.trim_matches('"').to_owned())
             .ok_or_else(|| {
@@ -122,9 +127,9 @@ impl Process {
     /// Whether the config file has the process listen on [`Process::socket`]. One written
     /// before the broker did so has not, and its running process has no socket: it gets one
     /// at its next start.
+    #[cfg(test)]
     fn conf_names_socket(&self) -> bool {
-        self.conf_text()
-            .is_ok_and(|text| text.lines().any(|l| l.starts_with("unixsocket ")))
+        self.conf_text().is_ok_and(|text| names_socket(&text))
     }
 
     fn socket_lines(&self) -> String {
@@ -137,7 +142,8 @@ impl Process {
     /// An admin client for the process: over its socket when its config names one, else over
     /// TCP.
     pub fn admin(&self, config: &LocalConfig) -> Result<Admin, BrokerError> {
-        let socket = self.conf_names_socket().then(|| self.socket());
+        let text = self.conf_text()?;
+        let socket = names_socket(&text).then(|| self.socket());
         let server = Server {
             name: self
                 .dir
@@ -146,7 +152,7 @@ impl Process {
             host: config.bind.clone(),
             port: self.port,
             admin_user: None,
-            admin_password: Some(Secret(self.password()?.into())),
+            admin_password: Some(Secret(self.password_in(&text)?.into())),
             public_host: config.public_host.clone(),
             tls_port: None,
         };
@@ -160,29 +166,26 @@ impl Process {
     /// Writes the process's config (the first time with a new admin password; later keeping
     /// it) for `plan`.
     pub fn write_conf(&self, config: &LocalConfig, plan: &PlanConfig) -> Result<(), BrokerError> {
-        let io = |e: std::io::Error| BrokerError::Failed(format!("{}: {e}", self.dir.display()));
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&self.dir)
-            .map_err(io)?;
+            .map_err(|e| self.io(e))?;
         self.check_dir_is_own()?;
+        let existing = self.conf_text().ok();
         // A config without the socket stays so: the process it runs (if any) has none.
-        let socket = match self.conf_text() {
-            Ok(_) => self.conf_names_socket(),
-            Err(_) => self.socket_fits(),
-        };
-        if !socket {
+        let socket = existing
+            .as_deref()
+            .map_or_else(|| self.socket_fits(), names_socket);
+        if !socket && !self.socket_fits() {
             tracing::warn!(dir = %self.dir.display(), "no room for the admin socket in the instance's path: the broker logs in over TCP");
         }
-        let password = match self.password() {
-            Ok(p) => p,
+        let password = match existing.as_deref().map(|text| self.password_in(text)) {
+            Some(Ok(p)) => p,
             // Only the broker ever logs in with it: the longest the generator makes.
-            Err(_) => {
-                generate_password(PasswordLength::try_from(64).expect("64 is a valid length"))
-                    .expose_secret()
-                    .to_owned()
-            }
+            _ => generate_password(PasswordLength::try_from(64).expect("64 is a valid length"))
+                .expose_secret()
+                .to_owned(),
         };
         let (appendonly, save) = match plan.persistence {
             Persistence::None => ("no", "\"\""),
@@ -214,7 +217,7 @@ impl Process {
 
     /// The config file replaced by `text` at once (a process starting meanwhile reads either).
     fn replace_conf(&self, text: &str) -> Result<(), BrokerError> {
-        let io = |e: std::io::Error| BrokerError::Failed(format!("{}: {e}", self.dir.display()));
+        let io = |e| self.io(e);
         let tmp = self.dir.join("redis.conf.new");
         let mut file = std::fs::OpenOptions::new()
             .write(true)
@@ -324,8 +327,11 @@ impl Process {
                 self.dir.display()
             )));
         }
-        if !self.conf_names_socket() && self.socket_fits() {
-            self.replace_conf(&(self.conf_text()? + &self.socket_lines()))?;
+        if self.socket_fits() {
+            let text = self.conf_text()?;
+            if !names_socket(&text) {
+                self.replace_conf(&(text + &self.socket_lines()))?;
+            }
         }
         let stderr = std::fs::OpenOptions::new()
             .write(true)
@@ -398,6 +404,11 @@ impl Process {
     }
 }
 
+/// Whether a config file's `text` has the process listen on a Unix socket.
+fn names_socket(text: &str) -> bool {
+    text.lines().any(|l| l.starts_with("unixsocket "))
+}
+
 /// Whether nothing listens on `port` of `bind` (a port in the range some other program took
 /// is skipped, not fought over).
 pub fn port_free(bind: &str, port: u16) -> bool {
@@ -445,11 +456,7 @@ mod tests {
     {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         for _ in 0..20 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
+            let port = osb_testkit::free_port();
             let socket = tokio::net::TcpSocket::new_v4().unwrap();
             if socket.bind(([127, 0, 0, 1], port).into()).is_err() {
                 continue;
@@ -472,11 +479,7 @@ mod tests {
     async fn a_port_taken_after_it_was_found_free_is_named() {
         let (listener, held) = outgoing_connection_from_a_free_port().await;
         let port = held.local_addr().unwrap().port();
-        let (data, config, plan) = local([port, port]);
-        let process = Process {
-            dir: data.path().join("op_taken"),
-            port,
-        };
+        let (_data, config, plan, process) = instance("op_taken", port);
         process.write_conf(&config, &plan).unwrap();
         // What the broker's earlier releases wrote.
         let mut conf = std::fs::OpenOptions::new()
@@ -500,16 +503,21 @@ mod tests {
         assert!(!std::path::Path::new(&format!("/proc/{pid}/cwd")).exists());
     }
 
-    /// A local config with `ports` in a fresh data directory, and the default plan.
-    fn local(ports: [u16; 2]) -> (tempfile::TempDir, LocalConfig, PlanConfig) {
+    /// A fresh data directory, a local config whose one port is `port`, the default plan, and
+    /// instance `name`'s process there (nothing made yet).
+    fn instance(name: &str, port: u16) -> (tempfile::TempDir, LocalConfig, PlanConfig, Process) {
         let data = tempfile::tempdir().unwrap();
         let config = serde_json::from_value(serde_json::json!({
             "data_dir": data.path(),
-            "ports": ports,
+            "ports": [port, port],
         }))
         .unwrap();
         let plan = serde_json::from_value(serde_json::json!({"kind": "local"})).unwrap();
-        (data, config, plan)
+        let process = Process {
+            dir: data.path().join(name),
+            port,
+        };
+        (data, config, plan, process)
     }
 
     /// A program that listens on the port before the server does gets no login: the broker
@@ -518,11 +526,7 @@ mod tests {
     async fn a_program_on_the_port_never_gets_the_admin_login() {
         let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = squatter.local_addr().unwrap().port();
-        let (data, config, plan) = local([port, port]);
-        let process = Process {
-            dir: data.path().join("op_squatted"),
-            port,
-        };
+        let (_data, config, plan, process) = instance("op_squatted", port);
         process.write_conf(&config, &plan).unwrap();
         let _reaper = Reaper(process.dir.clone());
         let err = process.ensure_running(&config).await.unwrap_err();
@@ -550,16 +554,7 @@ mod tests {
     /// broker's logins go through it from then on.
     #[tokio::test]
     async fn a_config_without_the_socket_gets_it_at_the_next_start() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let (data, config, plan) = local([port, port]);
-        let process = Process {
-            dir: data.path().join("op_older"),
-            port,
-        };
+        let (_data, config, plan, process) = instance("op_older", osb_testkit::free_port());
         process.write_conf(&config, &plan).unwrap();
         let older: String = process
             .conf_text()
@@ -596,7 +591,7 @@ mod tests {
         let name = KeyPrefix::for_instance("platform-b", &id);
         assert_eq!(name.as_str().len(), KeyPrefix::MAX_LEN);
         let fits = |len: usize| {
-            let (_, mut config, _) = local([1, 1]);
+            let (_data, mut config, _, _) = instance("op_unused", 1);
             config.data_dir = PathBuf::from(format!("/{}", "d".repeat(len - 1)));
             Process::new(&config, &name, 1).socket_fits()
         };
@@ -608,11 +603,7 @@ mod tests {
     /// would hold the admin password and socket where others reach them.
     #[test]
     fn a_directory_open_to_others_is_refused() {
-        let (data, config, plan) = local([1, 1]);
-        let process = Process {
-            dir: data.path().join("op_made_before"),
-            port: 1,
-        };
+        let (_data, config, plan, process) = instance("op_made_before", 1);
         std::fs::DirBuilder::new()
             .mode(0o755)
             .create(&process.dir)
