@@ -1,17 +1,18 @@
 //! Reads under load (issue #14): `GET /v2/catalog`, `last_operation`, `GET` instance and `GET`
 //! binding through mysql-broker, driven by wrk, on the default SQLite state store and on a
 //! MariaDB one; each read's share of the catalog's rate; the same reads again with 10,000 more
-//! instances and bindings in the store; start to ready and idle RSS.
+//! instances and bindings in the store, and `last_operation` of 1,000 of them in turn; start to
+//! ready and idle RSS.
 //! `cargo bench -p mysql-broker --bench reads` (or `make bench`); needs the local MariaDB
 //! (scripts/backends.sh) and wrk (scripts/bench-tools.sh). Prints figures; asserts nothing
-//! about speed.
+//! about speed. Arguments `sqlite` or `mariadb` (after `--`) run that store's part alone.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use mysql_async::prelude::Queryable;
-use osb_testkit::bench::{Load, WRK_CONNECTIONS, WRK_SECS, WRK_THREADS, rss_kib, wrk};
+use osb_testkit::bench::{Load, WRK_CONNECTIONS, WRK_SECS, WRK_THREADS, rss_kib, wrk, wrk_over};
 use osb_testkit::{Client, free_port, fresh_id, start_broker};
 
 const SERVICE: &str = "96b9e707-0e2b-47e3-a21a-fd01a8eb0452";
@@ -61,6 +62,8 @@ async fn start_to_ready(dir: &Path, store: &str) -> anyhow::Result<Duration> {
 
 /// Instances, and as many bindings, put in the store for the scale run.
 const SCALE_ROWS: usize = 10_000;
+/// Instances whose last operations are asked for in turn, after the scale run.
+const SPREAD: usize = 1_000;
 
 /// A finished operation's record on instance `id` (binding `binding`), kept with its row.
 fn finished(id: &str, binding: Option<&str>) -> osb_core::store::OperationRow {
@@ -91,13 +94,13 @@ fn finished(id: &str, binding: Option<&str>) -> osb_core::store::OperationRow {
 
 /// [`SCALE_ROWS`] instances with a binding each, written straight to the store at `url` with
 /// their operations' records, as failed provisions and binds (upkeep measures ready instances
-/// on the backend; a finished operation is never run again).
-async fn fill(url: &str) -> anyhow::Result<()> {
+/// on the backend; a finished operation is never run again). Returns the instances' ids.
+async fn fill(url: &str) -> anyhow::Result<Vec<String>> {
     use futures::StreamExt;
     use osb_core::store::{BindingRow, BindingState, InstanceRow, InstanceState, Start, Store};
     let store = Store::connect(url, 8).await?;
     let store = &store;
-    let results: Vec<anyhow::Result<()>> = futures::stream::iter(0..SCALE_ROWS)
+    let results: Vec<anyhow::Result<String>> = futures::stream::iter(0..SCALE_ROWS)
         .map(|_| async move {
             let (id, bid) = (fresh_id(), fresh_id());
             let (provision, bind) = (finished(&id, None), finished(&id, Some(&bid)));
@@ -122,7 +125,7 @@ async fn fill(url: &str) -> anyhow::Result<()> {
             anyhow::ensure!(made.await?, "{id} exists");
             let binding = BindingRow {
                 id: bid.clone(),
-                instance_id: id,
+                instance_id: id.clone(),
                 platform: "default".into(),
                 service_id: SERVICE.into(),
                 plan_id: PLAN1.into(),
@@ -138,7 +141,7 @@ async fn fill(url: &str) -> anyhow::Result<()> {
             };
             let made = store.start(&bind, Start::NewBinding(&binding));
             anyhow::ensure!(made.await?, "{bid} exists");
-            Ok(())
+            Ok(id)
         })
         .buffer_unordered(8)
         .collect()
@@ -258,7 +261,7 @@ async fn run(label: &str, store: &str, server: Option<u32>) -> anyhow::Result<()
         typical.push(load);
     }
     let started = Instant::now();
-    fill(store).await?;
+    let filled = fill(store).await?;
     println!(
         "  with {SCALE_ROWS} more instances and {SCALE_ROWS} more bindings in the store (written in {:.1} s):",
         started.elapsed().as_secs_f64()
@@ -277,6 +280,22 @@ async fn run(label: &str, store: &str, server: Option<u32>) -> anyhow::Result<()
             100.0 * (load.p50_ms / before.p50_ms - 1.0)
         );
     }
+    // Pollers of many instances: each connection asks for the next one's last operation.
+    let spread: Vec<String> = filled[..SPREAD]
+        .iter()
+        .map(|id| format!("/v2/service_instances/{id}/last_operation"))
+        .collect();
+    let load = wrk_over(&broker, &spread, server)?;
+    let catalog = catalogs.iter().map(|l| l.requests_per_sec).sum::<f64>() / catalogs.len() as f64;
+    println!(
+        "  last_operation of {SPREAD} instances in turn: {:.0} req/s ({:.0}% of the catalog runs' mean), p50 {:.2} ms, p99 {:.2} ms, broker {} µs, server {} µs",
+        load.requests_per_sec,
+        100.0 * load.requests_per_sec / catalog,
+        load.p50_ms,
+        load.p99_ms,
+        per_request(load.broker_cpu_us),
+        per_request(load.server_cpu_us),
+    );
     c.unbind_done(&id, &bid, PLAN1).await?;
     c.deprovision_done(&id, PLAN1).await?;
     Ok(())
@@ -288,9 +307,20 @@ async fn main() -> anyhow::Result<()> {
         "mysql-broker reads: wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS}, {WRK_SECS} s per request, {} cores",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    let dir = tempfile::tempdir()?;
-    let sqlite = format!("sqlite://{}", dir.path().join("state.db").display());
-    run("SQLite", &sqlite, None).await?;
+    // `cargo bench` passes its own flags (`--bench`); any other argument names a store.
+    let stores: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let wanted = |store: &str| stores.is_empty() || stores.iter().any(|s| s == store);
+    if wanted("sqlite") {
+        let dir = tempfile::tempdir()?;
+        let sqlite = format!("sqlite://{}", dir.path().join("state.db").display());
+        run("SQLite", &sqlite, None).await?;
+    }
+    if !wanted("mariadb") {
+        return Ok(());
+    }
     let name = format!("kpaas_bench_state_{}", &fresh_id().replace('-', "")[..12]);
     let pool = mysql_async::Pool::new(ADMIN);
     let mut admin = pool.get_conn().await?;

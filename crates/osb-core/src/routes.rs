@@ -221,20 +221,18 @@ where
         .map(respond)
 }
 
-/// Runs a read (`GET`, `last_operation`): on the request's own thread when the store is a
-/// SQLite file, whose reader connections run their statements in place and hold no socket (a
-/// read changes nothing a hang-up could leave half done, and the thread hops were most of its
-/// cost); on the broker runtime otherwise, where the pool's network connections live.
+/// Runs a read (`GET`, `last_operation`) on the request's own thread: a SQLite store's reader
+/// connections run their statements in place and hold no socket, and a network store sends a
+/// read's statement from its own runtime (see `store::batch`). So a hang-up that drops the read
+/// cuts no statement half way, and a read makes no hop to the broker runtime and back (the
+/// hops were most of its cost).
 async fn read<B, F, Fut>(engine: &Engine<B>, work: F) -> Result<HttpResponse, OsbError>
 where
     B: ServiceBroker,
     F: FnOnce(Engine<B>) -> Fut,
-    Fut: Future<Output = Result<Reply, OsbError>> + Send + 'static,
+    Fut: Future<Output = Result<Reply, OsbError>>,
 {
-    if engine.store_kind() == "sqlite" {
-        return work(engine.clone()).await.map(respond);
-    }
-    run(engine, work).await
+    work(engine.clone()).await.map(respond)
 }
 
 type Data<B> = web::Data<Engine<B>>;

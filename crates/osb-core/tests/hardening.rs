@@ -50,47 +50,6 @@ async fn made_up_methods_do_not_grow_the_metrics() {
     running.stop().await;
 }
 
-fn instance_row(id: &str, op: &str) -> InstanceRow {
-    InstanceRow {
-        id: id.into(),
-        platform: "default".into(),
-        service_id: SERVICE.into(),
-        plan_id: PLAN.into(),
-        fingerprint: "f".into(),
-        state: InstanceState::Provisioning.as_str().into(),
-        operation_id: op.into(),
-        parameters: "{}".into(),
-        context: "{}".into(),
-        maintenance_version: None,
-        dashboard_url: None,
-        metadata: None,
-        broker_state: "null".into(),
-        created_at: 1,
-        updated_at: 1,
-    }
-}
-
-fn operation_row(id: &str, instance: &str) -> OperationRow {
-    OperationRow {
-        id: id.into(),
-        platform: "default".into(),
-        instance_id: instance.into(),
-        binding_id: None,
-        kind: "provision".into(),
-        state: OperationState::InProgress.as_str().into(),
-        fingerprint: "f".into(),
-        description: None,
-        instance_usable: None,
-        update_repeatable: None,
-        owner: "replica-a".into(),
-        heartbeat_at: 1,
-        created_at: 1,
-        updated_at: 1,
-        runner: "replica-a/1".into(),
-        request: None,
-    }
-}
-
 /// A replica stalls past its lease; its operation is reaped and the platform's retry takes the
 /// row over. When the stalled task wakes up, its outcome must not be written.
 async fn late_operations_are_fenced_out(url: &str) {

@@ -3,6 +3,7 @@
 //! the server (the limit), and the broker's peak RSS. Prints figures; asserts nothing about
 //! speed.
 
+use std::ffi::OsStr;
 use std::path::Path;
 use std::time::Instant;
 
@@ -306,7 +307,35 @@ pub const WRK_SECS: u32 = 5;
 /// means nothing). Measures the CPU time of the broker, and of process `server` if given,
 /// meanwhile.
 pub fn wrk(broker: &BrokerProcess, path: &str, server: Option<u32>) -> anyhow::Result<Load> {
+    wrk_over(broker, &[path.to_owned()], server)
+}
+
+/// [`wrk`] over several paths: each of wrk's connections asks for them in turn (a Lua script
+/// makes each request), as pollers of many instances do.
+pub fn wrk_over(
+    broker: &BrokerProcess,
+    paths: &[String],
+    server: Option<u32>,
+) -> anyhow::Result<Load> {
     use base64::Engine as _;
+    anyhow::ensure!(!paths.is_empty(), "no path to drive");
+    // Paths are ids and fixed words: quoted as Rust debug strings, they are Lua strings too.
+    let script = match paths {
+        [_] => None,
+        _ => {
+            let script = tempfile::NamedTempFile::new()?;
+            let quoted: Vec<String> = paths.iter().map(|p| format!("{p:?}")).collect();
+            std::fs::write(
+                script.path(),
+                format!(
+                    "local paths = {{{}}}\nlocal i = 0\nrequest = function()\n  i = i % #paths + 1\n  return wrk.format(\"GET\", paths[i])\nend\n",
+                    quoted.join(",")
+                ),
+            )?;
+            Some(script)
+        }
+    };
+    let path = &paths[0];
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USERNAME}:{PASSWORD}"));
     let cpu = |pid: Option<u32>| pid.and_then(cpu_secs);
     let before = (cpu(Some(broker.pid())), cpu(server));
@@ -317,6 +346,11 @@ pub fn wrk(broker: &BrokerProcess, path: &str, server: Option<u32>) -> anyhow::R
         .arg("--latency")
         .args(["-H", &format!("Authorization: Basic {auth}")])
         .args(["-H", "X-Broker-API-Version: 2.17"])
+        .args(
+            script
+                .iter()
+                .flat_map(|s| [OsStr::new("-s"), s.path().as_os_str()]),
+        )
         .arg(format!("http://127.0.0.1:{}{path}", broker.port))
         .output()
         .context("wrk (run scripts/bench-tools.sh)")?;

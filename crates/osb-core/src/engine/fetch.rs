@@ -143,7 +143,12 @@ impl<B: ServiceBroker> Engine<B> {
         let requested = match &query.operation {
             Some(op) => {
                 let op_id = OperationId::parse(op)?;
-                let found = store.operation(op_id.as_str()).await?.filter(belongs);
+                // Mostly the one asked about is the current one, which the first read brought.
+                let found = match &current {
+                    Some(Some(now)) if now.id == op_id.as_str() => Some(now.clone()),
+                    _ => store.operation(op_id.as_str()).await?,
+                }
+                .filter(belongs);
                 if found.is_none() && current.is_some() {
                     return Err(OsbError::BadRequest(format!(
                         "operation {op:?} is not an operation of this resource"

@@ -478,11 +478,6 @@ impl<B: ServiceBroker> Engine<B> {
         &self.inner.catalog
     }
 
-    /// Which database the state store runs on (`sqlite`, `mysql`, `postgres`).
-    pub fn store_kind(&self) -> &'static str {
-        self.inner.store.kind()
-    }
-
     pub fn runner(&self) -> &Runner {
         &self.inner.runner
     }

@@ -1,6 +1,7 @@
 //! The broker's own state: instances, bindings and operations, on SQLite, MySQL/MariaDB or
 //! PostgreSQL through one set of diesel queries and one set of migrations.
 
+mod batch;
 mod cached;
 mod counting;
 mod rows;
@@ -178,6 +179,8 @@ pub struct Store {
     pools: std::sync::Arc<Pools>,
     /// SQLite only: connections that read on the calling thread (see [`SqliteReaders`]).
     readers: Option<std::sync::Arc<deadpool::managed::Pool<SqliteReaders>>>,
+    /// Network stores only: lookups by key sent together (see [`batch`]).
+    batches: Option<std::sync::Arc<Batches>>,
     counters: StoreCounters,
 }
 
@@ -270,6 +273,123 @@ macro_rules! read {
         };
         read?
     }};
+}
+
+/// An instance and its facts, where `$filter` (on `osb_instances::id`) says.
+macro_rules! instance_with_facts {
+    ($filter:expr) => {
+        osb_instances::table
+            .left_join(
+                osb_instance_facts::table.on(osb_instance_facts::instance_id.eq(osb_instances::id)),
+            )
+            .filter($filter)
+            .select((
+                InstanceRow::as_select(),
+                (osb_instance_facts::facts, osb_instance_facts::measured_at).nullable(),
+            ))
+    };
+}
+
+/// An instance and its current operation, where `$filter` (on `osb_instances::id`) says.
+macro_rules! instance_with_operation {
+    ($filter:expr) => {
+        osb_instances::table
+            .left_join(osb_operations::table.on(osb_operations::id.eq(osb_instances::operation_id)))
+            .filter($filter)
+            .select((
+                InstanceRow::as_select(),
+                Option::<OperationRow>::as_select(),
+            ))
+    };
+}
+
+/// A binding and its current operation, where `$filter` (on `osb_bindings::id`) says.
+macro_rules! binding_with_operation {
+    ($filter:expr) => {
+        osb_bindings::table
+            .left_join(osb_operations::table.on(osb_operations::id.eq(osb_bindings::operation_id)))
+            .filter($filter)
+            .select((BindingRow::as_select(), Option::<OperationRow>::as_select()))
+    };
+}
+
+/// A lookup by key that a network store runs for many keys at once (see [`batch`]): `$query`
+/// selects the rows whose key is among `$keys`, and `$key` is a row's key.
+macro_rules! batched {
+    ($name:ident, $row:ty, |$r:ident| $key:expr, |$keys:ident| $query:expr) => {
+        struct $name;
+
+        impl batch::Lookup for $name {
+            type Source = Store;
+            type Row = $row;
+            type Error = StoreError;
+
+            fn key($r: &$row) -> &str {
+                $key
+            }
+
+            async fn load(store: &Store, $keys: &[String]) -> Result<Vec<$row>, StoreError> {
+                with_conn!(store, |conn| Ok(diesel_async::RunQueryDsl::load(
+                    $query.cached(),
+                    conn
+                )
+                .await?))
+            }
+
+            fn stopped() -> StoreError {
+                StoreError::Unavailable("the broker is stopping".into())
+            }
+        }
+    };
+}
+
+batched!(
+    InstanceWithFacts,
+    (InstanceRow, Option<(String, i64)>),
+    |row| &row.0.id,
+    |keys| instance_with_facts!(osb_instances::id.eq_any(keys))
+);
+batched!(
+    InstanceWithOperation,
+    (InstanceRow, Option<OperationRow>),
+    |row| &row.0.id,
+    |keys| instance_with_operation!(osb_instances::id.eq_any(keys))
+);
+batched!(
+    BindingWithOperation,
+    (BindingRow, Option<OperationRow>),
+    |row| &row.0.id,
+    |keys| binding_with_operation!(osb_bindings::id.eq_any(keys))
+);
+batched!(BindingById, BindingRow, |row| &row.id, |keys| {
+    osb_bindings::table.filter(osb_bindings::id.eq_any(keys))
+});
+batched!(OperationById, OperationRow, |row| &row.id, |keys| {
+    osb_operations::table.filter(osb_operations::id.eq_any(keys))
+});
+
+/// A network store's batched lookups, one queue per kind, and the runtime its connections
+/// live on, where every statement goes out (see [`batch`]).
+struct Batches {
+    home: tokio::runtime::Handle,
+    instance_with_facts: batch::Batcher<InstanceWithFacts>,
+    instance_with_operation: batch::Batcher<InstanceWithOperation>,
+    binding_with_operation: batch::Batcher<BindingWithOperation>,
+    binding: batch::Batcher<BindingById>,
+    operation: batch::Batcher<OperationById>,
+}
+
+impl Batches {
+    fn new(home: tokio::runtime::Handle) -> Self {
+        Self {
+            instance_with_facts: batch::Batcher::new(home.clone()),
+            instance_with_operation: batch::Batcher::new(home.clone()),
+            binding_with_operation: batch::Batcher::new(home.clone()),
+            binding: batch::Batcher::new(home.clone()),
+            operation: batch::Batcher::new(home.clone()),
+            home,
+        }
+    }
 }
 
 /// Milliseconds since the Unix epoch, the store's clock.
@@ -418,9 +538,18 @@ impl Store {
             }
             _ => None,
         };
+        let batches = match readers {
+            Some(_) => None,
+            None => Some(std::sync::Arc::new(Batches::new(
+                tokio::runtime::Handle::try_current().map_err(|e| {
+                    StoreError::Unavailable(format!("a network store needs a Tokio runtime: {e}"))
+                })?,
+            ))),
+        };
         Ok(Self {
             pools: std::sync::Arc::new(pools),
             readers,
+            batches,
             counters,
         })
     }
@@ -480,22 +609,14 @@ impl Store {
         &self,
         id: &str,
     ) -> Result<Option<(InstanceRow, Option<(String, i64)>)>, StoreError> {
-        use osb_instance_facts::dsl as facts;
-        Ok(read!(
-            self,
-            get_result(
-                osb_instances::table
-                    .left_join(
-                        facts::osb_instance_facts.on(facts::instance_id.eq(osb_instances::id))
-                    )
-                    .filter(osb_instances::id.eq(id))
-                    .select((
-                        InstanceRow::as_select(),
-                        (facts::facts, facts::measured_at).nullable(),
-                    ))
+        match &self.batches {
+            Some(batches) => batches.instance_with_facts.get(self, id).await,
+            None => Ok(read!(
+                self,
+                get_result(instance_with_facts!(osb_instances::id.eq(id)))
             )
-        )
-        .optional()?)
+            .optional()?),
+        }
     }
 
     /// An instance and the operation it is on, in one read.
@@ -503,22 +624,14 @@ impl Store {
         &self,
         id: &str,
     ) -> Result<Option<(InstanceRow, Option<OperationRow>)>, StoreError> {
-        Ok(read!(
-            self,
-            get_result(
-                osb_instances::table
-                    .left_join(
-                        osb_operations::table
-                            .on(osb_operations::id.eq(osb_instances::operation_id))
-                    )
-                    .filter(osb_instances::id.eq(id))
-                    .select((
-                        InstanceRow::as_select(),
-                        Option::<OperationRow>::as_select()
-                    ))
+        match &self.batches {
+            Some(batches) => batches.instance_with_operation.get(self, id).await,
+            None => Ok(read!(
+                self,
+                get_result(instance_with_operation!(osb_instances::id.eq(id)))
             )
-        )
-        .optional()?)
+            .optional()?),
+        }
     }
 
     /// A binding and the operation it is on, in one read.
@@ -526,22 +639,21 @@ impl Store {
         &self,
         id: &str,
     ) -> Result<Option<(BindingRow, Option<OperationRow>)>, StoreError> {
-        Ok(read!(
-            self,
-            get_result(
-                osb_bindings::table
-                    .left_join(
-                        osb_operations::table.on(osb_operations::id.eq(osb_bindings::operation_id))
-                    )
-                    .filter(osb_bindings::id.eq(id))
-                    .select((BindingRow::as_select(), Option::<OperationRow>::as_select()))
+        match &self.batches {
+            Some(batches) => batches.binding_with_operation.get(self, id).await,
+            None => Ok(read!(
+                self,
+                get_result(binding_with_operation!(osb_bindings::id.eq(id)))
             )
-        )
-        .optional()?)
+            .optional()?),
+        }
     }
 
     pub async fn binding(&self, id: &str) -> Result<Option<BindingRow>, StoreError> {
-        Ok(read!(self, get_result(osb_bindings::table.find(id))).optional()?)
+        match &self.batches {
+            Some(batches) => batches.binding.get(self, id).await,
+            None => Ok(read!(self, get_result(osb_bindings::table.find(id))).optional()?),
+        }
     }
 
     pub async fn bindings_of(&self, instance_id: &str) -> Result<Vec<BindingRow>, StoreError> {
@@ -570,11 +682,37 @@ impl Store {
     }
 
     pub async fn operation(&self, id: &str) -> Result<Option<OperationRow>, StoreError> {
-        Ok(read!(self, get_result(osb_operations::table.find(id))).optional()?)
+        match &self.batches {
+            Some(batches) => batches.operation.get(self, id).await,
+            None => Ok(read!(self, get_result(osb_operations::table.find(id))).optional()?),
+        }
     }
 
     /// The newest operation on an instance (`binding_id: None`) or on one of its bindings.
+    /// Like every read `GET` and `last_operation` make, it may be asked from any thread and
+    /// dropped half way: on a network store it runs on the store's home runtime.
     pub async fn latest_operation(
+        &self,
+        instance_id: &str,
+        binding_id: Option<&str>,
+    ) -> Result<Option<OperationRow>, StoreError> {
+        let Some(batches) = &self.batches else {
+            return self.latest_operation_here(instance_id, binding_id).await;
+        };
+        let (store, instance_id) = (self.clone(), instance_id.to_owned());
+        let binding_id = binding_id.map(str::to_owned);
+        batches
+            .home
+            .spawn(async move {
+                store
+                    .latest_operation_here(&instance_id, binding_id.as_deref())
+                    .await
+            })
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("the broker is stopping: {e}")))?
+    }
+
+    async fn latest_operation_here(
         &self,
         instance_id: &str,
         binding_id: Option<&str>,
@@ -1519,9 +1657,9 @@ mod tests {
         }
     }
 
-    /// Every write a lifecycle makes, and the reads with an `IN` list: provision, bind, a claim
-    /// given back, a failed unbind, unbind, a failed update, deprovision; the lease's, upkeep's
-    /// and recovery's writes.
+    /// Every write a lifecycle makes, and the reads with an `IN` list (the batched lookups'
+    /// too): provision, bind, a claim given back, a failed unbind, unbind, a failed update,
+    /// deprovision; the lease's, upkeep's and recovery's writes.
     async fn lifecycle(store: &Store) -> Result<(), StoreError> {
         let fresh = || uuid::Uuid::new_v4().to_string();
         let (id, bid) = (fresh(), fresh());
@@ -1587,6 +1725,11 @@ mod tests {
                 .await?,
             "bound",
         );
+        // The lookups a platform's reads make (batched on a network store).
+        assert!(store.instance_with_facts(&id).await?.is_some());
+        assert!(store.instance_with_operation(&id).await?.is_some());
+        assert!(store.binding_with_operation(&bid).await?.is_some());
+        assert!(store.binding(&bid).await?.is_some());
         let unbind = Start::Binding {
             id: &bid,
             from: &[BindingState::Bound],

@@ -18,6 +18,7 @@ use osb_core::credentials::{Credentials, generate_password};
 use osb_core::metrics::Metrics;
 use osb_core::orphans::BackendObject;
 use osb_core::server::{Running, start};
+use osb_core::store::{InstanceRow, InstanceState, OperationRow, OperationState};
 use serde_json::json;
 
 pub const SERVICE: &str = "fake-service-id";
@@ -345,5 +346,48 @@ pub async fn drop_database(url: &str) {
         let _ = c
             .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
             .await;
+    }
+}
+
+/// A provisioning instance's row, on operation `op`.
+pub fn instance_row(id: &str, op: &str) -> InstanceRow {
+    InstanceRow {
+        id: id.into(),
+        platform: "default".into(),
+        service_id: SERVICE.into(),
+        plan_id: PLAN.into(),
+        fingerprint: "f".into(),
+        state: InstanceState::Provisioning.as_str().into(),
+        operation_id: op.into(),
+        parameters: "{}".into(),
+        context: "{}".into(),
+        maintenance_version: None,
+        dashboard_url: None,
+        metadata: None,
+        broker_state: "null".into(),
+        created_at: 1,
+        updated_at: 1,
+    }
+}
+
+/// A provision in progress on `instance`.
+pub fn operation_row(id: &str, instance: &str) -> OperationRow {
+    OperationRow {
+        id: id.into(),
+        platform: "default".into(),
+        instance_id: instance.into(),
+        binding_id: None,
+        kind: "provision".into(),
+        state: OperationState::InProgress.as_str().into(),
+        fingerprint: "f".into(),
+        description: None,
+        instance_usable: None,
+        update_repeatable: None,
+        owner: "replica-a".into(),
+        heartbeat_at: 1,
+        created_at: 1,
+        updated_at: 1,
+        runner: "replica-a/1".into(),
+        request: None,
     }
 }
