@@ -7,9 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use osb_core::store::{
-    InstanceRow, InstanceState, OperationRow, OperationState, Outcome, Release, Start, Store,
-};
+use osb_core::store::{InstanceState, OperationState, Outcome, Release, Start, Store};
 use osb_testkit::{Client, fresh_id};
 use serde_json::json;
 
