@@ -310,8 +310,8 @@ pub fn wrk(broker: &BrokerProcess, path: &str, server: Option<u32>) -> anyhow::R
     wrk_over(broker, &[path.to_owned()], server)
 }
 
-/// [`wrk`] over several paths: each of wrk's connections asks for them in turn (a Lua script
-/// makes each request), as pollers of many instances do.
+/// [`wrk`] over several paths, as pollers of many instances ask: each wrk thread asks for them
+/// in turn (a Lua script makes each request), the threads from points spread over the list.
 pub fn wrk_over(
     broker: &BrokerProcess,
     paths: &[String],
@@ -319,16 +319,21 @@ pub fn wrk_over(
 ) -> anyhow::Result<Load> {
     use base64::Engine as _;
     anyhow::ensure!(!paths.is_empty(), "no path to drive");
-    // Paths are ids and fixed words: quoted as Rust debug strings, they are Lua strings too.
+    anyhow::ensure!(
+        paths.iter().all(|p| p
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')),
+        "a path to drive must be printable ASCII without quotes or backslashes"
+    );
     let script = match paths {
         [_] => None,
         _ => {
             let script = tempfile::NamedTempFile::new()?;
-            let quoted: Vec<String> = paths.iter().map(|p| format!("{p:?}")).collect();
+            let quoted: Vec<String> = paths.iter().map(|p| format!("\"{p}\"")).collect();
             std::fs::write(
                 script.path(),
                 format!(
-                    "local paths = {{{}}}\nlocal i = 0\nrequest = function()\n  i = i % #paths + 1\n  return wrk.format(\"GET\", paths[i])\nend\n",
+                    "paths = {{{}}}\nlocal threads = 0\nsetup = function(thread)\n  thread:set(\"i\", threads * math.floor(#paths / {WRK_THREADS}))\n  threads = threads + 1\nend\nrequest = function()\n  i = i % #paths + 1\n  return wrk.format(\"GET\", paths[i])\nend\n",
                     quoted.join(",")
                 ),
             )?;

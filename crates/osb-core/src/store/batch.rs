@@ -12,6 +12,7 @@
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::future::join_all;
 use tokio::runtime::Handle;
@@ -36,8 +37,15 @@ pub(super) trait Lookup: Send + Sync + 'static {
         keys: &[String],
     ) -> impl Future<Output = Result<Vec<Self::Row>, Self::Error>> + Send;
 
-    /// The answer of a read whose statement never ran: its runtime is shutting down.
-    fn stopped() -> Self::Error;
+    /// A failure that is no statement's own (`why`): the runtime stopping, a statement that
+    /// did not answer in time, a panic.
+    fn unavailable(why: &str) -> Self::Error;
+
+    /// Whether `error` may be the statement's own, so that its keys alone may fare otherwise.
+    fn retry_alone(error: &Self::Error) -> bool;
+
+    /// An error like `error`, for each further read it answers.
+    fn copy(error: &Self::Error) -> Self::Error;
 }
 
 type Answer<L> = Result<Option<<L as Lookup>::Row>, <L as Lookup>::Error>;
@@ -46,6 +54,7 @@ type Answer<L> = Result<Option<<L as Lookup>::Row>, <L as Lookup>::Error>;
 pub(super) struct Batcher<L: Lookup> {
     queue: Arc<Mutex<Queue<L>>>,
     home: Handle,
+    limit: Duration,
 }
 
 struct Queue<L: Lookup> {
@@ -68,14 +77,16 @@ fn lock<L: Lookup>(queue: &Mutex<Queue<L>>) -> std::sync::MutexGuard<'_, Queue<L
 }
 
 impl<L: Lookup> Batcher<L> {
-    /// Statements go out on `home`, the runtime of the store's connections.
-    pub(super) fn new(home: Handle) -> Self {
+    /// Statements go out on `home`, the runtime of the store's connections; one that has not
+    /// answered within `limit` has its reads answered as unavailable (and is left to finish).
+    pub(super) fn new(home: Handle, limit: Duration) -> Self {
         Self {
             queue: Arc::new(Mutex::new(Queue {
                 waiting: Vec::new(),
                 sending: false,
             })),
             home,
+            limit,
         }
     }
 
@@ -94,11 +105,14 @@ impl<L: Lookup> Batcher<L> {
             let turn = Turn::<L> {
                 queue: self.queue.clone(),
                 source: source.clone(),
+                limit: self.limit,
                 ended: false,
             };
             self.home.spawn(turn.send());
         }
-        answer.await.unwrap_or_else(|_| Err(L::stopped()))
+        answer
+            .await
+            .unwrap_or_else(|_| Err(L::unavailable("the broker is stopping")))
     }
 }
 
@@ -107,6 +121,7 @@ impl<L: Lookup> Batcher<L> {
 struct Turn<L: Lookup> {
     queue: Arc<Mutex<Queue<L>>>,
     source: L::Source,
+    limit: Duration,
     /// Whether it ran to its end (else it was dropped: its runtime is shutting down).
     ended: bool,
 }
@@ -118,6 +133,8 @@ impl<L: Lookup> Turn<L> {
             let mut keys: Vec<String> = Vec::new();
             let batch = {
                 let mut queue = lock(&self.queue);
+                // Reads whose clients hung up take no key's place.
+                queue.waiting.retain(|w| !w.reply.is_closed());
                 let taken = queue
                     .waiting
                     .iter()
@@ -136,32 +153,80 @@ impl<L: Lookup> Turn<L> {
                 }
                 queue.waiting.drain(..taken).collect::<Vec<_>>()
             };
-            let first = keys[0].clone();
-            keys.resize(keys.len().next_power_of_two(), first);
-            self.answer(batch, &keys).await;
+            self.answer(batch, keys).await;
         }
     }
 
-    /// Runs the statement of `keys` and answers `batch`. When it fails, each read runs alone,
-    /// to meet its own error.
-    async fn answer(&self, batch: Vec<Waiter<L>>, keys: &[String]) {
-        match L::load(&self.source, keys).await {
-            Ok(rows) => {
-                for waiter in batch {
-                    let row = rows.iter().find(|r| L::key(r) == waiter.key).cloned();
-                    let _ = waiter.reply.send(Ok(row));
-                }
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, reads = batch.len(), "a batched lookup failed; each read runs alone");
-                join_all(batch.into_iter().map(|waiter| async move {
-                    let alone = L::load(&self.source, std::slice::from_ref(&waiter.key)).await;
-                    let _ = waiter.reply.send(alone.map(|rows| rows.into_iter().next()));
-                }))
-                .await;
+    /// Runs the statement of `keys` (distinct) and answers `batch`. When it fails in a way
+    /// that may be its own, each key runs alone, to meet its own error.
+    async fn answer(&self, batch: Vec<Waiter<L>>, keys: Vec<String>) {
+        let mut groups: Vec<(String, Vec<Waiter<L>>)> =
+            keys.iter().map(|k| (k.clone(), Vec::new())).collect();
+        for waiter in batch {
+            if let Some((_, group)) = groups.iter_mut().find(|(k, _)| *k == waiter.key) {
+                group.push(waiter);
             }
         }
+        let distinct = keys.len();
+        let mut padded = keys;
+        padded.resize(distinct.next_power_of_two(), padded[0].clone());
+        let error = match self.load(padded).await {
+            Ok(rows) => {
+                for (key, group) in groups {
+                    reply(group, Ok(rows.iter().find(|r| L::key(r) == key).cloned()));
+                }
+                return;
+            }
+            Err(e) => e,
+        };
+        tracing::warn!(error = %error, keys = distinct, "a batched state store lookup failed");
+        if distinct == 1 || !L::retry_alone(&error) {
+            reply(
+                groups.into_iter().flat_map(|(_, g)| g).collect(),
+                Err(error),
+            );
+            return;
+        }
+        join_all(groups.into_iter().map(|(key, group)| async move {
+            if group.iter().all(|w| w.reply.is_closed()) {
+                return;
+            }
+            let alone = self.load(vec![key]).await;
+            reply(group, alone.map(|rows| rows.into_iter().next()));
+        }))
+        .await;
     }
+
+    /// The rows of `keys`, loaded on a task of its own: a statement that has not answered
+    /// within the limit is left to finish there (its connection then goes back to the pool
+    /// whole) while its reads are answered.
+    async fn load(&self, keys: Vec<String>) -> Result<Vec<L::Row>, L::Error> {
+        let source = self.source.clone();
+        let task = tokio::spawn(async move { L::load(&source, &keys).await });
+        match tokio::time::timeout(self.limit, task).await {
+            Ok(Ok(rows)) => rows,
+            Ok(Err(e)) if e.is_panic() => Err(L::unavailable("a state store lookup panicked")),
+            Ok(Err(_)) => Err(L::unavailable("the broker is stopping")),
+            Err(_) => Err(L::unavailable(
+                "a state store lookup did not answer in time",
+            )),
+        }
+    }
+}
+
+/// Answers every read of `waiters` (one key's) with `answer`.
+fn reply<L: Lookup>(waiters: Vec<Waiter<L>>, answer: Answer<L>) {
+    let mut waiters = waiters.into_iter();
+    let Some(last) = waiters.next_back() else {
+        return;
+    };
+    for waiter in waiters {
+        let _ = waiter.reply.send(match &answer {
+            Ok(row) => Ok(row.clone()),
+            Err(e) => Err(L::copy(e)),
+        });
+    }
+    let _ = last.reply.send(answer);
 }
 
 impl<L: Lookup> Drop for Turn<L> {
@@ -216,8 +281,16 @@ mod tests {
             row
         }
 
-        fn stopped() -> String {
-            "stopped".into()
+        fn unavailable(why: &str) -> String {
+            format!("unavailable: {why}")
+        }
+
+        fn retry_alone(error: &String) -> bool {
+            !error.starts_with("unavailable")
+        }
+
+        fn copy(error: &String) -> String {
+            error.clone()
         }
 
         async fn load(source: &Source, keys: &[String]) -> Result<Vec<String>, String> {
@@ -258,6 +331,9 @@ mod tests {
         until(|| sent(source).len() >= n, &format!("{n} statements sent")).await;
     }
 
+    /// The tests' limit on a statement: none of theirs takes it, unless stalled on purpose.
+    const LIMIT: Duration = Duration::from_secs(5);
+
     fn read(
         batcher: &Arc<Batcher<ByKey>>,
         source: &Source,
@@ -270,7 +346,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn reads_arriving_while_a_statement_is_out_go_together_in_the_next() {
         let (batcher, source) = (
-            Arc::new(Batcher::<ByKey>::new(Handle::current())),
+            Arc::new(Batcher::<ByKey>::new(Handle::current(), LIMIT)),
             Source::default(),
         );
         let first = read(&batcher, &source, "a");
@@ -300,7 +376,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_statement_holds_at_most_its_share_of_keys_padded_to_a_power_of_two() {
         let (batcher, source) = (
-            Arc::new(Batcher::<ByKey>::new(Handle::current())),
+            Arc::new(Batcher::<ByKey>::new(Handle::current(), LIMIT)),
             Source::default(),
         );
         let first = read(&batcher, &source, "first");
@@ -328,40 +404,64 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_failed_statement_sends_each_of_its_reads_alone() {
+    async fn a_failed_statement_sends_each_of_its_keys_alone() {
         let (batcher, source) = (
-            Arc::new(Batcher::<ByKey>::new(Handle::current())),
+            Arc::new(Batcher::<ByKey>::new(Handle::current(), LIMIT)),
             Source::default(),
         );
         source.0.failing.store(true, Ordering::SeqCst);
         let first = read(&batcher, &source, "a");
         until_sent(&source, 1).await;
-        let later = [read(&batcher, &source, "b"), read(&batcher, &source, "c")];
-        while batcher.queue.lock().unwrap().waiting.len() < 2 {
+        let later = [
+            read(&batcher, &source, "b"),
+            read(&batcher, &source, "c"),
+            read(&batcher, &source, "b"),
+        ];
+        while batcher.queue.lock().unwrap().waiting.len() < later.len() {
             tokio::task::yield_now().await;
         }
-        // a fails, then fails alone; the batch of b and c fails too.
-        source.0.permits.add_permits(3);
+        // a fails (a key alone is not sent again); the statement of b and c fails too.
+        source.0.permits.add_permits(2);
         assert_eq!(first.await.unwrap(), Err("the server went away".into()));
-        // Then b and c each run alone, and now succeed.
-        until_sent(&source, 5).await;
+        // Then b and c run alone, once each, and now succeed.
+        until_sent(&source, 4).await;
         source.0.failing.store(false, Ordering::SeqCst);
         source.0.permits.add_permits(2);
-        for (read, key) in later.into_iter().zip(["b", "c"]) {
+        for (read, key) in later.into_iter().zip(["b", "c", "b"]) {
             assert_eq!(read.await.unwrap().unwrap().as_deref(), Some(key));
         }
         let mut statements = sent(&source);
         statements.sort();
         assert_eq!(
             statements,
-            [vec!["a"], vec!["a"], vec!["b"], vec!["b", "c"], vec!["c"]]
+            [vec!["a"], vec!["b"], vec!["b", "c"], vec!["c"]]
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_statement_that_does_not_answer_in_time_holds_up_no_later_read() {
+        let limit = Duration::from_millis(100);
+        let (batcher, source) = (
+            Arc::new(Batcher::<ByKey>::new(Handle::current(), limit)),
+            Source::default(),
+        );
+        let stuck = read(&batcher, &source, "a").await.unwrap();
+        assert_eq!(
+            stuck,
+            Err("unavailable: a state store lookup did not answer in time".into())
+        );
+        // The next read has a statement of its own; the stuck one still finishes first.
+        let later = read(&batcher, &source, "b");
+        until_sent(&source, 2).await;
+        source.0.permits.add_permits(2);
+        assert_eq!(later.await.unwrap().unwrap().as_deref(), Some("b"));
+        assert_eq!(sent(&source), [vec!["a"], vec!["b"]]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_read_dropped_while_its_statement_is_out_strands_no_other() {
         let (batcher, source) = (
-            Arc::new(Batcher::<ByKey>::new(Handle::current())),
+            Arc::new(Batcher::<ByKey>::new(Handle::current(), LIMIT)),
             Source::default(),
         );
         let first = read(&batcher, &source, "a");
@@ -387,7 +487,7 @@ mod tests {
             .build()
             .unwrap();
         let (batcher, source) = (
-            Arc::new(Batcher::<ByKey>::new(home.handle().clone())),
+            Arc::new(Batcher::<ByKey>::new(home.handle().clone(), LIMIT)),
             Source::default(),
         );
         let first = read(&batcher, &source, "a");
@@ -397,11 +497,20 @@ mod tests {
             tokio::task::yield_now().await;
         }
         home.shutdown_background();
-        assert_eq!(first.await.unwrap(), Err("stopped".into()));
-        assert_eq!(later.await.unwrap(), Err("stopped".into()));
+        assert_eq!(
+            first.await.unwrap(),
+            Err("unavailable: the broker is stopping".into())
+        );
+        assert_eq!(
+            later.await.unwrap(),
+            Err("unavailable: the broker is stopping".into())
+        );
         // A read after the stop is answered too, never left waiting.
         let after = read(&batcher, &source, "c");
-        assert_eq!(after.await.unwrap(), Err("stopped".into()));
+        assert_eq!(
+            after.await.unwrap(),
+            Err("unavailable: the broker is stopping".into())
+        );
         assert_eq!(sent(&source), [vec!["a"]]);
     }
 }

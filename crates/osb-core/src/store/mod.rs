@@ -214,6 +214,18 @@ impl StoreError {
     }
 }
 
+impl StoreError {
+    /// An error like this one (the same answer to the platform, the same text in the log), for
+    /// each further read a failed batched statement answers.
+    fn copy(&self) -> Self {
+        match self {
+            Self::Unavailable(why) => Self::Unavailable(why.clone()),
+            Self::Query(e) => Self::Query(DieselError::QueryBuilderError(e.to_string().into())),
+            other => Self::Corrupt(other.to_string()),
+        }
+    }
+}
+
 impl<E: std::fmt::Display> From<deadpool::managed::PoolError<E>> for StoreError {
     fn from(err: deadpool::managed::PoolError<E>) -> Self {
         Self::Unavailable(err.to_string())
@@ -336,8 +348,16 @@ macro_rules! batched {
                 .await?))
             }
 
-            fn stopped() -> StoreError {
-                StoreError::Unavailable("the broker is stopping".into())
+            fn unavailable(why: &str) -> StoreError {
+                StoreError::Unavailable(why.into())
+            }
+
+            fn retry_alone(error: &StoreError) -> bool {
+                matches!(error, StoreError::Query(_))
+            }
+
+            fn copy(error: &StoreError) -> StoreError {
+                error.copy()
             }
         }
     };
@@ -382,11 +402,11 @@ struct Batches {
 impl Batches {
     fn new(home: tokio::runtime::Handle) -> Self {
         Self {
-            instance_with_facts: batch::Batcher::new(home.clone()),
-            instance_with_operation: batch::Batcher::new(home.clone()),
-            binding_with_operation: batch::Batcher::new(home.clone()),
-            binding: batch::Batcher::new(home.clone()),
-            operation: batch::Batcher::new(home.clone()),
+            instance_with_facts: batch::Batcher::new(home.clone(), POOL_WAIT),
+            instance_with_operation: batch::Batcher::new(home.clone(), POOL_WAIT),
+            binding_with_operation: batch::Batcher::new(home.clone(), POOL_WAIT),
+            binding: batch::Batcher::new(home.clone(), POOL_WAIT),
+            operation: batch::Batcher::new(home.clone(), POOL_WAIT),
             home,
         }
     }
@@ -709,7 +729,13 @@ impl Store {
                     .await
             })
             .await
-            .map_err(|e| StoreError::Unavailable(format!("the broker is stopping: {e}")))?
+            .map_err(|e| {
+                StoreError::Unavailable(if e.is_panic() {
+                    "a state store lookup panicked".into()
+                } else {
+                    "the broker is stopping".into()
+                })
+            })?
     }
 
     async fn latest_operation_here(
