@@ -331,6 +331,17 @@ mod tests {
         until(|| sent(source).len() >= n, &format!("{n} statements sent")).await;
     }
 
+    fn batcher(home: Handle, limit: Duration) -> (Arc<Batcher<ByKey>>, Source) {
+        (Arc::new(Batcher::new(home, limit)), Source::default())
+    }
+
+    /// Waits until `n` reads are queued.
+    async fn queued(batcher: &Batcher<ByKey>, n: usize) {
+        while lock(&batcher.queue).waiting.len() < n {
+            tokio::task::yield_now().await;
+        }
+    }
+
     /// The tests' limit on a statement: none of theirs takes it, unless stalled on purpose.
     const LIMIT: Duration = Duration::from_secs(5);
 
@@ -345,18 +356,13 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn reads_arriving_while_a_statement_is_out_go_together_in_the_next() {
-        let (batcher, source) = (
-            Arc::new(Batcher::<ByKey>::new(Handle::current(), LIMIT)),
-            Source::default(),
-        );
+        let (batcher, source) = batcher(Handle::current(), LIMIT);
         let first = read(&batcher, &source, "a");
         until_sent(&source, 1).await;
         let keys = ["b", "c", "b", "missing-d", "e"];
         let later: Vec<_> = keys.iter().map(|k| read(&batcher, &source, k)).collect();
         // Each read is queued before the first statement is answered.
-        while batcher.queue.lock().unwrap().waiting.len() < keys.len() {
-            tokio::task::yield_now().await;
-        }
+        queued(&batcher, keys.len()).await;
         source.0.permits.add_permits(2);
         assert_eq!(first.await.unwrap().unwrap().as_deref(), Some("a"));
         let mut got = Vec::new();
@@ -375,17 +381,12 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_statement_holds_at_most_its_share_of_keys_padded_to_a_power_of_two() {
-        let (batcher, source) = (
-            Arc::new(Batcher::<ByKey>::new(Handle::current(), LIMIT)),
-            Source::default(),
-        );
+        let (batcher, source) = batcher(Handle::current(), LIMIT);
         let first = read(&batcher, &source, "first");
         until_sent(&source, 1).await;
         let keys: Vec<String> = (0..MOST_KEYS + 3).map(|i| format!("k{i}")).collect();
         let later: Vec<_> = keys.iter().map(|k| read(&batcher, &source, k)).collect();
-        while batcher.queue.lock().unwrap().waiting.len() < keys.len() {
-            tokio::task::yield_now().await;
-        }
+        queued(&batcher, keys.len()).await;
         source.0.permits.add_permits(3);
         first.await.unwrap().unwrap();
         for (read, key) in later.into_iter().zip(&keys) {
@@ -405,10 +406,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_statement_sends_each_of_its_keys_alone() {
-        let (batcher, source) = (
-            Arc::new(Batcher::<ByKey>::new(Handle::current(), LIMIT)),
-            Source::default(),
-        );
+        let (batcher, source) = batcher(Handle::current(), LIMIT);
         source.0.failing.store(true, Ordering::SeqCst);
         let first = read(&batcher, &source, "a");
         until_sent(&source, 1).await;
@@ -417,9 +415,7 @@ mod tests {
             read(&batcher, &source, "c"),
             read(&batcher, &source, "b"),
         ];
-        while batcher.queue.lock().unwrap().waiting.len() < later.len() {
-            tokio::task::yield_now().await;
-        }
+        queued(&batcher, later.len()).await;
         // a fails (a key alone is not sent again); the statement of b and c fails too.
         source.0.permits.add_permits(2);
         assert_eq!(first.await.unwrap(), Err("the server went away".into()));
@@ -441,10 +437,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_statement_that_does_not_answer_in_time_holds_up_no_later_read() {
         let limit = Duration::from_millis(100);
-        let (batcher, source) = (
-            Arc::new(Batcher::<ByKey>::new(Handle::current(), limit)),
-            Source::default(),
-        );
+        let (batcher, source) = batcher(Handle::current(), limit);
         let stuck = read(&batcher, &source, "a").await.unwrap();
         assert_eq!(
             stuck,
@@ -460,16 +453,11 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_read_dropped_while_its_statement_is_out_strands_no_other() {
-        let (batcher, source) = (
-            Arc::new(Batcher::<ByKey>::new(Handle::current(), LIMIT)),
-            Source::default(),
-        );
+        let (batcher, source) = batcher(Handle::current(), LIMIT);
         let first = read(&batcher, &source, "a");
         until_sent(&source, 1).await;
         let later = read(&batcher, &source, "b");
-        while batcher.queue.lock().unwrap().waiting.is_empty() {
-            tokio::task::yield_now().await;
-        }
+        queued(&batcher, 1).await;
         first.abort();
         assert!(first.await.unwrap_err().is_cancelled());
         source.0.permits.add_permits(3);
@@ -486,16 +474,11 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        let (batcher, source) = (
-            Arc::new(Batcher::<ByKey>::new(home.handle().clone(), LIMIT)),
-            Source::default(),
-        );
+        let (batcher, source) = batcher(home.handle().clone(), LIMIT);
         let first = read(&batcher, &source, "a");
         until_sent(&source, 1).await;
         let later = read(&batcher, &source, "b");
-        while batcher.queue.lock().unwrap().waiting.is_empty() {
-            tokio::task::yield_now().await;
-        }
+        queued(&batcher, 1).await;
         home.shutdown_background();
         assert_eq!(
             first.await.unwrap(),
