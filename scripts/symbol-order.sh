@@ -6,7 +6,8 @@
 # runs then takes a few MiB of contiguous pages instead of pages all over its 12 MiB of code,
 # and that is most of its resident memory (docs/benchmarks.md).
 #
-# Run it after a dependency or toolchain update (names it lists that a build no longer has
+# Run it after any change to the broker's code, a dependency or the toolchain: LTO numbers
+# local functions anew at every change (names it lists that a build no longer has
 # are skipped: the layout degrades, the build does not break). It runs the broker under
 # valgrind's callgrind, on its deploy/<broker>.toml and a SQLite state store, against the
 # backends scripts/backends.sh starts.
