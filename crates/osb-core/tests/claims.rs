@@ -146,12 +146,9 @@ async fn one_replica_at_a_time_runs_an_exclusive_section(url: &str) {
 // The SQLite store runs its migrations on a blocking section.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claims_hold_on_every_store() {
-    let dir = tempfile::tempdir().unwrap();
-    an_item_has_one_owner_until_it_is_given_back(&common::sqlite_url(&dir)).await;
-    one_replica_at_a_time_runs_an_exclusive_section(&common::sqlite_url(&dir)).await;
-    for url in [common::fresh_mysql().await, common::fresh_postgres().await] {
+    common::on_every_store(|url| async move {
         an_item_has_one_owner_until_it_is_given_back(&url).await;
         one_replica_at_a_time_runs_an_exclusive_section(&url).await;
-        common::drop_database(&url).await;
-    }
+    })
+    .await;
 }

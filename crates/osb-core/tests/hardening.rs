@@ -165,14 +165,7 @@ async fn late_operations_are_fenced_out(url: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_operations_are_fenced_out_on_every_store() {
-    let dir = tempfile::tempdir().unwrap();
-    late_operations_are_fenced_out(&sqlite_url(&dir)).await;
-    let mysql = fresh_mysql().await;
-    late_operations_are_fenced_out(&mysql).await;
-    drop_database(&mysql).await;
-    let postgres = fresh_postgres().await;
-    late_operations_are_fenced_out(&postgres).await;
-    drop_database(&postgres).await;
+    on_every_store(|url| async move { late_operations_are_fenced_out(&url).await }).await;
 }
 
 /// Another process on the SQLite store's file: holds its write lock for 1.5 s, having run
@@ -339,14 +332,7 @@ async fn upkeep_facts_are_kept_in_one_commit(url: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upkeep_facts_are_kept_in_one_commit_on_every_store() {
-    let dir = tempfile::tempdir().unwrap();
-    upkeep_facts_are_kept_in_one_commit(&sqlite_url(&dir)).await;
-    let mysql = fresh_mysql().await;
-    upkeep_facts_are_kept_in_one_commit(&mysql).await;
-    drop_database(&mysql).await;
-    let postgres = fresh_postgres().await;
-    upkeep_facts_are_kept_in_one_commit(&postgres).await;
-    drop_database(&postgres).await;
+    on_every_store(|url| async move { upkeep_facts_are_kept_in_one_commit(&url).await }).await;
 }
 
 /// Ends every connection to the database of `url` but the caller's, from the server's side.

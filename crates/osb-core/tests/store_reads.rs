@@ -165,12 +165,5 @@ async fn lookups_get_their_own_rows(url: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lookups_asked_at_once_get_their_own_rows_on_every_store() {
-    let dir = tempfile::tempdir().unwrap();
-    lookups_get_their_own_rows(&sqlite_url(&dir)).await;
-    let mysql = fresh_mysql().await;
-    lookups_get_their_own_rows(&mysql).await;
-    drop_database(&mysql).await;
-    let postgres = fresh_postgres().await;
-    lookups_get_their_own_rows(&postgres).await;
-    drop_database(&postgres).await;
+    on_every_store(|url| async move { lookups_get_their_own_rows(&url).await }).await;
 }

@@ -50,6 +50,17 @@ pub(super) trait Lookup: Send + Sync + 'static {
 
 type Answer<L> = Result<Option<<L as Lookup>::Row>, <L as Lookup>::Error>;
 
+const STOPPING: &str = "the broker is stopping";
+
+/// Why a task that ran a lookup ended without its answer.
+pub(super) fn lost(task: &tokio::task::JoinError) -> &'static str {
+    if task.is_panic() {
+        "a state store lookup panicked"
+    } else {
+        STOPPING
+    }
+}
+
 /// The reads of one kind waiting for their statement.
 pub(super) struct Batcher<L: Lookup> {
     queue: Arc<Mutex<Queue<L>>>,
@@ -112,7 +123,7 @@ impl<L: Lookup> Batcher<L> {
         }
         answer
             .await
-            .unwrap_or_else(|_| Err(L::unavailable("the broker is stopping")))
+            .unwrap_or_else(|_| Err(L::unavailable(STOPPING)))
     }
 }
 
@@ -205,8 +216,7 @@ impl<L: Lookup> Turn<L> {
         let task = tokio::spawn(async move { L::load(&source, &keys).await });
         match tokio::time::timeout(self.limit, task).await {
             Ok(Ok(rows)) => rows,
-            Ok(Err(e)) if e.is_panic() => Err(L::unavailable("a state store lookup panicked")),
-            Ok(Err(_)) => Err(L::unavailable("the broker is stopping")),
+            Ok(Err(e)) => Err(L::unavailable(lost(&e))),
             Err(_) => Err(L::unavailable(
                 "a state store lookup did not answer in time",
             )),

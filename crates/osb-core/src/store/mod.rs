@@ -212,9 +212,7 @@ impl StoreError {
                 if info.message().contains("is locked")
         )
     }
-}
 
-impl StoreError {
     /// An error like this one (the same answer to the platform, the same text in the log), for
     /// each further read a failed batched statement answers.
     fn copy(&self) -> Self {
@@ -729,13 +727,7 @@ impl Store {
                     .await
             })
             .await
-            .map_err(|e| {
-                StoreError::Unavailable(if e.is_panic() {
-                    "a state store lookup panicked".into()
-                } else {
-                    "the broker is stopping".into()
-                })
-            })?
+            .map_err(|e| StoreError::Unavailable(batch::lost(&e).into()))?
     }
 
     async fn latest_operation_here(

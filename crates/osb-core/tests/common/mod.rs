@@ -333,6 +333,23 @@ pub async fn fresh_postgres() -> String {
     format!("{admin}/{name}")
 }
 
+/// Runs `check` on a SQLite store, then on a fresh MariaDB and a fresh PostgreSQL database,
+/// each dropped after its run.
+pub async fn on_every_store<F, Fut>(check: F)
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().unwrap();
+    check(sqlite_url(&dir)).await;
+    let mysql = fresh_mysql().await;
+    check(mysql.clone()).await;
+    drop_database(&mysql).await;
+    let postgres = fresh_postgres().await;
+    check(postgres.clone()).await;
+    drop_database(&postgres).await;
+}
+
 /// Drops a database made by `fresh_mysql`/`fresh_postgres`.
 pub async fn drop_database(url: &str) {
     let (admin, name) = url.rsplit_once('/').unwrap();
