@@ -280,7 +280,7 @@ async fn run(label: &str, store: &str, server: Option<u32>) -> anyhow::Result<()
             100.0 * (load.p50_ms / before.p50_ms - 1.0)
         );
     }
-    // Pollers of many instances: each connection asks for the next one's last operation.
+    // Pollers of many instances: each wrk thread asks for the next one's last operation.
     let spread: Vec<String> = filled[..SPREAD]
         .iter()
         .map(|id| format!("/v2/service_instances/{id}/last_operation"))
