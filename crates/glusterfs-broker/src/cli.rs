@@ -511,8 +511,17 @@ mod tests {
     /// succeeds; each call's arguments are a line of the file returned second.
     fn stub_gluster(dir: &std::path::Path, refusals: usize, message: &str) -> (Gluster, PathBuf) {
         let (script, calls) = (dir.join("gluster"), dir.join("calls"));
-        std::fs::write(
-            &script,
+        // Written by a child process: a file this process held open for writing may be
+        // inherited by another test's fork at that moment, and running it then fails with
+        // "Text file busy" (seen in CI).
+        let mut writer = std::process::Command::new("sh")
+            .args(["-c", r#"cat > "$0" && chmod 755 "$0""#])
+            .arg(&script)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(
+            &mut writer.stdin.take().unwrap(),
             format!(
                 r#"#!/bin/sh
 echo "$@" >> {calls}
@@ -523,11 +532,11 @@ fi
 echo '<cliOutput><opRet>0</opRet><opErrno>0</opErrno><opErrstr/></cliOutput>'
 "#,
                 calls = calls.display()
-            ),
+            )
+            .as_bytes(),
         )
         .unwrap();
-        let executable = std::os::unix::fs::PermissionsExt::from_mode(0o755);
-        std::fs::set_permissions(&script, executable).unwrap();
+        assert!(writer.wait().unwrap().success(), "stub gluster not written");
         (Gluster::new(Node::Local { binary: script }), calls)
     }
 
