@@ -6,6 +6,7 @@ mod cached;
 mod counting;
 mod rows;
 mod schema;
+mod sqlite_library;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -501,6 +502,7 @@ impl Store {
                         .into(),
                 ));
             }
+            sqlite_library::configure();
             if create {
                 private_file(std::path::Path::new(path))?;
             } else if !std::path::Path::new(path).exists() {

@@ -1,0 +1,66 @@
+//! The SQLite library's process-wide settings, made before this process opens its first
+//! SQLite connection.
+//!
+//! - **Multi-thread mode.** In its default (serialized) mode SQLite locks a connection's own
+//!   mutexes around every call on it, for programs that share one connection between threads.
+//!   Here none does: diesel's `SqliteConnection` is `Send` but not `Sync`, and each pool hands
+//!   a connection to one user at a time.
+//! - **No memory statistics.** With them, every allocation and free SQLite makes takes one
+//!   mutex of the whole library, which the HTTP workers' readers meet at every read. The
+//!   broker reads none of those figures.
+
+use std::ffi::c_int;
+use std::sync::Once;
+
+use libsqlite3_sys as ffi;
+
+/// Applies the settings once. SQLite takes them only before it initialises itself (its first
+/// connection); a later call is refused by SQLite and changes nothing, which is logged.
+pub(super) fn configure() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: `sqlite3_config` must not run beside another SQLite call. Every SQLite
+        // connection of the broker is opened by the store, after this (a concurrent `call_once`
+        // waits for it). Each call passes the argument its option takes (none; one int).
+        let (mode, stats) = unsafe {
+            (
+                ffi::sqlite3_config(ffi::SQLITE_CONFIG_MULTITHREAD),
+                ffi::sqlite3_config(ffi::SQLITE_CONFIG_MEMSTATUS, 0 as c_int),
+            )
+        };
+        if mode != ffi::SQLITE_OK || stats != ffi::SQLITE_OK {
+            tracing::warn!(
+                mode,
+                stats,
+                "SQLite was set up before the state store: it runs in its default mode"
+            );
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_have_no_mutex_of_their_own_and_no_memory_is_counted() {
+        configure();
+        let mut db = std::ptr::null_mut();
+        // SAFETY: opens an in-memory database into `db`, reads the connection's mutex and the
+        // library's memory counter, and closes `db`; nothing else uses it.
+        unsafe {
+            let flags = ffi::SQLITE_OPEN_READWRITE | ffi::SQLITE_OPEN_CREATE;
+            let rc = ffi::sqlite3_open_v2(c":memory:".as_ptr(), &mut db, flags, std::ptr::null());
+            assert_eq!(rc, ffi::SQLITE_OK);
+            assert!(
+                ffi::sqlite3_db_mutex(db).is_null(),
+                "the connection has a mutex: serialized mode"
+            );
+            let (mut used, mut peak) = (0, 0);
+            let rc = ffi::sqlite3_status64(ffi::SQLITE_STATUS_MEMORY_USED, &mut used, &mut peak, 0);
+            assert_eq!(rc, ffi::SQLITE_OK);
+            assert_eq!(used, 0, "memory statistics are kept");
+            assert_eq!(ffi::sqlite3_close(db), ffi::SQLITE_OK);
+        }
+    }
+}
