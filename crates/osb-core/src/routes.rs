@@ -204,6 +204,10 @@ fn respond(reply: Reply) -> HttpResponse {
         .body(reply.body)
 }
 
+/// What a client is told of a request whose work panicked: nothing of the panic's message,
+/// which may hold anything (the panic hook writes it to the log).
+const PANICKED: &str = "the request failed on a fault of the broker's own; its log has the details";
+
 /// Runs the engine's work on the broker runtime (see `Runner::spawn`).
 async fn run<B, F, Fut>(engine: &Engine<B>, work: F) -> Result<HttpResponse, OsbError>
 where
@@ -213,12 +217,11 @@ where
 {
     use tracing::Instrument;
     let fut = work(engine.clone()).instrument(tracing::Span::current());
-    engine
-        .runner()
-        .spawn(fut)
-        .await
-        .map_err(|e| OsbError::Internal(format!("request task failed: {e}")))?
-        .map(respond)
+    match engine.runner().spawn(fut).await {
+        Ok(done) => done.map(respond),
+        Err(e) if e.is_panic() => Err(OsbError::Internal(PANICKED.into())),
+        Err(_) => Err(OsbError::Unavailable("the broker is stopping".into())),
+    }
 }
 
 /// Runs a read (`GET`, `last_operation`) on the request's own thread: a SQLite store's reader
@@ -232,7 +235,22 @@ where
     F: FnOnce(Engine<B>) -> Fut,
     Fut: Future<Output = Result<Reply, OsbError>>,
 {
-    work(engine.clone()).await.map(respond)
+    unless_panicked(work(engine.clone())).await.map(respond)
+}
+
+/// `work`'s answer, or a 500 if it panicked. A panic left to unwind would end the HTTP worker,
+/// and with it every other request that worker was serving. Nothing a read holds is left half
+/// changed by the unwinding: its pooled connection goes back with no statement open (a
+/// statement is reset when dropped) and the batches' queues take a poisoned lock as it is.
+async fn unless_panicked<Fut>(work: Fut) -> Result<Reply, OsbError>
+where
+    Fut: Future<Output = Result<Reply, OsbError>>,
+{
+    use futures::FutureExt;
+    std::panic::AssertUnwindSafe(work)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| Err(OsbError::Internal(PANICKED.into())))
 }
 
 type Data<B> = web::Data<Engine<B>>;
@@ -356,4 +374,46 @@ async fn binding_last_operation<B: ServiceBroker>(
         e.binding_last_operation(c, id, bid, q).await
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply() -> Reply {
+        Reply {
+            status: 200,
+            body: b"{}".to_vec(),
+            retry_after: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_read_that_panics_is_answered_500_without_the_panics_message() {
+        let answer = unless_panicked(async {
+            if std::hint::black_box(true) {
+                panic!("the secret is hunter2");
+            }
+            Ok(reply())
+        })
+        .await;
+        let error = answer.expect_err("a panic is an error");
+        let response = actix_web::ResponseError::error_response(&error);
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = error.body();
+        assert_eq!(body.error, Some("InternalError"));
+        assert!(
+            !body.description.contains("hunter2"),
+            "{}",
+            body.description
+        );
+    }
+
+    #[tokio::test]
+    async fn a_read_that_answers_is_passed_on() {
+        let answer = unless_panicked(async { Err(OsbError::NotFound("gone".into())) }).await;
+        assert!(matches!(answer, Err(OsbError::NotFound(d)) if d == "gone"));
+        let answered = unless_panicked(async { Ok(reply()) }).await;
+        assert_eq!(answered.expect("answered").body, b"{}");
+    }
 }
