@@ -205,8 +205,25 @@ fn respond(reply: Reply) -> HttpResponse {
 }
 
 /// What a client is told of a request whose work panicked: nothing of the panic's message,
-/// which may hold anything (the panic hook writes it to the log).
-const PANICKED: &str = "the request failed on a fault of the broker's own; its log has the details";
+/// which may hold anything (the default panic hook writes it to standard error).
+const PANICKED: &str = "the request failed on a fault of the broker's own";
+
+/// The error a panic in a request's work answers with, logged in the request's span so that
+/// the log ties it to the request (the panic's own message goes to standard error alone).
+fn panicked() -> OsbError {
+    tracing::error!("the request's work panicked; answered 500");
+    OsbError::Internal(PANICKED.into())
+}
+
+/// The answer to a request whose task on the broker runtime ended without one.
+fn lost(task: tokio::task::JoinError) -> OsbError {
+    if task.is_panic() {
+        panicked()
+    } else {
+        // Only a runtime shutting down cancels a request's task.
+        OsbError::Unavailable("the broker is stopping".into())
+    }
+}
 
 /// Runs the engine's work on the broker runtime (see `Runner::spawn`).
 async fn run<B, F, Fut>(engine: &Engine<B>, work: F) -> Result<HttpResponse, OsbError>
@@ -219,8 +236,7 @@ where
     let fut = work(engine.clone()).instrument(tracing::Span::current());
     match engine.runner().spawn(fut).await {
         Ok(done) => done.map(respond),
-        Err(e) if e.is_panic() => Err(OsbError::Internal(PANICKED.into())),
-        Err(_) => Err(OsbError::Unavailable("the broker is stopping".into())),
+        Err(task) => Err(lost(task)),
     }
 }
 
@@ -238,10 +254,10 @@ where
     unless_panicked(work(engine.clone())).await.map(respond)
 }
 
-/// `work`'s answer, or a 500 if it panicked. A panic left to unwind would end the HTTP worker,
-/// and with it every other request that worker was serving. Nothing a read holds is left half
-/// changed by the unwinding: its pooled connection goes back with no statement open (a
-/// statement is reset when dropped) and the batches' queues take a poisoned lock as it is.
+/// `work`'s answer, or a 500 if it panicked. A panic left to unwind would end the task of the
+/// request's connection: the connection closed with no answer at all. Nothing a read holds is
+/// left half changed by the unwinding: its pooled connection goes back with no statement open
+/// (a statement is reset when dropped) and the batches' queues take a poisoned lock as it is.
 async fn unless_panicked<Fut>(work: Fut) -> Result<Reply, OsbError>
 where
     Fut: Future<Output = Result<Reply, OsbError>>,
@@ -250,7 +266,7 @@ where
     std::panic::AssertUnwindSafe(work)
         .catch_unwind()
         .await
-        .unwrap_or_else(|_| Err(OsbError::Internal(PANICKED.into())))
+        .unwrap_or_else(|_| Err(panicked()))
 }
 
 type Data<B> = web::Data<Engine<B>>;
@@ -406,6 +422,28 @@ mod tests {
             !body.description.contains("hunter2"),
             "{}",
             body.description
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_task_that_panicked_is_a_500_and_one_cancelled_a_503() {
+        let panicked = tokio::spawn(async {
+            if std::hint::black_box(true) {
+                panic!("the secret is hunter2");
+            }
+        });
+        let error = lost(panicked.await.expect_err("it panicked"));
+        assert_eq!(
+            actix_web::ResponseError::status_code(&error),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        assert!(!error.body().description.contains("hunter2"));
+        let cancelled = tokio::spawn(std::future::pending::<()>());
+        cancelled.abort();
+        let error = lost(cancelled.await.expect_err("it was cancelled"));
+        assert_eq!(
+            actix_web::ResponseError::status_code(&error),
+            StatusCode::SERVICE_UNAVAILABLE
         );
     }
 

@@ -3,8 +3,10 @@
 //!
 //! - **Multi-thread mode.** In its default (serialized) mode SQLite locks a connection's own
 //!   mutexes around every call on it, for programs that share one connection between threads.
-//!   Here none does: diesel's `SqliteConnection` is `Send` but not `Sync`, and each pool hands
-//!   a connection to one user at a time.
+//!   Here none does: diesel's `SqliteConnection` is `Send` but not `Sync`; a reader runs its
+//!   statement to the end on the thread that took it from its pool; and the waiting writer's
+//!   statements go through diesel-async's wrapper, which holds its connection under a mutex of
+//!   its own (a statement left running by a cancelled caller still holds it).
 //! - **No memory statistics.** With them, every allocation and free SQLite makes takes one
 //!   mutex of the whole library, which the HTTP workers' readers meet at every read. The
 //!   broker reads none of those figures.
@@ -62,5 +64,18 @@ mod tests {
             assert_eq!(used, 0, "memory statistics are kept");
             assert_eq!(ffi::sqlite3_close(db), ffi::SQLITE_OK);
         }
+        // diesel's connections too (it opens them without SQLITE_OPEN_FULLMUTEX, which would
+        // bring a connection's mutex back): none of their memory is counted.
+        use diesel::Connection as _;
+        use diesel::connection::SimpleConnection as _;
+        let mut conn = diesel::SqliteConnection::establish(":memory:").unwrap();
+        conn.batch_execute("CREATE TABLE t (a TEXT); INSERT INTO t VALUES ('x');")
+            .unwrap();
+        let (mut used, mut peak) = (0, 0);
+        // SAFETY: reads the library's memory counter; any thread may.
+        let rc = unsafe {
+            ffi::sqlite3_status64(ffi::SQLITE_STATUS_MEMORY_USED, &mut used, &mut peak, 0)
+        };
+        assert_eq!((rc, used), (ffi::SQLITE_OK, 0));
     }
 }
