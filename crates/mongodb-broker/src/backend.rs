@@ -68,7 +68,7 @@ impl MongoBroker {
         let hosts = if config.public_hosts.is_empty() {
             uri.hosts.clone()
         } else {
-            config.public_hosts.clone()
+            config.public_hosts.iter().map(ToString::to_string).collect()
         };
         let over_quota_gauge = IntGauge::new(
             "mongodb_broker_instances_over_quota",

@@ -30,7 +30,7 @@ pub struct MongoConfig {
     pub uri: AdminUri,
     /// `host:port` handed to apps, when they differ from the URI's hosts.
     #[serde(default)]
-    pub public_hosts: Vec<String>,
+    pub public_hosts: Vec<uri::Authority>,
     /// Limits per plan id.
     pub plans: HashMap<String, PlanLimits>,
     /// Seconds between two measurements of every database against its plan's quota.

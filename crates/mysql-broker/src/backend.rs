@@ -62,7 +62,7 @@ pub struct MysqlBroker {
 impl Server {
     fn new(config: &ServerConfig) -> Self {
         let opts: Opts = OptsBuilder::default()
-            .ip_or_hostname(config.host.clone())
+            .ip_or_hostname(config.host.as_str())
             .tcp_port(config.port)
             // Talk to the server where configured: the driver would otherwise switch to the
             // server's Unix socket when it is local, around TLS and whatever sits in between.
@@ -93,10 +93,7 @@ impl Server {
         Self {
             name: config.name.clone(),
             pool: Pool::new(opts),
-            host: config
-                .public_host
-                .clone()
-                .unwrap_or_else(|| config.host.clone()),
+            host: config.public_host.as_ref().unwrap_or(&config.host).to_string(),
             port: config.port,
         }
     }

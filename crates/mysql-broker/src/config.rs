@@ -6,6 +6,7 @@ use osb_core::backend_tls::BackendTls;
 use osb_core::config::{BrokerConfig, Secret};
 use osb_core::credentials::PasswordLength;
 use osb_core::quota::QuotaPolicy;
+use osb_core::uri::Host;
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -50,7 +51,7 @@ impl MysqlConfig {
 pub struct ServerConfig {
     /// Stable name, recorded with each instance placed here: never rename a server in use.
     pub name: String,
-    pub host: String,
+    pub host: Host,
     #[serde(default = "default_port")]
     pub port: u16,
     /// An account allowed to create databases and users and grant privileges.
@@ -58,7 +59,7 @@ pub struct ServerConfig {
     pub admin_password: Secret,
     /// Host name handed to apps in credentials, when it differs from `host`.
     #[serde(default)]
-    pub public_host: Option<String>,
+    pub public_host: Option<Host>,
     /// Admin connections kept open.
     #[serde(default = "default_pool")]
     pub pool_size: usize,
@@ -107,5 +108,21 @@ mod tests {
         assert_eq!(servers(&["a", "b"]).repeated_server(), None);
         assert_eq!(servers(&["a", "b", "a"]).repeated_server(), Some("a"));
         assert_eq!(servers(&["a", "b", "b"]).repeated_server(), Some("b"));
+    }
+
+    /// A host is checked when the config is read: a port in it would reach nothing, or be
+    /// handed to apps as `mysql://...@db:3306:3306/...`.
+    #[test]
+    fn a_host_with_a_port_is_refused_when_read() {
+        let read = |host: &str, public: &str| {
+            toml::from_str::<MysqlConfig>(&format!(
+                "plans = {{}}\n[[servers]]\nname = \"a\"\nhost = \"{host}\"\npublic_host = \"{public}\"\nadmin_user = \"u\"\nadmin_password = \"p\"\n"
+            ))
+        };
+        let ok = read("[fd00::5]", "db.example").unwrap();
+        assert_eq!(ok.servers[0].host.as_str(), "fd00::5");
+        let refused = read("db", "db.example:3306").unwrap_err().to_string();
+        assert!(refused.contains("without its port"), "{refused}");
+        assert!(read("db:3306", "db").is_err());
     }
 }

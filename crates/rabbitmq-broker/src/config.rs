@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use osb_core::backend_tls::BackendTls;
 use osb_core::config::{BrokerConfig, Secret};
 use osb_core::credentials::PasswordLength;
+use osb_core::uri::Host;
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -40,7 +41,7 @@ pub struct RabbitConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Node {
-    pub host: String,
+    pub host: Host,
     #[serde(default = "default_amqp")]
     pub amqp_port: u16,
     /// The management API's port: HTTPS when `[rabbitmq.tls]` is set.

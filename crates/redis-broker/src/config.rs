@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use osb_core::config::{BrokerConfig, Secret};
 use osb_core::credentials::PasswordLength;
+use osb_core::uri::Host;
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -43,7 +44,7 @@ pub struct Server {
     /// serves instances.
     #[serde(default = "default_name")]
     pub name: String,
-    pub host: String,
+    pub host: Host,
     #[serde(default = "default_port")]
     pub port: u16,
     /// An ACL user allowed every command (`default` when unset).
@@ -53,7 +54,7 @@ pub struct Server {
     pub admin_password: Option<Secret>,
     /// Host name handed to apps, when it differs from `host`.
     #[serde(default)]
-    pub public_host: Option<String>,
+    pub public_host: Option<Host>,
     /// A TLS port the server also listens on, handed to apps as `tls_port`.
     #[serde(default)]
     pub tls_port: Option<u16>,
@@ -87,10 +88,10 @@ pub struct LocalConfig {
     pub data_dir: std::path::PathBuf,
     /// The address the processes listen on.
     #[serde(default = "default_bind")]
-    pub bind: String,
+    pub bind: Host,
     /// Host name handed to apps, when it differs from `bind`.
     #[serde(default)]
-    pub public_host: Option<String>,
+    pub public_host: Option<Host>,
     /// The ports instances take, `[first, last]`.
     pub ports: [u16; 2],
 }
@@ -156,8 +157,8 @@ fn default_redis_server() -> std::path::PathBuf {
     "/usr/bin/redis-server".into()
 }
 
-fn default_bind() -> String {
-    "127.0.0.1".into()
+fn default_bind() -> Host {
+    Host::try_from("127.0.0.1".to_owned()).expect("an IPv4 address")
 }
 
 fn default_name() -> String {

@@ -26,7 +26,7 @@ impl Admin {
     pub fn new(server: &Server) -> Result<Self, String> {
         Self::at(
             server,
-            ConnectionAddr::Tcp(server.host.clone(), server.port),
+            ConnectionAddr::Tcp(server.host.to_string(), server.port),
         )
     }
 
