@@ -224,9 +224,47 @@ async fn a_sqlite_write_waits_for_another_process_lock() {
     holder.join().unwrap();
 }
 
+/// A write given up while the waiting writer waits for another process's lock (a caller's
+/// timeout) leaves its statement running on a blocking thread; the next write must still get a
+/// connection of its own (diesel-async panics on one still shared), and what the abandoned write
+/// began must not be committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_given_up_on_the_waiting_writer_leaves_the_store_usable() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::connect(&sqlite_url(&dir), 2).await.unwrap();
+    let (holder, released) = hold_write_lock(&dir.path().join("state.db"), String::new());
+    let (abandoned, op) = (fresh_id(), fresh_id());
+    let given_up = tokio::time::timeout(
+        Duration::from_millis(300),
+        store.start(
+            &operation_row(&op, &abandoned),
+            Start::NewInstance(&instance_row(&abandoned, &op)),
+        ),
+    )
+    .await;
+    assert!(given_up.is_err(), "the write did not wait for the lock");
+    assert!(!released.load(std::sync::atomic::Ordering::SeqCst));
+    let (id, op) = (fresh_id(), fresh_id());
+    let made = store
+        .start(
+            &operation_row(&op, &id),
+            Start::NewInstance(&instance_row(&id, &op)),
+        )
+        .await
+        .unwrap();
+    assert!(made);
+    holder.join().unwrap();
+    assert!(store.instance(&id).await.unwrap().is_some());
+    assert!(
+        store.instance(&abandoned).await.unwrap().is_none(),
+        "the abandoned write was committed"
+    );
+}
+
 /// SQLite reads run on the request's thread: one must neither wait for a write lock another
 /// process holds (nor see what that process has not committed), nor keep a read transaction
-/// open after it, which would stop checkpoints and grow the WAL without end.
+/// open after it, which would stop checkpoints and grow the WAL without end (the store's one
+/// pinned read mark lets go before each of its writes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_reads_neither_wait_for_a_writer_nor_stay_open() {
     use diesel::{Connection, RunQueryDsl};
@@ -269,6 +307,17 @@ async fn sqlite_reads_neither_wait_for_a_writer_nor_stay_open() {
     assert!(store.operation(&op).await.unwrap().is_some());
     assert!(store.latest_operation(&id, None).await.unwrap().is_some());
     assert!(store.binding(&fresh_id()).await.unwrap().is_none());
+    // The store's own read mark, held between its writes, lets go for the next one.
+    let (id, op) = (fresh_id(), fresh_id());
+    assert!(
+        store
+            .start(
+                &operation_row(&op, &id),
+                Start::NewInstance(&instance_row(&id, &op))
+            )
+            .await
+            .unwrap()
+    );
     let mut other = diesel::SqliteConnection::establish(path.to_str().unwrap()).unwrap();
     let checkpoint: Checkpoint = diesel::sql_query("PRAGMA wal_checkpoint(TRUNCATE)")
         .get_result(&mut other)

@@ -4,6 +4,7 @@
 mod batch;
 mod cached;
 mod counting;
+mod read_pin;
 mod rows;
 mod schema;
 mod sqlite_library;
@@ -182,6 +183,8 @@ pub struct Store {
     readers: Option<std::sync::Arc<deadpool::managed::Pool<SqliteReaders>>>,
     /// Network stores only: lookups by key sent together (see [`batch`]).
     batches: Option<std::sync::Arc<Batches>>,
+    /// A serving SQLite store's read mark, held between its writes (see [`read_pin`]).
+    pin: Option<std::sync::Arc<read_pin::ReadPin>>,
     counters: StoreCounters,
 }
 
@@ -231,6 +234,31 @@ impl<E: std::fmt::Display> From<deadpool::managed::PoolError<E>> for StoreError 
     }
 }
 
+/// The waiting writer, taken from its pool until the body that uses it has finished. A caller
+/// dropped half-way (a timeout, a task cancelled) leaves the statement running on its blocking
+/// thread, which shares the connection until it ends; back in the pool, the next one to take
+/// it would find it shared, and diesel-async panics on that. So it leaves the pool instead, to
+/// close when the statement ends (rolling back what it began), and the pool opens a new one.
+struct Unfinished(Option<deadpool::managed::Object<Checked<SqliteConn>>>);
+
+impl Unfinished {
+    fn conn(&mut self) -> &mut SqliteConn {
+        self.0.as_mut().expect("taken only when finished")
+    }
+
+    fn finished(mut self) {
+        self.0.take();
+    }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some(pooled) = self.0.take() {
+            drop(deadpool::managed::Object::take(pooled));
+        }
+    }
+}
+
 /// Runs `$body` with `$conn` bound to a pooled connection of whichever database is configured;
 /// the body is compiled once per backend, so every query is checked against all three. On
 /// SQLite, first in place, and again on the waiting writer if the file was locked.
@@ -238,6 +266,7 @@ macro_rules! with_conn {
     ($store:expr, |$conn:ident| $body:expr) => {
         match &*$store.pools {
             Pools::Sqlite(writers) => {
+                let _writing = $store.pin.as_ref().map(|pin| pin.writing());
                 let first: Result<_, StoreError> = async {
                     let mut pooled = writers.in_place.get().await?;
                     let $conn = &mut *pooled;
@@ -246,9 +275,11 @@ macro_rules! with_conn {
                 .await;
                 match first {
                     Err(e) if e.is_busy() => {
-                        let mut pooled = writers.waiting.get().await?;
-                        let $conn = &mut *pooled;
-                        $body
+                        let mut pooled = Unfinished(Some(writers.waiting.get().await?));
+                        let $conn = pooled.conn();
+                        let done = $body;
+                        pooled.finished();
+                        done
                     }
                     done => done,
                 }
@@ -276,7 +307,12 @@ macro_rules! with_conn {
 macro_rules! read {
     ($store:expr, $load:ident($query:expr)) => {{
         let read: Result<diesel::QueryResult<_>, StoreError> = match &$store.readers {
-            Some(pool) => Ok(diesel::RunQueryDsl::$load($query, &mut *pool.get().await?)),
+            Some(pool) => {
+                if let Some(pin) = &$store.pin {
+                    pin.keep();
+                }
+                Ok(diesel::RunQueryDsl::$load($query, &mut *pool.get().await?))
+            }
             None => with_conn!($store, |conn| Ok(diesel_async::RunQueryDsl::$load(
                 $query, conn
             )
@@ -439,9 +475,11 @@ fn inserted(result: Result<usize, DieselError>) -> Result<bool, StoreError> {
 impl Store {
     /// Connects (`sqlite://PATH`, `mysql://…`, `postgres://…`) and applies pending migrations.
     pub async fn connect(url: &str, pool_size: usize) -> Result<Self, StoreError> {
-        let store = Self::pools(url, pool_size, true)?;
+        let mut store = Self::pools(url, pool_size, true)?;
         store.migrate().await?;
         store.check_wal().await?;
+        // Only a store that serves: a command's reads are too few to gain by it.
+        store.pin = url.strip_prefix("sqlite://").map(read_pin::ReadPin::new);
         Ok(store)
     }
 
@@ -570,6 +608,7 @@ impl Store {
             pools: std::sync::Arc::new(pools),
             readers,
             batches,
+            pin: None,
             counters,
         })
     }
