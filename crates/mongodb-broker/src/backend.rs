@@ -68,7 +68,11 @@ impl MongoBroker {
         let hosts = if config.public_hosts.is_empty() {
             uri.hosts.clone()
         } else {
-            config.public_hosts.iter().map(ToString::to_string).collect()
+            config
+                .public_hosts
+                .iter()
+                .map(ToString::to_string)
+                .collect()
         };
         let over_quota_gauge = IntGauge::new(
             "mongodb_broker_instances_over_quota",

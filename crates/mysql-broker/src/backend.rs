@@ -93,7 +93,11 @@ impl Server {
         Self {
             name: config.name.clone(),
             pool: Pool::new(opts),
-            host: config.public_host.as_ref().unwrap_or(&config.host).to_string(),
+            host: config
+                .public_host
+                .as_ref()
+                .unwrap_or(&config.host)
+                .to_string(),
             port: config.port,
         }
     }

@@ -325,6 +325,49 @@ async fn sqlite_reads_neither_wait_for_a_writer_nor_stay_open() {
     assert_eq!(checkpoint.busy, 0, "a read transaction was left open");
 }
 
+/// A serving SQLite store's reads leave one read transaction open between its writes (its
+/// pinned read mark, which spares each read two system calls), and its next write lets it go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_read_pins_its_read_mark_until_the_next_write() {
+    use diesel::{Connection, RunQueryDsl};
+    #[derive(diesel::QueryableByName)]
+    struct Checkpoint {
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        busy: i32,
+    }
+    let full_checkpoint_blocked = |other: &mut diesel::SqliteConnection| {
+        let done: Checkpoint = diesel::sql_query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .get_result(other)
+            .unwrap();
+        done.busy != 0
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::connect(&sqlite_url(&dir), 2).await.unwrap();
+    let mut other =
+        diesel::SqliteConnection::establish(dir.path().join("state.db").to_str().unwrap()).unwrap();
+    let write = || async {
+        let (id, op) = (fresh_id(), fresh_id());
+        let row = instance_row(&id, &op);
+        assert!(
+            store
+                .start(&operation_row(&op, &id), Start::NewInstance(&row))
+                .await
+                .unwrap()
+        );
+        id
+    };
+    let id = write().await;
+    assert!(!full_checkpoint_blocked(&mut other), "held before any read");
+    write().await;
+    assert!(store.instance(&id).await.unwrap().is_some());
+    assert!(full_checkpoint_blocked(&mut other), "a read left no pin");
+    write().await;
+    assert!(
+        !full_checkpoint_blocked(&mut other),
+        "a write did not let the pin go"
+    );
+}
+
 /// A pass's upkeep figures: kept, replaced and forgotten in one commit, never for an instance
 /// that is gone.
 async fn upkeep_facts_are_kept_in_one_commit(url: &str) {

@@ -238,7 +238,10 @@ impl<E: std::fmt::Display> From<deadpool::managed::PoolError<E>> for StoreError 
 /// dropped half-way (a timeout, a task cancelled) leaves the statement running on its blocking
 /// thread, which shares the connection until it ends; back in the pool, the next one to take
 /// it would find it shared, and diesel-async panics on that. So it leaves the pool instead, to
-/// close when the statement ends (rolling back what it began), and the pool opens a new one.
+/// close when the statement ends, and the pool opens a new one. Closing rolls back a
+/// transaction the body began; a single statement (or a `COMMIT`) already sent still runs to
+/// its end, as it would have had the caller waited. Meanwhile the store's read pin may be
+/// taken again (see [`read_pin`]): that only holds back this statement's checkpoint.
 struct Unfinished(Option<deadpool::managed::Object<Checked<SqliteConn>>>);
 
 impl Unfinished {
@@ -266,6 +269,7 @@ macro_rules! with_conn {
     ($store:expr, |$conn:ident| $body:expr) => {
         match &*$store.pools {
             Pools::Sqlite(writers) => {
+                // Reads that go through the writers (a few) let the pin go too: rarely enough.
                 let _writing = $store.pin.as_ref().map(|pin| pin.writing());
                 let first: Result<_, StoreError> = async {
                     let mut pooled = writers.in_place.get().await?;
@@ -276,8 +280,11 @@ macro_rules! with_conn {
                 match first {
                     Err(e) if e.is_busy() => {
                         let mut pooled = Unfinished(Some(writers.waiting.get().await?));
-                        let $conn = pooled.conn();
-                        let done = $body;
+                        let done: Result<_, StoreError> = async {
+                            let $conn = pooled.conn();
+                            $body
+                        }
+                        .await;
                         pooled.finished();
                         done
                     }
@@ -478,8 +485,15 @@ impl Store {
         let mut store = Self::pools(url, pool_size, true)?;
         store.migrate().await?;
         store.check_wal().await?;
-        // Only a store that serves: a command's reads are too few to gain by it.
-        store.pin = url.strip_prefix("sqlite://").map(read_pin::ReadPin::new);
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            // Only a store that serves: a command's reads are too few to gain by it.
+            store.pin = read_pin::ReadPin::open(path)
+                .await
+                .inspect_err(
+                    |e| tracing::warn!(error = %e, "SQLite reads go without a pinned read mark"),
+                )
+                .ok();
+        }
         Ok(store)
     }
 

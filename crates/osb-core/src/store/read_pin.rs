@@ -6,97 +6,137 @@
 //! it back at its end. SQLite counts the holders of each lock within the process and asks the
 //! kernel (`fcntl` on the shared-memory file) only for the first and the last; both calls run
 //! under a mutex that every connection of the process shares. Measured on `GET` instance: two
-//! `fcntl` per read, and the two HTTP workers' readers waiting on each other's (0.55 futex calls
-//! per read, 11-24% of the CPU idle where the catalog left none).
+//! `fcntl` per read, and the two HTTP workers' readers waiting on each other's (0.34 futex calls
+//! per read, 11% of the CPU idle where the catalog left none).
 //!
-//! An open read transaction keeps checkpoints from copying later frames of the WAL into the
-//! database and the WAL from starting over, so the pin lets go:
+//! An open read transaction holds checkpoints back to its snapshot, keeps the WAL from starting
+//! over, and (on read mark 0, taken when the WAL was fully checkpointed) keeps any frame from
+//! being copied into the database. So the pin lets go:
 //! - before each write of this process, for as long as writes run: a write's checkpoint, and
 //!   the next write's restart of the WAL, meet no pin, as without one; the first read after
 //!   takes it again;
-//! - a second after it was taken (the store's timer), and the next read takes it again: an idle
-//!   broker holds nothing that another process (an operator's `sqlite3`, a restart's overlap)
-//!   could wait for, and a busy one moves its mark past that process's writes once a second.
+//! - once it has been held a period (the store's timer looks every period), and the next read
+//!   takes it again: an idle broker holds nothing;
+//! - for a period and more when another process has committed (an operator's `sqlite3`, a
+//!   backup tool's own table, a restart's overlap): that process's checkpoints and restarts of
+//!   the WAL then meet only the readers' own short transactions, as without a pin. The timer
+//!   tells such a commit by SQLite's `data_version` having moved while this process did not
+//!   write.
 //!
 //! What the pin holds is only ever a lock: readers and writers are correct without it, and a
 //! pin that cannot be taken (the file being recovered) is simply not held.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError, Weak};
 use std::time::{Duration, Instant};
 
-use diesel::Connection;
 use diesel::connection::SimpleConnection;
+use diesel::{Connection, RunQueryDsl};
 
-/// How long a pin is held before the store's timer lets it go.
-const HELD: Duration = Duration::from_secs(1);
+/// How long a pin is held before the timer lets it go, and how long it stays away after
+/// another process's commit.
+const PERIOD: Duration = Duration::from_secs(1);
 
 pub(super) struct ReadPin {
-    path: String,
-    /// Set while the pin is held: a read checks only this.
+    period: Duration,
+    /// Set while the pin is held: all a read checks, most of the time.
     held: AtomicBool,
-    /// When the pin was taken, in milliseconds since `epoch`.
-    pinned_at: AtomicU64,
+    /// No pin before this, in milliseconds since `epoch` (another process writes).
+    quiet_until: AtomicU64,
     epoch: Instant,
     state: Mutex<State>,
 }
 
-#[derive(Default)]
 struct State {
-    /// Opened by the first pin.
+    /// Gone if its transaction would not end: no more pin then.
     conn: Option<diesel::SqliteConnection>,
+    /// When the pin was last taken, in milliseconds since `epoch`.
+    pinned_at: u64,
     /// Writes running now: no pin until the last ends.
     writes: usize,
+    /// Writes begun by this process, and how many the timer saw at its last look.
+    own_writes: u64,
+    own_writes_seen: u64,
+    /// SQLite's `data_version` at the timer's last look.
+    version: Option<i64>,
+}
+
+#[derive(diesel::QueryableByName)]
+struct DataVersion {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    data_version: i64,
 }
 
 impl ReadPin {
-    /// A pin on the SQLite file at `path`, with its timer on the current Tokio runtime.
-    pub(super) fn new(path: &str) -> Arc<Self> {
-        let pin = Arc::new(Self {
-            path: path.to_owned(),
-            held: AtomicBool::new(false),
-            pinned_at: AtomicU64::new(0),
-            epoch: Instant::now(),
-            state: Mutex::default(),
-        });
-        tokio::spawn(let_go_when_idle(Arc::downgrade(&pin)));
-        pin
+    /// A pin on the SQLite file at `path`, its connection opened on a blocking thread, its
+    /// timer on the current Tokio runtime.
+    pub(super) async fn open(path: &str) -> Result<Arc<Self>, diesel::ConnectionError> {
+        Self::every(path, PERIOD).await
     }
 
-    /// Before a read: takes the pin unless it is held or a write runs.
+    async fn every(path: &str, period: Duration) -> Result<Arc<Self>, diesel::ConnectionError> {
+        let path = path.to_owned();
+        let conn = tokio::task::spawn_blocking(move || connect(&path))
+            .await
+            .unwrap_or_else(|e| Err(diesel::ConnectionError::BadConnection(e.to_string())))?;
+        let pin = Arc::new(Self {
+            period,
+            held: AtomicBool::new(false),
+            quiet_until: AtomicU64::new(0),
+            epoch: Instant::now(),
+            state: Mutex::new(State {
+                conn: Some(conn),
+                pinned_at: 0,
+                writes: 0,
+                own_writes: 0,
+                own_writes_seen: 0,
+                version: None,
+            }),
+        });
+        tokio::spawn(look_every_period(Arc::downgrade(&pin)));
+        Ok(pin)
+    }
+
+    /// Before a read: takes the pin unless it is held, a write runs or another process wrote
+    /// lately.
     pub(super) fn keep(&self) {
-        if self.held.load(Ordering::Acquire) {
+        if self.held.load(Ordering::Acquire)
+            || self.now() < self.quiet_until.load(Ordering::Relaxed)
+        {
             return;
         }
-        // Another thread taking it, or a write starting: this read goes without.
-        let Ok(mut state) = self.state.try_lock() else {
-            return;
+        let mut state = match self.state.try_lock() {
+            Ok(state) => state,
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            // Another thread taking it, or a write starting: this read goes without.
+            Err(TryLockError::WouldBlock) => return,
         };
-        if state.writes > 0 {
+        if state.writes > 0 || self.held.load(Ordering::Acquire) {
             return;
         }
-        let taken = match &mut state.conn {
-            Some(conn) => pin(conn),
-            None => match open(&self.path) {
-                Ok(mut conn) => {
-                    let taken = pin(&mut conn);
-                    state.conn = Some(conn);
-                    taken
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "the SQLite read pin could not be opened");
-                    false
-                }
-            },
+        let Some(conn) = &mut state.conn else {
+            return;
         };
-        self.pinned_at.store(self.now(), Ordering::Relaxed);
+        // A deferred transaction reads nothing until its first statement: the schema's first
+        // row takes the read mark.
+        let taken = match conn.batch_execute("BEGIN; SELECT 1 FROM sqlite_schema LIMIT 1;") {
+            Ok(()) => true,
+            Err(_) => {
+                if conn.batch_execute("ROLLBACK").is_err() {
+                    state.conn = None;
+                }
+                false
+            }
+        };
+        state.pinned_at = self.now();
         self.held.store(taken, Ordering::Release);
     }
 
     /// For as long as the guard lives, no pin: a write of this process runs.
     pub(super) fn writing(self: &Arc<Self>) -> Writing {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.lock();
         state.writes += 1;
+        state.own_writes += 1;
         self.let_go(&mut state);
         Writing(self.clone())
     }
@@ -106,9 +146,45 @@ impl ReadPin {
             && let Some(conn) = &mut state.conn
             && conn.batch_execute("COMMIT").is_err()
         {
-            // A connection whose read transaction would not end is of no more use.
             state.conn = None;
         }
+    }
+
+    /// The timer's look: lets a pin held a period go, then, unless this process writes now,
+    /// keeps the pin away for a period if another process has committed since the last look.
+    fn look(&self) {
+        let mut state = self.lock();
+        if state.writes > 0 {
+            return;
+        }
+        if self.held.load(Ordering::Acquire) {
+            if self.now().saturating_sub(state.pinned_at) < self.period.as_millis() as u64 {
+                return;
+            }
+            self.let_go(&mut state);
+        }
+        let Some(conn) = &mut state.conn else {
+            return;
+        };
+        let Ok(now) = diesel::sql_query("PRAGMA data_version").get_result::<DataVersion>(conn)
+        else {
+            return;
+        };
+        let moved = state.version.is_some_and(|v| v != now.data_version);
+        // When this process wrote too, the move may be its own: no telling, so no quiet (its
+        // own writes let the pin go anyway).
+        if moved && state.own_writes == state.own_writes_seen {
+            self.quiet_until.store(
+                self.now() + self.period.as_millis() as u64,
+                Ordering::Relaxed,
+            );
+        }
+        state.version = Some(now.data_version);
+        state.own_writes_seen = state.own_writes;
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn now(&self) -> u64 {
@@ -121,55 +197,36 @@ pub(super) struct Writing(Arc<ReadPin>);
 
 impl Drop for Writing {
     fn drop(&mut self) {
-        let mut state = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.writes -= 1;
+        self.0.lock().writes -= 1;
     }
 }
 
 /// The pin's connection: it only reads, and never waits for a lock.
-fn open(path: &str) -> Result<diesel::SqliteConnection, diesel::ConnectionError> {
+fn connect(path: &str) -> Result<diesel::SqliteConnection, diesel::ConnectionError> {
     let mut conn = diesel::SqliteConnection::establish(path)?;
     conn.batch_execute("PRAGMA busy_timeout = 0; PRAGMA query_only = 1;")
         .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
     Ok(conn)
 }
 
-/// Begins a read transaction and keeps it open; false if SQLite would not.
-fn pin(conn: &mut diesel::SqliteConnection) -> bool {
-    // A deferred transaction reads nothing until its first statement: the schema's first
-    // row takes the read mark.
-    match conn.batch_execute("BEGIN; SELECT 1 FROM sqlite_schema LIMIT 1;") {
-        Ok(()) => true,
-        Err(_) => {
-            let _ = conn.batch_execute("ROLLBACK");
-            false
-        }
-    }
-}
-
-/// Lets the pin go once it has been held for [`HELD`]; ends with the store.
-async fn let_go_when_idle(pin: Weak<ReadPin>) {
-    let mut every = tokio::time::interval(HELD);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// Looks at the pin every period; ends with the store.
+async fn look_every_period(pin: Weak<ReadPin>) {
+    let Some(period) = pin.upgrade().map(|p| p.period) else {
+        return;
+    };
+    let mut every = tokio::time::interval(period);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         every.tick().await;
-        let Some(pin) = pin.upgrade() else {
-            return;
-        };
-        if pin.held.load(Ordering::Acquire)
-            && pin.now().saturating_sub(pin.pinned_at.load(Ordering::Relaxed))
-                >= HELD.as_millis() as u64
-        {
-            let mut state = pin.state.lock().unwrap_or_else(|e| e.into_inner());
-            pin.let_go(&mut state);
+        match pin.upgrade() {
+            Some(pin) => pin.look(),
+            None => return,
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use diesel::RunQueryDsl;
-
     use super::*;
 
     #[derive(diesel::QueryableByName)]
@@ -194,6 +251,9 @@ mod tests {
 
     /// A WAL file with a table, and a connection of "another process".
     fn file(dir: &tempfile::TempDir) -> (String, diesel::SqliteConnection) {
+        // Before this binary's first SQLite connection, as in the broker (its own test checks
+        // the library's mode).
+        super::super::sqlite_library::configure();
         let path = dir.path().join("pin.db").to_str().unwrap().to_owned();
         let mut other = diesel::SqliteConnection::establish(&path).unwrap();
         other
@@ -206,7 +266,8 @@ mod tests {
     async fn the_pin_is_held_between_writes_and_let_go_for_them() {
         let dir = tempfile::tempdir().unwrap();
         let (path, mut other) = file(&dir);
-        let pin = ReadPin::new(&path);
+        // The timer does not run: nothing here awaits after this.
+        let pin = ReadPin::open(&path).await.unwrap();
         write(&mut other);
         assert!(!blocked(&mut other), "held before any read");
         write(&mut other);
@@ -216,26 +277,66 @@ mod tests {
         assert!(!blocked(&mut other), "held while a write runs");
         write(&mut other);
         pin.keep();
-        assert!(!blocked(&mut other), "a read took the pin while a write ran");
+        assert!(
+            !blocked(&mut other),
+            "a read took the pin while a write ran"
+        );
         drop(writing);
         write(&mut other);
         pin.keep();
-        assert!(blocked(&mut other), "the first read after the write did not take it again");
+        assert!(
+            blocked(&mut other),
+            "the first read after the write did not take it again"
+        );
     }
 
     #[tokio::test]
-    async fn the_timer_lets_the_pin_go() {
+    async fn the_timer_lets_the_pin_go_and_keeps_it_away_while_another_process_writes() {
+        let period = Duration::from_millis(100);
         let dir = tempfile::tempdir().unwrap();
         let (path, mut other) = file(&dir);
-        let pin = ReadPin::new(&path);
+        let pin = ReadPin::every(&path, period).await.unwrap();
+        // The timer's first look, which sees the file as it is.
+        tokio::time::sleep(period / 2).await;
         write(&mut other);
         pin.keep();
         assert!(blocked(&mut other));
-        // The timer looks every HELD: the pin is HELD old at its second look at the latest.
-        tokio::time::sleep(HELD * 5 / 2).await;
-        assert!(!blocked(&mut other), "held after its time");
+        // Its looks a period apart: one lets the pin go (held a period), having seen the write
+        // and this process write nothing since, so no read takes it for a period.
+        tokio::time::sleep(period * 2).await;
+        write(&mut other);
+        pin.keep();
+        assert!(
+            !blocked(&mut other),
+            "held after its time, or taken again too soon"
+        );
+        // Another process quiet for some looks (the checkpoint above counts as a change):
+        // the next read takes the pin.
+        tokio::time::sleep(period * 5).await;
         write(&mut other);
         pin.keep();
         assert!(blocked(&mut other), "a read did not take it again");
+    }
+
+    #[tokio::test]
+    async fn this_process_writing_keeps_no_pin_away() {
+        let period = Duration::from_millis(100);
+        let dir = tempfile::tempdir().unwrap();
+        let (path, mut other) = file(&dir);
+        let pin = ReadPin::every(&path, period).await.unwrap();
+        tokio::time::sleep(period / 2).await;
+        // A commit the timer sees, begun as this process's: it lets the pin go (held a
+        // period) and keeps it away no longer.
+        write(&mut other);
+        pin.keep();
+        drop(pin.writing());
+        pin.keep();
+        tokio::time::sleep(period * 2).await;
+        write(&mut other);
+        pin.keep();
+        assert!(
+            blocked(&mut other),
+            "a write of this process kept the pin away"
+        );
     }
 }

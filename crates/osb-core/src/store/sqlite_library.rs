@@ -79,4 +79,33 @@ mod tests {
             "memory statistics are kept"
         );
     }
+
+    /// `.cargo/config.toml` builds the bundled library without its shared page cache (see
+    /// there); cargo reads that file only when it runs inside the workspace, and a
+    /// `LIBSQLITE3_FLAGS` already set would win over it.
+    #[test]
+    fn the_library_is_built_without_a_shared_page_cache() {
+        use diesel::{Connection as _, RunQueryDsl as _};
+        #[derive(diesel::QueryableByName)]
+        struct CompileOption {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            compile_options: String,
+        }
+        configure();
+        let mut conn = diesel::SqliteConnection::establish(":memory:").unwrap();
+        let options: Vec<CompileOption> = diesel::sql_query("PRAGMA compile_options")
+            .load(&mut conn)
+            .unwrap();
+        assert!(
+            options
+                .iter()
+                .any(|o| o.compile_options.starts_with("THREADSAFE"))
+        );
+        assert!(
+            !options
+                .iter()
+                .any(|o| o.compile_options == "ENABLE_MEMORY_MANAGEMENT"),
+            "built with SQLITE_ENABLE_MEMORY_MANAGEMENT"
+        );
+    }
 }
