@@ -290,14 +290,23 @@ mod tests {
         );
     }
 
+    /// The timer's period in the tests that await it.
+    const TEST_PERIOD: Duration = Duration::from_millis(100);
+
+    /// A pin whose timer looks every [`TEST_PERIOD`], half a period after its first look (which
+    /// sees the file as it is).
+    async fn timed(dir: &tempfile::TempDir) -> (Arc<ReadPin>, diesel::SqliteConnection) {
+        let (path, other) = file(dir);
+        let pin = ReadPin::every(&path, TEST_PERIOD).await.unwrap();
+        tokio::time::sleep(TEST_PERIOD / 2).await;
+        (pin, other)
+    }
+
     #[tokio::test]
     async fn the_timer_lets_the_pin_go_and_keeps_it_away_while_another_process_writes() {
-        let period = Duration::from_millis(100);
+        let period = TEST_PERIOD;
         let dir = tempfile::tempdir().unwrap();
-        let (path, mut other) = file(&dir);
-        let pin = ReadPin::every(&path, period).await.unwrap();
-        // The timer's first look, which sees the file as it is.
-        tokio::time::sleep(period / 2).await;
+        let (pin, mut other) = timed(&dir).await;
         write(&mut other);
         pin.keep();
         assert!(blocked(&mut other));
@@ -320,18 +329,15 @@ mod tests {
 
     #[tokio::test]
     async fn this_process_writing_keeps_no_pin_away() {
-        let period = Duration::from_millis(100);
         let dir = tempfile::tempdir().unwrap();
-        let (path, mut other) = file(&dir);
-        let pin = ReadPin::every(&path, period).await.unwrap();
-        tokio::time::sleep(period / 2).await;
+        let (pin, mut other) = timed(&dir).await;
         // A commit the timer sees, begun as this process's: it lets the pin go (held a
         // period) and keeps it away no longer.
         write(&mut other);
         pin.keep();
         drop(pin.writing());
         pin.keep();
-        tokio::time::sleep(period * 2).await;
+        tokio::time::sleep(TEST_PERIOD * 2).await;
         write(&mut other);
         pin.keep();
         assert!(
