@@ -73,14 +73,16 @@ impl TryFrom<String> for Host {
     fn try_from(value: String) -> Result<Self, String> {
         if let Some(inner) = value.strip_prefix('[') {
             return match inner.strip_suffix(']') {
-                Some(address) if is_ipv6(address) => Ok(Host(address.to_owned())),
+                Some(address) if address.parse::<Ipv6Addr>().is_ok() => {
+                    Ok(Host(address.to_owned()))
+                }
                 _ => Err(format!(
                     "host {value:?}: brackets hold an IPv6 address and nothing else"
                 )),
             };
         }
         if value.contains(':') {
-            return if is_ipv6(&value) {
+            return if value.parse::<Ipv6Addr>().is_ok() {
                 Ok(Host(value))
             } else {
                 Err(format!(
@@ -142,28 +144,20 @@ impl TryFrom<String> for Authority {
                 None => (value.as_str(), None),
             },
         };
-        let port = match port {
-            Some(port) => Some(
+        let port = port
+            .map(|port| match port.parse::<u16>() {
                 // Digits only: `u16`'s parser takes a sign too.
-                Some(port)
-                    .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-                    .and_then(|p| p.parse::<u16>().ok())
-                    .filter(|p| *p != 0)
-                    .ok_or_else(|| {
-                        format!("{value:?}: the port is not a number from 1 to 65535")
-                    })?,
-            ),
-            None => None,
-        };
+                Ok(n) if n != 0 && port.bytes().all(|b| b.is_ascii_digit()) => Ok(n),
+                _ => Err(format!(
+                    "{value:?}: the port is not a number from 1 to 65535"
+                )),
+            })
+            .transpose()?;
         Ok(Authority {
             host: Host::try_from(host.to_owned()).map_err(|e| format!("{value:?}: {e}"))?,
             port,
         })
     }
-}
-
-fn is_ipv6(address: &str) -> bool {
-    address.parse::<Ipv6Addr>().is_ok()
 }
 
 /// A DNS name (an IPv4 address reads as one): labels of letters, digits, `-` and `_` (which

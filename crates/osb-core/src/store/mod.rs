@@ -141,21 +141,12 @@ impl deadpool::managed::Manager for SqliteReaders {
     type Error = diesel::ConnectionError;
 
     async fn create(&self) -> Result<diesel::SqliteConnection, diesel::ConnectionError> {
-        use diesel::connection::SimpleConnection;
-        let (path, counters) = (self.path.clone(), self.counters.clone());
-        // Opening reads the file: not on the caller's thread.
-        tokio::task::spawn_blocking(move || {
-            let mut conn = diesel::SqliteConnection::establish(&path)?;
-            // The writers' connections set WAL mode (kept in the file); these only read. A
-            // reader waits only if the file is not in WAL mode after all; then briefly, as it
-            // waits on the caller's thread.
-            conn.batch_execute("PRAGMA busy_timeout = 250; PRAGMA query_only = 1;")
-                .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
-            conn.set_instrumentation(counting::Counting::new(counters, false));
-            Ok(conn)
-        })
-        .await
-        .unwrap_or_else(|e| Err(diesel::ConnectionError::BadConnection(e.to_string())))
+        // The writers' connections set WAL mode (kept in the file); these only read. A reader
+        // waits only if the file is not in WAL mode after all; then briefly, as it waits on the
+        // caller's thread.
+        let mut conn = open_read_only(&self.path, 250).await?;
+        conn.set_instrumentation(counting::Counting::new(self.counters.clone(), false));
+        Ok(conn)
     }
 
     async fn recycle(
@@ -167,6 +158,26 @@ impl deadpool::managed::Manager for SqliteReaders {
         // a file drops no connection.
         Ok(())
     }
+}
+
+/// A SQLite connection that only reads (`query_only`) and waits at most `busy_timeout_ms` for a
+/// lock, opened on a blocking thread: opening reads the file, not on the caller's thread.
+async fn open_read_only(
+    path: &str,
+    busy_timeout_ms: u32,
+) -> Result<diesel::SqliteConnection, diesel::ConnectionError> {
+    use diesel::connection::SimpleConnection;
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut conn = diesel::SqliteConnection::establish(&path)?;
+        conn.batch_execute(&format!(
+            "PRAGMA busy_timeout = {busy_timeout_ms}; PRAGMA query_only = 1;"
+        ))
+        .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+        Ok(conn)
+    })
+    .await
+    .unwrap_or_else(|e| Err(diesel::ConnectionError::BadConnection(e.to_string())))
 }
 
 enum Pools {

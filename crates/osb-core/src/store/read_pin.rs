@@ -30,8 +30,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError, Weak};
 use std::time::{Duration, Instant};
 
+use diesel::RunQueryDsl;
 use diesel::connection::SimpleConnection;
-use diesel::{Connection, RunQueryDsl};
 
 /// How long a pin is held before the timer lets it go, and how long it stays away after
 /// another process's commit.
@@ -75,10 +75,8 @@ impl ReadPin {
     }
 
     async fn every(path: &str, period: Duration) -> Result<Arc<Self>, diesel::ConnectionError> {
-        let path = path.to_owned();
-        let conn = tokio::task::spawn_blocking(move || connect(&path))
-            .await
-            .unwrap_or_else(|e| Err(diesel::ConnectionError::BadConnection(e.to_string())))?;
+        // It never waits for a lock: a pin that cannot be taken at once is not held.
+        let conn = super::open_read_only(path, 0).await?;
         let pin = Arc::new(Self {
             period,
             held: AtomicBool::new(false),
@@ -201,14 +199,6 @@ impl Drop for Writing {
     }
 }
 
-/// The pin's connection: it only reads, and never waits for a lock.
-fn connect(path: &str) -> Result<diesel::SqliteConnection, diesel::ConnectionError> {
-    let mut conn = diesel::SqliteConnection::establish(path)?;
-    conn.batch_execute("PRAGMA busy_timeout = 0; PRAGMA query_only = 1;")
-        .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
-    Ok(conn)
-}
-
 /// Looks at the pin every period; ends with the store.
 async fn look_every_period(pin: Weak<ReadPin>) {
     let Some(period) = pin.upgrade().map(|p| p.period) else {
@@ -227,6 +217,8 @@ async fn look_every_period(pin: Weak<ReadPin>) {
 
 #[cfg(test)]
 mod tests {
+    use diesel::Connection;
+
     use super::*;
 
     #[derive(diesel::QueryableByName)]
