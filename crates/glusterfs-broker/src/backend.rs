@@ -17,6 +17,7 @@ use osb_core::cli::BuildError;
 use osb_core::config::BrokerConfig;
 use osb_core::credentials::Credentials;
 use osb_core::orphans::{BackendObject, Claim, Owner};
+use osb_core::uri::Host;
 use osb_core::wire::{Device, InstanceMetadata, VolumeMount};
 use serde_json::{Map, Value, json};
 
@@ -208,7 +209,7 @@ impl GlusterBroker {
             gluster: Gluster::new(node),
             mount: AdminMount::new(&config.servers[0], &config.volume, &config.admin_mount),
             volume: config.volume.clone(),
-            servers: config.servers.clone(),
+            servers: config.servers.iter().map(Host::to_string).collect(),
             mount_options: config.mount_options.clone(),
             driver: config.driver.clone(),
             container_dir: config.container_dir.clone(),

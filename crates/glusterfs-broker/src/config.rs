@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use osb_core::config::BrokerConfig;
+use osb_core::uri::Host;
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -23,7 +24,9 @@ pub struct GlusterConfig {
     #[serde(default = "default_gluster")]
     pub gluster: PathBuf,
     /// Server host names apps mount from (never an IP literal a brick was not made with).
-    pub servers: Vec<String>,
+    /// Checked when read: a port or a path in one would make every mount source wrong
+    /// (`host:24007:/volume`), and the first also names the broker's own mount.
+    pub servers: Vec<Host>,
     /// The volume shared plans keep their directories on.
     pub volume: String,
     /// Where the broker mounts the volume for itself (to make and remove directories).
@@ -117,4 +120,26 @@ fn default_container_dir() -> String {
 
 fn default_upkeep_secs() -> u64 {
     60
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(servers: &str) -> Result<GlusterConfig, toml::de::Error> {
+        toml::from_str(&format!(
+            "servers = {servers}\nvolume = \"v\"\nadmin_mount = \"/mnt/v\"\nplans = {{}}\n"
+        ))
+    }
+
+    #[test]
+    fn a_server_is_a_host_alone() {
+        let ok = read(r#"["gluster-1", "10.0.0.5", "[fd00::5]"]"#).unwrap();
+        let hosts: Vec<&str> = ok.servers.iter().map(Host::as_str).collect();
+        assert_eq!(hosts, ["gluster-1", "10.0.0.5", "fd00::5"]);
+        for bad in ["gluster-1:24007", "gluster-1:/v", "gluster 1", "a,b", "x/y"] {
+            let refused = read(&format!("[{bad:?}]"));
+            assert!(refused.is_err(), "{bad:?} was accepted");
+        }
+    }
 }
