@@ -169,8 +169,8 @@ fn check_dedicated(config: &GlusterConfig, plans: &[(&Plan, &PlanConfig)]) -> Re
 impl GlusterBroker {
     pub fn new(config: &GlusterConfig, broker: &BrokerConfig) -> Result<Self, BuildError> {
         let bad = |why: String| BuildError::Backend(why);
-        if config.servers.is_empty() {
-            return Err(bad("[glusterfs] servers lists no host".into()));
+        if let Some(why) = config.servers_unusable() {
+            return Err(bad(why));
         }
         let mut dedicated = Vec::new();
         for plan in broker.catalog.services.iter().flat_map(|s| &s.plans) {

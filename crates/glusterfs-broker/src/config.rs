@@ -122,6 +122,22 @@ fn default_upkeep_secs() -> u64 {
     60
 }
 
+/// The longest server name mount.glusterfs takes: it drops one of `HOST_NAME_MAX` (64) bytes or
+/// more as invalid, so every mount from it would fail with "no valid servers".
+pub const SERVER_NAME_MAX: usize = 63;
+
+impl GlusterConfig {
+    /// Why `servers` cannot make a mount source, if it cannot.
+    pub fn servers_unusable(&self) -> Option<String> {
+        if self.servers.is_empty() {
+            return Some("[glusterfs] servers lists no host".into());
+        }
+        self.servers.iter().find(|s| s.len() > SERVER_NAME_MAX).map(|s| {
+            format!("[glusterfs] servers: {s:?} is longer than the {SERVER_NAME_MAX} bytes mount.glusterfs takes")
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,9 +153,25 @@ mod tests {
         let ok = read(r#"["gluster-1", "10.0.0.5", "[fd00::5]"]"#).unwrap();
         let hosts: Vec<&str> = ok.servers.iter().map(Host::as_str).collect();
         assert_eq!(hosts, ["gluster-1", "10.0.0.5", "fd00::5"]);
-        for bad in ["gluster-1:24007", "gluster-1:/v", "gluster 1", "a,b", "x/y"] {
+        for bad in [
+            "gluster-1:24007",
+            "gluster-1:/v",
+            "gluster 1",
+            "a,b",
+            "x/y",
+            "-oro",
+        ] {
             let refused = read(&format!("[{bad:?}]"));
             assert!(refused.is_err(), "{bad:?} was accepted");
         }
+        assert_eq!(ok.servers_unusable(), None);
+        // A name of several labels, each within the DNS's 63 bytes.
+        let name = |len: usize| format!("{}.{}", "g".repeat(30), "h".repeat(len - 31));
+        let longest = format!("[{:?}]", name(SERVER_NAME_MAX));
+        assert_eq!(read(&longest).unwrap().servers_unusable(), None);
+        let long = format!("[\"gluster-1\", {:?}]", name(SERVER_NAME_MAX + 1));
+        let why = read(&long).unwrap().servers_unusable().unwrap();
+        assert!(why.contains(&name(SERVER_NAME_MAX + 1)), "{why}");
+        assert!(read("[]").unwrap().servers_unusable().is_some());
     }
 }

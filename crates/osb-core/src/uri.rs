@@ -86,7 +86,7 @@ impl TryFrom<String> for Host {
                 Ok(Host(value))
             } else {
                 Err(format!(
-                    "host {value:?}: a host without its port (the port has a field of its own)"
+                    "host {value:?}: a host alone, without its port or a path (a port, where one is wanted, has a field of its own)"
                 ))
             };
         }
@@ -161,14 +161,17 @@ impl TryFrom<String> for Authority {
 }
 
 /// A DNS name (an IPv4 address reads as one): labels of letters, digits, `-` and `_` (which
-/// container platforms' service names use), 63 bytes at most each, 253 in all, and an
-/// optional final dot.
+/// container platforms' service names use), none starting or ending with `-` (RFC 1123: one
+/// in front would read as an option to the commands a host is handed to, as `mount` takes
+/// glusterfs-broker's servers), 63 bytes at most each, 253 in all, and an optional final dot.
 fn is_name(name: &str) -> bool {
     let labels = name.strip_suffix('.').unwrap_or(name);
     !labels.is_empty()
         && labels.len() <= 253
         && labels.split('.').all(|label| {
             (1..=63).contains(&label.len())
+                && !label.starts_with('-')
+                && !label.ends_with('-')
                 && label
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
@@ -235,6 +238,9 @@ mod tests {
             "fe80::1%eth0",
             "[fe80::1%25eth0]",
             "db\nbind 0.0.0.0",
+            "-oro",
+            "db.-x",
+            "db-.example",
             &"a".repeat(64),
             &["a"; 128].join("."),
         ] {
