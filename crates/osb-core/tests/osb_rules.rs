@@ -409,6 +409,62 @@ async fn backend_failures_reach_the_platform_with_their_description() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operation_whose_task_panics_ends_failed_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, _) = spawn(&single_platform(&sqlite_url(&dir))).await;
+    let client = Client::new(target(running.addr, ""));
+    let id = osb_testkit::fresh_id();
+    client.provision_ready(&id, PLAN).await.unwrap();
+    let body = |parameters: serde_json::Value| serde_json::json!({"service_id": SERVICE, "plan_id": PLAN, "parameters": parameters});
+
+    // Synchronous: a 500, and the instance as it was, free for the next request at once
+    // (not held `updating` until recovery runs the update again after the lease).
+    let reply = client
+        .update(&id, &body(serde_json::json!({"panic": true})), false)
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 500, "{}", reply.body);
+    assert!(
+        reply.body["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("internal error")),
+        "{}",
+        reply.body
+    );
+    let fetched = client.fetch_instance(&id).await.unwrap();
+    assert_eq!(fetched.status, 200, "{}", fetched.body);
+    assert!(
+        fetched.body["parameters"].get("panic").is_none(),
+        "{}",
+        fetched.body
+    );
+    let again = client
+        .update(&id, &body(serde_json::json!({"size": 2})), false)
+        .await
+        .unwrap();
+    assert_eq!(again.status, 200, "{}", again.body);
+    client.deprovision_done(&id, PLAN).await.unwrap();
+
+    // Asynchronous: last_operation says failed, the instance usable, at once (not run again
+    // by recovery, into the same panic, at every lease).
+    let id = osb_testkit::fresh_id();
+    client.provision_ready(&id, PLAN_ASYNC).await.unwrap();
+    let panicking = serde_json::json!({
+        "service_id": SERVICE, "plan_id": PLAN_ASYNC, "parameters": {"panic": true}
+    });
+    let reply = client.update(&id, &panicking, true).await.unwrap();
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    let last = client
+        .poll(&id, None, reply.operation().as_deref())
+        .await
+        .unwrap();
+    assert_eq!(last.body["state"], "failed", "{}", last.body);
+    assert_eq!(last.body["instance_usable"], true, "{}", last.body);
+    client.deprovision_done(&id, PLAN_ASYNC).await.unwrap();
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_lets_running_operations_finish() {
     let dir = tempfile::tempdir().unwrap();
     let config = single_platform(&sqlite_url(&dir));

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
@@ -591,7 +592,7 @@ impl<B: ServiceBroker> Engine<B> {
     where
         F: Future<Output = Result<Reply, OsbError>> + Send + 'static,
     {
-        let task = self.inner.runner.spawn_operation(op, work);
+        let task = self.spawn_operation(op, work);
         match mode {
             Mode::Async => Ok(accepted_with(op, dashboard_url)),
             // `check_mode` settled `Either` already.
@@ -599,6 +600,28 @@ impl<B: ServiceBroker> Engine<B> {
                 .await
                 .map_err(|e| OsbError::Internal(format!("operation task failed: {e}")))?,
         }
+    }
+
+    /// Runs operation `op`'s task on the broker runtime. A panic in it (a bug) ends the
+    /// operation failed, as one whose records are gone ends: left to recovery, the same code
+    /// would run again at every lease, and a sync request, answered 500 already, would have
+    /// the change the platform was told failed made after all.
+    fn spawn_operation<T: Send + 'static>(
+        &self,
+        op: &str,
+        work: impl Future<Output = Result<T, OsbError>> + Send + 'static,
+    ) -> tokio::task::JoinHandle<Result<T, OsbError>> {
+        let engine = self.clone();
+        let id = op.to_owned();
+        self.inner.runner.spawn_operation(op, async move {
+            match std::panic::AssertUnwindSafe(work).catch_unwind().await {
+                Ok(result) => result,
+                Err(_) => {
+                    engine.end_panicked(&id).await;
+                    Err(OsbError::Internal(recovery::PANICKED.into()))
+                }
+            }
+        })
     }
 
     /// Records that operation `op` failed with `err` and puts its row back as `release` says

@@ -13,6 +13,10 @@ use super::*;
 const LOST: &str =
     "the broker replica running this operation stopped before it finished; retry the request";
 
+/// What an operation whose task panicked ends with: a bug, whose words stay in the log.
+pub(super) const PANICKED: &str =
+    "the broker stopped this operation on an internal error (see its log); retry the request";
+
 impl<B: ServiceBroker> Engine<B> {
     /// Takes back this replica's unfinished operations (after one heartbeat: if they are still
     /// silent, no other live process shares this replica id), and watches for operations that
@@ -108,10 +112,12 @@ impl<B: ServiceBroker> Engine<B> {
         tracing::info!(operation = %op.id, kind = %op.kind, instance_id = %op.instance_id, from = %op.runner, "running a stopped operation again");
         let this = self.clone();
         let id = op.id.clone();
-        runner.spawn_operation(&id, async move {
-            if let Err(e) = this.run_again(&op).await {
+        self.spawn_operation(&id, async move {
+            let result = this.run_again(&op).await;
+            if let Err(e) = &result {
                 tracing::warn!(operation = %op.id, error = %e, "operation run again failed");
             }
+            result
         });
     }
 
@@ -164,6 +170,32 @@ impl<B: ServiceBroker> Engine<B> {
     /// Ends an operation that cannot be run again as failed, its row where a retry or a delete
     /// can pick it up.
     async fn give_up(&self, op: &OperationRow) -> Result<(), OsbError> {
+        tracing::warn!(operation = %op.id, "an operation whose records are gone cannot be run again; failing it");
+        self.end_failed(op, LOST).await
+    }
+
+    /// Ends operation `op`, whose task panicked, as failed (see `Engine::spawn_operation`).
+    pub(super) async fn end_panicked(&self, op: &str) {
+        let ended = match self.inner.store.operation(op).await {
+            Ok(Some(row)) => self.end_failed(&row, PANICKED).await,
+            Ok(None) => Ok(()),
+            Err(e) => Err(e.into()),
+        };
+        match ended {
+            Ok(()) => {
+                tracing::error!(operation = %op, "the operation's task panicked; it ended failed")
+            }
+            // Recovery ends it after the lease then.
+            Err(e) => {
+                tracing::error!(operation = %op, error = %e, "the operation's task panicked, and ending it failed did not work")
+            }
+        }
+    }
+
+    /// Ends `op` failed with `why`, its row put back by the operation's kind: where a retry or
+    /// a delete can pick it up. Fenced: an operation no longer this process's, or already
+    /// ended, is left as it is.
+    async fn end_failed(&self, op: &OperationRow, why: &str) -> Result<(), OsbError> {
         let kind = Operation::parse(&op.kind);
         let (release, usable, repeatable) = match (kind, &op.binding_id) {
             (_, Some(binding)) => (Release::Binding(binding, BindingState::Failed), None, None),
@@ -183,10 +215,9 @@ impl<B: ServiceBroker> Engine<B> {
                 None,
             ),
         };
-        tracing::warn!(operation = %op.id, "an operation whose records are gone cannot be run again; failing it");
         let store = &self.inner.store;
         if !store
-            .fail(&op.id, self.token(), release, LOST, usable, repeatable)
+            .fail(&op.id, self.token(), release, why, usable, repeatable)
             .await?
         {
             // Its row is gone or moved on: end the record alone.

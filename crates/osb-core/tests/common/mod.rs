@@ -146,6 +146,9 @@ impl ServiceBroker for FakeBroker {
 
     async fn update(&self, input: UpdateInput<'_>) -> Result<Updated, BrokerError> {
         Self::pause(input.plan, Operation::Update).await;
+        if input.parameters.is_some_and(|p| p.contains_key("panic")) {
+            panic!("the fake broker's update hit a bug");
+        }
         Ok(Updated::default())
     }
 
