@@ -431,6 +431,8 @@ async fn an_operation_whose_task_panics_ends_failed_at_once() {
         "{}",
         reply.body
     );
+    assert_eq!(reply.body["instance_usable"], true, "{}", reply.body);
+    assert_eq!(reply.body["update_repeatable"], true, "{}", reply.body);
     let fetched = client.fetch_instance(&id).await.unwrap();
     assert_eq!(fetched.status, 200, "{}", fetched.body);
     assert!(

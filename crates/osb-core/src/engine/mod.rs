@@ -616,10 +616,7 @@ impl<B: ServiceBroker> Engine<B> {
         self.inner.runner.spawn_operation(op, async move {
             match std::panic::AssertUnwindSafe(work).catch_unwind().await {
                 Ok(result) => result,
-                Err(_) => {
-                    engine.end_panicked(&id).await;
-                    Err(OsbError::Internal(recovery::PANICKED.into()))
-                }
+                Err(_) => Err(engine.end_panicked(&id).await),
             }
         })
     }

@@ -14,7 +14,7 @@ const LOST: &str =
     "the broker replica running this operation stopped before it finished; retry the request";
 
 /// What an operation whose task panicked ends with: a bug, whose words stay in the log.
-pub(super) const PANICKED: &str =
+const PANICKED: &str =
     "the broker stopped this operation on an internal error (see its log); retry the request";
 
 impl<B: ServiceBroker> Engine<B> {
@@ -171,31 +171,44 @@ impl<B: ServiceBroker> Engine<B> {
     /// can pick it up.
     async fn give_up(&self, op: &OperationRow) -> Result<(), OsbError> {
         tracing::warn!(operation = %op.id, "an operation whose records are gone cannot be run again; failing it");
-        self.end_failed(op, LOST).await
+        self.end_failed(op, LOST).await.map(|_| ())
     }
 
-    /// Ends operation `op`, whose task panicked, as failed (see `Engine::spawn_operation`).
-    pub(super) async fn end_panicked(&self, op: &str) {
+    /// Ends operation `op`, whose task panicked, as failed (see `Engine::spawn_operation`),
+    /// unless it had ended; the answer for a sync caller, with the usability it recorded.
+    pub(super) async fn end_panicked(&self, op: &str) -> OsbError {
         let ended = match self.inner.store.operation(op).await {
             Ok(Some(row)) => self.end_failed(&row, PANICKED).await,
-            Ok(None) => Ok(()),
+            Ok(None) => Ok((None, None)),
             Err(e) => Err(e.into()),
         };
-        match ended {
-            Ok(()) => {
-                tracing::error!(operation = %op, "the operation's task panicked; it ended failed")
+        let (instance_usable, update_repeatable) = match ended {
+            Ok(flags) => {
+                tracing::error!(operation = %op, "the operation's task panicked; it ends failed unless it had ended");
+                flags
             }
             // Recovery ends it after the lease then.
             Err(e) => {
-                tracing::error!(operation = %op, error = %e, "the operation's task panicked, and ending it failed did not work")
+                tracing::error!(operation = %op, error = %e, "the operation's task panicked, and ending it failed did not work");
+                (None, None)
             }
+        };
+        OsbError::PartlyDone {
+            description: PANICKED.into(),
+            instance_usable,
+            update_repeatable,
         }
     }
 
     /// Ends `op` failed with `why`, its row put back by the operation's kind: where a retry or
     /// a delete can pick it up. Fenced: an operation no longer this process's, or already
     /// ended, is left as it is.
-    async fn end_failed(&self, op: &OperationRow, why: &str) -> Result<(), OsbError> {
+    /// Gives the usability flags it recorded, for a sync caller's answer.
+    async fn end_failed(
+        &self,
+        op: &OperationRow,
+        why: &str,
+    ) -> Result<(Option<bool>, Option<bool>), OsbError> {
         let kind = Operation::parse(&op.kind);
         let (release, usable, repeatable) = match (kind, &op.binding_id) {
             (_, Some(binding)) => (Release::Binding(binding, BindingState::Failed), None, None),
@@ -221,8 +234,8 @@ impl<B: ServiceBroker> Engine<B> {
             .await?
         {
             // Its row is gone or moved on: end the record alone.
-            store.fail_record(&op.id, self.token(), LOST).await?;
+            store.fail_record(&op.id, self.token(), why).await?;
         }
-        Ok(())
+        Ok((usable, repeatable))
     }
 }
