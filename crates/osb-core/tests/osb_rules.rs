@@ -463,6 +463,45 @@ async fn an_operation_whose_task_panics_ends_failed_at_once() {
     assert_eq!(last.body["state"], "failed", "{}", last.body);
     assert_eq!(last.body["instance_usable"], true, "{}", last.body);
     client.deprovision_done(&id, PLAN_ASYNC).await.unwrap();
+
+    // A provision and a bind: a 500 without usability (the spec keeps it to updates and
+    // deprovisions), their rows failed, so the delete that cleans up after them succeeds.
+    let id = osb_testkit::fresh_id();
+    let mut provision = client.provision_body(PLAN_LARGE);
+    provision["parameters"] = serde_json::json!({"panic": true});
+    let reply = client.provision(&id, &provision, false).await.unwrap();
+    assert_eq!(reply.status, 500, "{}", reply.body);
+    assert!(
+        reply.body.get("instance_usable").is_none(),
+        "{}",
+        reply.body
+    );
+    assert_eq!(client.fetch_instance(&id).await.unwrap().status, 404);
+    client.deprovision_done(&id, PLAN_LARGE).await.unwrap();
+
+    let id = osb_testkit::fresh_id();
+    client.provision_ready(&id, PLAN_LARGE).await.unwrap();
+    let bid = osb_testkit::fresh_id();
+    let mut bind = client.bind_body(PLAN_LARGE);
+    bind["parameters"] = serde_json::json!({"panic": true});
+    let reply = client.bind(&id, &bid, &bind, false).await.unwrap();
+    assert_eq!(reply.status, 500, "{}", reply.body);
+    assert!(
+        reply.body["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("internal error") && !d.contains("fake broker")),
+        "{}",
+        reply.body
+    );
+    assert_eq!(client.fetch_binding(&id, &bid).await.unwrap().status, 404);
+    client.unbind_done(&id, &bid, PLAN_LARGE).await.unwrap();
+    let bound = client
+        .bind(&id, &bid, &client.bind_body(PLAN_LARGE), false)
+        .await
+        .unwrap();
+    assert_eq!(bound.status, 201, "{}", bound.body);
+    client.unbind_done(&id, &bid, PLAN_LARGE).await.unwrap();
+    client.deprovision_done(&id, PLAN_LARGE).await.unwrap();
     running.stop().await;
 }
 

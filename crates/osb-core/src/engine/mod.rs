@@ -596,9 +596,12 @@ impl<B: ServiceBroker> Engine<B> {
         match mode {
             Mode::Async => Ok(accepted_with(op, dashboard_url)),
             // `check_mode` settled `Either` already.
-            Mode::Sync | Mode::Either => task
-                .await
-                .map_err(|e| OsbError::Internal(format!("operation task failed: {e}")))?,
+            // A join error is a panic in the panic handling itself, or the runtime shutting
+            // down: its words are a bug's, logged for the operator and kept out of the reply.
+            Mode::Sync | Mode::Either => task.await.map_err(|e| {
+                tracing::error!(operation = %op, error = %e, "operation task ended abnormally");
+                OsbError::Internal("the operation stopped on an internal error (see the broker's log); retry the request".into())
+            })?,
         }
     }
 

@@ -131,6 +131,9 @@ impl ServiceBroker for FakeBroker {
     async fn provision(&self, input: ProvisionInput<'_>) -> Result<Provisioned, BrokerError> {
         self.calls.provision.fetch_add(1, Ordering::SeqCst);
         Self::pause(input.plan, Operation::Provision).await;
+        if input.parameters.contains_key("panic") {
+            panic!("the fake broker's provision hit a bug");
+        }
         if [PLAN_BROKEN, PLAN_BROKEN_ASYNC].contains(&input.plan.id.as_str()) {
             return Err(BrokerError::Failed(BROKEN.into()));
         }
@@ -161,6 +164,9 @@ impl ServiceBroker for FakeBroker {
     async fn bind(&self, input: BindInput<'_>) -> Result<Bound, BrokerError> {
         self.calls.bind.fetch_add(1, Ordering::SeqCst);
         Self::pause(input.instance.plan, Operation::Bind).await;
+        if input.parameters.contains_key("panic") {
+            panic!("the fake broker's bind hit a bug");
+        }
         let app = input.bind_resource.and_then(|r| r.app_guid.as_ref());
         if input.instance.plan.id == PLAN_APP && app.is_none() {
             return Err(BrokerError::RequiresApp(
