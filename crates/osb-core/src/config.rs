@@ -202,8 +202,7 @@ impl TryFrom<SecretSource> for Secret {
 pub struct Platform {
     pub name: String,
     pub prefix: String,
-    pub username: String,
-    pub password: SecretString,
+    pub login: crate::guard::Login,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -260,8 +259,7 @@ impl BrokerConfig {
             return Ok(vec![Platform {
                 name: crate::naming::DEFAULT_PLATFORM.into(),
                 prefix: String::new(),
-                username: username.clone(),
-                password: password.0.clone(),
+                login: crate::guard::Login::new(username, &password.0),
             }]);
         }
         let mut seen = std::collections::HashSet::new();
@@ -298,8 +296,7 @@ impl BrokerConfig {
                 Ok(Platform {
                     name: p.name.clone(),
                     prefix,
-                    username: p.username.clone(),
-                    password: p.password.0.clone(),
+                    login: crate::guard::Login::new(&p.username, &p.password.0),
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;

@@ -10,7 +10,7 @@ use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tracing::Instrument;
@@ -79,8 +79,39 @@ fn digest(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
-/// Basic auth, compared in constant time (hashing first makes the comparison independent of
-/// where the strings differ and of their lengths).
+/// A platform's basic auth credentials, kept as digests: each request hashes only what it
+/// brings (the configured side was hashed again at every request), and the password is not
+/// kept in the clear.
+#[derive(Clone)]
+pub struct Login {
+    username: [u8; 32],
+    password: [u8; 32],
+}
+
+impl Login {
+    pub fn new(username: &str, password: &SecretString) -> Self {
+        Self {
+            username: digest(username.as_bytes()),
+            password: digest(password.expose_secret().as_bytes()),
+        }
+    }
+
+    /// Compared in constant time (hashing first makes the comparison independent of where
+    /// the strings differ and of their lengths).
+    fn admits(&self, username: &str, password: &str) -> bool {
+        let user_ok = digest(username.as_bytes()).ct_eq(&self.username);
+        let pass_ok = digest(password.as_bytes()).ct_eq(&self.password);
+        bool::from(user_ok & pass_ok)
+    }
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Login(..)")
+    }
+}
+
+/// Basic auth, against the platform's [`Login`].
 fn authenticate(req: &ServiceRequest, platform: &Platform) -> Result<(), OsbError> {
     let given = req
         .headers()
@@ -94,10 +125,7 @@ fn authenticate(req: &ServiceRequest, platform: &Platform) -> Result<(), OsbErro
         return Err(OsbError::Unauthorized);
     };
     let (user, pass) = given.split_once(':').unwrap_or((given.as_str(), ""));
-    let user_ok = digest(user.as_bytes()).ct_eq(&digest(platform.username.as_bytes()));
-    let pass_ok =
-        digest(pass.as_bytes()).ct_eq(&digest(platform.password.expose_secret().as_bytes()));
-    if bool::from(user_ok & pass_ok) {
+    if platform.login.admits(user, pass) {
         Ok(())
     } else {
         tracing::warn!("basic auth failed");
@@ -176,8 +204,7 @@ mod tests {
         let platform = Platform {
             name: "p".into(),
             prefix: String::new(),
-            username: "user".into(),
-            password: "pass".to_owned().into(),
+            login: Login::new("user", &"pass".to_owned().into()),
         };
         let with = |cred: &str| {
             TestRequest::default()
