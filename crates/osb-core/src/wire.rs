@@ -163,7 +163,8 @@ pub struct InstanceResponse {
     pub plan_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dashboard_url: Option<String>,
-    pub parameters: Map<String, Value>,
+    /// As stored (a JSON object, checked), not parsed and written out again.
+    pub parameters: Box<serde_json::value::RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub maintenance_info: Option<MaintenanceInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -155,7 +155,7 @@ impl<B: ServiceBroker> Engine<B> {
                 }
                 match existing.state() {
                     Some(BindingState::Bound) => {
-                        return Ok(Reply::new(200, self.binding_body(&existing, false)?));
+                        return Ok(Reply::new(200, self.binding_body(&existing.into(), false)?));
                     }
                     Some(BindingState::Binding) if caller.accepts_incomplete => {
                         return Ok(accepted(&existing.operation_id));
@@ -418,7 +418,7 @@ impl<B: ServiceBroker> Engine<B> {
     /// objects and written out as they are, with no tree built of them.
     pub(super) fn binding_body(
         &self,
-        row: &BindingRow,
+        row: &ShownBinding,
         with_parameters: bool,
     ) -> Result<StoredBinding, OsbError> {
         let mut response: BTreeMap<String, Box<RawValue>> = match &row.response {

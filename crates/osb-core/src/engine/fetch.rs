@@ -37,8 +37,7 @@ impl<B: ServiceBroker> Engine<B> {
                 ));
             }
         }
-        let loaded = Loaded::new(row)?;
-        let mut metadata: Option<InstanceMetadata> = match &loaded.row.metadata {
+        let mut metadata: Option<InstanceMetadata> = match &row.metadata {
             Some(text) => Some(parse_json(text, "instance metadata")?),
             None => None,
         };
@@ -55,11 +54,11 @@ impl<B: ServiceBroker> Engine<B> {
         Ok(Reply::new(
             200,
             InstanceResponse {
-                service_id: loaded.row.service_id.clone(),
-                plan_id: loaded.row.plan_id.clone(),
-                dashboard_url: loaded.row.dashboard_url.clone(),
-                parameters: loaded.parameters.clone(),
-                maintenance_info: loaded.row.maintenance_version.clone().map(|version| {
+                parameters: json_object(row.parameters, "instance parameters")?,
+                service_id: row.service_id,
+                plan_id: row.plan_id,
+                dashboard_url: row.dashboard_url,
+                maintenance_info: row.maintenance_version.map(|version| {
                     crate::catalog::MaintenanceInfo {
                         version,
                         description: None,
@@ -79,7 +78,7 @@ impl<B: ServiceBroker> Engine<B> {
         let row = self
             .inner
             .store
-            .binding(binding_id.as_str())
+            .shown_binding(binding_id.as_str())
             .await?
             .filter(|b| b.instance_id == id.as_str() && b.platform == caller.platform)
             .filter(|b| b.state() == Some(BindingState::Bound))
@@ -131,11 +130,11 @@ impl<B: ServiceBroker> Engine<B> {
         binding: Option<&BindingId>,
         // Whether the resource is there, and its current operation (the same read brought both:
         // the operation is missing only if its record is).
-        current: Option<Option<OperationRow>>,
+        current: Option<Option<OperationStatus>>,
         query: FetchQuery,
     ) -> Result<Reply, OsbError> {
         let store = &self.inner.store;
-        let belongs = |op: &OperationRow| {
+        let belongs = |op: &OperationStatus| {
             op.platform == caller.platform
                 && op.instance_id == id.as_str()
                 && op.binding_id.as_deref() == binding.map(|b| b.as_str())
@@ -146,7 +145,7 @@ impl<B: ServiceBroker> Engine<B> {
                 // Mostly the one asked about is the current one, which the first read brought.
                 let found = match &current {
                     Some(Some(now)) if now.id == op_id.as_str() => Some(now.clone()),
-                    _ => store.operation(op_id.as_str()).await?,
+                    _ => store.operation(op_id.as_str()).await?.map(Into::into),
                 }
                 .filter(belongs);
                 if found.is_none() && current.is_some() {
@@ -173,6 +172,7 @@ impl<B: ServiceBroker> Engine<B> {
                 None => store
                     .latest_operation(id.as_str(), binding.map(|b| b.as_str()))
                     .await?
+                    .map(OperationStatus::from)
                     .filter(belongs),
             };
             let deleted = last.is_some_and(|op| {

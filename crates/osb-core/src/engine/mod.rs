@@ -29,8 +29,8 @@ use crate::fingerprint::fingerprint;
 use crate::ids::{BindingId, InstanceId, OperationId};
 use crate::runner::{Runner, Timing};
 use crate::store::{
-    BindingRow, BindingState, InstanceRow, InstanceState, OperationRow, OperationState, Outcome,
-    Release, Start, Store, StoreError, now_ms,
+    BindingRow, BindingState, InstanceRow, InstanceState, OperationRow, OperationState,
+    OperationStatus, Outcome, Release, ShownBinding, Start, Store, StoreError, now_ms,
 };
 use crate::wire::{
     BindRequest, BindingResponse, DeleteQuery, FetchQuery, InstanceMetadata,

@@ -28,7 +28,8 @@ use futures::FutureExt;
 use cached::CacheByText;
 pub use counting::StoreCounters;
 pub use rows::{
-    BindingRow, BindingState, InstanceRow, InstanceState, OperationRow, OperationState,
+    BindingOwner, BindingRow, BindingState, InstanceOwner, InstanceRow, InstanceState,
+    OperationRow, OperationState, OperationStatus, ShownBinding, ShownInstance,
 };
 use schema::{
     osb_bindings, osb_catalogs, osb_claims, osb_instance_facts, osb_instances, osb_leases,
@@ -349,7 +350,7 @@ macro_rules! instance_with_facts {
             )
             .filter($filter)
             .select((
-                InstanceRow::as_select(),
+                ShownInstance::as_select(),
                 (osb_instance_facts::facts, osb_instance_facts::measured_at).nullable(),
             ))
     };
@@ -362,8 +363,8 @@ macro_rules! instance_with_operation {
             .left_join(osb_operations::table.on(osb_operations::id.eq(osb_instances::operation_id)))
             .filter($filter)
             .select((
-                InstanceRow::as_select(),
-                Option::<OperationRow>::as_select(),
+                InstanceOwner::as_select(),
+                Option::<OperationStatus>::as_select(),
             ))
     };
 }
@@ -374,7 +375,10 @@ macro_rules! binding_with_operation {
         osb_bindings::table
             .left_join(osb_operations::table.on(osb_operations::id.eq(osb_bindings::operation_id)))
             .filter($filter)
-            .select((BindingRow::as_select(), Option::<OperationRow>::as_select()))
+            .select((
+                BindingOwner::as_select(),
+                Option::<OperationStatus>::as_select(),
+            ))
     };
 }
 
@@ -418,24 +422,29 @@ macro_rules! batched {
 
 batched!(
     InstanceWithFacts,
-    (InstanceRow, Option<(String, i64)>),
+    (ShownInstance, Option<(String, i64)>),
     |row| &row.0.id,
     |keys| instance_with_facts!(osb_instances::id.eq_any(keys))
 );
 batched!(
     InstanceWithOperation,
-    (InstanceRow, Option<OperationRow>),
+    (InstanceOwner, Option<OperationStatus>),
     |row| &row.0.id,
     |keys| instance_with_operation!(osb_instances::id.eq_any(keys))
 );
 batched!(
     BindingWithOperation,
-    (BindingRow, Option<OperationRow>),
+    (BindingOwner, Option<OperationStatus>),
     |row| &row.0.id,
     |keys| binding_with_operation!(osb_bindings::id.eq_any(keys))
 );
 batched!(BindingById, BindingRow, |row| &row.id, |keys| {
     osb_bindings::table.filter(osb_bindings::id.eq_any(keys))
+});
+batched!(ShownBindingById, ShownBinding, |row| &row.id, |keys| {
+    osb_bindings::table
+        .filter(osb_bindings::id.eq_any(keys))
+        .select(ShownBinding::as_select())
 });
 batched!(OperationById, OperationRow, |row| &row.id, |keys| {
     osb_operations::table.filter(osb_operations::id.eq_any(keys))
@@ -449,6 +458,7 @@ struct Batches {
     instance_with_operation: batch::Batcher<InstanceWithOperation>,
     binding_with_operation: batch::Batcher<BindingWithOperation>,
     binding: batch::Batcher<BindingById>,
+    shown_binding: batch::Batcher<ShownBindingById>,
     operation: batch::Batcher<OperationById>,
 }
 
@@ -459,6 +469,7 @@ impl Batches {
             instance_with_operation: batch::Batcher::new(home.clone(), POOL_WAIT),
             binding_with_operation: batch::Batcher::new(home.clone(), POOL_WAIT),
             binding: batch::Batcher::new(home.clone(), POOL_WAIT),
+            shown_binding: batch::Batcher::new(home.clone(), POOL_WAIT),
             operation: batch::Batcher::new(home.clone(), POOL_WAIT),
             home,
         }
@@ -688,11 +699,12 @@ impl Store {
         Ok(read!(self, get_result(osb_instances::table.find(id))).optional()?)
     }
 
-    /// An instance and what upkeep last measured of it (its facts and when), in one read.
+    /// What `GET` shows of an instance, and what upkeep last measured of it (its facts and
+    /// when), in one read.
     pub async fn instance_with_facts(
         &self,
         id: &str,
-    ) -> Result<Option<(InstanceRow, Option<(String, i64)>)>, StoreError> {
+    ) -> Result<Option<(ShownInstance, Option<(String, i64)>)>, StoreError> {
         match &self.batches {
             Some(batches) => batches.instance_with_facts.get(self, id).await,
             None => Ok(read!(
@@ -703,11 +715,11 @@ impl Store {
         }
     }
 
-    /// An instance and the operation it is on, in one read.
+    /// Whose an instance is, and the operation it is on, in one read.
     pub async fn instance_with_operation(
         &self,
         id: &str,
-    ) -> Result<Option<(InstanceRow, Option<OperationRow>)>, StoreError> {
+    ) -> Result<Option<(InstanceOwner, Option<OperationStatus>)>, StoreError> {
         match &self.batches {
             Some(batches) => batches.instance_with_operation.get(self, id).await,
             None => Ok(read!(
@@ -718,11 +730,11 @@ impl Store {
         }
     }
 
-    /// A binding and the operation it is on, in one read.
+    /// Whose a binding is, and the operation it is on, in one read.
     pub async fn binding_with_operation(
         &self,
         id: &str,
-    ) -> Result<Option<(BindingRow, Option<OperationRow>)>, StoreError> {
+    ) -> Result<Option<(BindingOwner, Option<OperationStatus>)>, StoreError> {
         match &self.batches {
             Some(batches) => batches.binding_with_operation.get(self, id).await,
             None => Ok(read!(
@@ -737,6 +749,22 @@ impl Store {
         match &self.batches {
             Some(batches) => batches.binding.get(self, id).await,
             None => Ok(read!(self, get_result(osb_bindings::table.find(id))).optional()?),
+        }
+    }
+
+    /// What `GET` shows of a binding.
+    pub async fn shown_binding(&self, id: &str) -> Result<Option<ShownBinding>, StoreError> {
+        match &self.batches {
+            Some(batches) => batches.shown_binding.get(self, id).await,
+            None => Ok(read!(
+                self,
+                get_result(
+                    osb_bindings::table
+                        .find(id)
+                        .select(ShownBinding::as_select())
+                )
+            )
+            .optional()?),
         }
     }
 
@@ -1814,6 +1842,7 @@ mod tests {
         assert!(store.instance_with_operation(&id).await?.is_some());
         assert!(store.binding_with_operation(&bid).await?.is_some());
         assert!(store.binding(&bid).await?.is_some());
+        assert!(store.shown_binding(&bid).await?.is_some());
         let unbind = Start::Binding {
             id: &bid,
             from: &[BindingState::Bound],

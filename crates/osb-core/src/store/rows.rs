@@ -124,9 +124,118 @@ pub struct OperationRow {
     pub request: Option<String>,
 }
 
+/// What `GET` on an instance reads of its row: what it answers with and checks, without the
+/// columns only operations use (a read's cost grows with each column it decodes).
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = osb_instances)]
+pub struct ShownInstance {
+    pub id: String,
+    pub platform: String,
+    pub service_id: String,
+    pub plan_id: String,
+    pub state: String,
+    pub parameters: String,
+    pub maintenance_version: Option<String>,
+    pub dashboard_url: Option<String>,
+    pub metadata: Option<String>,
+}
+
+/// What `GET` on a binding reads of its row (see [`ShownInstance`]).
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = osb_bindings)]
+pub struct ShownBinding {
+    pub id: String,
+    pub instance_id: String,
+    pub platform: String,
+    pub state: String,
+    pub parameters: String,
+    pub response: Option<String>,
+    pub credentials: Option<String>,
+}
+
+impl From<BindingRow> for ShownBinding {
+    fn from(row: BindingRow) -> Self {
+        Self {
+            id: row.id,
+            instance_id: row.instance_id,
+            platform: row.platform,
+            state: row.state,
+            parameters: row.parameters,
+            response: row.response,
+            credentials: row.credentials,
+        }
+    }
+}
+
+impl ShownBinding {
+    pub fn state(&self) -> Option<BindingState> {
+        BindingState::parse(&self.state)
+    }
+}
+
+/// What `last_operation` reads of an instance or a binding: whose it is.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = osb_instances)]
+pub struct InstanceOwner {
+    pub id: String,
+    pub platform: String,
+}
+
+/// See [`InstanceOwner`].
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = osb_bindings)]
+pub struct BindingOwner {
+    pub id: String,
+    pub instance_id: String,
+    pub platform: String,
+}
+
+/// What `last_operation` reports of an operation, and checks it by.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = osb_operations)]
+pub struct OperationStatus {
+    pub id: String,
+    pub platform: String,
+    pub instance_id: String,
+    pub binding_id: Option<String>,
+    pub kind: String,
+    pub state: String,
+    pub description: Option<String>,
+    pub instance_usable: Option<bool>,
+    pub update_repeatable: Option<bool>,
+}
+
+impl From<OperationRow> for OperationStatus {
+    fn from(row: OperationRow) -> Self {
+        Self {
+            id: row.id,
+            platform: row.platform,
+            instance_id: row.instance_id,
+            binding_id: row.binding_id,
+            kind: row.kind,
+            state: row.state,
+            description: row.description,
+            instance_usable: row.instance_usable,
+            update_repeatable: row.update_repeatable,
+        }
+    }
+}
+
 impl InstanceRow {
     pub fn state(&self) -> Option<InstanceState> {
         InstanceState::parse(&self.state)
+    }
+}
+
+impl ShownInstance {
+    pub fn state(&self) -> Option<InstanceState> {
+        InstanceState::parse(&self.state)
+    }
+}
+
+impl OperationStatus {
+    pub fn state(&self) -> Option<OperationState> {
+        OperationState::parse(&self.state)
     }
 }
 
