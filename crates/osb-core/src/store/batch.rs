@@ -14,6 +14,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::FutureExt;
 use futures::future::join_all;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
@@ -52,13 +53,11 @@ type Answer<L> = Result<Option<<L as Lookup>::Row>, <L as Lookup>::Error>;
 
 const STOPPING: &str = "the broker is stopping";
 
+const PANICKED: &str = "a state store lookup panicked";
+
 /// Why a task that ran a lookup ended without its answer.
 pub(super) fn lost(task: &tokio::task::JoinError) -> &'static str {
-    if task.is_panic() {
-        "a state store lookup panicked"
-    } else {
-        STOPPING
-    }
+    if task.is_panic() { PANICKED } else { STOPPING }
 }
 
 /// The reads of one kind waiting for their statement.
@@ -208,18 +207,23 @@ impl<L: Lookup> Turn<L> {
         .await;
     }
 
-    /// The rows of `keys`, loaded on a task of its own: a statement that has not answered
-    /// within the limit is left to finish there (its connection then goes back to the pool
-    /// whole) while its reads are answered.
+    /// The rows of `keys`. A statement that has not answered within the limit is moved to a
+    /// task of its own and left to finish there (its connection then goes back to the pool
+    /// whole) while its reads are answered; only then, as a task for every statement cost an
+    /// allocation and a wake-up of its own.
     async fn load(&self, keys: Vec<String>) -> Result<Vec<L::Row>, L::Error> {
         let source = self.source.clone();
-        let task = tokio::spawn(async move { L::load(&source, &keys).await });
-        match tokio::time::timeout(self.limit, task).await {
+        let mut statement = Box::pin(async move { L::load(&source, &keys).await });
+        let answer = std::panic::AssertUnwindSafe(statement.as_mut()).catch_unwind();
+        match tokio::time::timeout(self.limit, answer).await {
             Ok(Ok(rows)) => rows,
-            Ok(Err(e)) => Err(L::unavailable(lost(&e))),
-            Err(_) => Err(L::unavailable(
-                "a state store lookup did not answer in time",
-            )),
+            Ok(Err(_)) => Err(L::unavailable(PANICKED)),
+            Err(_) => {
+                tokio::spawn(statement);
+                Err(L::unavailable(
+                    "a state store lookup did not answer in time",
+                ))
+            }
         }
     }
 }
@@ -260,7 +264,8 @@ mod tests {
     use super::*;
 
     /// A stand-in store: rows are their keys, except keys starting with `missing`; the
-    /// statements it was sent, in order; each waits for a permit, and fails when told to.
+    /// statements it was sent, in order; each waits for a permit, fails when told to, and
+    /// panics on the key `panic`.
     #[derive(Clone, Default)]
     struct Source(Arc<State>);
 
@@ -305,6 +310,7 @@ mod tests {
 
         async fn load(source: &Source, keys: &[String]) -> Result<Vec<String>, String> {
             source.0.sent.lock().unwrap().push(keys.to_vec());
+            assert!(!keys.iter().any(|k| k == "panic"), "a lookup's bug");
             source.0.permits.acquire().await.unwrap().forget();
             if source.0.failing.load(Ordering::SeqCst) {
                 return Err("the server went away".into());
@@ -458,6 +464,24 @@ mod tests {
         let later = read(&batcher, &source, "b");
         assert_eq!(later.await.unwrap().unwrap().as_deref(), Some("b"));
         assert_eq!(sent(&source), [vec!["a"], vec!["b"]]);
+        until(
+            || source.0.permits.available_permits() == 0,
+            "the stuck statement to run to its end",
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_statement_that_panics_fails_its_reads_alone() {
+        let (batcher, source) = batcher(Handle::current(), LIMIT);
+        let panicked = read(&batcher, &source, "panic").await.unwrap();
+        assert_eq!(
+            panicked,
+            Err("unavailable: a state store lookup panicked".into())
+        );
+        source.0.permits.add_permits(1);
+        let later = read(&batcher, &source, "b");
+        assert_eq!(later.await.unwrap().unwrap().as_deref(), Some("b"));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
