@@ -80,8 +80,7 @@ fn digest(bytes: &[u8]) -> [u8; 32] {
 }
 
 /// A platform's basic auth credentials, kept as digests: each request hashes only what it
-/// brings (the configured side was hashed again at every request), and the password is not
-/// kept in the clear.
+/// brings (the configured side was hashed again at every request).
 #[derive(Clone)]
 pub struct Login {
     username: [u8; 32],

@@ -600,7 +600,7 @@ impl<B: ServiceBroker> Engine<B> {
             // down: its words are a bug's, logged for the operator and kept out of the reply.
             Mode::Sync | Mode::Either => task.await.map_err(|e| {
                 tracing::error!(operation = %op, error = %e, "operation task ended abnormally");
-                OsbError::Internal("the operation stopped on an internal error (see the broker's log); retry the request".into())
+                OsbError::Internal(recovery::PANICKED.into())
             })?,
         }
     }

@@ -14,7 +14,7 @@ const LOST: &str =
     "the broker replica running this operation stopped before it finished; retry the request";
 
 /// What an operation whose task panicked ends with: a bug, whose words stay in the log.
-const PANICKED: &str =
+pub(super) const PANICKED: &str =
     "the broker stopped this operation on an internal error (see its log); retry the request";
 
 impl<B: ServiceBroker> Engine<B> {

@@ -209,8 +209,8 @@ impl<L: Lookup> Turn<L> {
 
     /// The rows of `keys`. A statement that has not answered within the limit is moved to a
     /// task of its own and left to finish there (its connection then goes back to the pool
-    /// whole) while its reads are answered; only then, as a task for every statement cost an
-    /// allocation and a wake-up of its own.
+    /// whole) while its reads are answered; only then, as a task for every statement cost its
+    /// scheduling and a wake-up of the turn.
     async fn load(&self, keys: Vec<String>) -> Result<Vec<L::Row>, L::Error> {
         let source = self.source.clone();
         let mut statement = Box::pin(async move { L::load(&source, &keys).await });

@@ -167,12 +167,6 @@ impl From<BindingRow> for ShownBinding {
     }
 }
 
-impl ShownBinding {
-    pub fn state(&self) -> Option<BindingState> {
-        BindingState::parse(&self.state)
-    }
-}
-
 /// What `last_operation` reads of an instance or a binding: whose it is.
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = osb_instances)]
@@ -221,32 +215,17 @@ impl From<OperationRow> for OperationStatus {
     }
 }
 
-impl InstanceRow {
-    pub fn state(&self) -> Option<InstanceState> {
-        InstanceState::parse(&self.state)
-    }
+/// `state()` on each row type that has a `state` column: the column, parsed.
+macro_rules! parsed_state {
+    ($state:ident: $($row:ty),+) => {
+        $(impl $row {
+            pub fn state(&self) -> Option<$state> {
+                $state::parse(&self.state)
+            }
+        })+
+    };
 }
 
-impl ShownInstance {
-    pub fn state(&self) -> Option<InstanceState> {
-        InstanceState::parse(&self.state)
-    }
-}
-
-impl OperationStatus {
-    pub fn state(&self) -> Option<OperationState> {
-        OperationState::parse(&self.state)
-    }
-}
-
-impl BindingRow {
-    pub fn state(&self) -> Option<BindingState> {
-        BindingState::parse(&self.state)
-    }
-}
-
-impl OperationRow {
-    pub fn state(&self) -> Option<OperationState> {
-        OperationState::parse(&self.state)
-    }
-}
+parsed_state!(InstanceState: InstanceRow, ShownInstance);
+parsed_state!(BindingState: BindingRow, ShownBinding);
+parsed_state!(OperationState: OperationRow, OperationStatus);
