@@ -246,18 +246,21 @@ impl<E: std::fmt::Display> From<deadpool::managed::PoolError<E>> for StoreError 
     }
 }
 
-/// The waiting writer, taken from its pool until the body that uses it has finished. A caller
-/// dropped half-way (a timeout, a task cancelled) leaves the statement running on its blocking
-/// thread, which shares the connection until it ends; back in the pool, the next one to take
-/// it would find it shared, and diesel-async panics on that. So it leaves the pool instead, to
-/// close when the statement ends, and the pool opens a new one. Closing rolls back a
+/// A connection taken from its pool until the body that uses it has finished. A body dropped
+/// half-way (a timeout, a task cancelled, a panic) may leave its statement unfinished, and the
+/// connection unfit for the next: on SQLite's waiting writer the statement runs on in its
+/// blocking thread, which shares the connection until it ends (diesel-async panics when the
+/// next one takes it); on MariaDB or PostgreSQL its reply may still be on the way, for the next
+/// statement to read as its own (within [`FRESH`] the pool hands the connection out unchecked,
+/// and a check would be fooled the same way). So it leaves the pool instead, to close (on
+/// SQLite, when the statement ends), and the pool opens a new one. Closing rolls back a
 /// transaction the body began; a single statement (or a `COMMIT`) already sent still runs to
 /// its end, as it would have had the caller waited. Meanwhile the store's read pin may be
 /// taken again (see [`read_pin`]): that only holds back this statement's checkpoint.
-struct Unfinished(Option<deadpool::managed::Object<Checked<SqliteConn>>>);
+struct Unfinished<M: deadpool::managed::Manager>(Option<deadpool::managed::Object<M>>);
 
-impl Unfinished {
-    fn conn(&mut self) -> &mut SqliteConn {
+impl<M: deadpool::managed::Manager> Unfinished<M> {
+    fn conn(&mut self) -> &mut M::Type {
         self.0.as_mut().expect("taken only when finished")
     }
 
@@ -266,12 +269,27 @@ impl Unfinished {
     }
 }
 
-impl Drop for Unfinished {
+impl<M: deadpool::managed::Manager> Drop for Unfinished<M> {
     fn drop(&mut self) {
         if let Some(pooled) = self.0.take() {
             drop(deadpool::managed::Object::take(pooled));
         }
     }
+}
+
+/// Runs `$body` on a connection of `$pool`, taken out of the pool if the body does not finish
+/// (see [`Unfinished`]).
+macro_rules! until_finished {
+    ($pool:expr, |$conn:ident| $body:expr) => {{
+        let mut pooled = Unfinished(Some($pool.get().await?));
+        let done: Result<_, StoreError> = async {
+            let $conn = pooled.conn();
+            $body
+        }
+        .await;
+        pooled.finished();
+        done
+    }};
 }
 
 /// Runs `$body` with `$conn` bound to a pooled connection of whichever database is configured;
@@ -290,29 +308,12 @@ macro_rules! with_conn {
                 }
                 .await;
                 match first {
-                    Err(e) if e.is_busy() => {
-                        let mut pooled = Unfinished(Some(writers.waiting.get().await?));
-                        let done: Result<_, StoreError> = async {
-                            let $conn = pooled.conn();
-                            $body
-                        }
-                        .await;
-                        pooled.finished();
-                        done
-                    }
+                    Err(e) if e.is_busy() => until_finished!(writers.waiting, |$conn| $body),
                     done => done,
                 }
             }
-            Pools::Mysql(pool) => {
-                let mut pooled = pool.get().await?;
-                let $conn = &mut *pooled;
-                $body
-            }
-            Pools::Postgres(pool) => {
-                let mut pooled = pool.get().await?;
-                let $conn = &mut *pooled;
-                $body
-            }
+            Pools::Mysql(pool) => until_finished!(pool, |$conn| $body),
+            Pools::Postgres(pool) => until_finished!(pool, |$conn| $body),
         }
     };
 }
@@ -1953,5 +1954,89 @@ mod tests {
             1,
             "only the status query is prepared again"
         );
+    }
+
+    /// Runs `sql` as the admin of the server at `admin` (a MariaDB or PostgreSQL URL without a
+    /// database); fails, never skips, without the server.
+    async fn as_admin(admin: &str, sql: &str) {
+        use diesel_async::SimpleAsyncConnection;
+        if admin.starts_with("mysql://") {
+            let mut conn = AsyncMysqlConnection::establish(&format!("{admin}/mysql"))
+                .await
+                .unwrap_or_else(|e| panic!("MariaDB at {admin} is required: {e}"));
+            conn.batch_execute(sql).await.unwrap();
+        } else {
+            let mut conn = AsyncPgConnection::establish(&format!("{admin}/postgres"))
+                .await
+                .unwrap_or_else(|e| panic!("PostgreSQL at {admin} is required: {e}"));
+            conn.batch_execute(sql).await.unwrap();
+        }
+    }
+
+    /// The server's id of the connection a statement runs on.
+    async fn connection_id(store: &Store, sql: &'static str) -> Result<i64, StoreError> {
+        #[derive(QueryableByName)]
+        struct Id {
+            #[diesel(sql_type = BigInt)]
+            id: i64,
+        }
+        with_conn!(store, |conn| Ok(diesel::sql_query(sql)
+            .get_result::<Id>(conn)
+            .await?
+            .id))
+    }
+
+    /// A caller that gives up on its statement half-way (a timeout, a client gone) takes the
+    /// connection out of the pool: the statement's reply is still to come, and the next
+    /// statement on that connection would read it as its own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_statement_given_up_half_way_takes_its_connection_out_of_the_pool() {
+        let servers = [
+            (
+                std::env::var("KPAAS_TEST_MYSQL_URL")
+                    .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into()),
+                "SELECT SLEEP(5)",
+                "SELECT CAST(CONNECTION_ID() AS SIGNED) AS id",
+                "",
+            ),
+            (
+                std::env::var("KPAAS_TEST_POSTGRES_URL")
+                    .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into()),
+                "SELECT pg_sleep(5)",
+                "SELECT pg_backend_pid()::bigint AS id",
+                // The given-up session sleeps on until it finds its client gone.
+                " WITH (FORCE)",
+            ),
+        ];
+        for (admin, sleep, id, force) in servers {
+            let name = format!("osb_test_{}", uuid::Uuid::new_v4().simple());
+            as_admin(&admin, &format!("CREATE DATABASE {name}")).await;
+            let measured = async {
+                // One connection, so the pool hands out the same one unless it was dropped.
+                let store = Store::connect(&format!("{admin}/{name}"), 1).await?;
+                let before = connection_id(&store, id).await?;
+                let given_up = tokio::time::timeout(Duration::from_millis(200), async {
+                    with_conn!(store, |conn| Ok(diesel::sql_query(sleep)
+                        .execute(conn)
+                        .await?))
+                })
+                .await;
+                assert!(given_up.is_err(), "{sleep} outlives the timeout");
+                let after = connection_id(&store, id).await?;
+                let again = connection_id(&store, id).await?;
+                Ok::<_, StoreError>((before, after, again))
+            }
+            .await;
+            as_admin(&admin, &format!("DROP DATABASE {name}{force}")).await;
+            let (before, after, again) = measured.unwrap();
+            assert_ne!(
+                before, after,
+                "{admin}: a new connection after {sleep} was given up"
+            );
+            assert_eq!(
+                after, again,
+                "{admin}: the new connection stays in the pool"
+            );
+        }
     }
 }
