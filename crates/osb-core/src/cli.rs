@@ -156,7 +156,13 @@ pub async fn main<A: App>() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match crate::server::serve(broker_config, broker, metrics).await {
+            let running = crate::server::start(broker_config, broker, metrics).await;
+            // The running broker keeps what it needs of the config's secrets in its own form:
+            // the platforms' passwords only as digests, the keys in the sealer, the store's URL
+            // in its pool, a backend's credentials in the broker. The config's copies are
+            // zeroed now (SecretString does on drop), not held for the process's life.
+            drop(config);
+            match async { running?.wait().await }.await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("stopped: {e}");

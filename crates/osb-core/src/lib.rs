@@ -1,7 +1,7 @@
 //! osb-core: the Open Service Broker API 2.17 for every K-PaaS broker.
 //!
 //! A broker implements [`ServiceBroker`] with its backend's operations and calls
-//! [`server::serve`]; everything of HTTP and of the OSB rules lives here. ARCHITECTURE.md at the
+//! [`cli::main`] (or [`server::start`]); everything of HTTP and of the OSB rules lives here. ARCHITECTURE.md at the
 //! workspace root has the map.
 
 pub mod allocator;

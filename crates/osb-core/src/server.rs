@@ -175,15 +175,6 @@ pub async fn start<B: ServiceBroker>(
     })
 }
 
-/// Starts the broker and serves until a signal stops it.
-pub async fn serve<B: ServiceBroker>(
-    config: &BrokerConfig,
-    broker: B,
-    metrics: Metrics,
-) -> Result<(), ServeError> {
-    start(config, broker, metrics).await?.wait().await
-}
-
 /// The host name and the listen port: the same after a restart, so the replica finds its own
 /// unfinished operations. A port chosen by the system (`:0`) is new at every start, so such a
 /// replica gets a random id instead.
