@@ -11,8 +11,9 @@ use osb_testkit::fresh_id;
 
 /// Instances made, each with a binding.
 const MADE: usize = 20;
-/// Reads asked at once, of four kinds, over the made ids and as many that do not exist.
-const READS: usize = 160;
+/// Reads asked at once, of every batched kind (six), over the made ids and as many that do not
+/// exist.
+const READS: usize = 192;
 
 fn binding_row(id: &str, instance: &str, op: &str) -> BindingRow {
     BindingRow {
@@ -73,11 +74,11 @@ async fn lookups_get_their_own_rows(url: &str) {
         let store = &store;
         // Every other read asks for an id that does not exist.
         let (id, op, bid, bop) = match &made[(i / 2) % MADE] {
-            _ if i % 2 == 1 => (fresh_id(), String::new(), fresh_id(), String::new()),
+            _ if i % 2 == 1 => (fresh_id(), fresh_id(), fresh_id(), fresh_id()),
             (id, op, bid, bop) => (id.clone(), op.clone(), bid.clone(), bop.clone()),
         };
         async move {
-            let (found, expected): (Found, Found) = match i % 8 / 2 {
+            let (found, expected): (Found, Found) = match i % 12 / 2 {
                 0 => (
                     store
                         .instance_with_operation(&id)
@@ -102,13 +103,29 @@ async fn lookups_get_their_own_rows(url: &str) {
                         .map(|(row, op)| (row.id, op.map(|o| o.id))),
                     Some((bid, Some(bop))),
                 ),
-                _ => (
+                3 => (
                     store
                         .binding(&bid)
                         .await
                         .unwrap()
                         .map(|row| (row.id, Some(row.operation_id))),
                     Some((bid, Some(bop))),
+                ),
+                4 => (
+                    store
+                        .shown_binding(&bid)
+                        .await
+                        .unwrap()
+                        .map(|row| (row.id, Some(row.instance_id))),
+                    Some((bid, Some(id))),
+                ),
+                _ => (
+                    store
+                        .operation(&bop)
+                        .await
+                        .unwrap()
+                        .map(|row| (row.id, row.binding_id)),
+                    Some((bop, Some(bid))),
                 ),
             };
             let expected = expected.filter(|_| i % 2 == 0);
