@@ -166,6 +166,9 @@ async fn run(label: &str, store: &str, server: Option<u32>) -> anyhow::Result<()
     let env = [
         ("KPAAS_BROKER__STORE__URL", store),
         ("RUST_LOG", "warn,osb_core::server=info"),
+        // wrk shares the cores: unpinned, the scheduler at times puts both HTTP workers on
+        // one core, and the catalog's p99 is then a time slice (osb_core::affinity).
+        ("KPAAS_BROKER__PIN_WORKERS", "true"),
     ];
     let broker = start_broker(binary(), &deploy(), dir.path(), &env, "/ready").await?;
     let idle = rss_kib(broker.pid());
@@ -304,7 +307,7 @@ async fn run(label: &str, store: &str, server: Option<u32>) -> anyhow::Result<()
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     println!(
-        "mysql-broker reads: wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS}, {WRK_SECS} s per request, {} cores",
+        "mysql-broker reads: wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS}, {WRK_SECS} s per request, {} cores, HTTP workers pinned (pin_workers)",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     // `cargo bench` passes its own flags (`--bench`); any other argument names a store.

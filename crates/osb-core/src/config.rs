@@ -50,6 +50,10 @@ pub struct BrokerConfig {
     /// HTTP worker threads; the number of cores when unset.
     #[serde(default)]
     pub workers: Option<usize>,
+    /// Each HTTP worker pinned to a core of its own, in turn (see [`crate::affinity`]): for a
+    /// broker that has its cores to itself, never under a CPU quota on a larger machine.
+    #[serde(default)]
+    pub pin_workers: bool,
 }
 
 #[derive(Debug, Deserialize)]

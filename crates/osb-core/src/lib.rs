@@ -1,9 +1,10 @@
 //! osb-core: the Open Service Broker API 2.17 for every K-PaaS broker.
 //!
-//! A broker implements [`ServiceBroker`] with its backend's operations and calls
-//! [`cli::main`] (or [`server::start`]); everything of HTTP and of the OSB rules lives here. ARCHITECTURE.md at the
-//! workspace root has the map.
+//! A broker implements [`ServiceBroker`] with its backend's operations and calls [`cli::main`]
+//! (or [`server::start`]); everything of HTTP and of the OSB rules lives here. ARCHITECTURE.md
+//! at the workspace root has the map.
 
+pub mod affinity;
 pub mod allocator;
 pub mod backend_tls;
 pub mod broker;

@@ -125,7 +125,20 @@ pub async fn start<B: ServiceBroker>(
     let platforms: Vec<_> = platforms.into_iter().map(Arc::new).collect();
     let app_metrics = web::Data::new(metrics);
 
+    let cores = if config.pin_workers {
+        let cores = crate::affinity::WorkerCores::new();
+        if cores.is_none() {
+            tracing::warn!("pin_workers is set, but this process's cores cannot be known");
+        }
+        cores.map(Arc::new)
+    } else {
+        None
+    };
     let mut server = HttpServer::new(move || {
+        // Called once on each worker's own thread, as it starts.
+        if let Some(cores) = &cores {
+            cores.pin_this_worker();
+        }
         let mut app = App::new()
             .app_data(engine.clone())
             .app_data(app_metrics.clone())
