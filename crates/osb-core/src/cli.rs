@@ -159,8 +159,10 @@ pub async fn main<A: App>() -> ExitCode {
             let running = crate::server::start(broker_config, broker, metrics).await;
             // The running broker keeps what it needs of the config's secrets in its own form:
             // the platforms' passwords only as digests, the keys in the sealer, the store's URL
-            // in its pool, a backend's credentials in the broker. The config's copies are
-            // zeroed now (SecretString does on drop), not held for the process's life.
+            // in its pool, a backend's credentials in the broker. The config's own copies go
+            // now, zeroed (SecretString does on drop), rather than live as long as the process.
+            // Not every copy: a secret given in the environment stays there, and the buffers
+            // it was parsed through were freed as they were.
             drop(config);
             match async { running?.wait().await }.await {
                 Ok(()) => ExitCode::SUCCESS,

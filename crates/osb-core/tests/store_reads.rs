@@ -138,7 +138,7 @@ async fn lookups_get_their_own_rows(url: &str) {
         // Reads run in place on SQLite: one statement each.
         assert_eq!(statements, READS as u64, "{url}");
     } else {
-        // 25 keys per kind fit one statement; turns that find the queue half filled send a few more.
+        // A kind's 32 keys fit one statement; turns that find the queue half filled send a few more.
         assert!(
             statements * 4 <= READS as u64,
             "{url}: {statements} statements for {READS} reads asked at once"
