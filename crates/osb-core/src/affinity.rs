@@ -6,7 +6,15 @@
 //! (p50 0.07-0.12 ms either way). Measured by hand, six runs each on 2 cores: p99 0.25-3.28 ms
 //! unpinned (three runs near 3 ms), 0.29-1.42 ms pinned. Off by default: where the process may
 //! run on more cores than it has workers (a container under a CPU quota on a large node), the
-//! workers would all sit on the first cores, with whatever else runs there.
+//! workers would all sit on the first cores, with whatever else runs there. A thread a pinned
+//! worker starts (its runtime's blocking threads) inherits the worker's core.
+
+use std::cell::Cell;
+
+thread_local! {
+    /// Whether this thread took its turn already.
+    static PINNED: Cell<bool> = const { Cell::new(false) };
+}
 
 /// The cores this process may run on, in order; empty where that cannot be known.
 pub fn allowed_cores() -> Vec<usize> {
@@ -71,8 +79,14 @@ impl WorkerCores {
         })
     }
 
-    /// Pins the calling worker thread to its core; a failure is logged, the worker runs on.
+    /// Pins the calling worker thread to its core, at its first call only: actix calls the
+    /// factory on a worker once per listening socket (a `listen` name that resolves to two
+    /// addresses) and again for a service it restarts, and a second turn could put two
+    /// workers on one core. A failure is logged, the worker runs on.
     pub fn pin_this_worker(&self) {
+        if PINNED.with(|pinned| pinned.replace(true)) {
+            return;
+        }
         let turn = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let core = self.cores[turn % self.cores.len()];
         match pin_current_thread(core) {
@@ -114,6 +128,8 @@ mod tests {
             .map(|_| {
                 std::thread::scope(|s| {
                     s.spawn(|| {
+                        // As actix does for a worker with two listening sockets.
+                        pins.pin_this_worker();
                         pins.pin_this_worker();
                         allowed_cores()
                     })

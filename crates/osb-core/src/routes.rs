@@ -257,8 +257,9 @@ where
 /// `work`'s answer, or a 500 if it panicked. A panic left to unwind would end the task of the
 /// request's connection: the connection closed with no answer at all. Nothing a read holds is
 /// left half changed by the unwinding: a SQLite reader goes back to its pool with no statement
-/// open (a statement is reset when dropped), a network store's connection leaves its pool (see
-/// `store::Unfinished`), and the batches' queues take a poisoned lock as it is.
+/// open (a statement is reset when dropped); a network store's statement runs in its batch's
+/// turn, whose own panic takes the connection out of its pool (see `store::Unfinished`); and
+/// the batches' queues take a poisoned lock as it is.
 async fn unless_panicked<Fut>(work: Fut) -> Result<Reply, OsbError>
 where
     Fut: Future<Output = Result<Reply, OsbError>>,

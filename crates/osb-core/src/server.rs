@@ -135,7 +135,8 @@ pub async fn start<B: ServiceBroker>(
         None
     };
     let mut server = HttpServer::new(move || {
-        // Called once on each worker's own thread, as it starts.
+        // Called on each worker's own thread, once per listening socket; a worker is pinned
+        // at its first call.
         if let Some(cores) = &cores {
             cores.pin_this_worker();
         }
