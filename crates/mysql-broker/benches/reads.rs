@@ -206,14 +206,17 @@ async fn run(label: &str, store: &str, server: Option<u32>) -> anyhow::Result<()
     // the catalog before, between and after them; wrk runs as a child process for WRK_SECS,
     // nothing else runs here meanwhile.
     wrk(&broker, &reads[0].1, server)?;
+    // One round: each store read once, in order.
+    let round = || {
+        reads[1..]
+            .iter()
+            .map(|(_, path)| wrk(&broker, path, server))
+            .collect::<anyhow::Result<Vec<_>>>()
+    };
     let mut catalogs = vec![wrk(&broker, &reads[0].1, server)?];
     let mut rounds = Vec::with_capacity(READ_ROUNDS);
     for _ in 0..READ_ROUNDS {
-        let round = reads[1..]
-            .iter()
-            .map(|(_, path)| wrk(&broker, path, server))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        rounds.push(round);
+        rounds.push(round()?);
         catalogs.push(wrk(&broker, &reads[0].1, server)?);
     }
     let per_request = |us: Option<f64>| us.map_or("-".into(), |us| format!("{us:.1}"));
@@ -274,14 +277,9 @@ async fn run(label: &str, store: &str, server: Option<u32>) -> anyhow::Result<()
     // As many rounds as on the empty store: one run's p50 moves by a fifth between two runs of
     // one build here (it is the shape of the latency spread at wrk's 10 µs steps), so each side
     // is its rounds' median.
-    let mut filled_rounds = Vec::with_capacity(READ_ROUNDS);
-    for _ in 0..READ_ROUNDS {
-        let round = reads[1..]
-            .iter()
-            .map(|(_, path)| wrk(&broker, path, server))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        filled_rounds.push(round);
-    }
+    let filled_rounds = (0..READ_ROUNDS)
+        .map(|_| round())
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let median = |of: &[Vec<Load>], i: usize, field: fn(&Load) -> f64| {
         let mut values: Vec<f64> = of.iter().map(|round| field(&round[i])).collect();
         values.sort_by(f64::total_cmp);

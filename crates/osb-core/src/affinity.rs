@@ -17,7 +17,7 @@ thread_local! {
 }
 
 /// The cores this process may run on, in order; empty where that cannot be known.
-pub fn allowed_cores() -> Vec<usize> {
+fn allowed_cores() -> Vec<usize> {
     #[cfg(target_os = "linux")]
     {
         // SAFETY: a zeroed cpu_set_t is an empty set; sched_getaffinity writes at most the
@@ -37,7 +37,7 @@ pub fn allowed_cores() -> Vec<usize> {
 }
 
 /// Pins the calling thread to `core`.
-pub fn pin_current_thread(core: usize) -> std::io::Result<()> {
+fn pin_current_thread(core: usize) -> std::io::Result<()> {
     #[cfg(target_os = "linux")]
     {
         if core >= libc::CPU_SETSIZE as usize {

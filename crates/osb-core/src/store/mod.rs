@@ -1929,15 +1929,9 @@ mod tests {
     /// The local MariaDB (scripts/backends.sh); fails, never skips, without it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_lifecycle_prepares_its_statements_once_per_mysql_connection() {
-        let admin = std::env::var("KPAAS_TEST_MYSQL_URL")
-            .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
+        let admin = mysql_admin();
         let name = format!("osb_test_{}", uuid::Uuid::new_v4().simple());
-        let mut root = AsyncMysqlConnection::establish(&format!("{admin}/mysql"))
-            .await
-            .unwrap_or_else(|e| panic!("MariaDB at {admin} is required: {e}"));
-        root.batch_execute(&format!("CREATE DATABASE `{name}`"))
-            .await
-            .unwrap();
+        as_admin(&admin, &format!("CREATE DATABASE `{name}`")).await;
         // One connection, so the session's count is every statement's.
         let measured = async {
             let store = Store::connect(&format!("{admin}/{name}"), 1).await?;
@@ -1948,9 +1942,7 @@ mod tests {
             Ok::<_, StoreError>((before, after))
         }
         .await;
-        root.batch_execute(&format!("DROP DATABASE `{name}`"))
-            .await
-            .unwrap();
+        as_admin(&admin, &format!("DROP DATABASE `{name}`")).await;
         let (before, after) = measured.unwrap();
         assert_eq!(before.id, after.id, "one connection throughout");
         assert_eq!(
@@ -1958,6 +1950,12 @@ mod tests {
             1,
             "only the status query is prepared again"
         );
+    }
+
+    /// The local MariaDB's admin URL, without a database (scripts/backends.sh).
+    fn mysql_admin() -> String {
+        std::env::var("KPAAS_TEST_MYSQL_URL")
+            .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
     }
 
     /// Runs `sql` as the admin of the server at `admin` (a MariaDB or PostgreSQL URL without a
@@ -1990,15 +1988,14 @@ mod tests {
             .id))
     }
 
-    /// A caller that gives up on its statement half-way (a timeout, a client gone) takes the
+    /// A caller that gives up on its statement half-way (a timeout, a panic) takes the
     /// connection out of the pool: the statement's reply is still to come, and the next
     /// statement on that connection would read it as its own.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_statement_given_up_half_way_takes_its_connection_out_of_the_pool() {
         let servers = [
             (
-                std::env::var("KPAAS_TEST_MYSQL_URL")
-                    .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into()),
+                mysql_admin(),
                 "SELECT SLEEP(5)",
                 "SELECT CAST(CONNECTION_ID() AS SIGNED) AS id",
                 "",
