@@ -72,8 +72,9 @@ pub enum Start<'a> {
 }
 
 impl Start<'_> {
-    /// Whether `op`'s record names the row this start makes or claims: a row points only to
-    /// operations of its own, which is what [`Store::prune_operations`] relies on.
+    /// Whether `op`'s record names the row this start makes or claims (a binding's claim
+    /// knows its binding only): a row points only to operations of its own, which is what
+    /// [`Store::prune_operations`] relies on.
     fn is_named_by(&self, op: &OperationRow) -> bool {
         match self {
             Start::NewInstance(row) => op.instance_id == row.id && op.binding_id.is_none(),
@@ -1057,6 +1058,17 @@ impl Store {
         outcome: Outcome<'_>,
     ) -> Result<bool, StoreError> {
         use osb_operations::dsl;
+        let saved = match outcome {
+            Outcome::SaveInstance(row) => Some(&row.operation_id),
+            Outcome::SaveBinding(row) => Some(&row.operation_id),
+            Outcome::DeleteInstance(_) | Outcome::DeleteBinding(_) => None,
+        };
+        // As in `start`: a row points only to operations of its own.
+        if saved.is_some_and(|saved| saved != op) {
+            return Err(StoreError::Corrupt(format!(
+                "operation {op} ends saving its row on another operation"
+            )));
+        }
         let result = with_conn!(self, |conn| {
             conn.transaction::<_, DieselError, _>(|conn| {
                 async move {
@@ -1158,8 +1170,8 @@ impl Store {
     pub async fn prune_operations(&self, before_ms: i64) -> Result<usize, StoreError> {
         // One statement, so that no row can come to point at an operation between choosing it
         // and deleting it. `before_ms` is a number this process computed, not input. Only the
-        // row an operation names can point to it ([`Store::start`] sees to that), so each
-        // check is a lookup by primary key: matched on `operation_id` alone, which has no
+        // row an operation names can point to it ([`Store::start`] and the final writes refuse
+        // anything else), so each check is a lookup by primary key: matched on `operation_id` alone, which has no
         // index, MariaDB read both tables whole for every record (106 s for 10,000 instances
         // and 10,000 bindings, measured, every pass holding the records' locks).
         let sql = format!(
@@ -2079,8 +2091,8 @@ mod tests {
     }
 
     /// Pruning on `store`: the finished operations a row has moved on from go, each row's
-    /// current operation stays (finished or not), and a start whose record names another row
-    /// is refused with nothing written.
+    /// current one stays; a start whose record names another row, and an end that would save
+    /// its row on another operation, are refused with nothing written.
     async fn pruning(store: &Store) -> Result<(), StoreError> {
         let fresh = || uuid::Uuid::new_v4().to_string();
         let (id, bid) = (fresh(), fresh());
@@ -2124,6 +2136,15 @@ mod tests {
         let ready = Release::Instance(&id, InstanceState::Ready);
         assert!(store.fail(&ops[3], "me/1", ready, "no", None, None).await?);
         assert!(store.start(&op(4, None), update(&ops[3])).await?);
+        // Its end may not save the row on another operation (here the provision's).
+        let elsewhere = Outcome::SaveInstance(&instance);
+        let refused = store.succeed(&ops[4], "me/1", elsewhere).await;
+        assert!(
+            matches!(refused, Err(StoreError::Corrupt(_))),
+            "{refused:?}"
+        );
+        let ready = Release::Instance(&id, InstanceState::Ready);
+        assert!(store.fail(&ops[4], "me/1", ready, "no", None, None).await?);
         // A record naming another instance, or a binding's naming none, is refused.
         let stranger = operation(&ops[5], &fresh(), None);
         let other = instance_row(&fresh(), &ops[5]);
@@ -2154,8 +2175,8 @@ mod tests {
         assert_eq!(
             (pruned, kept),
             (3, vec![false, false, true, false, true]),
-            "the provision and the bind go, and the failed update the running one replaced; \
-             the binding's failed unbind and the running update stay"
+            "the provision and the bind go, and the failed update the next one replaced; \
+             the binding's failed unbind and the instance's last update stay"
         );
         Ok(())
     }
@@ -2174,11 +2195,17 @@ mod tests {
         for (admin, force) in [(mysql_admin(), ""), (postgres, " WITH (FORCE)")] {
             let name = format!("osb_test_{}", uuid::Uuid::new_v4().simple());
             as_admin(&admin, &format!("CREATE DATABASE {name}")).await;
-            let done =
-                async { pruning(&Store::connect(&format!("{admin}/{name}"), 2).await?).await }
-                    .await;
+            let done = std::panic::AssertUnwindSafe(async {
+                pruning(&Store::connect(&format!("{admin}/{name}"), 2).await?).await
+            })
+            .catch_unwind()
+            .await;
+            // Dropped whatever came of it, a failed assertion too.
             as_admin(&admin, &format!("DROP DATABASE {name}{force}")).await;
-            done.unwrap_or_else(|e| panic!("{admin}: {e}"));
+            match done {
+                Ok(done) => done.unwrap_or_else(|e| panic!("{admin}: {e}")),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
         }
     }
 }
