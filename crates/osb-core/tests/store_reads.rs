@@ -145,7 +145,7 @@ async fn lookups_get_their_own_rows(url: &str) {
         );
     }
     // A read sees what was committed before it was asked: the binding, unbound and gone.
-    let (id, _, bid, _) = &made[0];
+    let (id, _, bid, bop) = &made[0];
     let unbind = fresh_id();
     assert!(
         store
@@ -158,6 +158,7 @@ async fn lookups_get_their_own_rows(url: &str) {
                     id: bid,
                     from: &[BindingState::Binding],
                     to: BindingState::Unbinding,
+                    previous: bop,
                 },
             )
             .await

@@ -171,6 +171,7 @@ impl<B: ServiceBroker> Engine<B> {
                             id: binding_id.as_str(),
                             from: &[BindingState::Failed],
                             to: BindingState::Binding,
+                            previous: &existing.operation_id,
                         };
                         let redo = Redo::Bind {
                             request: req.clone(),
@@ -499,6 +500,7 @@ impl<B: ServiceBroker> Engine<B> {
                 id: binding_id.as_str(),
                 from: &[from],
                 to: BindingState::Unbinding,
+                previous: &row.operation_id,
             };
             let Some(op) = self.claim(&caller, &id, "", claim, &redo).await? else {
                 continue;

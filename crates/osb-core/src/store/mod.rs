@@ -63,11 +63,12 @@ pub enum Start<'a> {
         to: InstanceState,
         previous: &'a str,
     },
-    /// Moves binding `id` from one of `from` to `to`.
+    /// Moves binding `id` from one of `from` to `to`, if it is still on operation `previous`.
     Binding {
         id: &'a str,
         from: &'a [BindingState],
         to: BindingState,
+        previous: &'a str,
     },
 }
 
@@ -916,13 +917,19 @@ impl Store {
                             .cached().execute(conn)
                             .await
                         }
-                        Start::Binding { id, from, to } => {
+                        Start::Binding {
+                            id,
+                            from,
+                            to,
+                            previous,
+                        } => {
                             use osb_bindings::dsl;
                             let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
                             diesel::update(
                                 dsl::osb_bindings
                                     .filter(dsl::id.eq(id))
-                                    .filter(dsl::state.eq_any(&from)),
+                                    .filter(dsl::state.eq_any(&from))
+                                    .filter(dsl::operation_id.eq(previous)),
                             )
                             .set((
                                 dsl::state.eq(to.as_str()),
@@ -1920,18 +1927,22 @@ mod tests {
         assert!(store.binding_with_operation(&bid).await?.is_some());
         assert!(store.binding(&bid).await?.is_some());
         assert!(store.shown_binding(&bid).await?.is_some());
-        let unbind = Start::Binding {
+        let unbind = |previous| Start::Binding {
             id: &bid,
             from: &[BindingState::Bound],
             to: BindingState::Unbinding,
+            previous,
         };
         landed(
-            store.start(&op(7, Some(&bid)), unbind).await?,
+            store.start(&op(7, Some(&bid)), unbind(&ops[1])).await?,
             "binding claim",
         );
         let bound = Release::Binding(&bid, BindingState::Bound);
         store.unclaim(&ops[7], bound, &ops[1]).await?;
-        landed(store.start(&op(2, Some(&bid)), unbind).await?, "unbind");
+        landed(
+            store.start(&op(2, Some(&bid)), unbind(&ops[1])).await?,
+            "unbind",
+        );
         assert!(store.has_busy_bindings(&id).await?);
         let kept = Release::Binding(&bid, BindingState::Bound);
         landed(
@@ -1939,7 +1950,7 @@ mod tests {
             "kept",
         );
         landed(
-            store.start(&op(6, Some(&bid)), unbind).await?,
+            store.start(&op(6, Some(&bid)), unbind(&ops[2])).await?,
             "unbind again",
         );
         landed(
@@ -2141,12 +2152,15 @@ mod tests {
         assert!(store.succeed(&ops[1], "me/1", saved).await?);
         // The binding moves on to a failed unbind, the instance to a failed update and then an
         // update still running.
-        let unbind = Start::Binding {
+        let unbind = |previous| Start::Binding {
             id: &bid,
             from: &[BindingState::Bound],
             to: BindingState::Unbinding,
+            previous,
         };
-        assert!(store.start(&op(2, Some(&bid)), unbind).await?);
+        // A claim from an operation the binding is no longer on is refused.
+        assert!(!store.start(&op(2, Some(&bid)), unbind(&ops[0])).await?);
+        assert!(store.start(&op(2, Some(&bid)), unbind(&ops[1])).await?);
         // While the unbind holds the binding, the bind it replaced stays.
         assert_eq!(store.prune_operations(now_ms() + 60_000).await?, 0);
         let kept = Release::Binding(&bid, BindingState::Bound);
