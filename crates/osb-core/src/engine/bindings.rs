@@ -293,10 +293,11 @@ impl<B: ServiceBroker> Engine<B> {
                     store
                         .unclaim(
                             &op,
+                            self.token(),
                             Release::Binding(&row.id, BindingState::Failed),
                             &previous,
                         )
-                        .await?
+                        .await?;
                 }
             }
             return Err(concurrency("service instance"));
@@ -521,6 +522,7 @@ impl<B: ServiceBroker> Engine<B> {
                         .store
                         .unclaim(
                             &op.id,
+                            self.token(),
                             Release::Binding(binding_id.as_str(), from),
                             &row.operation_id,
                         )

@@ -306,6 +306,7 @@ impl<B: ServiceBroker> Engine<B> {
                 .store
                 .unclaim(
                     &op.id,
+                    self.token(),
                     Release::Instance(id.as_str(), InstanceState::Ready),
                     &row.operation_id,
                 )
@@ -476,6 +477,7 @@ impl<B: ServiceBroker> Engine<B> {
                     .store
                     .unclaim(
                         &op.id,
+                        self.token(),
                         Release::Instance(id.as_str(), from),
                         &row.operation_id,
                     )

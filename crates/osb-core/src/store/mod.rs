@@ -1731,16 +1731,31 @@ where
 impl Store {
     /// Undoes a claim that turned out not to be allowed: the row goes back to the state
     /// `release` names and to its `previous` operation (which `last_operation` keeps reporting),
-    /// and `op`'s record goes.
+    /// and `op`'s record goes. Fenced like [`Store::succeed`]: `false`, with nothing written,
+    /// once `op` is no longer in progress under `runner` (a request that stalled past the lease:
+    /// recovery took the operation over or ended it, and the row is recovery's).
     pub async fn unclaim(
         &self,
         op: &str,
+        runner: &str,
         release: Release<'_>,
         previous: &str,
-    ) -> Result<(), StoreError> {
-        with_conn!(self, |conn| {
+    ) -> Result<bool, StoreError> {
+        let result = with_conn!(self, |conn| {
             conn.transaction::<_, DieselError, _>(|conn| {
                 async move {
+                    use osb_operations::dsl;
+                    let ended = diesel::delete(
+                        dsl::osb_operations
+                            .find(op)
+                            .filter(dsl::state.eq(OperationState::InProgress.as_str()))
+                            .filter(dsl::runner.eq(runner)),
+                    )
+                    .execute(conn)
+                    .await?;
+                    if ended == 0 {
+                        return Err(DieselError::RollbackTransaction);
+                    }
                     match release {
                         Release::Instance(id, to) => {
                             use osb_instances::dsl;
@@ -1775,16 +1790,14 @@ impl Store {
                             .await?
                         }
                     };
-                    diesel::delete(osb_operations::table.find(op))
-                        .execute(conn)
-                        .await?;
                     Ok(())
                 }
                 .scope_boxed()
             })
-            .await?;
-            Ok(())
-        })
+            .await
+            .map_err(StoreError::from)
+        });
+        landed(result)
     }
 
     /// Every instance in `state`, for periodic upkeep.
@@ -1938,7 +1951,12 @@ mod tests {
             "binding claim",
         );
         let bound = Release::Binding(&bid, BindingState::Bound);
-        store.unclaim(&ops[7], bound, &ops[1]).await?;
+        // Only while the claim is still in progress under its runner.
+        assert!(!store.unclaim(&ops[7], "other/1", bound, &ops[1]).await?);
+        landed(
+            store.unclaim(&ops[7], "me/1", bound, &ops[1]).await?,
+            "binding claim given back",
+        );
         landed(
             store.start(&op(2, Some(&bid)), unbind(&ops[1])).await?,
             "unbind",
@@ -1986,7 +2004,10 @@ mod tests {
         };
         landed(store.start(&op(5, None), claim).await?, "claim");
         let back = Release::Instance(&id, InstanceState::Ready);
-        store.unclaim(&ops[5], back, &ops[3]).await?;
+        landed(
+            store.unclaim(&ops[5], "me/1", back, &ops[3]).await?,
+            "claim given back",
+        );
         let deprovision = Start::Instance {
             id: &id,
             from: &[InstanceState::Ready],
