@@ -801,10 +801,7 @@ impl Store {
     /// Whether any binding of the instance is being created or deleted right now.
     pub async fn has_busy_bindings(&self, instance_id: &str) -> Result<bool, StoreError> {
         use osb_bindings::dsl;
-        let busy = [
-            BindingState::Binding.as_str(),
-            BindingState::Unbinding.as_str(),
-        ];
+        let busy = BindingState::BUSY.map(BindingState::as_str);
         with_conn!(self, |conn| Ok(dsl::osb_bindings
             .filter(dsl::instance_id.eq(instance_id))
             .filter(dsl::state.eq_any(busy))
@@ -1193,15 +1190,8 @@ impl Store {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let busy_instance = listed(&[
-            InstanceState::Provisioning.as_str(),
-            InstanceState::Updating.as_str(),
-            InstanceState::Deprovisioning.as_str(),
-        ]);
-        let busy_binding = listed(&[
-            BindingState::Binding.as_str(),
-            BindingState::Unbinding.as_str(),
-        ]);
+        let busy_instance = listed(&InstanceState::BUSY.map(InstanceState::as_str));
+        let busy_binding = listed(&BindingState::BUSY.map(BindingState::as_str));
         let sql = format!(
             "DELETE FROM osb_operations WHERE state <> '{}' AND updated_at < {before_ms} \
              AND NOT EXISTS (SELECT 1 FROM osb_instances i \

@@ -46,6 +46,16 @@ states! {
     }
 }
 
+impl InstanceState {
+    /// The states an operation holds an instance in: its current operation is in progress.
+    pub const BUSY: [Self; 3] = [Self::Provisioning, Self::Updating, Self::Deprovisioning];
+}
+
+impl BindingState {
+    /// The states an operation holds a binding in: its current operation is in progress.
+    pub const BUSY: [Self; 2] = [Self::Binding, Self::Unbinding];
+}
+
 states! {
     /// An operation's state, spelled as `last_operation` reports it.
     OperationState {
