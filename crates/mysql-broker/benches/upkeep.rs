@@ -1,13 +1,15 @@
 //! The upkeep pass at scale (issue #14): 1,000 instances, each with a bound account and a table,
 //! on one real MariaDB server; how long mysql-broker's quota pass over them takes, against
 //! `quota_check_secs`. `cargo bench -p mysql-broker --bench upkeep` (or `make bench`); needs
-//! the local MariaDB (scripts/backends.sh). Prints figures; asserts nothing about speed.
+//! the local MariaDB (scripts/backends.sh). `BENCH_STORE_URL=mysql://...` runs the broker on
+//! that state store instead of SQLite. Prints figures; asserts nothing about speed.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use mysql_async::prelude::Queryable;
+use osb_testkit::bench::store_url;
 use osb_testkit::{BrokerProcess, Client, fresh_id, start_broker};
 
 const PLAN1: &str = "411d0c3e-b086-4a24-b041-0aeef1a819d1";
@@ -61,16 +63,21 @@ async fn next_pass(broker: &BrokerProcess) -> anyhow::Result<f64> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = store_url(dir.path());
     println!(
-        "mysql-broker upkeep: {INSTANCES} instances with an account and a table each on one server, {} cores",
+        "mysql-broker upkeep: {INSTANCES} instances with an account and a table each on one server, {} state store, {} cores",
+        store.split(':').next().unwrap_or_default(),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    let dir = tempfile::tempdir()?;
     let broker = start_broker(
         Path::new(env!("CARGO_BIN_EXE_mysql-broker")),
         &config(dir.path())?,
         dir.path(),
-        &[("RUST_LOG", "warn,osb_core::server=info")],
+        &[
+            ("RUST_LOG", "warn,osb_core::server=info"),
+            ("KPAAS_BROKER__STORE__URL", &store),
+        ],
         "/ready",
     )
     .await?;

@@ -2,6 +2,8 @@
 //! claims any more (a half-made database after a crash, an account whose binding record was
 //! lost), found by comparing what the broker lists ([`ServiceBroker::objects`]) with the store.
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 
 use crate::broker::{BrokerError, ServiceBroker};
@@ -182,20 +184,25 @@ pub async fn find<B: ServiceBroker>(
     older_than_ms: i64,
 ) -> Result<Sweep, OrphanError> {
     let cutoff = now_ms() - older_than_ms;
-    let mut sweep = Sweep::default();
-    for object in broker.objects().await? {
-        if object.claim != Claim::Unmarked {
-            sweep.marked += 1;
-        }
-        let young = object.created_at_ms.is_some_and(|t| t > cutoff);
-        if !young && !is_claimed(store, &object).await? {
-            sweep.orphans.push(Orphan {
-                removable: object.created_at_ms.is_some() && object.claim != Claim::Unmarked,
-                object,
-            });
-        }
-    }
-    Ok(sweep)
+    let objects = broker.objects().await?;
+    let marked = objects
+        .iter()
+        .filter(|object| object.claim != Claim::Unmarked)
+        .count();
+    let judged: Vec<BackendObject> = objects
+        .into_iter()
+        .filter(|object| !object.created_at_ms.is_some_and(|t| t > cutoff))
+        .collect();
+    let claimants = Claimants::read(store, &judged).await?;
+    let orphans = judged
+        .into_iter()
+        .filter(|object| !claimants.claims(object))
+        .map(|object| Orphan {
+            removable: object.created_at_ms.is_some() && object.claim != Claim::Unmarked,
+            object,
+        })
+        .collect();
+    Ok(Sweep { orphans, marked })
 }
 
 /// What [`find`] saw.
@@ -208,15 +215,43 @@ pub struct Sweep {
 
 /// Whether an instance or binding row in the store claims `object` right now.
 pub async fn is_claimed(store: &Store, object: &BackendObject) -> Result<bool, StoreError> {
-    Ok(match &object.claim {
-        Claim::Instance { platform, id } => store
-            .instance(id)
-            .await?
-            .is_some_and(|row| &row.platform == platform),
-        Claim::Binding { platform, id } => store
-            .binding(id)
-            .await?
-            .is_some_and(|row| &row.platform == platform),
-        Claim::Unmarked => false,
-    })
+    Ok(Claimants::read(store, std::slice::from_ref(object))
+        .await?
+        .claims(object))
+}
+
+/// The platform of every instance and binding row that some of a sweep's objects name, read
+/// together: a sweep over tens of thousands of objects makes a few dozen statements, not a
+/// round trip per object.
+struct Claimants {
+    instances: HashMap<String, String>,
+    bindings: HashMap<String, String>,
+}
+
+impl Claimants {
+    async fn read(store: &Store, objects: &[BackendObject]) -> Result<Self, StoreError> {
+        let mut instances = Vec::new();
+        let mut bindings = Vec::new();
+        for object in objects {
+            match &object.claim {
+                Claim::Instance { id, .. } => instances.push(id.as_str()),
+                Claim::Binding { id, .. } => bindings.push(id.as_str()),
+                Claim::Unmarked => {}
+            }
+        }
+        Ok(Self {
+            instances: store.instance_platforms(&instances).await?,
+            bindings: store.binding_platforms(&bindings).await?,
+        })
+    }
+
+    /// Whether a row of the platform `object`'s marker names holds it.
+    fn claims(&self, object: &BackendObject) -> bool {
+        let (rows, platform, id) = match &object.claim {
+            Claim::Instance { platform, id } => (&self.instances, platform, id),
+            Claim::Binding { platform, id } => (&self.bindings, platform, id),
+            Claim::Unmarked => return false,
+        };
+        rows.get(id) == Some(platform)
+    }
 }

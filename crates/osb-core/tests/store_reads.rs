@@ -1,12 +1,16 @@
 //! Lookups by key under concurrency (issue #14): on a network store the reads that arrive
 //! together go out in one statement; each still gets its own row, or none, and every read
-//! sees what was committed before it was asked.
+//! sees what was committed before it was asked. An orphan sweep reads thousands of keys at once
+//! and still judges each object by its own row.
 
 mod common;
 
+use std::sync::Arc;
+
 use common::*;
 use futures::future::join_all;
-use osb_core::store::{BindingRow, BindingState, OperationRow, Outcome, Start, Store};
+use osb_core::orphans::{self, BackendObject, Owner};
+use osb_core::store::{BindingRow, BindingState, OperationRow, Outcome, Start, Store, now_ms};
 use osb_testkit::fresh_id;
 
 /// Instances made, each with a binding.
@@ -184,4 +188,97 @@ async fn lookups_get_their_own_rows(url: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lookups_asked_at_once_get_their_own_rows_on_every_store() {
     on_every_store(|url| async move { lookups_get_their_own_rows(&url).await }).await;
+}
+
+/// Instances with a row, each named by a backend object; as many objects again name instances
+/// without one: together more keys than one statement takes.
+const SWEPT: usize = 300;
+
+/// An object named `{kind}-{id}`, marked for `id` on `platform` (a binding's when `parent` is
+/// not empty).
+fn marked(kind: &str, platform: &str, id: &str, parent: &str, created_at_ms: i64) -> BackendObject {
+    let owner = Owner {
+        platform,
+        id,
+        parent,
+    };
+    BackendObject::marked(kind, &format!("{kind}-{id}"), "here", owner, created_at_ms)
+}
+
+async fn a_sweep_judges_each_object_by_its_own_row(url: &str) {
+    let store = Store::connect(url, 4).await.unwrap();
+    let instance = |id: &str, created_at_ms| marked("database", "default", id, "", created_at_ms);
+    let mut objects = Vec::new();
+    let mut expected = Vec::new();
+    let mut first = None;
+    for _ in 0..SWEPT {
+        let (id, op, lost) = (fresh_id(), fresh_id(), fresh_id());
+        let made = Start::NewInstance(&instance_row(&id, &op));
+        assert!(store.start(&operation_row(&op, &id), made).await.unwrap());
+        objects.push(instance(&id, 1));
+        objects.push(instance(&lost, 1));
+        expected.push(format!("database-{lost}"));
+        first.get_or_insert(id);
+    }
+    let first = first.unwrap();
+    let (bid, bop, lost) = (fresh_id(), fresh_id(), fresh_id());
+    let binding = binding_row(&bid, &first, &bop);
+    let bind = bind_operation(&bop, &first, &bid);
+    assert!(
+        store
+            .start(&bind, Start::NewBinding(&binding))
+            .await
+            .unwrap()
+    );
+    objects.push(marked("user", "default", &bid, &first, 1));
+    objects.push(marked("user", "default", &lost, &first, 1));
+    expected.push(format!("user-{lost}"));
+    // The same id, but marked by another platform: not this row's.
+    objects.push(BackendObject {
+        name: "stranger".into(),
+        ..marked("database", "other", &first, "", 1)
+    });
+    expected.push("stranger".into());
+    // Too young to judge: left out, though nothing claims it.
+    objects.push(instance(&fresh_id(), now_ms() + 60_000));
+    objects.push(BackendObject::unmarked("database", "someone-elses", "here"));
+    expected.push("someone-elses".into());
+
+    let calls = Arc::new(Calls::default());
+    *calls.objects.lock().unwrap() = objects.clone();
+    let broker = FakeBroker {
+        calls,
+        upkeep_every: None,
+    };
+    let sweep = orphans::find(&broker, &store, 0).await.unwrap();
+    let mut found: Vec<String> = sweep
+        .orphans
+        .iter()
+        .map(|o| o.object.name.clone())
+        .collect();
+    found.sort();
+    expected.sort();
+    assert_eq!(found, expected, "{url}");
+    assert_eq!(sweep.marked, objects.len() - 1, "{url}");
+    let unremovable: Vec<&str> = sweep
+        .orphans
+        .iter()
+        .filter(|o| !o.removable)
+        .map(|o| o.object.name.as_str())
+        .collect();
+    assert_eq!(unremovable, ["someone-elses"], "{url}");
+    assert!(
+        orphans::is_claimed(&store, &objects[0]).await.unwrap(),
+        "{url}"
+    );
+    assert!(
+        !orphans::is_claimed(&store, &objects[1]).await.unwrap(),
+        "{url}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_judges_each_object_by_its_own_row_on_every_store() {
+    on_every_store(|url| async move { a_sweep_judges_each_object_by_its_own_row(&url).await })
+        .await;
 }

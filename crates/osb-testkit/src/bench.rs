@@ -191,6 +191,12 @@ impl Figures<'_> {
     }
 }
 
+/// The state store a benchmark runs its broker on: `BENCH_STORE_URL`, or a SQLite file in `dir`.
+pub fn store_url(dir: &Path) -> String {
+    std::env::var("BENCH_STORE_URL")
+        .unwrap_or_else(|_| format!("sqlite://{}", dir.join("state.db").display()))
+}
+
 /// One benchmark run: starts the broker `binary` with `config` and `env` on a SQLite state store
 /// (or `BENCH_STORE_URL`), runs `direct` cycles (the broker's own backend commands, straight to
 /// the server) and cycles through the broker on `plan`, and prints the figures.
@@ -210,8 +216,7 @@ where
     Fut: Future<Output = anyhow::Result<()>>,
 {
     let dir = tempfile::tempdir()?;
-    let store = std::env::var("BENCH_STORE_URL")
-        .unwrap_or_else(|_| format!("sqlite://{}", dir.path().join("state.db").display()));
+    let store = store_url(dir.path());
     let mut env = env.to_vec();
     env.extend([
         ("KPAAS_BROKER__STORE__URL", store.as_str()),

@@ -9,6 +9,7 @@ mod rows;
 mod schema;
 mod sqlite_library;
 
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use diesel::prelude::*;
@@ -362,6 +363,30 @@ macro_rules! read {
         read?
     }};
 }
+
+/// The platform of each row of `$table` among `$ids`, keyed by id: a sweep asks for thousands
+/// at once, so they go a few hundred to a statement, not one round trip each.
+macro_rules! platforms_of {
+    ($store:expr, $table:ident, $ids:expr) => {{
+        let mut found = HashMap::with_capacity($ids.len());
+        for keys in $ids.chunks(KEYS_PER_SWEEP_STATEMENT) {
+            let rows: Vec<(String, String)> = read!(
+                $store,
+                load(
+                    $table::table
+                        .filter($table::id.eq_any(keys))
+                        .select(($table::id, $table::platform))
+                )
+            )?;
+            found.extend(rows);
+        }
+        Ok(found)
+    }};
+}
+
+/// Keys in one statement of [`platforms_of!`]: far under every store's limit on bound
+/// parameters (SQLite's is the lowest, 32,766).
+const KEYS_PER_SWEEP_STATEMENT: usize = 500;
 
 /// An instance and its facts, where `$filter` (on `osb_instances::id`) says.
 macro_rules! instance_with_facts {
@@ -1460,7 +1485,6 @@ impl Store {
         })
     }
 
-    /// Operations still "in progress" whose runner has not sent a heartbeat since `before_ms`.
     /// Operations still "in progress" whose runner has not sent a heartbeat since `before_ms`,
     /// the longest silent first, leaving out `except`'s (a runner's own).
     pub async fn stale_operations(
@@ -1788,6 +1812,22 @@ impl Store {
             .map_err(StoreError::from)
         });
         landed(result)
+    }
+
+    /// The platform of each instance among `ids` that has a row.
+    pub async fn instance_platforms(
+        &self,
+        ids: &[&str],
+    ) -> Result<HashMap<String, String>, StoreError> {
+        platforms_of!(self, osb_instances, ids)
+    }
+
+    /// The platform of each binding among `ids` that has a row.
+    pub async fn binding_platforms(
+        &self,
+        ids: &[&str],
+    ) -> Result<HashMap<String, String>, StoreError> {
+        platforms_of!(self, osb_bindings, ids)
     }
 
     /// Every instance in `state`, for periodic upkeep.

@@ -49,6 +49,8 @@ pub struct Calls {
     pub pass_saw: std::sync::Mutex<Vec<String>>,
     /// Makes the first look at a pass and the object listing never answer.
     pub hang_sweeps: std::sync::atomic::AtomicBool,
+    /// What the backend lists as its objects.
+    pub objects: std::sync::Mutex<Vec<BackendObject>>,
 }
 
 /// Test-only backend: does nothing but count and wait.
@@ -104,7 +106,7 @@ impl ServiceBroker for FakeBroker {
         if self.calls.hang_sweeps.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
         }
-        Ok(Vec::new())
+        Ok(self.calls.objects.lock().unwrap().clone())
     }
 
     async fn upkeep(
