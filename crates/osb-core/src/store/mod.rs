@@ -247,6 +247,23 @@ impl StoreError {
         )
     }
 
+    /// A deadlock's victim on MariaDB (1213) or PostgreSQL (40P01, or a serialization
+    /// failure, 40001): the server rolled its transaction back. diesel-async gives MariaDB's
+    /// as its message alone.
+    fn is_deadlock_victim(&self) -> bool {
+        match self {
+            Self::Query(DieselError::DatabaseError(DatabaseErrorKind::SerializationFailure, _)) => {
+                true
+            }
+            Self::Query(DieselError::DatabaseError(DatabaseErrorKind::Unknown, info)) => {
+                let message = info.message();
+                message.starts_with("Deadlock found when trying to get lock")
+                    || message == "deadlock detected"
+            }
+            _ => false,
+        }
+    }
+
     /// An error like this one (the same answer to the platform, the same text in the log), for
     /// each further read a failed batched statement answers.
     fn copy(&self) -> Self {
@@ -334,11 +351,40 @@ macro_rules! with_conn {
                     done => done,
                 }
             }
-            Pools::Mysql(pool) => until_finished!(pool, |$conn| $body),
-            Pools::Postgres(pool) => until_finished!(pool, |$conn| $body),
+            Pools::Mysql(pool) => again_if_victim!(until_finished!(pool, |$conn| $body)),
+            Pools::Postgres(pool) => again_if_victim!(until_finished!(pool, |$conn| $body)),
         }
     };
 }
+
+/// Runs `$attempt` again while the server picks it as a deadlock's victim: the whole
+/// transaction was rolled back then, so it may run again as the SQLite writers' do (see
+/// [`SqliteWriters`]). Deadlocks are rare here (a transaction takes a few rows, by key), but
+/// two replicas' writes can still meet in one, and failing a platform's request for it would
+/// leave to the platform a retry the broker can make.
+macro_rules! again_if_victim {
+    ($attempt:expr) => {{
+        let mut lost = 0;
+        loop {
+            match $attempt {
+                Err(e) if e.is_deadlock_victim() && lost < DEADLOCK_RETRIES => {
+                    lost += 1;
+                    tracing::warn!(
+                        attempt = lost,
+                        "the state store rolled a write back to end a deadlock; running it again"
+                    );
+                    // Apart, should the other side be a retry too.
+                    tokio::time::sleep(Duration::from_millis(rand::random_range(1..20 << lost)))
+                        .await;
+                }
+                done => break done,
+            }
+        }
+    }};
+}
+
+/// How many times [`again_if_victim!`] runs a write again.
+const DEADLOCK_RETRIES: u32 = 3;
 
 /// Runs a statement that only reads, `$load($query)` (diesel's `get_result`, `first`...): on
 /// SQLite, on a reader connection on the calling thread (see [`SqliteReaders`]); elsewhere as
@@ -2172,6 +2218,98 @@ mod tests {
                 after, again,
                 "{admin}: the new connection stays in the pool"
             );
+        }
+    }
+
+    /// Adds one to row `first`, then to row `second`, in one transaction; the first time, with
+    /// `met` between the two, so that each of two such transactions holds its first row when it
+    /// asks for the other's.
+    async fn add_twice(
+        store: &Store,
+        met: &tokio::sync::Barrier,
+        (first, second): (&str, &str),
+        attempts: &std::sync::atomic::AtomicUsize,
+    ) -> Result<(), StoreError> {
+        with_conn!(store, |conn| {
+            let attempt = attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            conn.transaction::<_, DieselError, _>(|conn| {
+                async move {
+                    let add = |k| format!("UPDATE probe SET v = v + 1 WHERE k = '{k}'");
+                    diesel::sql_query(add(first)).execute(conn).await?;
+                    if attempt == 0 {
+                        met.wait().await;
+                    }
+                    diesel::sql_query(add(second)).execute(conn).await?;
+                    Ok(())
+                }
+                .scope_boxed()
+            })
+            .await?;
+            Ok(())
+        })
+    }
+
+    /// Two transactions that each take a row the other then wants: the server rolls one back,
+    /// which runs again and lands; each one's writes are there once.
+    async fn deadlock(url: &str) -> Result<(), StoreError> {
+        use diesel_async::SimpleAsyncConnection;
+        use std::sync::atomic::AtomicUsize;
+        let store = Store::connect(url, 2).await?;
+        with_conn!(store, |conn| {
+            conn.batch_execute(
+                "CREATE TABLE probe (k VARCHAR(8) PRIMARY KEY, v INTEGER NOT NULL); \
+                 INSERT INTO probe VALUES ('a', 0), ('b', 0)",
+            )
+            .await?;
+            Ok(())
+        })?;
+        let met = tokio::sync::Barrier::new(2);
+        let (ab, ba) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let both = async {
+            tokio::join!(
+                add_twice(&store, &met, ("a", "b"), &ab),
+                add_twice(&store, &met, ("b", "a"), &ba)
+            )
+        };
+        let ended = tokio::time::timeout(Duration::from_secs(30), both)
+            .await
+            .expect("a deadlock is ended within seconds");
+        ended.0?;
+        ended.1?;
+        let attempts = (ab.into_inner(), ba.into_inner());
+        assert!(
+            attempts == (1, 2) || attempts == (2, 1),
+            "{url}: one side ran again: {attempts:?}"
+        );
+        #[derive(QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = BigInt)]
+            n: i64,
+        }
+        let twice = with_conn!(store, |conn| Ok(diesel::sql_query(
+            "SELECT COUNT(*) AS n FROM probe WHERE v = 2"
+        )
+        .get_result::<Count>(conn)
+        .await?))?;
+        assert_eq!(twice.n, 2, "{url}: each side's two writes, once");
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_deadlock_victim_runs_again() {
+        let postgres = std::env::var("KPAAS_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+        for (admin, force) in [(mysql_admin(), ""), (postgres, " WITH (FORCE)")] {
+            let name = format!("osb_test_{}", uuid::Uuid::new_v4().simple());
+            as_admin(&admin, &format!("CREATE DATABASE {name}")).await;
+            let done = std::panic::AssertUnwindSafe(deadlock(&format!("{admin}/{name}")))
+                .catch_unwind()
+                .await;
+            as_admin(&admin, &format!("DROP DATABASE {name}{force}")).await;
+            match done {
+                Ok(done) => done.unwrap_or_else(|e| panic!("{admin}: {e}")),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
         }
     }
 
