@@ -250,7 +250,11 @@ async fn a_sweep_judges_each_object_by_its_own_row(url: &str) {
         calls,
         upkeep_every: None,
     };
+    let before = store.counters().statements.get();
     let sweep = orphans::find(&broker, &store, 0).await.unwrap();
+    // 601 instance ids in two statements, two binding ids in one (and a connection's check).
+    let statements = store.counters().statements.get() - before;
+    assert!(statements <= 4, "{url}: {statements} statements");
     let mut found: Vec<String> = sweep
         .orphans
         .iter()

@@ -248,8 +248,10 @@ impl StoreError {
     }
 
     /// A deadlock's victim on MariaDB (1213) or PostgreSQL (40P01, or a serialization
-    /// failure, 40001): the server rolled its transaction back. diesel-async gives MariaDB's
-    /// as its message alone.
+    /// failure, 40001): the server rolled its transaction back. diesel-async gives both
+    /// deadlocks as their message alone: MariaDB sessions ask for English ones; a PostgreSQL
+    /// server whose `lc_messages` is not English is not known to have rolled back, and its
+    /// request fails (only a superuser may set the session's).
     fn is_deadlock_victim(&self) -> bool {
         match self {
             Self::Query(DieselError::DatabaseError(DatabaseErrorKind::SerializationFailure, _)) => {
@@ -383,7 +385,7 @@ macro_rules! again_if_victim {
     }};
 }
 
-/// How many times [`again_if_victim!`] runs a write again.
+/// How many times [`again_if_victim!`] runs a body again.
 const DEADLOCK_RETRIES: u32 = 3;
 
 /// Runs a statement that only reads, `$load($query)` (diesel's `get_result`, `first`...): on
@@ -702,7 +704,15 @@ impl Store {
                 waiting: build_pool(waiting, 1, wait, false)?,
             })
         } else if url.starts_with("mysql://") {
-            let manager = manager(url, &counters, true, RecyclingMethod::Verified, "");
+            // Errors in English whatever the server's `lc_messages`: a deadlock is known by
+            // its message alone (see `StoreError::is_deadlock_victim`).
+            let manager = manager(
+                url,
+                &counters,
+                true,
+                RecyclingMethod::Verified,
+                "SET SESSION lc_messages = 'en_US'",
+            );
             Pools::Mysql(build_pool(manager, pool_size, POOL_WAIT, true)?)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let manager = manager(url, &counters, true, RecyclingMethod::Verified, "");
@@ -1287,8 +1297,9 @@ impl Store {
         ttl_ms: i64,
     ) -> Result<bool, StoreError> {
         use osb_leases::dsl;
-        let now = now_ms();
         with_conn!(self, |conn| {
+            // Read on each attempt: one may run again after waiting (see `with_conn!`).
+            let now = now_ms();
             let taken = inserted(
                 diesel::insert_into(dsl::osb_leases)
                     .values((
@@ -1340,8 +1351,9 @@ impl Store {
         owner_id: &str,
     ) -> Result<bool, StoreError> {
         use osb_claims::dsl;
-        let now = now_ms();
         with_conn!(self, |conn| {
+            // Read on each attempt: one may run again after waiting (see `with_conn!`).
+            let now = now_ms();
             let taken = inserted(
                 diesel::insert_into(dsl::osb_claims)
                     .values((
@@ -2292,6 +2304,20 @@ mod tests {
         .get_result::<Count>(conn)
         .await?))?;
         assert_eq!(twice.n, 2, "{url}: each side's two writes, once");
+        let tries = AtomicUsize::new(0);
+        let duplicate = with_conn!(store, |conn| {
+            tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            diesel::sql_query("INSERT INTO probe VALUES ('a', 0)")
+                .execute(conn)
+                .await?;
+            Ok(())
+        });
+        assert!(duplicate.is_err(), "{url}: 'a' is taken");
+        assert_eq!(
+            tries.into_inner(),
+            1,
+            "{url}: only a deadlock's victim runs again"
+        );
         Ok(())
     }
 
