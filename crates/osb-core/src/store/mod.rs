@@ -2323,12 +2323,22 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_deadlock_victim_runs_again() {
+        on_network_stores(|url| async move { deadlock(&url).await }).await;
+    }
+
+    /// Runs `check` on a fresh database of the local MariaDB, then of the local PostgreSQL,
+    /// each dropped after its run whatever came of it (a failed assertion too).
+    async fn on_network_stores<F, Fut>(check: F)
+    where
+        F: Fn(String) -> Fut,
+        Fut: Future<Output = Result<(), StoreError>>,
+    {
         let postgres = std::env::var("KPAAS_TEST_POSTGRES_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
         for (admin, force) in [(mysql_admin(), ""), (postgres, " WITH (FORCE)")] {
             let name = format!("osb_test_{}", uuid::Uuid::new_v4().simple());
             as_admin(&admin, &format!("CREATE DATABASE {name}")).await;
-            let done = std::panic::AssertUnwindSafe(deadlock(&format!("{admin}/{name}")))
+            let done = std::panic::AssertUnwindSafe(check(format!("{admin}/{name}")))
                 .catch_unwind()
                 .await;
             as_admin(&admin, &format!("DROP DATABASE {name}{force}")).await;
@@ -2447,22 +2457,7 @@ mod tests {
         pruning(&Store::connect(&sqlite, 2).await.unwrap())
             .await
             .unwrap();
-        let postgres = std::env::var("KPAAS_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
-        for (admin, force) in [(mysql_admin(), ""), (postgres, " WITH (FORCE)")] {
-            let name = format!("osb_test_{}", uuid::Uuid::new_v4().simple());
-            as_admin(&admin, &format!("CREATE DATABASE {name}")).await;
-            let done = std::panic::AssertUnwindSafe(async {
-                pruning(&Store::connect(&format!("{admin}/{name}"), 2).await?).await
-            })
-            .catch_unwind()
+        on_network_stores(|url| async move { pruning(&Store::connect(&url, 2).await?).await })
             .await;
-            // Dropped whatever came of it, a failed assertion too.
-            as_admin(&admin, &format!("DROP DATABASE {name}{force}")).await;
-            match done {
-                Ok(done) => done.unwrap_or_else(|e| panic!("{admin}: {e}")),
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        }
     }
 }
