@@ -191,7 +191,7 @@ pub async fn find<B: ServiceBroker>(
         .count();
     let judged: Vec<BackendObject> = objects
         .into_iter()
-        .filter(|object| !object.created_at_ms.is_some_and(|t| t > cutoff))
+        .filter(|object| object.created_at_ms.is_none_or(|t| t <= cutoff))
         .collect();
     let claimants = Claimants::read(store, &judged).await?;
     let orphans = judged
