@@ -113,10 +113,14 @@ impl Metrics {
             .observe(seconds);
     }
 
-    /// Shows the state store's statement and commit counts (those of the first store, should
-    /// one `Metrics` serve several).
+    /// Shows the state store's statement, commit and deadlock retry counts (those of the first
+    /// store, should one `Metrics` serve several).
     pub fn watch_store(&self, counters: &crate::store::StoreCounters) {
-        for counter in [&counters.statements, &counters.commits] {
+        for counter in [
+            &counters.statements,
+            &counters.commits,
+            &counters.deadlock_retries,
+        ] {
             if let Err(e) = self.registry.register(Box::new(counter.clone())) {
                 tracing::warn!(error = %e, "state store counters not shown");
             }

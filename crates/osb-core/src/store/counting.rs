@@ -1,4 +1,5 @@
-//! What the store's connections send: statements, and the commits among them. Shown on
+//! What the store's connections send: statements, and the commits among them (and the writes
+//! run again after a deadlock). Shown on
 //! `/metrics`; the lifecycle benchmarks print them per cycle (each commit is a write the store
 //! makes durable, the cost a platform's request pays).
 
@@ -12,6 +13,9 @@ use prometheus::IntCounter;
 pub struct StoreCounters {
     pub statements: IntCounter,
     pub commits: IntCounter,
+    /// Bodies run again because the server rolled them back to end a deadlock: rare, so one
+    /// that climbs says two writes keep meeting.
+    pub deadlock_retries: IntCounter,
 }
 
 impl StoreCounters {
@@ -25,6 +29,10 @@ impl StoreCounters {
             commits: counter(
                 "osb_store_commits_total",
                 "Commits of the state store: transactions, and writes outside one",
+            ),
+            deadlock_retries: counter(
+                "osb_store_deadlock_retries_total",
+                "State store writes run again after the server rolled them back to end a deadlock",
             ),
         }
     }

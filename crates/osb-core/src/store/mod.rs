@@ -353,8 +353,12 @@ macro_rules! with_conn {
                     done => done,
                 }
             }
-            Pools::Mysql(pool) => again_if_victim!(until_finished!(pool, |$conn| $body)),
-            Pools::Postgres(pool) => again_if_victim!(until_finished!(pool, |$conn| $body)),
+            Pools::Mysql(pool) => {
+                again_if_victim!($store, until_finished!(pool, |$conn| $body))
+            }
+            Pools::Postgres(pool) => {
+                again_if_victim!($store, until_finished!(pool, |$conn| $body))
+            }
         }
     };
 }
@@ -365,12 +369,13 @@ macro_rules! with_conn {
 /// two replicas' writes can still meet in one, and failing a platform's request for it would
 /// leave to the platform a retry the broker can make.
 macro_rules! again_if_victim {
-    ($attempt:expr) => {{
+    ($store:expr, $attempt:expr) => {{
         let mut lost = 0;
         loop {
             match $attempt {
                 Err(e) if e.is_deadlock_victim() && lost < DEADLOCK_RETRIES => {
                     lost += 1;
+                    $store.counters.deadlock_retries.inc();
                     tracing::warn!(
                         attempt = lost,
                         "the state store rolled a write back to end a deadlock; running it again"
@@ -2293,6 +2298,7 @@ mod tests {
             attempts == (1, 2) || attempts == (2, 1),
             "{url}: one side ran again: {attempts:?}"
         );
+        assert_eq!(store.counters().deadlock_retries.get(), 1, "{url}: counted");
         #[derive(QueryableByName)]
         struct Count {
             #[diesel(sql_type = BigInt)]
