@@ -647,7 +647,7 @@ async fn orphans_are_listed_and_only_claimed_ones_removed() {
     let c = Osb::new(target(&broker));
     let id = fresh_id();
     c.provision_ready(&id, SMALL).await.unwrap();
-    let store = format!("sqlite://{}", dir.path().join("state.db").display());
+    let store = osb_testkit::sqlite_store(dir.path());
     let suffix = fresh_id().replace('-', "");
     let (lost, stray) = (
         format!("op_lost{}", &suffix[..12]),

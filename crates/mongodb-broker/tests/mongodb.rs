@@ -469,7 +469,7 @@ async fn fifty_concurrent_provision_and_bind_pairs_all_work() {
 /// Runs the broker's command line against the state store in `dir`.
 fn run(dir: &Path, args: &[&str]) -> std::process::Output {
     let binary = Path::new(env!("CARGO_BIN_EXE_mongodb-broker"));
-    let store = format!("sqlite://{}", dir.join("state.db").display());
+    let store = osb_testkit::sqlite_store(dir);
     osb_testkit::broker_command(binary, &deploy_config(), &store)
         .args(args)
         .env("MONGODB_BROKER_ADMIN_URI", ADMIN_URI)

@@ -18,10 +18,7 @@ fn run(dir: &Path, config: &Path, args: &[&str]) -> Output {
         .arg("--config")
         .arg(config)
         .args(args)
-        .env(
-            "KPAAS_BROKER__STORE__URL",
-            format!("sqlite://{}", dir.join("state.db").display()),
-        )
+        .env("KPAAS_BROKER__STORE__URL", osb_testkit::sqlite_store(dir))
         .env("MYSQL_BROKER_PASSWORD", "broker-secret")
         .env(
             "MYSQL_BROKER_ENCRYPTION_KEY",

@@ -379,7 +379,7 @@ async fn cf_push_port_variable_sets_the_listen_address() {
         .env("PORT", "0")
         .env(
             "KPAAS_BROKER__STORE__URL",
-            format!("sqlite://{}", dir.path().join("state.db").display()),
+            osb_testkit::sqlite_store(dir.path()),
         )
         .env("MYSQL_BROKER_PASSWORD", "broker-secret")
         .env(

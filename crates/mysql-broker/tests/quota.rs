@@ -362,7 +362,7 @@ async fn databases_whose_names_differ_in_case_are_measured_apart() {
             .await
             .unwrap();
     }
-    let url = format!("sqlite://{}", dir.path().join("state.db").display());
+    let url = osb_testkit::sqlite_store(dir.path());
     let ids = [
         recorded_instance(&url, &upper).await,
         recorded_instance(&url, &lower).await,

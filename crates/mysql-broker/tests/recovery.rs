@@ -198,7 +198,7 @@ async fn a_killed_broker_finishes_its_operations_as_soon_as_it_restarts() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     drop(broker); // SIGKILL with operations in flight
     join_all(tasks).await;
-    let store = format!("sqlite://{}", dir.path().join("state.db").display());
+    let store = osb_testkit::sqlite_store(dir.path());
     let left = left_in_progress(&store).await;
     assert!(
         !left.is_empty(),

@@ -193,8 +193,7 @@ impl Figures<'_> {
 
 /// The state store a benchmark runs its broker on: `BENCH_STORE_URL`, or a SQLite file in `dir`.
 pub fn store_url(dir: &Path) -> String {
-    std::env::var("BENCH_STORE_URL")
-        .unwrap_or_else(|_| format!("sqlite://{}", dir.join("state.db").display()))
+    std::env::var("BENCH_STORE_URL").unwrap_or_else(|_| crate::sqlite_store(dir))
 }
 
 /// One benchmark run: starts the broker `binary` with `config` and `env` on a SQLite state store

@@ -14,7 +14,7 @@ mod rules;
 pub use client::{Client, ORIGINATING_IDENTITY, Reply, fresh_id};
 pub use process::{
     BrokerProcess, ENCRYPTION_KEY, PASSWORD, USERNAME, broker_command, free_port, orphan_rows,
-    start_broker,
+    sqlite_store, start_broker,
 };
 pub use rules::{check_all, check_backend_down, check_isolation, check_restart};
 

@@ -28,6 +28,12 @@ pub const PASSWORD: &str = "broker-secret";
 /// A fixed test encryption key (32 bytes, base64).
 pub const ENCRYPTION_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 
+/// The SQLite state store [`start_broker`] gives a broker in `dir`: where a test's commands
+/// (`orphans`, `check-config`) and its own reads find that broker's state.
+pub fn sqlite_store(dir: &Path) -> String {
+    format!("sqlite://{}", dir.join("state.db").display())
+}
+
 /// Starts a broker binary as every broker's black-box tests do: `--config config`, a SQLite
 /// state store and the log (`broker.log`) in `dir`, port 0, [`USERNAME`] / [`PASSWORD`] and
 /// [`ENCRYPTION_KEY`], then `env` (which wins); waits until `ready` (a path) answers 200.
@@ -38,8 +44,7 @@ pub async fn start_broker(
     env: &[(&str, &str)],
     ready: &str,
 ) -> anyhow::Result<BrokerProcess> {
-    let store = format!("sqlite://{}", dir.join("state.db").display());
-    let mut command = broker_command(binary, config, &store);
+    let mut command = broker_command(binary, config, &sqlite_store(dir));
     command
         .env("KPAAS_BROKER__LISTEN", "127.0.0.1:0")
         .env("KPAAS_BROKER__USERNAME", USERNAME)

@@ -548,7 +548,7 @@ async fn orphans_are_listed_and_only_marked_ones_removed() {
     assert!(management_put(&format!("/users/{lost_user}"), user).await < 300);
 
     let binary = Path::new(env!("CARGO_BIN_EXE_rabbitmq-broker"));
-    let store = format!("sqlite://{}", dir.path().join("state.db").display());
+    let store = osb_testkit::sqlite_store(dir.path());
     let run = |args: &[&str]| {
         osb_testkit::broker_command(binary, &deploy_config(), &store)
             .args(args)

@@ -791,7 +791,7 @@ async fn orphans_are_listed_and_only_marked_ones_removed() {
     .unwrap();
 
     let orphans = |args: &[&str]| {
-        let store = format!("sqlite://{}", dir.path().join("state.db").display());
+        let store = osb_testkit::sqlite_store(dir.path());
         command(&config, &store)
             .arg("orphans")
             .args(args)

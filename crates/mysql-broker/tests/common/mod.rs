@@ -73,10 +73,7 @@ pub async fn start_env(
         .arg("--config")
         .arg(config)
         .env("KPAAS_BROKER__LISTEN", format!("127.0.0.1:{port}"))
-        .env(
-            "KPAAS_BROKER__STORE__URL",
-            format!("sqlite://{}", dir.join("state.db").display()),
-        )
+        .env("KPAAS_BROKER__STORE__URL", osb_testkit::sqlite_store(dir))
         .env("KPAAS_BROKER__LOG__FORMAT", "json")
         .env("KPAAS_BROKER__WORKERS", "2")
         .env("MYSQL_BROKER_PASSWORD", "broker-secret")
