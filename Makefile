@@ -19,13 +19,7 @@ test: backends lint
 run: backends build
 	bash scripts/run.sh
 
-# Prints throughput and memory figures (docs/benchmarks.md); asserts nothing about speed.
+# Prints throughput and memory figures (docs/benchmarks.md), then issue #14's goals as a
+# table; asserts nothing about speed.
 bench: backends
-	bash scripts/bench-tools.sh
-	cargo bench -p mysql-broker --bench reads
-	cargo bench -p mysql-broker --bench cycles
-	cargo bench -p mysql-broker --bench upkeep
-	cargo bench -p mongodb-broker --bench cycles
-	cargo bench -p rabbitmq-broker --bench cycles
-	cargo bench -p redis-broker --bench provision
-	cargo bench -p glusterfs-broker --bench provision
+	bash scripts/bench.sh

@@ -94,5 +94,6 @@ async fn main() -> anyhow::Result<()> {
         PLAN,
         direct,
     )
-    .await
+    .await?;
+    Ok(())
 }

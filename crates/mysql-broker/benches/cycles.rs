@@ -2,14 +2,15 @@
 //! same SQL statements sent straight to MariaDB (the limit), and the broker's peak RSS.
 //!
 //! `cargo bench -p mysql-broker` (or `make bench`); needs the local MariaDB (scripts/backends.sh).
-//! `BENCH_STORE_URL=mysql://...` runs the broker on that state store instead of SQLite.
+//! `BENCH_STORE_URL=mysql://...` runs the broker on that state store instead of SQLite
+//! (`make bench` runs both, and records issue #14's goals: `osb_testkit::bench::goal`).
 //! Prints figures; asserts nothing about speed.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use mysql_async::prelude::Queryable;
-use osb_testkit::bench::compare;
+use osb_testkit::bench::{compare, goal};
 use osb_testkit::fresh_id;
 
 const SERVICE: &str = "96b9e707-0e2b-47e3-a21a-fd01a8eb0452";
@@ -223,7 +224,7 @@ async fn main() -> anyhow::Result<()> {
         let (pool, other) = (pool.clone(), other.clone());
         async move { direct_cycle(&pool, &other).await }
     };
-    compare(
+    let figures = compare(
         "mysql-broker",
         "MariaDB",
         binary,
@@ -233,5 +234,32 @@ async fn main() -> anyhow::Result<()> {
         PLAN1,
         direct,
     )
-    .await
+    .await?;
+    // Issue #14 sets the lifecycle's share of the direct rate for these two stores only.
+    let (store, floor) = match figures.store.as_str() {
+        "sqlite" => ("SQLite", Some(0.8)),
+        "mysql" => ("MariaDB", Some(0.6)),
+        other => (other, None),
+    };
+    if let Some(floor) = floor {
+        for run in &figures.runs {
+            let ratio = run.ratio();
+            goal(
+                &format!(
+                    "lifecycle through the broker, {} at a time, {store} store",
+                    run.width
+                ),
+                &format!("{ratio:.3} of the direct SQL rate"),
+                &format!(">= {floor}"),
+                ratio >= floor,
+            )?;
+        }
+    }
+    let peak = figures.peak_rss_kib.map(|kib| kib as f64 / 1024.0);
+    goal(
+        &format!("peak RSS during the lifecycle, {store} store"),
+        &peak.map_or("unavailable".into(), |mib| format!("{mib:.2} MiB")),
+        "<= 20 MiB",
+        peak.is_some_and(|mib| mib <= 20.0),
+    )
 }

@@ -61,6 +61,47 @@ where
     Ok(count as f64 / elapsed.as_secs_f64())
 }
 
+/// Names the file `make bench` (scripts/bench.sh) collects the goals' lines in.
+const GOALS_FILE: &str = "BENCH_GOALS";
+
+/// A goal an issue sets (issue #14's, so far) as this run measured it: `what`, the figure
+/// `measured`, the goal `wanted` and whether the figure meets it, a line appended to the file
+/// `BENCH_GOALS` names, which `make bench` prints as its last table. `measured` carries the
+/// digits that decide `met` (a 0.797 printed "0.80" beside a goal of 0.8 would read as met).
+/// A benchmark run on its own records nothing: it prints its figures anyway.
+pub fn goal(what: &str, measured: &str, wanted: &str, met: bool) -> anyhow::Result<()> {
+    match std::env::var_os(GOALS_FILE) {
+        Some(file) => append_goal(Path::new(&file), what, measured, wanted, met),
+        None => Ok(()),
+    }
+}
+
+fn append_goal(
+    file: &Path,
+    what: &str,
+    measured: &str,
+    wanted: &str,
+    met: bool,
+) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let fields = [what, measured, wanted];
+    // The table's columns are split at tabs and its rows at newlines.
+    anyhow::ensure!(
+        fields.iter().all(|f| !f.contains(['\t', '\n'])),
+        "a goal's field holds a tab or a newline: {fields:?}"
+    );
+    let line = format!(
+        "{what}\t{measured}\t{wanted}\t{}\n",
+        if met { "met" } else { "NOT MET" }
+    );
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)
+        .and_then(|mut f| f.write_all(line.as_bytes()))
+        .with_context(|| format!("recording a goal in {}", file.display()))
+}
+
 /// Milliseconds of the `q`-quantile of sorted `times`.
 pub fn quantile_ms(times: &[std::time::Duration], q: f64) -> f64 {
     let i = ((times.len() as f64 - 1.0) * q).round() as usize;
@@ -134,6 +175,12 @@ impl Run {
         let rounds = self.by_ratio();
         rounds[(rounds.len() - 1) / 2]
     }
+
+    /// The figure of the run: the median round's ratio, through the broker to direct.
+    pub fn ratio(&self) -> f64 {
+        let (direct, through) = self.median();
+        through / direct
+    }
 }
 
 /// What one benchmark measured.
@@ -141,7 +188,7 @@ pub struct Figures<'a> {
     pub broker: &'a str,
     pub backend: &'a str,
     /// The state store's scheme (`sqlite`, `mysql`, `postgres`).
-    pub store: &'a str,
+    pub store: String,
     pub runs: Vec<Run>,
     /// Store statements and commits per cycle through the broker, one at a time.
     pub statements_per_cycle: f64,
@@ -172,7 +219,7 @@ impl Figures<'_> {
                 run.width,
                 direct,
                 through,
-                through / direct,
+                run.ratio(),
                 ratios.join(" ")
             );
         }
@@ -198,18 +245,18 @@ pub fn store_url(dir: &Path) -> String {
 
 /// One benchmark run: starts the broker `binary` with `config` and `env` on a SQLite state store
 /// (or `BENCH_STORE_URL`), runs `direct` cycles (the broker's own backend commands, straight to
-/// the server) and cycles through the broker on `plan`, and prints the figures.
+/// the server) and cycles through the broker on `plan`; prints the figures and returns them.
 #[allow(clippy::too_many_arguments)]
-pub async fn compare<F, Fut>(
-    broker_name: &str,
-    backend: &str,
+pub async fn compare<'a, F, Fut>(
+    broker_name: &'a str,
+    backend: &'a str,
     binary: &Path,
     config: &Path,
     env: &[(&str, &str)],
     service: &str,
     plan: &str,
     direct: F,
-) -> anyhow::Result<()>
+) -> anyhow::Result<Figures<'a>>
 where
     F: Fn() -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
@@ -276,21 +323,23 @@ where
     let per_cycle = (counted.0 / cycles, counted.1 / cycles);
     let peak_rss_kib = peak_rss_kib(broker.pid());
     drop(broker);
-    Figures {
+    let figures = Figures {
         broker: broker_name,
         backend,
-        store: store.split(':').next().unwrap_or("?"),
+        store: store.split(':').next().unwrap_or("?").to_owned(),
         runs,
         statements_per_cycle: per_cycle.0,
         commits_per_cycle: per_cycle.1,
         peak_rss_kib,
-    }
-    .print();
-    Ok(())
+    };
+    figures.print();
+    Ok(figures)
 }
 
 /// What wrk measured on one path.
 pub struct Load {
+    /// Requests answered in the run.
+    pub requests: f64,
     pub requests_per_sec: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
@@ -375,16 +424,27 @@ pub fn wrk_over(
             .with_context(|| format!("no {key:?} in wrk's output: {text}"))
     };
     let rate: f64 = field("Requests/sec:")?.parse()?;
-    let requests = rate * f64::from(WRK_SECS);
+    let requests = requests_in(&text)?;
     let per_request =
         |before: Option<f64>, pid| before.zip(cpu(pid)).map(|(a, b)| (b - a) * 1e6 / requests);
     Ok(Load {
+        requests,
         requests_per_sec: rate,
         p50_ms: millis(field("50%")?)?,
         p99_ms: millis(field("99%")?)?,
         broker_cpu_us: per_request(before.0, Some(broker.pid())),
         server_cpu_us: per_request(before.1, server),
     })
+}
+
+/// The count of wrk's "585938 requests in 5.00s, 1.09GB read".
+fn requests_in(text: &str) -> anyhow::Result<f64> {
+    let count = text
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in "))
+        .with_context(|| format!("no request count in wrk's output: {text}"))?
+        .0;
+    Ok(count.parse()?)
 }
 
 /// wrk's `190.00us`, `3.40ms`, `1.02s` in milliseconds.
@@ -437,11 +497,28 @@ mod tests {
         };
         assert_eq!(run.ratios(), [0.5, 0.75, 0.9]);
         assert_eq!(run.median(), (80.0, 60.0));
+        assert_eq!(run.ratio(), 0.75);
         let even = Run {
             rounds: vec![(100.0, 90.0), (200.0, 100.0)],
             ..run
         };
         assert_eq!(even.median(), (200.0, 100.0), "the lower middle one");
+    }
+
+    #[test]
+    fn goals_append_a_line_each_and_refuse_what_would_break_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("goals");
+        append_goal(&file, "catalog p99", "1.45 ms", "< 2 ms", true).unwrap();
+        append_goal(&file, "idle RSS", "12.5 MiB", "<= 12 MiB", false).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            "catalog p99\t1.45 ms\t< 2 ms\tmet\nidle RSS\t12.5 MiB\t<= 12 MiB\tNOT MET\n"
+        );
+        for bad in ["a\tb", "a\nb"] {
+            assert!(append_goal(&file, bad, "1", "2", true).is_err(), "{bad:?}");
+        }
+        assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), 2);
     }
 
     #[test]
@@ -458,5 +535,12 @@ mod tests {
         assert_eq!(millis("3.40ms").unwrap(), 3.4);
         assert_eq!(millis("1.02s").unwrap(), 1020.0);
         assert!(millis("3.4").is_err());
+    }
+
+    #[test]
+    fn wrk_request_counts_read_from_its_summary() {
+        let text = "  Latency Distribution\n     99%  1.45ms\n  585938 requests in 5.00s, 1.09GB read\nRequests/sec: 117187.60\n";
+        assert_eq!(requests_in(text).unwrap(), 585_938.0);
+        assert!(requests_in("Requests/sec: 1.0\n").is_err());
     }
 }

@@ -154,5 +154,6 @@ async fn main() -> anyhow::Result<()> {
         PLAN,
         direct,
     )
-    .await
+    .await?;
+    Ok(())
 }
