@@ -21,7 +21,7 @@ pub const CYCLES_ONE_AT_A_TIME: usize = 50;
 /// Rounds at each concurrency. A rate moves by a fifth within minutes on a shared machine, so
 /// the two sides alternate (each going first in turn) and the median round's ratio is the
 /// figure.
-pub const ROUNDS: usize = 3;
+pub const ROUNDS: usize = 5;
 
 /// One cycle through the broker on `plan`.
 pub async fn broker_cycle(c: &Client, plan: &str) -> anyhow::Result<()> {
