@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use mysql_async::prelude::Queryable;
-use osb_testkit::bench::{goal, store_url};
+use osb_testkit::bench::{goal, rounded, store_url};
 use osb_testkit::{BrokerProcess, Client, fresh_id, start_broker};
 
 const PLAN1: &str = "411d0c3e-b086-4a24-b041-0aeef1a819d1";
@@ -155,7 +155,7 @@ async fn main() -> anyhow::Result<()> {
         list(store_commits.iter().map(|c| format!("{c:.0}")).collect()),
     );
 
-    let slowest = took.iter().copied().fold(0.0, f64::max);
+    let slowest = rounded(took.iter().copied().fold(0.0, f64::max), 3);
     goal(
         &format!("upkeep pass over {INSTANCES} databases on one server (slowest of {PASSES})"),
         &format!(

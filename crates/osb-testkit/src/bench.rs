@@ -66,15 +66,24 @@ const GOALS_FILE: &str = "BENCH_GOALS";
 
 /// A goal an issue sets (issue #14's, so far) as this run measured it: `what`, the figure
 /// `measured`, the goal `wanted` and whether the figure meets it, a line appended to the file
-/// `BENCH_GOALS` names, which `make bench` prints as its last table. `measured` carries the
-/// digits that decide `met` (a 0.797 printed "0.80" beside a goal of 0.8 would read as met).
-/// A benchmark run on its own records nothing: it prints its figures anyway.
+/// `BENCH_GOALS` names, which `make bench` prints as its last table. `met` is to be decided on
+/// the figure as printed ([`rounded`]): a 0.797 printed "0.80" beside a goal of 0.8, or a
+/// 1.9996 printed "2.000" beside "< 2", would contradict its verdict. A benchmark run on its
+/// own records nothing: it prints its figures anyway.
 pub fn goal(what: &str, measured: &str, wanted: &str, met: bool) -> anyhow::Result<()> {
     match std::env::var_os(GOALS_FILE) {
         Some(file) => append_goal(Path::new(&file), what, measured, wanted, met),
         None => Ok(()),
     }
 }
+
+/// `x` rounded to `digits` decimals, as `format!("{x:.digits$}")` prints it.
+pub fn rounded(x: f64, digits: usize) -> f64 {
+    format!("{x:.digits$}").parse().unwrap_or(x)
+}
+
+/// Bytes in the issue's MB (its memory goals), in the MiB `/proc` figures are printed in.
+pub const MB_IN_MIB: f64 = 1e6 / 1048576.0;
 
 fn append_goal(
     file: &Path,
@@ -85,10 +94,13 @@ fn append_goal(
 ) -> anyhow::Result<()> {
     use std::io::Write as _;
     let fields = [what, measured, wanted];
-    // The table's columns are split at tabs and its rows at newlines.
+    // The table's columns are split at tabs and its rows at newlines, and padded by awk's count
+    // of each cell: mawk counts bytes.
     anyhow::ensure!(
-        fields.iter().all(|f| !f.contains(['\t', '\n'])),
-        "a goal's field holds a tab or a newline: {fields:?}"
+        fields
+            .iter()
+            .all(|f| f.is_ascii() && !f.contains(['\t', '\n'])),
+        "a goal's field holds a tab, a newline or more than ASCII: {fields:?}"
     );
     let line = format!(
         "{what}\t{measured}\t{wanted}\t{}\n",
@@ -515,10 +527,18 @@ mod tests {
             std::fs::read_to_string(&file).unwrap(),
             "catalog p99\t1.45 ms\t< 2 ms\tmet\nidle RSS\t12.5 MiB\t<= 12 MiB\tNOT MET\n"
         );
-        for bad in ["a\tb", "a\nb"] {
+        for bad in ["a\tb", "a\nb", "\u{2264} 12 MiB"] {
             assert!(append_goal(&file, bad, "1", "2", true).is_err(), "{bad:?}");
         }
         assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), 2);
+    }
+
+    #[test]
+    fn figures_are_judged_as_printed() {
+        assert_eq!(rounded(1.9996, 3), 2.0);
+        assert_eq!(rounded(0.797, 2), 0.8);
+        assert_eq!(rounded(0.797, 3), 0.797);
+        assert_eq!(rounded(50.4, 0), 50.0);
     }
 
     #[test]
