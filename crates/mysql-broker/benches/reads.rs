@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use mysql_async::prelude::Queryable;
 use osb_testkit::bench::{
-    Load, MB_IN_MIB, WRK_CONNECTIONS, WRK_SECS, WRK_THREADS, goal, rounded, rss_kib, wrk, wrk_over,
+    Load, WRK_CONNECTIONS, WRK_SECS, WRK_THREADS, goal, memory_goal, rounded, rss_kib, wrk,
+    wrk_over,
 };
 use osb_testkit::{BrokerProcess, Client, free_port, fresh_id, start_broker};
 
@@ -232,14 +233,7 @@ async fn run(label: &str, store: &str, server: Option<u32>, floor: f64) -> anyho
         "<= 50 ms",
         ms <= 50.0,
     )?;
-    let idle_mib = idle.map(|kib| rounded(kib as f64 / 1024.0, 2));
-    let limit = rounded(12.0 * MB_IN_MIB, 2);
-    goal(
-        &format!("idle RSS, {label} store"),
-        &idle_mib.map_or("unavailable".into(), |mib| format!("{mib:.2} MiB")),
-        &format!("<= 12 MB ({limit:.2} MiB)"),
-        idle_mib.is_some_and(|mib| mib <= limit),
-    )?;
+    memory_goal(&format!("idle RSS, {label} store"), idle, 12.0)?;
     println!(
         "  {:<16} {:>10} {:>9} {:>9} {:>11} {:>12} {:>12} {:>10}  (the median round's run)",
         "request", "req/s", "p50 ms", "p99 ms", "of catalog", "broker µs", "server µs", "stmts/req"

@@ -82,8 +82,18 @@ pub fn rounded(x: f64, digits: usize) -> f64 {
     format!("{x:.digits$}").parse().unwrap_or(x)
 }
 
-/// Bytes in the MB (its memory goals), in the MiB `/proc` figures are printed in.
-pub const MB_IN_MIB: f64 = 1e6 / 1048576.0;
+/// A memory goal: `kib` (a `/proc` figure, unavailable off Linux) at most `mb` of the issue's
+/// MB, judged in the MiB it is printed in.
+pub fn memory_goal(what: &str, kib: Option<u64>, mb: f64) -> anyhow::Result<()> {
+    let mib = kib.map(|kib| rounded(kib as f64 / 1024.0, 2));
+    let limit = rounded(mb * 1e6 / 1048576.0, 2);
+    goal(
+        what,
+        &mib.map_or("unavailable".into(), |mib| format!("{mib:.2} MiB")),
+        &format!("<= {mb} MB ({limit:.2} MiB)"),
+        mib.is_some_and(|mib| mib <= limit),
+    )
+}
 
 fn append_goal(
     file: &Path,
