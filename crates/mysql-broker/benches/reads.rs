@@ -423,7 +423,7 @@ async fn main() -> anyhow::Result<()> {
     let wanted = |store: &str| stores.is_empty() || stores.iter().any(|s| s == store);
     if wanted("sqlite") {
         let dir = tempfile::tempdir()?;
-        let sqlite = format!("sqlite://{}", dir.path().join("state.db").display());
+        let sqlite = osb_testkit::sqlite_store(dir.path());
         run("SQLite", &sqlite, None, 0.5).await?;
     }
     if !wanted("mariadb") {

@@ -377,7 +377,7 @@ async fn check_config_names_a_server_open_to_anyone() {
     let servers = servers(1).await;
     let config = config(dir.path(), &servers, 30);
     let check = || {
-        let store = format!("sqlite://{}/state.db", dir.path().display());
+        let store = osb_testkit::sqlite_store(dir.path());
         command(&config, &store)
             .arg("check-config")
             .output()

@@ -304,7 +304,7 @@ pub fn target(addr: std::net::SocketAddr, prefix: &str) -> osb_testkit::Target {
 }
 
 pub fn sqlite_url(dir: &tempfile::TempDir) -> String {
-    format!("sqlite://{}", dir.path().join("state.db").display())
+    osb_testkit::sqlite_store(dir.path())
 }
 
 fn env_or(var: &str, default: &str) -> String {
