@@ -9,6 +9,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use anyhow::Context as _;
 use mysql_async::prelude::Queryable;
 use osb_testkit::bench::{compare, goal, memory_goal, rounded};
 use osb_testkit::fresh_id;
@@ -29,6 +30,9 @@ const FORGET: &str = "DELETE FROM kpaas_broker.made WHERE kind = ? AND name = ? 
     SELECT 1 FROM kpaas_broker.owners o \
     WHERE o.kind = ? AND o.name = ? AND o.platform = ? AND o.owner_id = ?)";
 const GRANTEES: &str = "SELECT DISTINCT User FROM mysql.db WHERE Db = ? AND Host = '%'";
+/// A password of the broker's length and alphabet ([A-Za-z0-9-._~]): the second server's
+/// password policy (scripts/backends.sh) refuses one without a character of each kind.
+const PASSWORD: &str = "Abcdefghijklmnopqrstuvwxyz0123456789-._~";
 const SESSION: &str = "SET SESSION lock_wait_timeout = 10, innodb_lock_wait_timeout = 10";
 
 /// An admin pool as the broker makes one for a server: up to 8 connections, idle ones kept,
@@ -110,9 +114,11 @@ async fn accounts(conn: &mut mysql_async::Conn, db: &str, pattern: &str) -> anyh
 
 /// What mysql-broker sends MariaDB for one cycle on an instance with one binding, statement
 /// for statement (from the server's general log; its ownership records included), one pooled
-/// connection per operation as the broker takes them. The example config has two servers: a
-/// provision asks both how full they are, then makes the database on one (here `pool`).
-async fn direct_cycle(pool: &mysql_async::Pool, other: &mysql_async::Pool) -> anyhow::Result<()> {
+/// connection per operation as the broker takes them. The example config has two servers
+/// (`servers`, in its order): a provision asks each how full it is, holding the connection of
+/// the emptiest so far, and makes the database on the one with the fewest instances (the first
+/// of equals), as the broker's `place` does; the rest of the cycle goes to that server.
+async fn direct_cycle(servers: &[mysql_async::Pool]) -> anyhow::Result<()> {
     let (id, bid) = (fresh_id(), fresh_id());
     let db = format!("op_{}", id.replace('-', "_"));
     let pattern = db.replace('_', "\\_");
@@ -134,13 +140,16 @@ async fn direct_cycle(pool: &mysql_async::Pool, other: &mysql_async::Pool) -> an
     // provision
     let placement =
         "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE 'op\\_%'";
-    let mut asked = other.get_conn().await?;
-    asked.exec_drop(OWNER, ("database", &db)).await?;
-    asked.query_drop(placement).await?;
-    drop(asked);
-    let mut conn = pool.get_conn().await?;
-    conn.exec_drop(OWNER, ("database", &db)).await?;
-    conn.query_drop(placement).await?;
+    let mut emptiest: Option<(u64, &mysql_async::Pool, mysql_async::Conn)> = None;
+    for server in servers {
+        let mut conn = server.get_conn().await?;
+        conn.exec_drop(OWNER, ("database", &db)).await?;
+        let count: u64 = conn.query_first(placement).await?.unwrap_or(0);
+        if emptiest.as_ref().is_none_or(|(least, ..)| count < *least) {
+            emptiest = Some((count, server, conn));
+        }
+    }
+    let (_, pool, mut conn) = emptiest.context("no server to place the database on")?;
     let schema = "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?";
     claim_new(&mut conn, &database, schema).await?;
     conn.query_drop(format!(
@@ -158,7 +167,7 @@ async fn direct_cycle(pool: &mysql_async::Pool, other: &mysql_async::Pool) -> an
     conn.query_drop(format!("DROP USER IF EXISTS {account}"))
         .await?;
     accounts(&mut conn, &db, &pattern).await?;
-    conn.query_drop(format!("CREATE USER {account} IDENTIFIED BY 'Abcdefghijklmnopqrstuvwxyz0123456789ABCD' WITH MAX_USER_CONNECTIONS 10")).await?;
+    conn.query_drop(format!("CREATE USER {account} IDENTIFIED BY '{PASSWORD}' WITH MAX_USER_CONNECTIONS 10")).await?;
     conn.query_drop(format!(
         "GRANT ALL PRIVILEGES ON `{pattern}`.* TO {account}"
     ))
@@ -218,11 +227,14 @@ async fn direct_cycle(pool: &mysql_async::Pool, other: &mysql_async::Pool) -> an
 async fn main() -> anyhow::Result<()> {
     let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/mysql-broker.toml");
     let binary = Path::new(env!("CARGO_BIN_EXE_mysql-broker"));
-    let pool = Arc::new(admin_pool("mysql://root@127.0.0.1:3306/mysql")?);
-    let other = Arc::new(admin_pool("mysql://root@127.0.0.1:3307/mysql")?);
+    // The servers of deploy/mysql-broker.toml, in its order.
+    let servers = Arc::new([
+        admin_pool("mysql://root@127.0.0.1:3306/mysql")?,
+        admin_pool("mysql://root@127.0.0.1:3307/mysql")?,
+    ]);
     let direct = || {
-        let (pool, other) = (pool.clone(), other.clone());
-        async move { direct_cycle(&pool, &other).await }
+        let servers = servers.clone();
+        async move { direct_cycle(&servers[..]).await }
     };
     let figures = compare(
         "mysql-broker",
