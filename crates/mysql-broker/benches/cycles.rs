@@ -167,7 +167,10 @@ async fn direct_cycle(servers: &[mysql_async::Pool]) -> anyhow::Result<()> {
     conn.query_drop(format!("DROP USER IF EXISTS {account}"))
         .await?;
     accounts(&mut conn, &db, &pattern).await?;
-    conn.query_drop(format!("CREATE USER {account} IDENTIFIED BY '{PASSWORD}' WITH MAX_USER_CONNECTIONS 10")).await?;
+    conn.query_drop(format!(
+        "CREATE USER {account} IDENTIFIED BY '{PASSWORD}' WITH MAX_USER_CONNECTIONS 10"
+    ))
+    .await?;
     conn.query_drop(format!(
         "GRANT ALL PRIVILEGES ON `{pattern}`.* TO {account}"
     ))

@@ -1,8 +1,9 @@
 //! Reads under load (issue #14): `GET /v2/catalog`, `last_operation`, `GET` instance and `GET`
 //! binding through mysql-broker, driven by wrk, on the default SQLite state store and on a
-//! MariaDB one; each read's share of the catalog's rate; the same reads again with 10,000 more
-//! instances and bindings in the store, `last_operation` of 1,000 of them in turn, and a pass
-//! pruning old operation records over them; start to ready and idle RSS.
+//! MariaDB one; each read's share of the catalog's rate; the same reads on a second broker whose
+//! store holds 10,000 more instances and bindings, in turns with the first, `last_operation` of
+//! 1,000 of them in turn, and a pass pruning old operation records over them; start to ready
+//! and idle RSS.
 //! `cargo bench -p mysql-broker --bench reads` (or `make bench`); needs the local MariaDB
 //! (scripts/backends.sh) and wrk (scripts/bench-tools.sh). Prints figures; asserts nothing
 //! about speed. Arguments `sqlite` or `mariadb` (after `--`) run that store's part alone.
@@ -175,43 +176,92 @@ async fn fill(url: &str) -> anyhow::Result<Vec<String>> {
 /// Rounds of the three reads, each between two catalog runs.
 const READ_ROUNDS: usize = 3;
 
+/// A broker on a store of its own, with an instance and a binding made through it to read.
+struct Serving {
+    broker: BrokerProcess,
+    client: Client,
+    id: String,
+    bid: String,
+    /// Its RSS once ready, before any request.
+    idle_kib: Option<u64>,
+    /// The catalog, then the three store reads: name and path.
+    reads: [(&'static str, String); 4],
+}
+
+impl Serving {
+    async fn start(dir: &Path, store: &str) -> anyhow::Result<Self> {
+        let env = [
+            ("KPAAS_BROKER__STORE__URL", store),
+            ("RUST_LOG", "warn,osb_core::server=info"),
+            // wrk shares the cores: unpinned, the scheduler at times puts both HTTP workers on
+            // one core, and the catalog's p99 is then a time slice (osb_core::affinity).
+            ("KPAAS_BROKER__PIN_WORKERS", "true"),
+        ];
+        let broker = start_broker(binary(), &deploy(), dir, &env, "/ready").await?;
+        let idle_kib = rss_kib(broker.pid());
+        let client = Client::new(broker.target(SERVICE, PLAN1));
+        let (id, bid) = (fresh_id(), fresh_id());
+        client.provision_ready(&id, PLAN1).await?;
+        client.bind_ready(&id, &bid, PLAN1).await?;
+        let reads = [
+            ("catalog", "/v2/catalog".to_owned()),
+            (
+                "last_operation",
+                format!("/v2/service_instances/{id}/last_operation"),
+            ),
+            ("GET instance", format!("/v2/service_instances/{id}")),
+            (
+                "GET binding",
+                format!("/v2/service_instances/{id}/service_bindings/{bid}"),
+            ),
+        ];
+        Ok(Self {
+            broker,
+            client,
+            id,
+            bid,
+            idle_kib,
+            reads,
+        })
+    }
+
+    /// Each store read once, in order, with the store statements it sent.
+    async fn round(&self, server: Option<u32>) -> anyhow::Result<Vec<(Load, f64)>> {
+        let mut loads = Vec::with_capacity(self.reads.len() - 1);
+        for (_, path) in &self.reads[1..] {
+            loads.push(counted(&self.broker, path, server).await?);
+        }
+        Ok(loads)
+    }
+
+    /// Removes the binding and the instance from the backend.
+    async fn finish(self) -> anyhow::Result<()> {
+        self.client.unbind_done(&self.id, &self.bid, PLAN1).await?;
+        self.client.deprovision_done(&self.id, PLAN1).await
+    }
+}
+
 /// One store's run: an instance and a binding to read, then [`READ_ROUNDS`] rounds of wrk on
 /// each read, with the catalog before and after each round. A read's share in a round is of the
 /// mean of the catalog runs on either side (the rate of one path moves by a fifth within
-/// minutes here), and its figure is its median round's. Then the store filled, and the three
-/// store reads again. With the store server's `pid`, what it spent per request too. `floor` is
-/// issue #14's share of the catalog's rate for each store read on this store.
-async fn run(label: &str, store: &str, server: Option<u32>, floor: f64) -> anyhow::Result<()> {
+/// minutes here), and its figure is its median round's. Then the three store reads against a
+/// second broker on `filled_store`, filled. With the store server's `pid`, what it spent per
+/// request too. `floor` is issue #14's share of the catalog's rate for each store read on this
+/// store.
+async fn run(
+    label: &str,
+    [store, filled_store]: [&str; 2],
+    server: Option<u32>,
+    floor: f64,
+) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     // The first start on an empty store makes its tables; a restart, or another replica,
     // finds them.
     let first = start_to_ready(dir.path(), store).await?;
     let again = start_to_ready(dir.path(), store).await?;
-    let env = [
-        ("KPAAS_BROKER__STORE__URL", store),
-        ("RUST_LOG", "warn,osb_core::server=info"),
-        // wrk shares the cores: unpinned, the scheduler at times puts both HTTP workers on
-        // one core, and the catalog's p99 is then a time slice (osb_core::affinity).
-        ("KPAAS_BROKER__PIN_WORKERS", "true"),
-    ];
-    let broker = start_broker(binary(), &deploy(), dir.path(), &env, "/ready").await?;
-    let idle = rss_kib(broker.pid());
-    let c = Client::new(broker.target(SERVICE, PLAN1));
-    let (id, bid) = (fresh_id(), fresh_id());
-    c.provision_ready(&id, PLAN1).await?;
-    c.bind_ready(&id, &bid, PLAN1).await?;
-    let reads = [
-        ("catalog", "/v2/catalog".to_owned()),
-        (
-            "last_operation",
-            format!("/v2/service_instances/{id}/last_operation"),
-        ),
-        ("GET instance", format!("/v2/service_instances/{id}")),
-        (
-            "GET binding",
-            format!("/v2/service_instances/{id}/service_bindings/{bid}"),
-        ),
-    ];
+    let empty = Serving::start(dir.path(), store).await?;
+    let (broker, reads) = (&empty.broker, &empty.reads);
+    let idle = empty.idle_kib;
     println!(
         "  state store: {label}; start to ready {:.0} ms (first start, making the tables: {:.0} ms); idle RSS {}",
         again.as_secs_f64() * 1000.0,
@@ -242,20 +292,12 @@ async fn run(label: &str, store: &str, server: Option<u32>, floor: f64) -> anyho
     // (its code paged in, its allocator's arenas grown). Then rounds of the three reads, with
     // the catalog before, between and after them; wrk runs as a child process for WRK_SECS,
     // nothing else runs here meanwhile.
-    wrk(&broker, &reads[0].1, server)?;
-    // One round: each store read once, in order.
-    let round = async || {
-        let mut loads = Vec::with_capacity(reads.len() - 1);
-        for (_, path) in &reads[1..] {
-            loads.push(counted(&broker, path, server).await?);
-        }
-        anyhow::Ok(loads)
-    };
-    let mut catalogs = vec![wrk(&broker, &reads[0].1, server)?];
+    wrk(broker, &reads[0].1, server)?;
+    let mut catalogs = vec![wrk(broker, &reads[0].1, server)?];
     let mut rounds = Vec::with_capacity(READ_ROUNDS);
     for _ in 0..READ_ROUNDS {
-        rounds.push(round().await?);
-        catalogs.push(wrk(&broker, &reads[0].1, server)?);
+        rounds.push(empty.round(server).await?);
+        catalogs.push(wrk(broker, &reads[0].1, server)?);
     }
     let per_request = |us: Option<f64>| us.map_or("-".into(), |us| format!("{us:.1}"));
     let row = |name: &str, load: &Load, share: f64, statements: Option<f64>, shares: &str| {
@@ -274,9 +316,9 @@ async fn run(label: &str, store: &str, server: Option<u32>, floor: f64) -> anyho
     // rate follows.
     let mut by_rate: Vec<&Load> = catalogs.iter().collect();
     by_rate.sort_by(|a, b| a.requests_per_sec.total_cmp(&b.requests_per_sec));
-    let rates: Vec<String> = catalogs
+    let runs: Vec<String> = catalogs
         .iter()
-        .map(|load| format!("{:.0}", load.requests_per_sec))
+        .map(|load| format!("{:.0} (p99 {:.2})", load.requests_per_sec, load.p99_ms))
         .collect();
     let catalog = by_rate[(by_rate.len() - 1) / 2];
     row(
@@ -284,11 +326,16 @@ async fn run(label: &str, store: &str, server: Option<u32>, floor: f64) -> anyho
         catalog,
         1.0,
         None,
-        &format!("runs: {}", rates.join(", ")),
+        &format!("runs: {}", runs.join(", ")),
     );
-    let p99 = rounded(catalog.p99_ms, 3);
+    // A run's p99 is a time slice of a core wrk shares whenever the scheduler lets a wrk thread
+    // run before a busy worker (0.3 to 5 ms between runs of one build), so the goal is judged on
+    // the runs' median p99: of an even count the upper middle one, the worse.
+    let mut p99s: Vec<f64> = catalogs.iter().map(|load| load.p99_ms).collect();
+    p99s.sort_by(f64::total_cmp);
+    let p99 = rounded(p99s[p99s.len() / 2], 3);
     goal(
-        &format!("catalog p99, {label} store (its median run by rate)"),
+        &format!("catalog p99, {label} store (the median of its runs')"),
         &format!("{p99:.3} ms"),
         "< 2 ms",
         p99 < 2.0,
@@ -337,22 +384,37 @@ async fn run(label: &str, store: &str, server: Option<u32>, floor: f64) -> anyho
             )?;
         }
     }
+    // The scale check: a second broker of the same build on a store of its own with the same
+    // instance and binding to read, and 10,000 more of each. The two are measured in turns, each
+    // going first in turn, as the lifecycle's two sides are: the machine's speed moves by a
+    // fifth within minutes here, which rounds before and after a fill took for the store's.
+    let filled_dir = tempfile::tempdir()?;
+    let full = Serving::start(filled_dir.path(), filled_store).await?;
     let started = Instant::now();
-    let filled = fill(store).await?;
+    let filled = fill(filled_store).await?;
     println!(
-        "  with {SCALE_ROWS} more instances and {SCALE_ROWS} more bindings in the store (written in {:.1} s):",
+        "  a second broker with {SCALE_ROWS} more instances and {SCALE_ROWS} more bindings in its store (written in {:.1} s), in turns with the first:",
         started.elapsed().as_secs_f64()
     );
     println!(
-        "  {:<16} {:>10} {:>9} {:>11} {:>13}  (medians of {READ_ROUNDS} rounds, against the empty store's)",
+        "  {:<16} {:>10} {:>9} {:>11} {:>13}  (medians of {READ_ROUNDS} rounds each, against the empty store's)",
         "request", "req/s", "p50 ms", "p50 change", "req/s change"
     );
-    // As many rounds as on the empty store: one run's p50 moves by a fifth between two runs of
-    // one build here (it is the shape of the latency spread at wrk's 10 µs steps), so each side
-    // is its rounds' median.
-    let mut filled_rounds = Vec::with_capacity(READ_ROUNDS);
-    for _ in 0..READ_ROUNDS {
-        filled_rounds.push(round().await?);
+    // Its first round not counted: the first broker's store reads have run three rounds
+    // already (their code paged in, the allocator's arenas grown, a network store's
+    // connections opened and its statements prepared).
+    full.round(server).await?;
+    // One run's p50 moves by a fifth between two runs of one build here (it is the shape of
+    // the latency spread at wrk's 10 µs steps), so each side is its rounds' median.
+    let (mut empty_rounds, mut filled_rounds) = (Vec::new(), Vec::new());
+    for turn in 0..READ_ROUNDS {
+        if turn % 2 == 0 {
+            empty_rounds.push(empty.round(server).await?);
+            filled_rounds.push(full.round(server).await?);
+        } else {
+            filled_rounds.push(full.round(server).await?);
+            empty_rounds.push(empty.round(server).await?);
+        }
     }
     let median = |of: &[Vec<(Load, f64)>], i: usize, field: fn(&Load) -> f64| {
         let mut values: Vec<f64> = of.iter().map(|round| field(&round[i].0)).collect();
@@ -362,8 +424,14 @@ async fn run(label: &str, store: &str, server: Option<u32>, floor: f64) -> anyho
     for (i, (name, _)) in reads[1..].iter().enumerate() {
         let p50 = |l: &Load| l.p50_ms;
         let rate = |l: &Load| l.requests_per_sec;
-        let (p50_before, p50_after) = (median(&rounds, i, p50), median(&filled_rounds, i, p50));
-        let (rate_before, rate_after) = (median(&rounds, i, rate), median(&filled_rounds, i, rate));
+        let (p50_before, p50_after) = (
+            median(&empty_rounds, i, p50),
+            median(&filled_rounds, i, p50),
+        );
+        let (rate_before, rate_after) = (
+            median(&empty_rounds, i, rate),
+            median(&filled_rounds, i, rate),
+        );
         let change = p50_after / p50_before - 1.0;
         println!(
             "  {name:<16} {rate_after:>10.0} {p50_after:>9.2} {:>+10.0}% {:>+12.0}%",
@@ -383,7 +451,7 @@ async fn run(label: &str, store: &str, server: Option<u32>, floor: f64) -> anyho
         .iter()
         .map(|id| format!("/v2/service_instances/{id}/last_operation"))
         .collect();
-    let load = wrk_over(&broker, &spread, server)?;
+    let load = wrk_over(&full.broker, &spread, server)?;
     let catalog = catalogs.iter().map(|l| l.requests_per_sec).sum::<f64>() / catalogs.len() as f64;
     println!(
         "  last_operation of {SPREAD} instances in turn: {:.0} req/s ({:.0}% of the catalog runs' mean), p50 {:.2} ms, p99 {:.2} ms, broker {} µs, server {} µs",
@@ -397,16 +465,15 @@ async fn run(label: &str, store: &str, server: Option<u32>, floor: f64) -> anyho
     // The broker prunes old operation records every few minutes; over the filled store each
     // of its 20,000 records is a candidate (all finished long ago), and all stay (each is its
     // row's current one), so every check runs.
-    let pruning = osb_core::store::Store::connect(store, 1).await?;
+    let pruning = osb_core::store::Store::connect(filled_store, 1).await?;
     let started = Instant::now();
     let pruned = pruning.prune_operations(osb_core::store::now_ms()).await?;
     println!(
         "  pruning the filled store's old operation records: {:.0} ms, {pruned} removed",
         started.elapsed().as_secs_f64() * 1000.0
     );
-    c.unbind_done(&id, &bid, PLAN1).await?;
-    c.deprovision_done(&id, PLAN1).await?;
-    Ok(())
+    empty.finish().await?;
+    full.finish().await
 }
 
 #[tokio::main]
@@ -422,19 +489,23 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     let wanted = |store: &str| stores.is_empty() || stores.iter().any(|s| s == store);
     if wanted("sqlite") {
-        let dir = tempfile::tempdir()?;
+        let (dir, filled) = (tempfile::tempdir()?, tempfile::tempdir()?);
         let sqlite = osb_testkit::sqlite_store(dir.path());
-        run("SQLite", &sqlite, None, 0.5).await?;
+        let sqlite_filled = osb_testkit::sqlite_store(filled.path());
+        run("SQLite", [&sqlite, &sqlite_filled], None, 0.5).await?;
     }
     if !wanted("mariadb") {
         return Ok(());
     }
     let name = format!("kpaas_bench_state_{}", &fresh_id().replace('-', "")[..12]);
+    let names = [name.clone(), format!("{name}_filled")];
     let pool = mysql_async::Pool::new(ADMIN);
     let mut admin = pool.get_conn().await?;
-    admin
-        .query_drop(format!("CREATE DATABASE `{name}`"))
-        .await?;
+    for name in &names {
+        admin
+            .query_drop(format!("CREATE DATABASE `{name}`"))
+            .await?;
+    }
     // The server's process, to measure what a read costs it (it shares the cores).
     let pid_file: String = admin
         .query_first("SELECT @@pid_file")
@@ -444,13 +515,12 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("MariaDB's pid file {pid_file}"))?
         .trim()
         .parse()?;
-    let result = run(
-        "MariaDB",
-        &format!("mysql://root@127.0.0.1:3306/{name}"),
-        Some(server),
-        0.3,
-    )
-    .await;
-    admin.query_drop(format!("DROP DATABASE `{name}`")).await?;
+    let [store, filled] = names
+        .each_ref()
+        .map(|n| format!("mysql://root@127.0.0.1:3306/{n}"));
+    let result = run("MariaDB", [&store, &filled], Some(server), 0.3).await;
+    for name in &names {
+        admin.query_drop(format!("DROP DATABASE `{name}`")).await?;
+    }
     result
 }
