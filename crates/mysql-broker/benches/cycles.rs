@@ -8,6 +8,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::Context as _;
 use mysql_async::prelude::Queryable;
@@ -35,17 +36,79 @@ const GRANTEES: &str = "SELECT DISTINCT User FROM mysql.db WHERE Db = ? AND Host
 const PASSWORD: &str = "Abcdefghijklmnopqrstuvwxyz0123456789-._~";
 const SESSION: &str = "SET SESSION lock_wait_timeout = 10, innodb_lock_wait_timeout = 10";
 
-/// An admin pool as the broker makes one for a server: up to 8 connections, idle ones kept,
-/// each reset when given back and its session settings sent again.
-fn admin_pool(url: &str) -> anyhow::Result<mysql_async::Pool> {
-    let opts = mysql_async::OptsBuilder::from_opts(mysql_async::Opts::from_url(url)?)
+/// A server of the broker's config: where it is, an admin pool to it as the broker makes one,
+/// and how many direct cycles placed their database there.
+struct Server {
+    name: String,
+    pool: mysql_async::Pool,
+    placed: AtomicUsize,
+}
+
+/// The servers of the broker's config (`[[mysql.servers]]`), in its order.
+fn configured_servers(config: &Path) -> anyhow::Result<Vec<Server>> {
+    let config: toml::Table = std::fs::read_to_string(config)?.parse()?;
+    let servers = config
+        .get("mysql")
+        .and_then(|m| m.get("servers"))
+        .and_then(|s| s.as_array())
+        .context("the config has no [[mysql.servers]]")?;
+    servers
+        .iter()
+        .map(|server| {
+            let text = |key: &str| {
+                server
+                    .get(key)
+                    .and_then(|v| v.as_str())
+                    .with_context(|| format!("a server's {key} is not a plain string"))
+            };
+            let port = server
+                .get("port")
+                .and_then(|v| v.as_integer())
+                .and_then(|p| u16::try_from(p).ok())
+                .context("a server's port is not a port")?;
+            Ok(Server {
+                name: text("name")?.to_owned(),
+                pool: admin_pool(
+                    text("host")?,
+                    port,
+                    text("admin_user")?,
+                    text("admin_password")?,
+                ),
+                placed: AtomicUsize::new(0),
+            })
+        })
+        .collect()
+}
+
+/// An admin pool as the broker makes one for a server: over TCP to the configured address
+/// (never the server's Unix socket), up to 8 connections, idle ones kept, each reset when
+/// given back and its session settings sent again.
+fn admin_pool(host: &str, port: u16, user: &str, password: &str) -> mysql_async::Pool {
+    let opts = mysql_async::OptsBuilder::default()
+        .ip_or_hostname(host)
+        .tcp_port(port)
+        .prefer_socket(false)
+        .user(Some(user))
+        .pass(Some(password))
+        .db_name(Some("mysql"))
         .setup(vec![SESSION])
         .pool_opts(
             mysql_async::PoolOpts::default()
                 .with_constraints(mysql_async::PoolConstraints::new(0, 8).expect("0 <= 8"))
                 .with_inactive_connection_ttl(std::time::Duration::from_secs(60)),
         );
-    Ok(mysql_async::Pool::new(opts))
+    mysql_async::Pool::new(opts)
+}
+
+/// The `DROP DATABASE` statements server `pool` has run since it started: one a cycle, on the
+/// server its database was placed on, whichever side ran it.
+async fn databases_dropped(pool: &mysql_async::Pool) -> anyhow::Result<usize> {
+    let row: Option<(String, usize)> = pool
+        .get_conn()
+        .await?
+        .query_first("SHOW GLOBAL STATUS LIKE 'Com_drop_db'")
+        .await?;
+    Ok(row.context("the server shows no Com_drop_db")?.1)
 }
 
 /// A name's ownership marker, as mysql-broker's `owners` module keeps it.
@@ -118,7 +181,7 @@ async fn accounts(conn: &mut mysql_async::Conn, db: &str, pattern: &str) -> anyh
 /// (`servers`, in its order): a provision asks each how full it is, holding the connection of
 /// the emptiest so far, and makes the database on the one with the fewest instances (the first
 /// of equals), as the broker's `place` does; the rest of the cycle goes to that server.
-async fn direct_cycle(servers: &[mysql_async::Pool]) -> anyhow::Result<()> {
+async fn direct_cycle(servers: &[Server]) -> anyhow::Result<()> {
     let (id, bid) = (fresh_id(), fresh_id());
     let db = format!("op_{}", id.replace('-', "_"));
     let pattern = db.replace('_', "\\_");
@@ -140,16 +203,18 @@ async fn direct_cycle(servers: &[mysql_async::Pool]) -> anyhow::Result<()> {
     // provision
     let placement =
         "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE 'op\\_%'";
-    let mut emptiest: Option<(u64, &mysql_async::Pool, mysql_async::Conn)> = None;
+    let mut emptiest: Option<(u64, &Server, mysql_async::Conn)> = None;
     for server in servers {
-        let mut conn = server.get_conn().await?;
+        let mut conn = server.pool.get_conn().await?;
         conn.exec_drop(OWNER, ("database", &db)).await?;
         let count: u64 = conn.query_first(placement).await?.unwrap_or(0);
         if emptiest.as_ref().is_none_or(|(least, ..)| count < *least) {
             emptiest = Some((count, server, conn));
         }
     }
-    let (_, pool, mut conn) = emptiest.context("no server to place the database on")?;
+    let (_, server, mut conn) = emptiest.context("no server to place the database on")?;
+    server.placed.fetch_add(1, Ordering::Relaxed);
+    let pool = &server.pool;
     let schema = "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?";
     claim_new(&mut conn, &database, schema).await?;
     conn.query_drop(format!(
@@ -230,14 +295,18 @@ async fn direct_cycle(servers: &[mysql_async::Pool]) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/mysql-broker.toml");
     let binary = Path::new(env!("CARGO_BIN_EXE_mysql-broker"));
-    // The servers of deploy/mysql-broker.toml, in its order.
-    let servers = Arc::new([
-        admin_pool("mysql://root@127.0.0.1:3306/mysql")?,
-        admin_pool("mysql://root@127.0.0.1:3307/mysql")?,
-    ]);
+    let servers = Arc::new(configured_servers(&deploy)?);
+    let dropped = async || {
+        let mut counts = Vec::with_capacity(servers.len());
+        for server in servers.iter() {
+            counts.push(databases_dropped(&server.pool).await?);
+        }
+        anyhow::Ok(counts)
+    };
+    let before = dropped().await?;
     let direct = || {
         let servers = servers.clone();
-        async move { direct_cycle(&servers[..]).await }
+        async move { direct_cycle(&servers).await }
     };
     let figures = compare(
         "mysql-broker",
@@ -250,6 +319,20 @@ async fn main() -> anyhow::Result<()> {
         direct,
     )
     .await?;
+    // Where each side's databases went: the two sides place by the same rule, but how full
+    // each server is when a provision asks differs with what else a cycle does meanwhile, and
+    // a cycle costs MariaDB more spread over two servers than on one.
+    let after = dropped().await?;
+    let split: Vec<String> = servers
+        .iter()
+        .zip(before.iter().zip(&after))
+        .map(|(server, (before, after))| {
+            let direct = server.placed.load(Ordering::Relaxed);
+            let through = (after - before).saturating_sub(direct);
+            format!("{}: {direct} direct, {through} through", server.name)
+        })
+        .collect();
+    println!("  databases placed: {}", split.join("; "));
     // Issue #14 sets the lifecycle's share of the direct rate for these two stores only.
     let (store, floor) = match figures.store.as_str() {
         "sqlite" => ("SQLite", Some(0.8)),
