@@ -247,13 +247,14 @@ impl Serving {
     }
 }
 
-/// One store's run: an instance and a binding to read, then [`READ_ROUNDS`] rounds of wrk on
-/// each read, with the catalog before and after each round. A read's share in a round is of the
-/// mean of the catalog runs on either side (the rate of one path moves by a fifth within
-/// minutes here), and its figure is its median round's. Then the three store reads against a
-/// second broker on `filled_store`, filled. With the store server's `pid`, what it spent per
-/// request too. `floor` is issue #14's share of the catalog's rate for each store read on this
-/// store.
+/// A broker's CPU time per request, as the tables print it.
+fn per_request(us: Option<f64>) -> String {
+    us.map_or("-".into(), |us| format!("{us:.1}"))
+}
+
+/// One store's run: start to ready, then [`shares`] on a broker on `store` and [`scale`] against
+/// a second one on `filled_store`. With the store server's `pid`, what it spent per request too.
+/// `floor` is issue #14's share of the catalog's rate for each store read on this store.
 async fn run(
     label: &str,
     [store, filled_store]: [&str; 2],
@@ -266,8 +267,27 @@ async fn run(
     let first = start_to_ready(dir.path(), store).await?;
     let again = start_to_ready(dir.path(), store).await?;
     let empty = Serving::start(dir.path(), store).await?;
-    // Whatever fails below, the instance and binding made through the broker are removed.
+    // Whatever fails, the instance and binding made through the broker are removed.
     let measured = async {
+        shares(label, &empty, store, [first, again], server, floor).await?;
+        scale(label, &empty, filled_store, server).await
+    }
+    .await;
+    measured.and(empty.finish().await)
+}
+
+/// Start to ready (`first` on an empty store, then `again`) and idle RSS, then [`READ_ROUNDS`]
+/// rounds of wrk on each read of `empty`, with the catalog before and after each round. A
+/// read's share in a round is of the mean of the catalog runs on either side (the rate of one
+/// path moves by a fifth within minutes here), and its figure is its median round's.
+async fn shares(
+    label: &str,
+    empty: &Serving,
+    store: &str,
+    [first, again]: [Duration; 2],
+    server: Option<u32>,
+    floor: f64,
+) -> anyhow::Result<()> {
     let (broker, reads) = (&empty.broker, &empty.reads);
     let idle = empty.idle_kib;
     println!(
@@ -307,7 +327,6 @@ async fn run(
         rounds.push(empty.round(server).await?);
         catalogs.push(wrk(broker, &reads[0].1, server)?);
     }
-    let per_request = |us: Option<f64>| us.map_or("-".into(), |us| format!("{us:.1}"));
     let row = |name: &str, load: &Load, share: f64, statements: Option<f64>, shares: &str| {
         println!(
             "  {name:<16} {:>10.0} {:>9.2} {:>9.2} {:>10.0}% {:>12} {:>12} {:>10}  {shares}",
@@ -396,13 +415,34 @@ async fn run(
             )?;
         }
     }
-    // The scale check: a second broker of the same build on a store of its own with the same
-    // instance and binding to read, and 10,000 more of each. The two are measured in turns, each
-    // going first in turn, as the lifecycle's two sides are: the machine's speed moves by a
-    // fifth within minutes here, which rounds before and after a fill took for the store's.
-    let filled_dir = tempfile::tempdir()?;
-    let full = Serving::start(filled_dir.path(), filled_store).await?;
-    let in_turns = async {
+    Ok(())
+}
+
+/// The scale check: a second broker of the same build on a store of its own with the same
+/// instance and binding to read, and 10,000 more of each. The two are measured in turns, each
+/// going first in turn, as the lifecycle's two sides are: the machine's speed moves by a fifth
+/// within minutes here, which rounds before and after a fill took for the store's.
+async fn scale(
+    label: &str,
+    empty: &Serving,
+    filled_store: &str,
+    server: Option<u32>,
+) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let full = Serving::start(dir.path(), filled_store).await?;
+    // Whatever fails, its instance and binding are removed too.
+    let measured = in_turns(label, empty, &full, filled_store, server).await;
+    measured.and(full.finish().await)
+}
+
+/// [`scale`]'s measurements, `full` being the broker on `filled_store`, filled here.
+async fn in_turns(
+    label: &str,
+    empty: &Serving,
+    full: &Serving,
+    filled_store: &str,
+    server: Option<u32>,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let filled = fill(filled_store).await?;
     println!(
@@ -434,7 +474,7 @@ async fn run(
         values.sort_by(f64::total_cmp);
         values[(values.len() - 1) / 2]
     };
-    for (i, (name, _)) in reads[1..].iter().enumerate() {
+    for (i, (name, _)) in empty.reads[1..].iter().enumerate() {
         let p50 = |l: &Load| l.p50_ms;
         let rate = |l: &Load| l.requests_per_sec;
         let (p50_before, p50_after) = (
@@ -486,15 +526,7 @@ async fn run(
         "  pruning the filled store's old operation records: {:.0} ms, {pruned} removed",
         started.elapsed().as_secs_f64() * 1000.0
     );
-    anyhow::Ok(())
-    }
-    .await;
-    let removed = full.finish().await;
-    in_turns.and(removed)
-    }
-    .await;
-    let removed = empty.finish().await;
-    measured.and(removed)
+    Ok(())
 }
 
 #[tokio::main]
